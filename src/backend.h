@@ -1,0 +1,104 @@
+/* backend.h — the operations the model code needs, and nothing else.
+ *
+ * A backend (CPU in src/cpu/, CUDA in cuda/) is a table of these functions. Model
+ * code (opt.c, bloom.c) describes each network once by calling them and never
+ * touches activation memory directly: activation buffers are float32 arrays that
+ * belong to the backend (host memory on CPU, device memory on CUDA), so model code
+ * may do pointer arithmetic on them but must not dereference them. Backends know
+ * nothing of OPT or BLOOM.
+ *
+ * All activations are row-major float32 [T, dim], one row per token. */
+#ifndef LLMINT8_BACKEND_H
+#define LLMINT8_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dtype.h"
+#include "error.h"
+#include "quant.h"
+
+/* A weight matrix as found on the host (usually inside the mapped checkpoint). */
+typedef struct HostMatrix {
+    DType dtype;          /* F16, BF16, F32; or I8 for a pre-quantized projection */
+    int64_t rows, cols;   /* [out_features, in_features] */
+    const void *data;
+    const float *scb;     /* I8 only: per-row absmax [rows] */
+} HostMatrix;
+
+/* A projection (nn.Linear) in the backend's format: 16-bit as stored, or int8 with
+ * per-row scales, according to the QuantConfig it was created with. */
+typedef struct BkLinear BkLinear;
+/* A 16-bit matrix kept as stored: embedding tables, the tied lm_head. */
+typedef struct BkMatrix BkMatrix;
+
+typedef struct AttentionArgs {
+    const float *q;       /* [T, heads*head_dim], the new tokens' queries */
+    const float *k, *v;   /* caches [n_past + T, heads*head_dim]; rows 0..n_past+T-1 are valid */
+    float *out;           /* [T, heads*head_dim] */
+    int T, n_past, heads, head_dim;
+    float scale;          /* multiplies q.k before the softmax */
+    const float *alibi;   /* backend buffer [heads] of ALiBi slopes (BLOOM), or NULL (OPT) */
+} AttentionArgs;
+
+typedef struct Backend Backend;
+struct Backend {
+    const char *name;       /* "cpu", "cuda" */
+    void (*destroy)(Backend *bk);
+
+    /* ---- activation memory (float32) ---- */
+    float *(*alloc)(Backend *bk, size_t n);          /* zero-filled; NULL on out-of-memory */
+    void (*release)(Backend *bk, float *p);
+    void (*upload)(Backend *bk, float *dst, const float *src, size_t n);
+    void (*download)(Backend *bk, float *dst, const float *src, size_t n);
+    void (*copy)(Backend *bk, float *dst, const float *src, size_t n);
+
+    /* ---- weights ---- */
+    /* Creates a projection y = x W^T + b from host weights. With a 16-bit W and an int8
+     * mode, quantizes on creation (the 16-bit copy is not kept); with an I8 W (int8
+     * checkpoint) uses it as is. bias (host, float32 [rows]) may be NULL. */
+    BkLinear *(*linear_create)(Backend *bk, const HostMatrix *w, const float *bias,
+                               const QuantConfig *q, Error *err);
+    void (*linear_free)(Backend *bk, BkLinear *l);
+    BkMatrix *(*matrix_create)(Backend *bk, const HostMatrix *m, Error *err);
+    void (*matrix_free)(Backend *bk, BkMatrix *m);
+    /* Bytes of backend memory the object holds (for `info` and `bench`). */
+    size_t (*linear_bytes)(const BkLinear *l);
+    size_t (*matrix_bytes)(const BkMatrix *m);
+
+    /* ---- operations ---- */
+    /* y[T, rows] = x[T, cols] W^T + b, with the quantization chosen at creation. */
+    void (*linear)(Backend *bk, const BkLinear *l, const float *x, int T, float *y);
+    /* y[T, rows] = x[T, cols] M^T  (tied lm_head: logits from the embedding table). */
+    void (*matmul)(Backend *bk, const BkMatrix *m, const float *x, int T, float *y);
+    /* out[t] = M[ids[t]] (or out[t] += M[ids[t]] when accumulate); ids is a host array,
+     * already checked to be < rows. */
+    void (*embed)(Backend *bk, const BkMatrix *m, const int32_t *ids, int T, float *out, bool accumulate);
+    /* LayerNorm over the last dim: y = (x - mean) / sqrt(var + eps) * w + b, statistics
+     * in float32; w and b are backend buffers [dim] or NULL (no affine). y may alias x. */
+    void (*layernorm)(Backend *bk, const float *x, const float *w, const float *b, float eps,
+                      int T, int dim, float *y);
+    void (*add)(Backend *bk, float *y, const float *x, size_t n);   /* y += x */
+    void (*relu)(Backend *bk, float *x, size_t n);
+    /* 0.5 x (1 + tanh(0.79788456 x (1 + 0.044715 x^2))) */
+    void (*gelu_tanh)(Backend *bk, float *x, size_t n);
+    /* [T][heads][3][head_dim] (BLOOM fused QKV) -> q, k, v each [T][heads*head_dim]. */
+    void (*split_qkv)(Backend *bk, const float *qkv, int T, int heads, int head_dim,
+                      float *q, float *k, float *v);
+    /* Causal softmax attention; see AttentionArgs. */
+    void (*attention)(Backend *bk, const AttentionArgs *a);
+};
+
+/* Creates the backend named "cpu" or "cuda" ("auto": CUDA when a GPU is present,
+ * else CPU with a notice on stderr). threads <= 0 means one per core. */
+Backend *backend_create(const char *name, int threads, Error *err);
+/* Names of the backends compiled into this binary, e.g. "cpu, cuda". */
+const char *backend_compiled_list(void);
+
+Backend *cpu_backend_create(int threads, Error *err);
+#ifdef LLMINT8_HAVE_CUDA
+Backend *cuda_backend_create(Error *err);   /* fails with a clear message when no GPU */
+#endif
+
+#endif

@@ -1,0 +1,286 @@
+/* cli.c — the pieces every command shares (see cli.h). */
+#include "cli.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+const char CLI_COMMON_HELP[] =
+    "Common options:\n"
+    "  --precision fp16|int8  int8 (default): LLM.int8() projections; fp16: 16-bit weights as stored\n"
+    "  --quant MODE           quantization of every projection (overrides --precision):\n"
+    "                         llm.int8, vectorwise, rowwise, rowwise+decomp, absmax, zeropoint,\n"
+    "                         vectorwise-zeropoint, llm.int8-zeropoint, fp16 (see docs/QUANT.md)\n"
+    "  --threshold T          outlier threshold for the decomposition (default: the checkpoint's\n"
+    "                         llm_int8_threshold, else 6.0; 0 turns the decomposition off)\n"
+    "  --outliers per-call|per-token  outlier columns chosen over the whole call (bitsandbytes,\n"
+    "                         default) or per token (results independent of the rest of the batch)\n"
+    "  --device cpu|cuda|auto where to run (default cpu)\n"
+    "  --threads N            CPU threads (default: one per core)\n"
+    "  --tokenizer DIR        tokenizer files from DIR instead of MODEL_DIR\n"
+    "  -h, --help             this help\n";
+
+void cli_common_defaults(CommonOptions *o) {
+    memset(o, 0, sizeof *o);
+    o->quant.mode = QUANT_LLM_INT8;
+    o->quant.threshold = 6.0f;
+    o->quant.outliers = OUTLIERS_PER_CALL;
+    o->device = "cpu";
+    o->threads = 0;
+}
+
+int cli_parse_int(const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+int cli_parse_float(const char *s, double lo, double hi, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi)) return -1;
+    *out = v;
+    return 0;
+}
+
+int cli_common_option(int code, const char *arg, CommonOptions *o) {
+    double d;
+    long l;
+    switch (code) {
+    case OPT_PRECISION:
+        if (strcmp(arg, "fp16") == 0) o->quant.mode = QUANT_FP16;
+        else if (strcmp(arg, "int8") == 0) o->quant.mode = QUANT_LLM_INT8;
+        else {
+            fprintf(stderr, "llmint8: error: --precision '%s': expected fp16 or int8\n", arg);
+            return -1;
+        }
+        o->quant_given = true;
+        return 1;
+    case OPT_QUANT:
+        if (quant_mode_parse(arg, &o->quant.mode) != 0) {
+            fprintf(stderr, "llmint8: error: --quant '%s' is not a quantization mode (see --help)\n", arg);
+            return -1;
+        }
+        o->quant_given = true;
+        return 1;
+    case OPT_THRESHOLD:
+        if (cli_parse_float(arg, 0.0, 65504.0, &d) != 0) {
+            fprintf(stderr, "llmint8: error: --threshold '%s': expected a number from 0 to 65504\n", arg);
+            return -1;
+        }
+        o->quant.threshold = (float)d;
+        o->threshold_given = true;
+        return 1;
+    case OPT_OUTLIERS:
+        if (strcmp(arg, "per-call") == 0) o->quant.outliers = OUTLIERS_PER_CALL;
+        else if (strcmp(arg, "per-token") == 0) o->quant.outliers = OUTLIERS_PER_TOKEN;
+        else {
+            fprintf(stderr, "llmint8: error: --outliers '%s': expected per-call or per-token\n", arg);
+            return -1;
+        }
+        return 1;
+    case OPT_DEVICE:
+        if (strcmp(arg, "cpu") && strcmp(arg, "cuda") && strcmp(arg, "auto")) {
+            fprintf(stderr, "llmint8: error: --device '%s': expected cpu, cuda or auto\n", arg);
+            return -1;
+        }
+        o->device = arg;
+        return 1;
+    case OPT_THREADS:
+        if (cli_parse_int(arg, 1, 1024, &l) != 0) {
+            fprintf(stderr, "llmint8: error: --threads '%s': expected a whole number from 1 to 1024\n", arg);
+            return -1;
+        }
+        o->threads = (int)l;
+        return 1;
+    case OPT_TOKENIZER:
+        o->tokenizer_dir = arg;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+int cli_fail(const Error *err) {
+    fprintf(stderr, "llmint8: error: %s\n", err->msg);
+    return 1;
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "llmint8 %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry 'llmint8 %s --help'.\n", cmd);
+    return 2;
+}
+
+static bool is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+int cli_session_open(const CommonOptions *o, bool need_tokenizer, bool want_tokenizer, Session *s,
+                     Error *err) {
+    memset(s, 0, sizeof *s);
+    if (!is_dir(o->model_dir))
+        return err_set(err, "%s: not a directory (expected a checkpoint directory)", o->model_dir);
+    if (checkpoint_open(o->model_dir, &s->ck, err)) return -1;
+
+    if (need_tokenizer || want_tokenizer) {
+        const char *dir = o->tokenizer_dir ? o->tokenizer_dir : o->model_dir;
+        Error terr;
+        if (tokenizer_load(dir, &s->tok, &terr)) {
+            s->tok = NULL;
+            if (need_tokenizer || o->tokenizer_dir) {
+                *err = terr;
+                cli_session_close(s);
+                return -1;
+            }
+        }
+    }
+    if (!(s->bk = backend_create(o->device, o->threads, err))) {
+        cli_session_close(s);
+        return -1;
+    }
+    return 0;
+}
+
+int cli_session_load_model(Session *s, const CommonOptions *o, const ModelOptions *mo, Error *err) {
+    const ModelConfig *cfg = checkpoint_config(s->ck);
+    if (s->model) model_free(s->model);
+    s->model = NULL;
+    /* The threshold: --threshold, else the 8-bit checkpoint's own, else 6.0. */
+    ModelOptions opts = *mo;
+    opts.quant = o->quant;
+    if (!o->threshold_given && cfg->load_in_8bit) opts.quant.threshold = cfg->int8_threshold;
+    if (!quant_mode_uses_decomposition(opts.quant.mode)) opts.quant.threshold = 0.0f;
+    return model_load(s->ck, s->bk, &opts, &s->model, err);
+}
+
+void cli_session_close(Session *s) {
+    if (s->model) model_free(s->model);
+    if (s->bk) s->bk->destroy(s->bk);
+    if (s->tok) tokenizer_free(s->tok);
+    if (s->ck) checkpoint_close(s->ck);
+    memset(s, 0, sizeof *s);
+}
+
+int cli_read_file(const char *path, char **data, size_t *len, Error *err) {
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    if (!f) return err_set(err, "%s: %s", path, strerror(errno));
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        if (n + 1 >= cap) {
+            char *bigger = realloc(buf, cap * 2);
+            if (!bigger) break;
+            buf = bigger;
+            cap *= 2;
+        }
+        size_t got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+        if (got == 0) break;
+    }
+    bool failed = !buf || ferror(f);
+    if (f != stdin) fclose(f);
+    if (failed) {
+        free(buf);
+        return err_set(err, "%s: could not read the file (%s)", path, buf ? "read error" : "out of memory");
+    }
+    buf[n] = 0;
+    *data = buf;
+    *len = n;
+    return 0;
+}
+
+int cli_read_ids(const char *path, int vocab, int32_t **ids, size_t *n, Error *err) {
+    char *text;
+    size_t len;
+    if (cli_read_file(path, &text, &len, err)) return -1;
+    size_t cap = 1024, count = 0;
+    int32_t *out = malloc(cap * sizeof *out);
+    const char *p = text, *end = text + len;
+    while (out) {
+        while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == ',')) p++;
+        if (p >= end) break;
+        const char *start = p;
+        long v = 0;
+        while (p < end && *p >= '0' && *p <= '9' && v <= vocab) v = v * 10 + (*p++ - '0');
+        while (p < end && *p >= '0' && *p <= '9') p++;
+        bool sep = p >= end || *p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == ',';
+        if (p == start || !sep) {
+            free(out);
+            free(text);
+            return err_set(err, "%s: token %zu is not a whole number (ids are separated by whitespace)", path,
+                           count + 1);
+        }
+        if (v >= vocab) {
+            free(out);
+            free(text);
+            return err_set(err, "%s: token %zu (%.*s) is outside the vocabulary (0..%d)", path, count + 1,
+                           (int)(p - start > 20 ? 20 : p - start), start, vocab - 1);
+        }
+        if (count == cap) {
+            int32_t *bigger = realloc(out, 2 * cap * sizeof *out);
+            if (!bigger) break;
+            out = bigger;
+            cap *= 2;
+        }
+        out[count++] = (int32_t)v;
+    }
+    free(text);
+    if (!out) return err_set(err, "%s: out of memory", path);
+    if (count == 0) {
+        free(out);
+        return err_set(err, "%s: no token ids in the file", path);
+    }
+    *ids = out;
+    *n = count;
+    return 0;
+}
+
+double cli_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void progress_begin(Progress *p, const char *label, long total) {
+    p->label = label;
+    p->total = total > 0 ? total : 1;
+    p->done = 0;
+    p->t_start = cli_now();
+    p->enabled = isatty(STDERR_FILENO);
+    progress_update(p, 0);
+}
+
+void progress_update(Progress *p, long done) {
+    p->done = done;
+    if (!p->enabled) return;
+    const int width = 30;
+    int filled = (int)((double)width * (double)done / (double)p->total);
+    if (filled > width) filled = width;
+    double el = cli_now() - p->t_start;
+    double eta = done > 0 ? el * (double)(p->total - done) / (double)done : 0;
+    fprintf(stderr, "\r%s [", p->label);
+    for (int i = 0; i < width; i++) fputc(i < filled ? '#' : '.', stderr);
+    fprintf(stderr, "] %ld/%ld  %.0fs elapsed, %.0fs left ", done, p->total, el, eta);
+    fflush(stderr);
+}
+
+void progress_end(Progress *p) {
+    if (!p->enabled) return;
+    progress_update(p, p->total);
+    fputc('\n', stderr);
+}

@@ -1,0 +1,101 @@
+/* cli.h — what every `llmint8 COMMAND` shares: common options, opening a model,
+ * reporting errors.
+ *
+ * Each command lives in cmd_NAME.c as `int cmd_NAME(int argc, char **argv)` and
+ * parses its arguments with getopt_long. Its option table starts with
+ * CLI_COMMON_OPTIONS, and its `switch` hands unknown codes to cli_common_option().
+ * Exit codes: 0 success, 1 error (a message "llmint8: error: ..." on stderr),
+ * 2 usage error. */
+#ifndef LLMINT8_CLI_H
+#define LLMINT8_CLI_H
+
+#include <getopt.h>
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "backend.h"
+#include "checkpoint.h"
+#include "model.h"
+#include "quant.h"
+#include "tokenizer.h"
+
+enum {
+    OPT_PRECISION = 1000, OPT_QUANT, OPT_THRESHOLD, OPT_OUTLIERS, OPT_DEVICE, OPT_THREADS,
+    OPT_TOKENIZER, OPT_HELP,
+    OPT_COMMAND_BASE = 1100 /* commands number their own long-only options from here */
+};
+
+/* getopt_long entries for the options every command takes. */
+#define CLI_COMMON_OPTIONS                                         \
+    {"precision", required_argument, NULL, OPT_PRECISION},         \
+    {"quant", required_argument, NULL, OPT_QUANT},                 \
+    {"threshold", required_argument, NULL, OPT_THRESHOLD},         \
+    {"outliers", required_argument, NULL, OPT_OUTLIERS},           \
+    {"device", required_argument, NULL, OPT_DEVICE},               \
+    {"threads", required_argument, NULL, OPT_THREADS},             \
+    {"tokenizer", required_argument, NULL, OPT_TOKENIZER},         \
+    {"help", no_argument, NULL, 'h'}
+
+/* Help text for the common options, printed by every command's --help. */
+extern const char CLI_COMMON_HELP[];
+
+typedef struct CommonOptions {
+    const char *model_dir;      /* first positional argument */
+    const char *tokenizer_dir;  /* --tokenizer; default: model_dir */
+    QuantConfig quant;          /* --precision / --quant / --threshold / --outliers */
+    bool threshold_given;       /* else the checkpoint's llm_int8_threshold or 6.0 */
+    bool quant_given;
+    const char *device;         /* --device cpu|cuda|auto (default cpu) */
+    int threads;                /* --threads, <= 0: one per core */
+} CommonOptions;
+
+void cli_common_defaults(CommonOptions *o);
+/* Handles one common option code. Returns 1 if handled, 0 if `code` is not a common
+ * option, -1 after printing an error about a bad value. */
+int cli_common_option(int code, const char *arg, CommonOptions *o);
+
+/* Prints "llmint8: error: <msg>" to stderr. Returns 1 (the exit code). */
+int cli_fail(const Error *err);
+/* Prints "llmint8 CMD: <fmt...>\nTry 'llmint8 CMD --help'." and returns 2. */
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Parses a whole string as an int / long / float within [lo, hi]; returns 0 or -1. */
+int cli_parse_int(const char *s, long lo, long hi, long *out);
+int cli_parse_float(const char *s, double lo, double hi, double *out);
+
+/* Opened model and everything it needs, released in reverse order by cli_session_close. */
+typedef struct Session {
+    Checkpoint *ck;
+    Backend *bk;
+    Model *model;
+    Tokenizer *tok;     /* NULL if not requested or not found (see cli_session_open) */
+} Session;
+
+/* Opens checkpoint and backend (and the tokenizer: if need_tokenizer a missing one is an
+ * error, if want_tokenizer one is loaded when present). The model is loaded separately,
+ * because its context length may depend on the tokenized prompt. */
+int cli_session_open(const CommonOptions *o, bool need_tokenizer, bool want_tokenizer, Session *s,
+                     Error *err);
+/* Loads (or reloads) s->model with the common options' quantization and mo's ctx/batch. */
+int cli_session_load_model(Session *s, const CommonOptions *o, const ModelOptions *mo, Error *err);
+void cli_session_close(Session *s);
+
+/* Reads a whole file ("-" = stdin) into a malloc'ed NUL-terminated buffer. */
+int cli_read_file(const char *path, char **data, size_t *len, Error *err);
+/* Reads whitespace-separated token ids from a file, checking each is in [0, vocab). */
+int cli_read_ids(const char *path, int vocab, int32_t **ids, size_t *n, Error *err);
+
+/* Progress bar on stderr, drawn only when stderr is a terminal. */
+typedef struct Progress {
+    const char *label;
+    long total, done;
+    double t_start;
+    bool enabled;
+} Progress;
+void progress_begin(Progress *p, const char *label, long total);
+void progress_update(Progress *p, long done);
+void progress_end(Progress *p);
+
+double cli_now(void);   /* monotonic seconds */
+
+#endif

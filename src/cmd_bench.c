@@ -1,0 +1,1290 @@
+/* cmd_bench.c — `llmint8 bench`: how fast and how big int8 is next to fp16, on synthetic
+ * weights of a real model's shape (no checkpoint needed).
+ *
+ * Two parts, both comparing the same inputs in one run:
+ *
+ *  1. Linear layers. One projection of the FFN shape (K = hidden, N = ffn) and one of the
+ *     attention shape (K = N = hidden), created through the backend from the same random
+ *     F16 weights three times: fp16, int8 with tau = 0 (no decomposition) and int8 with
+ *     tau = 6 (LLM.int8()). The input rows are N(0,1) clipped below tau, except for a few
+ *     planted outlier columns (--outlier-frac, default 0.5% of K) that hold +-8..20 in every
+ *     row, like the paper's emergent features. Each cell reports GOP/s = 2*T*K*N / median
+ *     seconds per call.
+ *
+ *  2. The whole model. A synthetic checkpoint (config.json + model.safetensors with random
+ *     F16 weights, std 0.02 like the real init) is written to a temporary directory, opened,
+ *     and deleted at once (it stays mapped), so the normal loader and forward pass run. The
+ *     LayerNorms feeding the projections have weight 1 except in 2..6 hidden dimensions,
+ *     where it is 30: the normalised activations there are ~N(0, 30^2), mostly above tau = 6,
+ *     as the outlier features of real models are. Measured per precision (fp16, int8):
+ *     prompt processing (last position's logits only, as generation needs), perplexity-style
+ *     throughput (all logits), decoding at batch 1 after the prompt, weight bytes (what the
+ *     backend objects hold) and peak resident memory.
+ *
+ * Every measurement runs in a forked child process. That gives each precision its own
+ * peak-RSS counter (VmHWM is per process), and keeps OpenMP and GPU state out of the parent,
+ * which would make fork unsafe. A child sends its result back through a pipe.
+ *
+ * Peak RSS: after loading, the child drops its page-table entries for the checkpoint mapping
+ * (madvise DONTNEED; the data stays in the page cache), resets the high-water mark
+ * (/proc/self/clear_refs) and then runs. The figure is thus what inference keeps resident:
+ * fp16 faults its weights back in from the mapping, int8 does not need the 16-bit weights
+ * at all (it quantized them while loading; an int8 checkpoint from `convert` would not map
+ * them in the first place). */
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "commands.h"
+#include "cpu/cpu_internal.h"
+
+static const char HELP[] =
+    "Usage: llmint8 bench [--shape NAME | --hidden N --layers N ...] [options]\n"
+    "Measures int8 against fp16 on random weights of a model's shape: linear-layer GOP/s at\n"
+    "several token counts, then the whole model (prompt, perplexity and decoding tokens/s,\n"
+    "weight bytes and peak memory), with the int8/fp16 ratios and the targets they should meet.\n\n"
+    "  --shape NAME           tiny, opt-125m, opt-350m, opt-1.3b (default), opt-2.7b, opt-6.7b,\n"
+    "                         opt-13b, opt-30b, opt-66b, bloom-560m, bloom-1b1, bloom-1b7,\n"
+    "                         bloom-3b, bloom-7b1\n"
+    "  --arch opt|bloom       architecture for explicit dimensions (default: the shape's)\n"
+    "  --hidden N  --ffn N  --layers N  --heads N  --vocab N\n"
+    "                         override the shape's dimensions (a new --hidden also sets ffn to\n"
+    "                         4*hidden and heads to hidden/64 unless those are given; fewer\n"
+    "                         --layers make a quick run but change the model ratios)\n"
+    "  --tokens LIST          token counts of the linear-layer part (default 1,16,128,512)\n"
+    "  --outlier-frac F       fraction of input columns holding outliers (default 0.005)\n"
+    "  --iters N              timed calls per linear-layer cell (default: at least 3 and 0.3 s)\n"
+    "  --prompt-tokens N      prompt length (default 128)\n"
+    "  --ppl-tokens N         tokens of the all-logits (perplexity) pass (default 512; 0 = skip)\n"
+    "  --decode-tokens N      tokens generated after the prompt (default 32; 0 = skip)\n"
+    "  --gemm-only            only the linear layers (no checkpoint is written)\n"
+    "  --model-only           only the whole model\n"
+    "  --tmpdir DIR           where the synthetic checkpoint is written (default $TMPDIR or /tmp;\n"
+    "                         it is deleted as soon as it is opened)\n"
+    "  --json                 print one JSON object instead of tables\n"
+    "\n"
+    "  --threshold T sets tau of int8 (default 6), --outliers its outlier scope, --device and\n"
+    "  --threads where it runs (--precision and --quant do not apply: bench runs both).\n"
+    "\n%s\n"
+    "Examples:\n"
+    "  llmint8 bench --shape opt-1.3b --threads 2\n"
+    "  llmint8 bench --shape opt-6.7b --gemm-only --tokens 1,128\n"
+    "  llmint8 bench --hidden 1024 --layers 4 --json\n";
+
+enum {
+    OPT_SHAPE = OPT_COMMAND_BASE, OPT_ARCH, OPT_HIDDEN, OPT_FFN, OPT_LAYERS, OPT_HEADS, OPT_VOCAB,
+    OPT_TOKENS, OPT_OUTLIER_FRAC, OPT_ITERS, OPT_PROMPT_TOKENS, OPT_PPL_TOKENS, OPT_DECODE_TOKENS,
+    OPT_GEMM_ONLY, OPT_MODEL_ONLY, OPT_TMPDIR, OPT_JSON,
+};
+
+/* ---- shapes ------------------------------------------------------------------------ */
+
+typedef struct Shape {
+    const char *name;
+    Arch arch;
+    int hidden, layers, heads, ffn, vocab;
+    int proj_dim;        /* OPT word_embed_proj_dim when it differs from hidden (opt-350m), else 0 */
+    bool post_ln;        /* OPT do_layer_norm_before = false (opt-350m) */
+} Shape;
+
+/* The published configs (SPEC §3 tables; the others from the hub configs of the same families). */
+static const Shape SHAPES[] = {
+    {"tiny", ARCH_OPT, 64, 2, 4, 256, 1024, 0, false},
+    {"opt-125m", ARCH_OPT, 768, 12, 12, 3072, 50272, 0, false},
+    {"opt-350m", ARCH_OPT, 1024, 24, 16, 4096, 50272, 512, true},
+    {"opt-1.3b", ARCH_OPT, 2048, 24, 32, 8192, 50272, 0, false},
+    {"opt-2.7b", ARCH_OPT, 2560, 32, 32, 10240, 50272, 0, false},
+    {"opt-6.7b", ARCH_OPT, 4096, 32, 32, 16384, 50272, 0, false},
+    {"opt-13b", ARCH_OPT, 5120, 40, 40, 20480, 50272, 0, false},
+    {"opt-30b", ARCH_OPT, 7168, 48, 56, 28672, 50272, 0, false},
+    {"opt-66b", ARCH_OPT, 9216, 64, 72, 36864, 50272, 0, false},
+    {"bloom-560m", ARCH_BLOOM, 1024, 24, 16, 4096, 250880, 0, false},
+    {"bloom-1b1", ARCH_BLOOM, 1536, 24, 16, 6144, 250880, 0, false},
+    {"bloom-1b7", ARCH_BLOOM, 2048, 24, 16, 8192, 250880, 0, false},
+    {"bloom-3b", ARCH_BLOOM, 2560, 30, 32, 10240, 250880, 0, false},
+    {"bloom-7b1", ARCH_BLOOM, 4096, 30, 32, 16384, 250880, 0, false},
+};
+#define N_SHAPES (sizeof SHAPES / sizeof SHAPES[0])
+
+#define OPT_POSITIONS 2048   /* max_position_embeddings of every OPT */
+#define MAX_TOKEN_COUNTS 16
+#define MAX_OUTLIER_DIMS 6
+#define LN_OUTLIER_GAIN 30.0f
+#define WEIGHT_STD 0.02
+
+/* ---- options ----------------------------------------------------------------------- */
+
+typedef struct BenchOptions {
+    Shape shape;
+    bool dims_changed;               /* some dimension differs from the named shape */
+    int tokens[MAX_TOKEN_COUNTS], n_tokens;
+    double outlier_frac;
+    long iters;                      /* 0: adaptive */
+    int prompt_tokens, ppl_tokens, decode_tokens;
+    bool gemm, model, json;
+    const char *tmpdir;
+} BenchOptions;
+
+static int parse_dim(const char *opt, const char *arg, long lo, long hi, int *out) {
+    long v;
+    if (cli_parse_int(arg, lo, hi, &v))
+        return cli_usage_error("bench", "%s '%s': expected a whole number from %ld to %ld", opt, arg, lo, hi);
+    *out = (int)v;
+    return 0;
+}
+
+/* "1,16,128,512" -> tokens[]. */
+static int parse_tokens(const char *arg, BenchOptions *bo) {
+    bo->n_tokens = 0;
+    const char *p = arg;
+    for (;;) {
+        char item[32];
+        size_t len = strcspn(p, ",");
+        if (len == 0 || len >= sizeof item || bo->n_tokens == MAX_TOKEN_COUNTS) break;
+        memcpy(item, p, len);
+        item[len] = 0;
+        long v;
+        if (cli_parse_int(item, 1, 8192, &v)) break;
+        bo->tokens[bo->n_tokens++] = (int)v;
+        if (p[len] == 0) return 0;
+        p += len + 1;
+    }
+    return cli_usage_error("bench", "--tokens '%s': expected up to %d comma-separated counts from 1 to 8192",
+                           arg, MAX_TOKEN_COUNTS);
+}
+
+static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo) {
+    static const struct option longopts[] = {
+        CLI_COMMON_OPTIONS,
+        {"shape", required_argument, NULL, OPT_SHAPE},
+        {"arch", required_argument, NULL, OPT_ARCH},
+        {"hidden", required_argument, NULL, OPT_HIDDEN},
+        {"ffn", required_argument, NULL, OPT_FFN},
+        {"layers", required_argument, NULL, OPT_LAYERS},
+        {"heads", required_argument, NULL, OPT_HEADS},
+        {"vocab", required_argument, NULL, OPT_VOCAB},
+        {"tokens", required_argument, NULL, OPT_TOKENS},
+        {"outlier-frac", required_argument, NULL, OPT_OUTLIER_FRAC},
+        {"iters", required_argument, NULL, OPT_ITERS},
+        {"prompt-tokens", required_argument, NULL, OPT_PROMPT_TOKENS},
+        {"ppl-tokens", required_argument, NULL, OPT_PPL_TOKENS},
+        {"decode-tokens", required_argument, NULL, OPT_DECODE_TOKENS},
+        {"gemm-only", no_argument, NULL, OPT_GEMM_ONLY},
+        {"model-only", no_argument, NULL, OPT_MODEL_ONLY},
+        {"tmpdir", required_argument, NULL, OPT_TMPDIR},
+        {"json", no_argument, NULL, OPT_JSON},
+        {NULL, 0, NULL, 0},
+    };
+    /* Explicit dimensions are applied after the loop, on top of the (possibly named) shape. */
+    const char *shape_name = "opt-1.3b", *arch = NULL;
+    int hidden = 0, ffn = 0, layers = 0, heads = 0, vocab = 0;
+    bool gemm_only = false, model_only = false;
+    bo->tokens[0] = 1, bo->tokens[1] = 16, bo->tokens[2] = 128, bo->tokens[3] = 512;
+    bo->n_tokens = 4;
+    bo->outlier_frac = 0.005;
+    bo->prompt_tokens = 128, bo->ppl_tokens = 512, bo->decode_tokens = 32;
+    int c, rc = 0;
+    double d;
+    optind = 1;
+    while (rc == 0 && (c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'h': printf(HELP, CLI_COMMON_HELP); exit(0);
+        case OPT_SHAPE: shape_name = optarg; break;
+        case OPT_ARCH:
+            if (strcmp(optarg, "opt") && strcmp(optarg, "bloom"))
+                return cli_usage_error("bench", "--arch '%s': expected opt or bloom", optarg);
+            arch = optarg;
+            break;
+        case OPT_HIDDEN: rc = parse_dim("--hidden", optarg, 2, 65536, &hidden); break;
+        case OPT_FFN: rc = parse_dim("--ffn", optarg, 1, 262144, &ffn); break;
+        case OPT_LAYERS: rc = parse_dim("--layers", optarg, 1, 1024, &layers); break;
+        case OPT_HEADS: rc = parse_dim("--heads", optarg, 1, 1024, &heads); break;
+        case OPT_VOCAB: rc = parse_dim("--vocab", optarg, 2, 1 << 20, &vocab); break;
+        case OPT_TOKENS: rc = parse_tokens(optarg, bo); break;
+        case OPT_OUTLIER_FRAC:
+            if (cli_parse_float(optarg, 0.0, 0.5, &d))
+                return cli_usage_error("bench", "--outlier-frac '%s': expected a number from 0 to 0.5", optarg);
+            bo->outlier_frac = d;
+            break;
+        case OPT_ITERS:
+            if (cli_parse_int(optarg, 1, 1000000, &bo->iters))
+                return cli_usage_error("bench", "--iters '%s': expected a whole number from 1 to 1000000", optarg);
+            break;
+        case OPT_PROMPT_TOKENS: rc = parse_dim("--prompt-tokens", optarg, 1, 2047, &bo->prompt_tokens); break;
+        case OPT_PPL_TOKENS: rc = parse_dim("--ppl-tokens", optarg, 0, 2048, &bo->ppl_tokens); break;
+        case OPT_DECODE_TOKENS: rc = parse_dim("--decode-tokens", optarg, 0, 2047, &bo->decode_tokens); break;
+        case OPT_GEMM_ONLY: gemm_only = true; break;
+        case OPT_MODEL_ONLY: model_only = true; break;
+        case OPT_TMPDIR: bo->tmpdir = optarg; break;
+        case OPT_JSON: bo->json = true; break;
+        case OPT_PRECISION: case OPT_QUANT: case OPT_TOKENIZER:
+            return cli_usage_error("bench", "--precision, --quant and --tokenizer do not apply: bench compares "
+                                            "fp16 and int8 (LLM.int8()) on synthetic weights");
+        default: {
+            int r = cli_common_option(c, optarg, co);
+            if (r < 0) return 2;
+            if (r == 0) return cli_usage_error("bench", "unknown option");
+        }
+        }
+    }
+    if (rc) return rc;
+    if (optind < argc) return cli_usage_error("bench", "unexpected argument '%s' (bench needs no MODEL_DIR)", argv[optind]);
+    if (gemm_only && model_only) return cli_usage_error("bench", "give at most one of --gemm-only and --model-only");
+    bo->gemm = !model_only;
+    bo->model = !gemm_only;
+
+    const Shape *named = NULL;
+    for (size_t i = 0; i < N_SHAPES; i++)
+        if (strcmp(SHAPES[i].name, shape_name) == 0) named = &SHAPES[i];
+    if (!named) {
+        char list[512] = "";
+        for (size_t i = 0; i < N_SHAPES; i++)
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", SHAPES[i].name);
+        return cli_usage_error("bench", "--shape '%s' is not one of %s", shape_name, list);
+    }
+    Shape s = *named;
+    if (arch) {
+        Arch a = strcmp(arch, "opt") == 0 ? ARCH_OPT : ARCH_BLOOM;
+        if (a != s.arch) {
+            s.arch = a;
+            s.proj_dim = 0, s.post_ln = false;
+            s.vocab = a == ARCH_OPT ? 50272 : 250880;
+            bo->dims_changed = true;
+        }
+    }
+    if (hidden && hidden != s.hidden) {
+        s.hidden = hidden;
+        s.ffn = 4 * hidden;
+        s.heads = hidden >= 64 ? hidden / 64 : 1;
+        s.proj_dim = 0, s.post_ln = false;
+        bo->dims_changed = true;
+    }
+    if (ffn) s.ffn = ffn, bo->dims_changed = true;
+    if (heads) s.heads = heads, bo->dims_changed = true;
+    if (vocab) s.vocab = vocab, bo->dims_changed = true;
+    if (layers) s.layers = layers, bo->dims_changed = bo->dims_changed || layers != named->layers;
+    if (s.hidden % s.heads)
+        return cli_usage_error("bench", "%d heads do not divide the hidden size %d", s.heads, s.hidden);
+    if (s.arch == ARCH_BLOOM && s.ffn != 4 * s.hidden)
+        return cli_usage_error("bench", "BLOOM's MLP is 4 x hidden = %d wide; --ffn %d is not possible", 4 * s.hidden,
+                               s.ffn);
+    bo->shape = s;
+    if (s.arch == ARCH_OPT && bo->prompt_tokens + bo->decode_tokens > OPT_POSITIONS)
+        return cli_usage_error("bench", "--prompt-tokens + --decode-tokens must fit OPT's %d positions",
+                               OPT_POSITIONS);
+    return 0;
+}
+
+/* ---- random numbers (splitmix64: fast, and the same stream on every machine) --------- */
+
+typedef struct Rng {
+    uint64_t s;
+} Rng;
+
+static uint64_t rng_next(Rng *r) {
+    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static double rng_uniform(Rng *r) { return (double)(rng_next(r) >> 11) * 0x1.0p-53; } /* [0, 1) */
+
+static double rng_normal(Rng *r) { /* Box-Muller */
+    double u = 1.0 - rng_uniform(r), v = rng_uniform(r);
+    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
+}
+
+/* Draws n distinct values from [0, range) into out (n <= range), for outlier columns. */
+static int pick_distinct(Rng *r, int range, int n, int32_t *out) {
+    int32_t *all = malloc((size_t)range * sizeof *all);
+    if (!all) return -1;
+    for (int i = 0; i < range; i++) all[i] = i;
+    for (int i = 0; i < n; i++) { /* the first steps of a Fisher-Yates shuffle */
+        int j = i + (int)(rng_next(r) % (uint64_t)(range - i));
+        int32_t t = all[i];
+        all[i] = all[j], all[j] = t;
+        out[i] = all[i];
+    }
+    free(all);
+    return 0;
+}
+
+/* Writing billions of normal F16 values one Box-Muller at a time would take longer than the
+ * benchmark; instead each value is one of 65536 pre-drawn N(0, std) halves, picked by 16
+ * random bits. */
+typedef struct NormalTable {
+    uint16_t v[65536];
+} NormalTable;
+
+static void normal_table_init(NormalTable *t, double std, Rng *r) {
+    for (int i = 0; i < 65536; i++) t->v[i] = f32_to_f16((float)(std * rng_normal(r)));
+}
+
+static void fill_normal_f16(const NormalTable *t, Rng *r, uint16_t *out, size_t n) {
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        uint64_t b = rng_next(r);
+        out[i] = t->v[b & 0xffff], out[i + 1] = t->v[(b >> 16) & 0xffff];
+        out[i + 2] = t->v[(b >> 32) & 0xffff], out[i + 3] = t->v[b >> 48];
+    }
+    for (; i < n; i++) out[i] = t->v[rng_next(r) & 0xffff];
+}
+
+/* ---- memory measurements ----------------------------------------------------------- */
+
+/* A "VmHWM:" / "VmRSS:" figure of /proc/self/status in bytes; getrusage's peak if absent. */
+static long long proc_status_bytes(const char *key) {
+    FILE *f = fopen("/proc/self/status", "r");
+    long long kb = -1;
+    if (f) {
+        char line[256];
+        size_t klen = strlen(key);
+        while (fgets(line, sizeof line, f))
+            if (strncmp(line, key, klen) == 0 && sscanf(line + klen, "%lld", &kb) == 1) break;
+        fclose(f);
+    }
+    if (kb < 0) {
+        struct rusage ru;
+        if (getrusage(RUSAGE_SELF, &ru) == 0) kb = ru.ru_maxrss;
+    }
+    return kb < 0 ? -1 : kb * 1024;
+}
+
+/* Resets the peak-RSS counter (VmHWM) to the current RSS (Linux >= 4.0). */
+static bool reset_peak_rss(void) {
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (!f) return false;
+    bool ok = fputs("5", f) >= 0;
+    return fclose(f) == 0 && ok;
+}
+
+/* Removes the checkpoint's pages from this process's page tables (see the file comment).
+ * Only inside read-only file mappings: on anonymous memory DONTNEED would zero the data. */
+static void drop_checkpoint_pages(const Checkpoint *ck) {
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (!f) return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    char line[1024];
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi, inode;
+        char perms[8];
+        if (sscanf(line, "%lx-%lx %7s %*s %*s %lu", &lo, &hi, perms, &inode) != 4) continue;
+        if (inode == 0 || perms[0] != 'r' || perms[1] != '-') continue;
+        for (size_t i = 0; i < checkpoint_count(ck); i++) {
+            const StTensor *t = checkpoint_tensor(ck, i);
+            uintptr_t b = (uintptr_t)t->data, e = b + t->nbytes;
+            if (b < lo || e > hi) continue;
+            b = (b + page - 1) & ~(page - 1);
+            e &= ~(page - 1);
+            if (e > b) madvise((void *)b, e - b, MADV_DONTNEED);
+        }
+    }
+    fclose(f);
+}
+
+/* ---- child processes --------------------------------------------------------------- */
+
+typedef struct BenchPlan BenchPlan;
+typedef int (*ChildFn)(const BenchPlan *p, const void *arg, void *out, Error *err);
+
+static int write_all(int fd, const void *buf, size_t n) {
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t k = write(fd, p, n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return -1;
+        p += k, n -= (size_t)k;
+    }
+    return 0;
+}
+
+static size_t read_all(int fd, void *buf, size_t n) {
+    char *p = buf;
+    size_t got = 0;
+    while (got < n) {
+        ssize_t k = read(fd, p + got, n - got);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) break;
+        got += (size_t)k;
+    }
+    return got;
+}
+
+/* Runs fn(p, arg, out) in a forked child and copies its Error or its `out` back. */
+static int run_in_child(const char *what, ChildFn fn, const BenchPlan *p, const void *arg, void *out,
+                        size_t out_size, Error *err) {
+    int fds[2];
+    if (pipe(fds)) return err_set(err, "%s: pipe: %s", what, strerror(errno));
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]), close(fds[1]);
+        return err_set(err, "%s: fork: %s", what, strerror(errno));
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        Error cerr;
+        cerr.msg[0] = 0;
+        int rc = fn(p, arg, out, &cerr);
+        int ok = write_all(fds[1], &rc, sizeof rc) == 0 && write_all(fds[1], &cerr, sizeof cerr) == 0 &&
+                 (rc != 0 || write_all(fds[1], out, out_size) == 0);
+        close(fds[1]);
+        _exit(ok && rc == 0 ? 0 : 1);
+    }
+    close(fds[1]);
+    int rc = -1;
+    Error cerr;
+    size_t got = read_all(fds[0], &rc, sizeof rc);
+    if (got == sizeof rc) got += read_all(fds[0], &cerr, sizeof cerr);
+    if (got == sizeof rc + sizeof cerr && rc == 0) got += read_all(fds[0], out, out_size);
+    close(fds[0]);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) continue;
+    if (WIFSIGNALED(status))
+        return err_set(err, "%s: the benchmark process was killed by signal %d (%s)%s", what, WTERMSIG(status),
+                       strsignal(WTERMSIG(status)),
+                       WTERMSIG(status) == SIGKILL ? "; out of memory? try fewer --layers" : "");
+    if (got < sizeof rc + sizeof cerr) return err_set(err, "%s: the benchmark process exited early", what);
+    if (rc != 0) {
+        cerr.msg[sizeof cerr.msg - 1] = 0;
+        *err = cerr;
+        return -1;
+    }
+    if (got != sizeof rc + sizeof cerr + out_size) return err_set(err, "%s: incomplete result from the benchmark process", what);
+    return 0;
+}
+
+/* ---- the plan shared by every part ------------------------------------------------- */
+
+struct BenchPlan {
+    BenchOptions o;
+    const char *device;
+    int threads;                 /* as given; <= 0: one per core */
+    QuantConfig int8;            /* LLM.int8() with the chosen tau and outlier scope */
+    const Checkpoint *ck;        /* the synthetic checkpoint (model part) */
+    int n_outlier_dims;          /* hidden dims with LayerNorm gain LN_OUTLIER_GAIN */
+    int32_t outlier_dims[MAX_OUTLIER_DIMS];
+};
+
+/* ---- part 1: linear layers --------------------------------------------------------- */
+
+enum { V_FP16, V_INT8, V_INT8_DECOMP, N_VARIANTS };
+static const char *const VARIANT_NAMES[N_VARIANTS] = {"fp16", "int8", "int8_decomp"};
+
+typedef struct GemmCell {
+    int shape;                   /* 0: FFN (fc1), 1: attention (q/k/v/out) */
+    int K, N, T, outlier_cols;
+    double seconds[N_VARIANTS];  /* median per call */
+    int calls[N_VARIANTS];
+} GemmCell;
+
+typedef struct GemmReport {
+    char backend[16];
+    int n;
+    GemmCell cells[2 * MAX_TOKEN_COUNTS];
+} GemmReport;
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median seconds of one call y = x W^T, after one warm-up call. Reading one output back
+ * makes a GPU backend finish the call before the clock stops. */
+static double time_linear(Backend *bk, const BkLinear *l, const float *x, int T, float *y, long iters, int *calls) {
+    enum { MAX_SAMPLES = 4096 };
+    static double samples[MAX_SAMPLES];
+    float one;
+    bk->linear(bk, l, x, T, y);
+    bk->download(bk, &one, y, 1);
+    double start = cli_now();
+    int n = 0;
+    for (;;) {
+        double t0 = cli_now();
+        bk->linear(bk, l, x, T, y);
+        bk->download(bk, &one, y, 1);
+        samples[n++] = cli_now() - t0;
+        if (n == MAX_SAMPLES || (iters > 0 && n >= iters)) break;
+        if (iters == 0 && n >= 3 && cli_now() - start >= 0.3) break;
+    }
+    qsort(samples, (size_t)n, sizeof samples[0], cmp_double);
+    *calls = n;
+    return n % 2 ? samples[n / 2] : 0.5 * (samples[n / 2 - 1] + samples[n / 2]);
+}
+
+/* Input rows for the GEMM cells: N(0,1) clipped to +-5.5 (below tau) everywhere but the
+ * outlier columns, which hold +-U(8, 20) in every row. */
+static void make_gemm_input(float *x, int T, int K, const int32_t *cols, int n_cols, Rng *r) {
+    for (size_t i = 0; i < (size_t)T * (size_t)K; i++) {
+        double v = rng_normal(r);
+        x[i] = (float)(v > 5.5 ? 5.5 : v < -5.5 ? -5.5 : v);
+    }
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < n_cols; c++) {
+            double m = 8.0 + 12.0 * rng_uniform(r);
+            x[(size_t)t * (size_t)K + (size_t)cols[c]] = (float)(rng_next(r) & 1 ? m : -m);
+        }
+}
+
+static int gemm_child(const BenchPlan *p, const void *arg, void *out, Error *err) {
+    (void)arg;
+    GemmReport *rep = out;
+    const BenchOptions *o = &p->o;
+    Backend *bk = backend_create(p->device, p->threads, err);
+    if (!bk) return -1;
+    snprintf(rep->backend, sizeof rep->backend, "%s", bk->name);
+    rep->n = 0;
+    Rng rng = {12345};
+    int rc = 0;
+    for (int shape = 0; shape < 2 && rc == 0; shape++) {
+        int K = o->shape.hidden, N = shape == 0 ? o->shape.ffn : o->shape.hidden;
+        uint16_t *w = malloc((size_t)N * (size_t)K * sizeof *w);
+        float *bias = malloc((size_t)N * sizeof *bias);
+        int32_t *cols = malloc((size_t)K * sizeof *cols);
+        NormalTable *table = malloc(sizeof *table);
+        BkLinear *lin[N_VARIANTS] = {NULL};
+        int n_cols = (int)lround(o->outlier_frac * K);
+        if (o->outlier_frac > 0 && n_cols == 0) n_cols = 1;
+        if (!w || !bias || !cols || !table || pick_distinct(&rng, K, n_cols, cols)) {
+            rc = err_set(err, "out of memory for a %d x %d weight matrix", N, K);
+        } else {
+            normal_table_init(table, WEIGHT_STD, &rng);
+            fill_normal_f16(table, &rng, w, (size_t)N * (size_t)K);
+            for (int i = 0; i < N; i++) bias[i] = (float)(WEIGHT_STD * rng_normal(&rng));
+            HostMatrix hm = {.dtype = DT_F16, .rows = N, .cols = K, .data = w, .scb = NULL};
+            QuantConfig q[N_VARIANTS] = {
+                {QUANT_FP16, 0.0f, p->int8.outliers},
+                {QUANT_LLM_INT8, 0.0f, p->int8.outliers},
+                p->int8,
+            };
+            for (int v = 0; v < N_VARIANTS && rc == 0; v++)
+                if (!(lin[v] = bk->linear_create(bk, &hm, bias, &q[v], err))) rc = -1;
+        }
+        for (int ti = 0; ti < o->n_tokens && rc == 0; ti++) {
+            int T = o->tokens[ti];
+            float *xh = malloc((size_t)T * (size_t)K * sizeof *xh);
+            float *x = bk->alloc(bk, (size_t)T * (size_t)K);
+            float *y = bk->alloc(bk, (size_t)T * (size_t)N);
+            if (!xh || !x || !y) {
+                rc = err_set(err, "out of memory for %d tokens of the %d x %d projection", T, N, K);
+            } else {
+                make_gemm_input(xh, T, K, cols, n_cols, &rng);
+                bk->upload(bk, x, xh, (size_t)T * (size_t)K);
+                GemmCell *cell = &rep->cells[rep->n++];
+                *cell = (GemmCell){.shape = shape, .K = K, .N = N, .T = T, .outlier_cols = n_cols};
+                for (int v = 0; v < N_VARIANTS; v++)
+                    cell->seconds[v] = time_linear(bk, lin[v], x, T, y, o->iters, &cell->calls[v]);
+            }
+            free(xh);
+            if (x) bk->release(bk, x);
+            if (y) bk->release(bk, y);
+        }
+        for (int v = 0; v < N_VARIANTS; v++)
+            if (lin[v]) bk->linear_free(bk, lin[v]);
+        free(w), free(bias), free(cols), free(table);
+    }
+    bk->destroy(bk);
+    return rc;
+}
+
+/* ---- part 2: a synthetic checkpoint ------------------------------------------------ */
+
+typedef enum Fill { FILL_NORMAL, FILL_ZERO, FILL_ONE, FILL_LN_GAIN } Fill;
+
+typedef struct TensorSpec {
+    char name[96];
+    int ndim;
+    int64_t shape[2];
+    Fill fill;
+} TensorSpec;
+
+typedef struct TensorList {
+    TensorSpec *t;
+    int n, cap;
+} TensorList;
+
+static void add_tensor(TensorList *l, Fill fill, int64_t rows, int64_t cols, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void add_tensor(TensorList *l, Fill fill, int64_t rows, int64_t cols, const char *fmt, ...) {
+    if (l->n == l->cap) return; /* cap is computed exactly by list_tensors */
+    TensorSpec *s = &l->t[l->n++];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->name, sizeof s->name, fmt, ap);
+    va_end(ap);
+    s->ndim = cols ? 2 : 1;
+    s->shape[0] = rows, s->shape[1] = cols;
+    s->fill = fill;
+}
+
+/* A projection: weight [out, in] ~ N(0, 0.02), bias zero (as nn.Linear is initialised for OPT). */
+static void add_linear(TensorList *l, int64_t out, int64_t in, bool bias, const char *name) {
+    add_tensor(l, FILL_NORMAL, out, in, "%s.weight", name);
+    if (bias) add_tensor(l, FILL_ZERO, out, 0, "%s.bias", name);
+}
+
+static void add_layernorm(TensorList *l, int64_t dim, bool planted, const char *name) {
+    add_tensor(l, planted ? FILL_LN_GAIN : FILL_ONE, dim, 0, "%s.weight", name);
+    add_tensor(l, FILL_ZERO, dim, 0, "%s.bias", name);
+}
+
+/* Every tensor of the architecture, with the short names checkpoint.c looks for (SPEC §3). */
+static int list_tensors(const Shape *s, TensorList *l) {
+    l->cap = 8 + 16 * s->layers, l->n = 0;
+    if (!(l->t = calloc((size_t)l->cap, sizeof *l->t))) return -1;
+    int64_t D = s->hidden, F = s->ffn, V = s->vocab;
+    char name[80];
+    if (s->arch == ARCH_OPT) {
+        int64_t E = s->proj_dim ? s->proj_dim : D;
+        add_tensor(l, FILL_NORMAL, V, E, "decoder.embed_tokens.weight");
+        add_tensor(l, FILL_NORMAL, OPT_POSITIONS + 2, D, "decoder.embed_positions.weight");
+        if (E != D) {
+            add_linear(l, D, E, false, "decoder.project_in");
+            add_linear(l, E, D, false, "decoder.project_out");
+        }
+        if (!s->post_ln) add_layernorm(l, D, false, "decoder.final_layer_norm");
+        for (int i = 0; i < s->layers; i++) {
+            const char *proj[4] = {"q_proj", "k_proj", "v_proj", "out_proj"};
+            for (int j = 0; j < 4; j++) {
+                snprintf(name, sizeof name, "decoder.layers.%d.self_attn.%s", i, proj[j]);
+                add_linear(l, D, D, true, name);
+            }
+            snprintf(name, sizeof name, "decoder.layers.%d.self_attn_layer_norm", i);
+            add_layernorm(l, D, true, name);
+            snprintf(name, sizeof name, "decoder.layers.%d.fc1", i);
+            add_linear(l, F, D, true, name);
+            snprintf(name, sizeof name, "decoder.layers.%d.fc2", i);
+            add_linear(l, D, F, true, name);
+            snprintf(name, sizeof name, "decoder.layers.%d.final_layer_norm", i);
+            add_layernorm(l, D, true, name);
+        }
+    } else {
+        add_tensor(l, FILL_NORMAL, V, D, "word_embeddings.weight");
+        add_layernorm(l, D, false, "word_embeddings_layernorm");
+        for (int i = 0; i < s->layers; i++) {
+            snprintf(name, sizeof name, "h.%d.input_layernorm", i);
+            add_layernorm(l, D, true, name);
+            snprintf(name, sizeof name, "h.%d.self_attention.query_key_value", i);
+            add_linear(l, 3 * D, D, true, name);
+            snprintf(name, sizeof name, "h.%d.self_attention.dense", i);
+            add_linear(l, D, D, true, name);
+            snprintf(name, sizeof name, "h.%d.post_attention_layernorm", i);
+            add_layernorm(l, D, true, name);
+            snprintf(name, sizeof name, "h.%d.mlp.dense_h_to_4h", i);
+            add_linear(l, F, D, true, name);
+            snprintf(name, sizeof name, "h.%d.mlp.dense_4h_to_h", i);
+            add_linear(l, D, F, true, name);
+        }
+        add_layernorm(l, D, false, "ln_f");
+    }
+    return 0;
+}
+
+static int64_t tensor_numel(const TensorSpec *t) { return t->shape[0] * (t->ndim == 2 ? t->shape[1] : 1); }
+
+static int write_config(const char *path, const Shape *s, Error *err) {
+    FILE *f = fopen(path, "w");
+    if (!f) return err_set(err, "%s: %s", path, strerror(errno));
+    if (s->arch == ARCH_OPT)
+        fprintf(f,
+                "{\n  \"model_type\": \"opt\",\n  \"architectures\": [\"OPTForCausalLM\"],\n"
+                "  \"hidden_size\": %d,\n  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n"
+                "  \"ffn_dim\": %d,\n  \"vocab_size\": %d,\n  \"word_embed_proj_dim\": %d,\n"
+                "  \"max_position_embeddings\": %d,\n  \"do_layer_norm_before\": %s,\n"
+                "  \"_remove_final_layer_norm\": false,\n  \"activation_function\": \"relu\",\n"
+                "  \"enable_bias\": true,\n  \"layer_norm_elementwise_affine\": true,\n"
+                "  \"bos_token_id\": 2,\n  \"eos_token_id\": 2,\n  \"pad_token_id\": 1,\n"
+                "  \"torch_dtype\": \"float16\"\n}\n",
+                s->hidden, s->layers, s->heads, s->ffn, s->vocab, s->proj_dim ? s->proj_dim : s->hidden,
+                OPT_POSITIONS, s->post_ln ? "false" : "true");
+    else
+        fprintf(f,
+                "{\n  \"model_type\": \"bloom\",\n  \"architectures\": [\"BloomForCausalLM\"],\n"
+                "  \"hidden_size\": %d,\n  \"n_layer\": %d,\n  \"n_head\": %d,\n  \"vocab_size\": %d,\n"
+                "  \"layer_norm_epsilon\": 1e-05,\n  \"apply_residual_connection_post_layernorm\": false,\n"
+                "  \"bos_token_id\": 1,\n  \"eos_token_id\": 2,\n  \"pad_token_id\": 3,\n"
+                "  \"torch_dtype\": \"float16\"\n}\n",
+                s->hidden, s->layers, s->heads, s->vocab);
+    bool failed = ferror(f) != 0;
+    if (fclose(f) != 0) failed = true;
+    if (failed) return err_set(err, "%s: write error", path);
+    return 0;
+}
+
+/* Streams every tensor's F16 data into the writer, a chunk at a time. */
+static int write_tensors(StWriter *w, const TensorList *l, const BenchPlan *p, Rng *rng, Error *err) {
+    enum { CHUNK = 1 << 20 };
+    uint16_t *buf = malloc(CHUNK * sizeof *buf);
+    NormalTable *table = malloc(sizeof *table);
+    if (!buf || !table) {
+        free(buf), free(table);
+        return err_set(err, "out of memory");
+    }
+    normal_table_init(table, WEIGHT_STD, rng);
+    const uint16_t one = f32_to_f16(1.0f), gain = f32_to_f16(LN_OUTLIER_GAIN);
+    int rc = 0;
+    for (int i = 0; i < l->n && rc == 0; i++) {
+        const TensorSpec *t = &l->t[i];
+        int64_t n = tensor_numel(t);
+        for (int64_t done = 0; done < n && rc == 0;) {
+            size_t k = n - done < CHUNK ? (size_t)(n - done) : CHUNK;
+            switch (t->fill) {
+            case FILL_NORMAL: fill_normal_f16(table, rng, buf, k); break;
+            case FILL_ZERO: memset(buf, 0, k * sizeof *buf); break;
+            case FILL_ONE:
+            case FILL_LN_GAIN:
+                for (size_t j = 0; j < k; j++) buf[j] = one;
+                if (t->fill == FILL_LN_GAIN)
+                    for (int d = 0; d < p->n_outlier_dims; d++)
+                        if (p->outlier_dims[d] >= done && p->outlier_dims[d] < done + (int64_t)k)
+                            buf[p->outlier_dims[d] - done] = gain;
+                break;
+            }
+            rc = st_writer_write_data(w, buf, k * sizeof *buf, err);
+            done += (int64_t)k;
+        }
+    }
+    free(buf), free(table);
+    return rc;
+}
+
+/* The temporary checkpoint's paths, removed by the signal handler if the user interrupts
+ * the (long) writing; after checkpoint_open they are removed at once. */
+static char tmp_dir[4000], tmp_files[2][4096]; /* the directory; config.json, model.safetensors */
+static volatile sig_atomic_t tmp_armed;
+
+static void remove_tmp_checkpoint(void) {
+    unlink(tmp_files[0]);
+    unlink(tmp_files[1]);
+    rmdir(tmp_dir);
+}
+
+static void on_signal(int sig) {
+    if (tmp_armed) remove_tmp_checkpoint();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static int64_t checkpoint_bytes(const TensorList *l) {
+    int64_t b = 0;
+    for (int i = 0; i < l->n; i++) b += 2 * tensor_numel(&l->t[i]);
+    return b;
+}
+
+/* Writes the synthetic checkpoint, opens it and deletes the files (the mapping keeps the data). */
+static int make_checkpoint(BenchPlan *p, Checkpoint **ck, Error *err) {
+    const Shape *s = &p->o.shape;
+    TensorList l = {0};
+    if (list_tensors(s, &l)) return err_set(err, "out of memory");
+    int64_t bytes = checkpoint_bytes(&l);
+
+    /* The page cache holds the whole file and fp16 runs from it: it must fit in memory. */
+    double ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    if (ram > 0 && (double)bytes > 0.8 * ram) {
+        free(l.t);
+        return err_set(err, "the synthetic %s weights take %.1f GB in fp16 but this machine has %.1f GB of memory; "
+                            "use --layers N for a smaller model of the same width, or --gemm-only",
+                       s->name, (double)bytes / 1e9, ram / 1e9);
+    }
+    const char *base = p->o.tmpdir ? p->o.tmpdir : getenv("TMPDIR");
+    if (!base || !*base) base = "/tmp";
+    struct statvfs vfs;
+    if (statvfs(base, &vfs) != 0) {
+        free(l.t);
+        return err_set(err, "--tmpdir %s: %s", base, strerror(errno));
+    }
+    double avail = (double)vfs.f_bavail * (double)vfs.f_frsize;
+    if (avail < (double)bytes + 64e6) {
+        free(l.t);
+        return err_set(err, "%s has %.1f GB free but the synthetic checkpoint needs %.1f GB; choose another --tmpdir",
+                       base, avail / 1e9, (double)bytes / 1e9);
+    }
+    if (snprintf(tmp_dir, sizeof tmp_dir, "%s/llmint8-bench-XXXXXX", base) >= (int)sizeof tmp_dir) {
+        free(l.t);
+        return err_set(err, "--tmpdir %.100s...: the path is too long", base);
+    }
+    if (!mkdtemp(tmp_dir)) {
+        free(l.t);
+        return err_set(err, "--tmpdir %s: cannot create a directory there (%s)", base, strerror(errno));
+    }
+    snprintf(tmp_files[0], sizeof tmp_files[0], "%s/config.json", tmp_dir);
+    snprintf(tmp_files[1], sizeof tmp_files[1], "%s/model.safetensors", tmp_dir);
+    struct sigaction sa = {0}, old[3];
+    const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    for (int i = 0; i < 3; i++) sigaction(sigs[i], &sa, &old[i]);
+    tmp_armed = 1;
+
+    if (!p->o.json)
+        fprintf(stderr, "llmint8 bench: writing a synthetic %s checkpoint (%.2f GB of F16) to %s\n", s->name,
+                (double)bytes / 1e9, tmp_dir);
+    double t0 = cli_now();
+    Rng rng = {2024};
+    int rc = write_config(tmp_files[0], s, err);
+    StWriter *w = NULL;
+    if (rc == 0) rc = st_writer_begin(tmp_files[1], &w, err);
+    for (int i = 0; i < l.n && rc == 0; i++)
+        rc = st_writer_declare(w, l.t[i].name, DT_F16, l.t[i].ndim, l.t[i].shape, err);
+    if (rc == 0) rc = st_writer_write_header(w, err);
+    if (rc == 0) rc = write_tensors(w, &l, p, &rng, err);
+    if (w) {
+        if (rc == 0) rc = st_writer_finish(w, err);
+        else st_writer_abort(w);
+    }
+    if (rc == 0) rc = checkpoint_open(tmp_dir, ck, err);
+    if (rc == 0 && !p->o.json)
+        fprintf(stderr, "llmint8 bench: written in %.1f s\n", cli_now() - t0);
+
+    remove_tmp_checkpoint();
+    tmp_armed = 0;
+    for (int i = 0; i < 3; i++) sigaction(sigs[i], &old[i], NULL);
+    free(l.t);
+    return rc;
+}
+
+/* ---- part 2: the whole model ------------------------------------------------------- */
+
+typedef struct ModelReport {
+    char backend[16];
+    double load_s, prompt_s, ppl_s, decode_s;
+    long long weight_bytes, kv_bytes;
+    long long rss_load;          /* peak RSS while loading (the 16-bit pages int8 reads included) */
+    long long rss_generate;      /* peak RSS of prompt + decoding, KV cache for ctx positions */
+    long long rss_ppl;           /* peak RSS of the all-logits pass (its own model load) */
+    bool rss_reset;              /* false: the peaks include the load */
+    int ctx;                     /* KV-cache positions of the generation part */
+    /* Outlier columns seen by the int8 projections during one prompt (tau of the plan). */
+    long long outlier_calls, outlier_cols_sum;
+    int outlier_cols_max;
+} ModelReport;
+
+typedef struct OutlierCount {
+    float tau;
+    long long calls, cols_sum;
+    int cols_max;
+} OutlierCount;
+
+/* Counts the columns a per-call decomposition would take out of each projection input. */
+static void count_outliers(void *ctx, int layer, ProjKind kind, float *x, int T, int dim) {
+    (void)layer, (void)kind;
+    OutlierCount *oc = ctx;
+    int n = 0;
+    for (int k = 0; k < dim; k++)
+        for (int t = 0; t < T; t++)
+            if (fabsf(x[(size_t)t * (size_t)dim + (size_t)k]) >= oc->tau) {
+                n++;
+                break;
+            }
+    oc->calls++;
+    oc->cols_sum += n;
+    if (n > oc->cols_max) oc->cols_max = n;
+}
+
+static int argmax(const float *v, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[best]) best = i;
+    return best;
+}
+
+/* The same random ids for every precision. */
+static void random_ids(int32_t *ids, int n, int vocab, uint64_t seed) {
+    Rng r = {seed};
+    for (int i = 0; i < n; i++) ids[i] = (int32_t)(rng_next(&r) % (uint64_t)vocab);
+}
+
+/* Loads the model with a KV cache of ctx positions, then gets it ready to time: drops the
+ * checkpoint's pages, resets the peak-RSS counter, and runs one short warm-up pass (it touches
+ * every weight once, faulting the mapping back in and starting the threads). */
+static int load_for_timing(const BenchPlan *p, Backend *bk, const QuantConfig *q, int ctx, Model **m,
+                           ModelReport *r, Error *err) {
+    ModelOptions mo = {.quant = *q, .ctx = ctx, .batch_tokens = 512};
+    double t0 = cli_now();
+    if (model_load(p->ck, bk, &mo, m, err)) return -1;
+    if (r->load_s == 0) r->load_s = cli_now() - t0;
+    if (r->rss_load == 0) r->rss_load = proc_status_bytes("VmHWM:");
+    drop_checkpoint_pages(p->ck);
+    r->rss_reset = reset_peak_rss();
+    int32_t ids[4];
+    float *logits = malloc((size_t)(*m)->cfg.vocab_size * sizeof *logits);
+    if (!logits) return err_set(err, "out of memory");
+    random_ids(ids, 4, (*m)->cfg.vocab_size, 7);
+    int rc = model_forward(*m, ids, ctx < 4 ? ctx : 4, false, logits, err);
+    model_reset(*m);
+    free(logits);
+    return rc;
+}
+
+/* Generation (prompt, then decoding) with a KV cache sized for it, as `generate` does; then
+ * the all-logits pass with a cache sized for its window, as `ppl` does. */
+static int model_child(const BenchPlan *p, const void *arg, void *out, Error *err) {
+    const QuantConfig *q = arg;
+    ModelReport *r = out;
+    const BenchOptions *o = &p->o;
+    memset(r, 0, sizeof *r);
+    Backend *bk = backend_create(p->device, p->threads, err);
+    if (!bk) return -1;
+    snprintf(r->backend, sizeof r->backend, "%s", bk->name);
+    const int gen_ctx = o->prompt_tokens + o->decode_tokens;
+    const int n_ids = o->ppl_tokens > gen_ctx ? o->ppl_tokens : gen_ctx;
+    Model *m = NULL;
+    int32_t *ids = malloc((size_t)n_ids * sizeof *ids);
+    float *logits = NULL;
+    int rc = ids ? load_for_timing(p, bk, q, gen_ctx, &m, r, err) : err_set(err, "out of memory");
+    const int V = m ? m->cfg.vocab_size : 1;
+    if (rc == 0 && !(logits = malloc((size_t)V * sizeof *logits))) rc = err_set(err, "out of memory");
+    if (rc == 0) {
+        r->ctx = m->ctx;
+        r->weight_bytes = (long long)m->weight_bytes;
+        r->kv_bytes = 2LL * m->cfg.n_layers * m->ctx * m->cfg.hidden * (long long)sizeof(float);
+        random_ids(ids, n_ids, V, 42);
+    }
+    /* Prompt: best of two passes (the shorter time is the less disturbed one). */
+    r->prompt_s = INFINITY;
+    for (int rep = 0; rep < 2 && rc == 0; rep++) {
+        model_reset(m);
+        double t = cli_now();
+        rc = model_forward(m, ids, o->prompt_tokens, false, logits, err);
+        t = cli_now() - t;
+        if (t < r->prompt_s) r->prompt_s = t;
+    }
+    /* Decoding: batch 1, greedy, after the prompt now in the cache. */
+    double t0 = cli_now();
+    for (int i = 0; i < o->decode_tokens && rc == 0; i++) {
+        int32_t next = argmax(logits, V);
+        rc = model_forward(m, &next, 1, false, logits, err);
+    }
+    r->decode_s = cli_now() - t0;
+    r->rss_generate = proc_status_bytes("VmHWM:");
+
+    /* Not timed: how many columns the decomposition takes out, on the prompt. */
+    if (rc == 0 && q->mode != QUANT_FP16 && q->threshold > 0) {
+        OutlierCount oc = {.tau = q->threshold};
+        model_reset(m);
+        m->observer = count_outliers;
+        m->observer_ctx = &oc;
+        rc = model_forward(m, ids, o->prompt_tokens, false, logits, err);
+        m->observer = NULL;
+        r->outlier_calls = oc.calls, r->outlier_cols_sum = oc.cols_sum, r->outlier_cols_max = oc.cols_max;
+    }
+    model_free(m);
+    m = NULL;
+
+    /* Perplexity-style: every position's logits, in chunks of at most ~128 MB as `ppl` does. */
+    if (rc == 0 && o->ppl_tokens > 0) {
+        rc = load_for_timing(p, bk, q, o->ppl_tokens, &m, r, err);
+        int chunk = (int)((32L << 20) / V);
+        if (chunk < 16) chunk = 16;
+        if (rc == 0 && chunk > m->rs.capacity) chunk = m->rs.capacity;
+        float *all = rc == 0 ? malloc((size_t)chunk * (size_t)V * sizeof *all) : NULL;
+        if (rc == 0 && !all) rc = err_set(err, "out of memory for %d x %d logits", chunk, V);
+        t0 = cli_now();
+        for (int off = 0; off < o->ppl_tokens && rc == 0; off += chunk) {
+            int n = o->ppl_tokens - off < chunk ? o->ppl_tokens - off : chunk;
+            rc = model_forward(m, ids + off, n, true, all, err);
+        }
+        r->ppl_s = cli_now() - t0;
+        r->rss_ppl = proc_status_bytes("VmHWM:");
+        free(all);
+        model_free(m);
+    }
+    free(ids), free(logits);
+    bk->destroy(bk);
+    return rc;
+}
+
+/* ---- report ------------------------------------------------------------------------ */
+
+typedef struct Results {
+    GemmReport gemm;
+    ModelReport model[2];        /* fp16, int8 */
+    bool have_gemm, have_model;
+    double decomp_overhead;      /* geometric mean over the cells of t(tau=6)/t(tau=0) - 1 */
+    int worst_cell;
+} Results;
+
+typedef struct Target {
+    const char *name, *what;
+    double value, limit;
+    bool at_least;               /* value >= limit passes; else value <= limit */
+    bool known;
+} Target;
+
+static double tps(int tokens, double s) { return s > 0 ? tokens / s : 0.0; }
+static double ratio(double a, double b) { return b > 0 ? a / b : 0.0; }
+static double gops(const GemmCell *c, int v) {
+    return c->seconds[v] > 0 ? 2.0 * c->T * (double)c->K * c->N / c->seconds[v] / 1e9 : 0.0;
+}
+
+static int make_targets(const BenchPlan *p, const Results *res, Target t[4]) {
+    const BenchOptions *o = &p->o;
+    const ModelReport *f = &res->model[0], *i8 = &res->model[1];
+    bool dec = res->have_model && o->decode_tokens > 0;
+    t[0] = (Target){"decode", "int8 decode tokens/s >= 1.7x fp16",
+                    ratio(tps(o->decode_tokens, i8->decode_s), tps(o->decode_tokens, f->decode_s)), 1.7, true, dec};
+    t[1] = (Target){"prompt", "int8 prompt tokens/s >= 1.3x fp16",
+                    ratio(tps(o->prompt_tokens, i8->prompt_s), tps(o->prompt_tokens, f->prompt_s)), 1.3, true,
+                    res->have_model};
+    t[2] = (Target){"decomp_overhead", "decomposition (tau=6 vs tau=0) costs <= 10%", res->decomp_overhead, 0.10,
+                    false, res->have_gemm};
+    t[3] = (Target){"memory", "int8 peak RSS (generation) <= 0.56x fp16",
+                    ratio((double)i8->rss_generate, (double)f->rss_generate), 0.56, false,
+                    res->have_model && f->rss_generate > 0};
+    return 4;
+}
+
+static bool target_pass(const Target *t) { return t->at_least ? t->value >= t->limit : t->value <= t->limit; }
+
+static void cpu_model_name(char *buf, size_t cap) {
+    snprintf(buf, cap, "unknown CPU");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f) return;
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "model name", 10) != 0) continue;
+        char *v = strchr(line, ':');
+        if (!v) break;
+        v += 1 + strspn(v + 1, " \t");
+        v[strcspn(v, "\n")] = 0;
+        snprintf(buf, cap, "%s", v);
+        break;
+    }
+    fclose(f);
+}
+
+/* A JSON string literal (the CPU name comes from the system: escape it). */
+static void json_string(const char *s) {
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') printf("\\%c", ch);
+        else if (ch < 0x20) printf("\\u%04x", ch);
+        else putchar(ch);
+    }
+    putchar('"');
+}
+
+static const char *shape_kind(int shape) { return shape == 0 ? "ffn" : "attn"; }
+
+static void print_json(const BenchPlan *p, const Results *res, const char *cpu, int threads) {
+    const BenchOptions *o = &p->o;
+    const Shape *s = &o->shape;
+    printf("{\"shape\": {\"name\": ");
+    json_string(s->name);
+    printf(", \"arch\": \"%s\", \"hidden\": %d, \"layers\": %d, \"heads\": %d, \"ffn\": %d, \"vocab\": %d, "
+           "\"modified\": %s},\n",
+           arch_name(s->arch), s->hidden, s->layers, s->heads, s->ffn, s->vocab, o->dims_changed ? "true" : "false");
+    printf(" \"machine\": {\"cpu\": ");
+    json_string(cpu);
+    printf(", \"cores\": %ld, \"kernels\": \"%s\"},\n", sysconf(_SC_NPROCESSORS_ONLN),
+           cpu_has_avx2() ? "avx2+fma+f16c" : "portable C");
+    printf(" \"device\": \"%s\", \"threads\": %d, \"threshold\": %g, \"outlier_frac\": %g,\n",
+           res->have_gemm ? res->gemm.backend : res->model[0].backend, threads, (double)p->int8.threshold,
+           o->outlier_frac);
+    printf(" \"gemm\": [");
+    for (int i = 0; res->have_gemm && i < res->gemm.n; i++) {
+        const GemmCell *c = &res->gemm.cells[i];
+        printf("%s\n  {\"shape\": \"%s\", \"K\": %d, \"N\": %d, \"tokens\": %d, \"outlier_cols\": %d", i ? "," : "",
+               shape_kind(c->shape), c->K, c->N, c->T, c->outlier_cols);
+        for (int v = 0; v < N_VARIANTS; v++)
+            printf(", \"%s_gops\": %.4g, \"%s_ms\": %.5g, \"%s_calls\": %d", VARIANT_NAMES[v], gops(c, v),
+                   VARIANT_NAMES[v], 1e3 * c->seconds[v], VARIANT_NAMES[v], c->calls[v]);
+        printf("}");
+    }
+    printf("],\n \"model\": ");
+    if (!res->have_model) {
+        printf("null");
+    } else {
+        printf("{\"prompt_tokens\": %d, \"ppl_tokens\": %d, \"decode_tokens\": %d, \"outlier_dims\": %d",
+               o->prompt_tokens, o->ppl_tokens, o->decode_tokens, p->n_outlier_dims);
+        for (int k = 0; k < 2; k++) {
+            const ModelReport *r = &res->model[k];
+            printf(",\n  \"%s\": {\"load_seconds\": %.3f, \"prompt_tokens_per_second\": %.4g, "
+                   "\"ppl_tokens_per_second\": %.4g, \"decode_tokens_per_second\": %.4g, \"weight_bytes\": %lld, "
+                   "\"kv_cache_bytes\": %lld, \"ctx\": %d, \"peak_rss_load_bytes\": %lld, "
+                   "\"peak_rss_generate_bytes\": %lld, \"peak_rss_ppl_bytes\": %lld, \"peak_rss_after_load\": %s",
+                   k ? "int8" : "fp16", r->load_s, tps(o->prompt_tokens, r->prompt_s), tps(o->ppl_tokens, r->ppl_s),
+                   tps(o->decode_tokens, r->decode_s), r->weight_bytes, r->kv_bytes, r->ctx, r->rss_load,
+                   r->rss_generate, r->rss_ppl, r->rss_reset ? "true" : "false");
+            if (k == 1)
+                printf(", \"outlier_cols_mean\": %.3g, \"outlier_cols_max\": %d",
+                       r->outlier_calls ? (double)r->outlier_cols_sum / (double)r->outlier_calls : 0.0,
+                       r->outlier_cols_max);
+            printf("}");
+        }
+        printf("}");
+    }
+    Target t[4];
+    int nt = make_targets(p, res, t);
+    printf(",\n \"ratios\": {");
+    for (int i = 0; i < nt; i++) {
+        printf("%s\"%s\": ", i ? ", " : "", t[i].name);
+        if (t[i].known) printf("%.4g", t[i].value);
+        else printf("null");
+    }
+    if (res->have_model)
+        printf(", \"ppl\": %.4g, \"weights\": %.4g",
+               ratio(tps(o->ppl_tokens, res->model[1].ppl_s), tps(o->ppl_tokens, res->model[0].ppl_s)),
+               ratio((double)res->model[1].weight_bytes, (double)res->model[0].weight_bytes));
+    printf("},\n \"targets\": [");
+    for (int i = 0; i < nt; i++)
+        printf("%s\n  {\"name\": \"%s\", \"target\": \"%s\", \"limit\": %g, \"value\": %.4g, \"pass\": %s}", i ? "," : "",
+               t[i].name, t[i].what, t[i].limit, t[i].value,
+               !t[i].known ? "null" : target_pass(&t[i]) ? "true" : "false");
+    printf("]}\n");
+}
+
+static void print_text(const BenchPlan *p, const Results *res, const char *cpu, int threads) {
+    const BenchOptions *o = &p->o;
+    const Shape *s = &o->shape;
+    printf("llmint8 bench: %s%s: %s, hidden %d, %d layers, %d heads, ffn %d, vocab %d (synthetic F16 weights)\n",
+           s->name, o->dims_changed ? " (modified)" : "", arch_name(s->arch), s->hidden, s->layers, s->heads,
+           s->ffn, s->vocab);
+    printf("machine: %s, %ld cores, %s kernels; device %s, %d threads; int8 tau = %g (%s outliers)\n", cpu,
+           sysconf(_SC_NPROCESSORS_ONLN), cpu_has_avx2() ? "avx2+fma+f16c" : "portable C",
+           res->have_gemm ? res->gemm.backend : res->model[0].backend, threads, (double)p->int8.threshold,
+           p->int8.outliers == OUTLIERS_PER_CALL ? "per-call" : "per-token");
+    if (o->dims_changed) printf("note: dimensions differ from the named shape; compare ratios with care\n");
+
+    if (res->have_gemm) {
+        const GemmCell *c0 = &res->gemm.cells[0];
+        printf("\nLinear layers, GOP/s (2*T*K*N per call, median); inputs: %d of %d columns (%.2f%%) hold |x| in "
+               "8..20\n",
+               c0->outlier_cols, c0->K, 100.0 * c0->outlier_cols / c0->K);
+        printf("%-5s %6s %6s %5s  %9s %9s %9s  %9s %9s %8s\n", "shape", "K", "N", "T", "fp16", "int8", "int8+dec",
+               "int8/fp16", "+dec/fp16", "dec cost");
+        for (int i = 0; i < res->gemm.n; i++) {
+            const GemmCell *c = &res->gemm.cells[i];
+            printf("%-5s %6d %6d %5d  %9.2f %9.2f %9.2f  %8.2fx %8.2fx %+7.1f%%\n", shape_kind(c->shape), c->K, c->N,
+                   c->T, gops(c, V_FP16), gops(c, V_INT8), gops(c, V_INT8_DECOMP),
+                   ratio(gops(c, V_INT8), gops(c, V_FP16)), ratio(gops(c, V_INT8_DECOMP), gops(c, V_FP16)),
+                   100.0 * (c->seconds[V_INT8_DECOMP] / c->seconds[V_INT8] - 1.0));
+        }
+    }
+    if (res->have_model) {
+        const ModelReport *f = &res->model[0], *q = &res->model[1];
+        printf("\nWhole model: prompt %d tokens (last logits), ppl %d tokens (all logits), decode %d tokens at batch 1;\n"
+               "LayerNorm gain %.0f in %d of %d hidden dims; int8 saw %.1f outlier columns per projection call on the "
+               "prompt (max %d)\n",
+               o->prompt_tokens, o->ppl_tokens, o->decode_tokens, (double)LN_OUTLIER_GAIN, p->n_outlier_dims, s->hidden,
+               q->outlier_calls ? (double)q->outlier_cols_sum / (double)q->outlier_calls : 0.0, q->outlier_cols_max);
+        printf("%-28s %11s %11s %10s\n", "", "fp16", "int8", "int8/fp16");
+        printf("%-28s %11.2f %11.2f %9.2fx\n", "prompt, tokens/s", tps(o->prompt_tokens, f->prompt_s),
+               tps(o->prompt_tokens, q->prompt_s), ratio(tps(o->prompt_tokens, q->prompt_s), tps(o->prompt_tokens, f->prompt_s)));
+        if (o->ppl_tokens > 0)
+            printf("%-28s %11.2f %11.2f %9.2fx\n", "ppl, tokens/s", tps(o->ppl_tokens, f->ppl_s),
+                   tps(o->ppl_tokens, q->ppl_s), ratio(tps(o->ppl_tokens, q->ppl_s), tps(o->ppl_tokens, f->ppl_s)));
+        if (o->decode_tokens > 0)
+            printf("%-28s %11.2f %11.2f %9.2fx\n", "decode, tokens/s", tps(o->decode_tokens, f->decode_s),
+                   tps(o->decode_tokens, q->decode_s), ratio(tps(o->decode_tokens, q->decode_s), tps(o->decode_tokens, f->decode_s)));
+        printf("%-28s %11.1f %11.1f %9.2fx\n", "weights, MB", f->weight_bytes / 1e6, q->weight_bytes / 1e6,
+               ratio((double)q->weight_bytes, (double)f->weight_bytes));
+        char kv[64];
+        snprintf(kv, sizeof kv, "KV cache (%d pos.), MB", f->ctx);
+        printf("%-28s %11.1f %11.1f\n", kv, f->kv_bytes / 1e6, q->kv_bytes / 1e6);
+        printf("%-28s %11.1f %11.1f %9.2fx\n", f->rss_reset ? "peak RSS generation, MB" : "peak RSS gen.+load, MB",
+               f->rss_generate / 1e6, q->rss_generate / 1e6, ratio((double)q->rss_generate, (double)f->rss_generate));
+        if (o->ppl_tokens > 0)
+            printf("%-28s %11.1f %11.1f %9.2fx\n", "peak RSS ppl, MB", f->rss_ppl / 1e6, q->rss_ppl / 1e6,
+                   ratio((double)q->rss_ppl, (double)f->rss_ppl));
+        printf("%-28s %11.1f %11.1f\n", "load, s", f->load_s, q->load_s);
+    }
+    Target t[4];
+    int nt = make_targets(p, res, t);
+    printf("\nTargets (ratios from this run)\n");
+    for (int i = 0; i < nt; i++) {
+        if (!t[i].known) {
+            printf("  %-46s %8s  %s\n", t[i].what, "-", "not measured");
+        } else if (t[i].at_least) {
+            printf("  %-46s %7.2fx  %s\n", t[i].what, t[i].value, target_pass(&t[i]) ? "pass" : "MISS");
+        } else if (i == 2) {
+            const GemmCell *w = &res->gemm.cells[res->worst_cell];
+            printf("  %-46s %+7.1f%%  %s (geometric mean of the cells; worst %s T=%d: %+.1f%%)\n", t[i].what,
+                   100.0 * t[i].value, target_pass(&t[i]) ? "pass" : "MISS", shape_kind(w->shape), w->T,
+                   100.0 * (w->seconds[V_INT8_DECOMP] / w->seconds[V_INT8] - 1.0));
+        } else {
+            printf("  %-46s %7.2fx  %s\n", t[i].what, t[i].value, target_pass(&t[i]) ? "pass" : "MISS");
+        }
+    }
+}
+
+/* ---- the command ------------------------------------------------------------------- */
+
+int cmd_bench(int argc, char **argv) {
+    CommonOptions co;
+    BenchPlan plan;
+    memset(&plan, 0, sizeof plan);
+    cli_common_defaults(&co);
+    int rc = parse_args(argc, argv, &co, &plan.o);
+    if (rc) return rc;
+    plan.device = co.device;
+    plan.threads = co.threads;
+    plan.int8 = (QuantConfig){QUANT_LLM_INT8, co.threshold_given ? co.quant.threshold : 6.0f, co.quant.outliers};
+    int threads = co.threads > 0 ? co.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    char cpu[256];
+    cpu_model_name(cpu, sizeof cpu);
+
+    Results *res = calloc(1, sizeof *res);
+    if (!res) {
+        Error e;
+        err_set(&e, "out of memory");
+        return cli_fail(&e);
+    }
+    Error err;
+    rc = 0;
+    if (plan.o.gemm) {
+        if (!plan.o.json) fprintf(stderr, "llmint8 bench: linear layers (fp16, int8, int8 + decomposition)\n");
+        rc = run_in_child("linear layers", gemm_child, &plan, NULL, &res->gemm, sizeof res->gemm, &err);
+        res->have_gemm = rc == 0;
+        if (rc == 0) { /* decomposition overhead: geometric mean over the cells, and the worst */
+            double log_sum = 0, worst = -1;
+            for (int i = 0; i < res->gemm.n; i++) {
+                const GemmCell *c = &res->gemm.cells[i];
+                double rel = c->seconds[V_INT8_DECOMP] / c->seconds[V_INT8];
+                log_sum += log(rel);
+                if (rel > worst) worst = rel, res->worst_cell = i;
+            }
+            res->decomp_overhead = res->gemm.n ? exp(log_sum / res->gemm.n) - 1.0 : 0.0;
+        }
+    }
+    Checkpoint *ck = NULL;
+    if (rc == 0 && plan.o.model) {
+        Rng rng = {99};
+        const Shape *s = &plan.o.shape;
+        int n = s->hidden / 512;
+        plan.n_outlier_dims = n < 2 ? 2 : n > MAX_OUTLIER_DIMS ? MAX_OUTLIER_DIMS : n;
+        if (plan.n_outlier_dims > s->hidden) plan.n_outlier_dims = s->hidden;
+        if (pick_distinct(&rng, s->hidden, plan.n_outlier_dims, plan.outlier_dims)) rc = err_set(&err, "out of memory");
+        if (rc == 0) rc = make_checkpoint(&plan, &ck, &err);
+        plan.ck = ck;
+        const QuantConfig modes[2] = {{QUANT_FP16, 0.0f, plan.int8.outliers}, plan.int8};
+        for (int k = 0; k < 2 && rc == 0; k++) {
+            if (!plan.o.json) fprintf(stderr, "llmint8 bench: whole model, %s\n", k ? "int8" : "fp16");
+            rc = run_in_child(k ? "int8 model" : "fp16 model", model_child, &plan, &modes[k], &res->model[k],
+                              sizeof res->model[k], &err);
+        }
+        res->have_model = rc == 0;
+    }
+    if (rc == 0) {
+        if (plan.o.json) print_json(&plan, res, cpu, threads);
+        else print_text(&plan, res, cpu, threads);
+    }
+    if (ck) checkpoint_close(ck);
+    free(res);
+    return rc ? cli_fail(&err) : 0;
+}

@@ -1,0 +1,803 @@
+/* cmd_convert.c — `llmint8 convert`: a 16/32-bit Hugging Face checkpoint → the 8-bit
+ * layout that transformers + bitsandbytes save and load (SPEC §2, checklist §8).
+ *
+ * Per projection P (OPT q/k/v/out_proj, fc1, fc2, project_in/out; BLOOM query_key_value,
+ * dense, dense_h_to_4h, dense_4h_to_h):
+ *   P.weight         I8  [out, in]   CB = rne(fp16(W) * 127 / SCB)   (quant_weight_rowwise)
+ *   P.SCB            F32 [out]       per-row fp16 absmax
+ *   P.weight_format  U8  []          0 = row-major
+ *   P.bias           F16 [out]
+ * Everything else (embeddings, positions, LayerNorms) is written as F16; the tied
+ * lm_head is omitted. Names get the *ForCausalLM prefix ("model." OPT, "transformer."
+ * BLOOM). config.json gains "torch_dtype": "float16" and the quantization_config block
+ * of §2.3.
+ *
+ * The output appears atomically: everything is written into OUT_DIR.tmp-XXXXXX next to
+ * OUT_DIR and renamed at the end; an error or SIGINT/SIGTERM removes the temporary
+ * directory. Tensors are streamed in chunks, so memory stays small whatever the model. */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "cli.h"
+#include "commands.h"
+
+static const char HELP[] =
+    "Usage: llmint8 convert MODEL_DIR -o OUT_DIR [options]\n"
+    "Writes an 8-bit copy of a 16- or 32-bit OPT/BLOOM checkpoint in the layout transformers and\n"
+    "bitsandbytes use (int8 weights + per-row scales), loadable by llmint8 and by\n"
+    "AutoModelForCausalLM.from_pretrained(OUT_DIR).\n\n"
+    "  -o, --output DIR       where to write (must not exist, unless --force)\n"
+    "      --threshold T      llm_int8_threshold stored in config.json (default 6.0)\n"
+    "      --shard-size SIZE  largest shard, e.g. 500MB, 2GB, 1GiB (default 2GB)\n"
+    "      --force            replace OUT_DIR if it exists (only once the new copy is complete)\n"
+    "  -h, --help             this help\n\n"
+    "Example:\n"
+    "  llmint8 convert models/opt-gutenberg-7m -o /tmp/opt-gutenberg-7m-int8\n"
+    "  llmint8 ppl /tmp/opt-gutenberg-7m-int8 -f tests/data/eval/wiki.test.raw\n";
+
+enum { OPT_SHARD_SIZE = OPT_COMMAND_BASE, OPT_FORCE };
+
+/* Tokenizer and generation files copied as they are, when present. */
+static const char *const COPIED_FILES[] = {
+    "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "generation_config.json",
+};
+
+#define CHUNK_BYTES ((size_t)16 << 20) /* work buffer: tensors are converted this much at a time */
+
+/* ---- signals: stop between chunks, then clean up ---------------------------------------- */
+
+static volatile sig_atomic_t g_signal;
+
+static void on_signal(int sig) { g_signal = sig; }
+
+static int check_signal(Error *err) {
+    return g_signal ? err_set(err, "interrupted by signal %d", (int)g_signal) : 0;
+}
+
+/* dir + "/" + name into buf[PATH_MAX]; a path too long is an error, not a truncation. */
+static int path_join(char *buf, const char *dir, const char *name, Error *err) {
+    int n = snprintf(buf, PATH_MAX, "%s/%s", dir, name);
+    if (n < 0 || n >= PATH_MAX) return err_set(err, "%s/%s: path too long", dir, name);
+    return 0;
+}
+
+/* ---- the conversion plan ---------------------------------------------------------------- */
+
+typedef enum OutKind { OUT_F16, OUT_CB, OUT_SCB, OUT_FORMAT } OutKind;
+
+typedef struct Proj {
+    const StTensor *w;     /* the 16/32-bit weight [out, in] */
+    int64_t out, in;
+    float *scb;            /* filled while CB is written, written (and freed) as SCB */
+} Proj;
+
+typedef struct OutTensor {
+    char name[256];        /* output name, with the *ForCausalLM prefix */
+    OutKind kind;
+    const StTensor *src;   /* OUT_F16: the tensor to convert */
+    int proj;              /* OUT_CB / OUT_SCB / OUT_FORMAT: index into Plan.proj */
+    DType dtype;
+    int ndim;
+    int64_t shape[2];
+    uint64_t nbytes;
+    int shard;
+} OutTensor;
+
+typedef struct Plan {
+    const Checkpoint *ck;
+    const char *prefix;
+    OutTensor *t;
+    size_t n, cap;
+    Proj *proj;
+    size_t n_proj, cap_proj;
+    const StTensor *tied_lm_head; /* read (to compare) but not written */
+    int n_shards;
+} Plan;
+
+static OutTensor *plan_add(Plan *p, const char *name, OutKind kind, DType dt, int ndim, int64_t d0, int64_t d1,
+                           Error *err) {
+    if (p->n == p->cap) {
+        size_t cap = p->cap ? 2 * p->cap : 256;
+        OutTensor *t = realloc(p->t, cap * sizeof *t);
+        if (!t) {
+            err_set(err, "out of memory");
+            return NULL;
+        }
+        p->t = t;
+        p->cap = cap;
+    }
+    OutTensor *o = &p->t[p->n++];
+    memset(o, 0, sizeof *o);
+    snprintf(o->name, sizeof o->name, "%s", name);
+    o->kind = kind;
+    o->dtype = dt;
+    o->ndim = ndim;
+    o->shape[0] = d0;
+    o->shape[1] = d1;
+    o->nbytes = dtype_size(dt);
+    for (int i = 0; i < ndim; i++) o->nbytes *= (uint64_t)o->shape[i];
+    o->proj = -1;
+    return o;
+}
+
+/* A tensor copied as F16: `short_name` must exist with this shape in a float dtype. */
+static int plan_f16(Plan *p, const char *short_name, int ndim, int64_t d0, int64_t d1, Error *err) {
+    const StTensor *t;
+    int64_t shape[2] = {d0, d1};
+    if (checkpoint_require(p->ck, short_name, ndim, shape, DT_FLOAT_MASK, &t, err)) return -1;
+    char name[256];
+    snprintf(name, sizeof name, "%s%s", p->prefix, short_name);
+    OutTensor *o = plan_add(p, name, OUT_F16, DT_F16, ndim, d0, d1, err);
+    if (!o) return -1;
+    o->src = t;
+    return 0;
+}
+
+static int plan_layernorm(Plan *p, const char *module, int64_t dim, Error *err) {
+    char key[256];
+    snprintf(key, sizeof key, "%s.weight", module);
+    if (plan_f16(p, key, 1, dim, 0, err)) return -1;
+    snprintf(key, sizeof key, "%s.bias", module);
+    return plan_f16(p, key, 1, dim, 0, err);
+}
+
+/* A projection: weight → CB + SCB + weight_format (SPEC §2.1), bias as F16. */
+static int plan_linear(Plan *p, const char *module, int64_t out, int64_t in, bool bias, Error *err) {
+    char key[256], name[256];
+    const StTensor *w;
+    int64_t shape[2] = {out, in};
+    snprintf(key, sizeof key, "%s.weight", module);
+    if (checkpoint_require(p->ck, key, 2, shape, DT_FLOAT_MASK, &w, err)) return -1;
+    if (p->n_proj == p->cap_proj) {
+        size_t cap = p->cap_proj ? 2 * p->cap_proj : 64;
+        Proj *pr = realloc(p->proj, cap * sizeof *pr);
+        if (!pr) return err_set(err, "out of memory");
+        p->proj = pr;
+        p->cap_proj = cap;
+    }
+    int k = (int)p->n_proj++;
+    p->proj[k] = (Proj){.w = w, .out = out, .in = in, .scb = NULL};
+    static const struct { const char *suffix; OutKind kind; DType dt; int ndim; } parts[] = {
+        {"weight", OUT_CB, DT_I8, 2},                  /* [out, in] */
+        {"SCB", OUT_SCB, DT_F32, 1},                   /* [out] */
+        {"weight_format", OUT_FORMAT, DT_U8, 0},       /* [] */
+    };
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(name, sizeof name, "%s%s.%s", p->prefix, module, parts[i].suffix);
+        OutTensor *o = plan_add(p, name, parts[i].kind, parts[i].dt, parts[i].ndim, out, in, err);
+        if (!o) return -1;
+        o->proj = k;
+    }
+    if (!bias) return 0;
+    snprintf(key, sizeof key, "%s.bias", module);
+    return plan_f16(p, key, 1, out, 0, err);
+}
+
+static int plan_opt(Plan *p, const ModelConfig *c, Error *err) {
+    int64_t D = c->hidden, E = c->word_embed_proj_dim, F = c->ffn_dim;
+    char m[200];
+    if (plan_f16(p, "decoder.embed_tokens.weight", 2, c->vocab_size, E, err) ||
+        plan_f16(p, "decoder.embed_positions.weight", 2, (int64_t)c->max_positions + 2, D, err))
+        return -1;
+    if (E != D && (plan_linear(p, "decoder.project_in", D, E, false, err) ||
+                   plan_linear(p, "decoder.project_out", E, D, false, err)))
+        return -1;
+    if (c->do_layer_norm_before && !c->remove_final_layer_norm && c->ln_elementwise_affine &&
+        plan_layernorm(p, "decoder.final_layer_norm", D, err))
+        return -1;
+    static const char *const attn[4] = {"q_proj", "k_proj", "v_proj", "out_proj"};
+    for (int l = 0; l < c->n_layers; l++) {
+        for (int i = 0; i < 4; i++) {
+            snprintf(m, sizeof m, "decoder.layers.%d.self_attn.%s", l, attn[i]);
+            if (plan_linear(p, m, D, D, c->enable_bias, err)) return -1;
+        }
+        snprintf(m, sizeof m, "decoder.layers.%d.fc1", l);
+        if (plan_linear(p, m, F, D, c->enable_bias, err)) return -1;
+        snprintf(m, sizeof m, "decoder.layers.%d.fc2", l);
+        if (plan_linear(p, m, D, F, c->enable_bias, err)) return -1;
+        if (c->ln_elementwise_affine) {
+            snprintf(m, sizeof m, "decoder.layers.%d.self_attn_layer_norm", l);
+            if (plan_layernorm(p, m, D, err)) return -1;
+            snprintf(m, sizeof m, "decoder.layers.%d.final_layer_norm", l);
+            if (plan_layernorm(p, m, D, err)) return -1;
+        }
+    }
+    return 0;
+}
+
+static int plan_bloom(Plan *p, const ModelConfig *c, Error *err) {
+    int64_t D = c->hidden, F = c->ffn_dim;
+    char m[200];
+    if (plan_f16(p, "word_embeddings.weight", 2, c->vocab_size, D, err) ||
+        plan_layernorm(p, "word_embeddings_layernorm", D, err))
+        return -1;
+    for (int l = 0; l < c->n_layers; l++) {
+        snprintf(m, sizeof m, "h.%d.input_layernorm", l);
+        if (plan_layernorm(p, m, D, err)) return -1;
+        snprintf(m, sizeof m, "h.%d.self_attention.query_key_value", l);
+        if (plan_linear(p, m, 3 * D, D, true, err)) return -1;
+        snprintf(m, sizeof m, "h.%d.self_attention.dense", l);
+        if (plan_linear(p, m, D, D, true, err)) return -1;
+        snprintf(m, sizeof m, "h.%d.post_attention_layernorm", l);
+        if (plan_layernorm(p, m, D, err)) return -1;
+        snprintf(m, sizeof m, "h.%d.mlp.dense_h_to_4h", l);
+        if (plan_linear(p, m, F, D, true, err)) return -1;
+        snprintf(m, sizeof m, "h.%d.mlp.dense_4h_to_h", l);
+        if (plan_linear(p, m, D, F, true, err)) return -1;
+    }
+    return plan_layernorm(p, "ln_f", D, err);
+}
+
+/* lm_head.weight is normally not stored (tied to the embedding, SPEC §2.2). A stored copy
+ * equal to the embedding is dropped; a different one is kept, as F16, under its own name. */
+static int plan_lm_head(Plan *p, const ModelConfig *c, Error *err) {
+    const StTensor *lm = checkpoint_find(p->ck, "lm_head.weight");
+    if (!lm) return 0;
+    const StTensor *emb = p->t[0].src; /* the embedding is always planned first */
+    int64_t shape[2] = {c->vocab_size, c->word_embed_proj_dim};
+    if (checkpoint_require(p->ck, "lm_head.weight", 2, shape, DT_FLOAT_MASK, &lm, err)) return -1;
+    if (lm->dtype == emb->dtype && lm->nbytes == emb->nbytes && memcmp(lm->data, emb->data, lm->nbytes) == 0) {
+        p->tied_lm_head = lm;
+        return 0;
+    }
+    OutTensor *o = plan_add(p, "lm_head.weight", OUT_F16, DT_F16, 2, shape[0], shape[1], err);
+    if (!o) return -1;
+    o->src = lm;
+    return 0;
+}
+
+static int cmp_ptr(const void *a, const void *b) {
+    uintptr_t x = (uintptr_t)*(const StTensor *const *)a, y = (uintptr_t)*(const StTensor *const *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Input tensors the plan does not read are left out, with a warning. */
+static int warn_unused(const Plan *p, Error *err) {
+    const StTensor **used = malloc((p->n + 1) * sizeof *used);
+    if (!used) return err_set(err, "out of memory");
+    size_t n = 0;
+    for (size_t i = 0; i < p->n; i++) {
+        if (p->t[i].kind == OUT_F16) used[n++] = p->t[i].src;
+        if (p->t[i].kind == OUT_CB) used[n++] = p->proj[p->t[i].proj].w;
+    }
+    if (p->tied_lm_head) used[n++] = p->tied_lm_head;
+    qsort(used, n, sizeof *used, cmp_ptr);
+    for (size_t i = 0; i < checkpoint_count(p->ck); i++) {
+        const StTensor *t = checkpoint_tensor(p->ck, i);
+        if (!bsearch(&t, used, n, sizeof *used, cmp_ptr))
+            fprintf(stderr, "llmint8: warning: %s: tensor '%s' is not part of the %s model; not copied\n", t->file,
+                    t->name, arch_name(checkpoint_config(p->ck)->arch));
+    }
+    free(used);
+    return 0;
+}
+
+/* Greedy sharding like transformers' save_pretrained: start a new shard when the next
+ * tensor would push the current one past the limit (a bigger tensor gets its own). */
+static void assign_shards(Plan *p, uint64_t max_bytes) {
+    uint64_t cur = 0;
+    int shard = 0;
+    for (size_t i = 0; i < p->n; i++) {
+        if (cur > 0 && cur + p->t[i].nbytes > max_bytes) {
+            shard++;
+            cur = 0;
+        }
+        p->t[i].shard = shard;
+        cur += p->t[i].nbytes;
+    }
+    p->n_shards = shard + 1;
+}
+
+static void plan_free(Plan *p) {
+    for (size_t i = 0; i < p->n_proj; i++) free(p->proj[i].scb);
+    free(p->proj);
+    free(p->t);
+}
+
+/* ---- writing tensors ------------------------------------------------------------------- */
+
+typedef struct Writer {
+    StWriter *w;
+    void *buf;             /* CHUNK_BYTES of scratch */
+    Progress progress;
+    uint64_t done;
+} Writer;
+
+/* Any float tensor → F16, chunk by chunk; a finite value too large for F16 is an error
+ * (it would silently become infinity). */
+static int write_f16(Writer *wr, const OutTensor *o, Error *err) {
+    const StTensor *t = o->src;
+    if (t->dtype == DT_F16) return st_writer_write_data(wr->w, t->data, t->nbytes, err);
+    uint16_t *h = wr->buf;
+    size_t per = CHUNK_BYTES / sizeof *h;
+    for (int64_t i0 = 0; i0 < t->numel; i0 += (int64_t)per) {
+        size_t n = (size_t)(t->numel - i0 < (int64_t)per ? t->numel - i0 : (int64_t)per);
+        for (size_t i = 0; i < n; i++) {
+            float v = dtype_load_f32(t->dtype, t->data, (size_t)i0 + i);
+            h[i] = f32_to_f16(v);
+            if (isfinite(v) && (h[i] & 0x7c00) == 0x7c00)
+                return err_set(err, "%s: tensor '%s': value %g at index %lld does not fit in float16", t->file,
+                               t->name, (double)v, (long long)(i0 + (int64_t)i));
+        }
+        if (st_writer_write_data(wr->w, h, n * sizeof *h, err) || check_signal(err)) return -1;
+    }
+    return 0;
+}
+
+/* CB, a block of rows at a time; the rows' SCB go to pr->scb for the SCB tensor later. */
+static int write_cb(Writer *wr, Proj *pr, Error *err) {
+    if (!(pr->scb = malloc((size_t)(pr->out ? pr->out : 1) * sizeof *pr->scb))) return err_set(err, "out of memory");
+    int64_t rows = (int64_t)(CHUNK_BYTES / (size_t)(pr->in ? pr->in : 1));
+    if (rows < 1) rows = 1;
+    size_t esize = dtype_size(pr->w->dtype);
+    for (int64_t r0 = 0; r0 < pr->out; r0 += rows) {
+        int64_t n = pr->out - r0 < rows ? pr->out - r0 : rows;
+        const char *src = (const char *)pr->w->data + (size_t)r0 * (size_t)pr->in * esize;
+        quant_weight_rowwise(pr->w->dtype, src, n, pr->in, wr->buf, pr->scb + r0);
+        if (st_writer_write_data(wr->w, wr->buf, (size_t)(n * pr->in), err) || check_signal(err)) return -1;
+    }
+    /* bitsandbytes would store an infinite scale for weights beyond the fp16 range; our
+     * loader (rightly) refuses those, so refuse to write them. */
+    for (int64_t r = 0; r < pr->out; r++)
+        if (!isfinite(pr->scb[r]))
+            return err_set(err, "%s: tensor '%s': row %lld has values beyond the float16 range; it cannot be "
+                           "quantized", pr->w->file, pr->w->name, (long long)r);
+    return 0;
+}
+
+static int write_tensor(Writer *wr, Plan *p, const OutTensor *o, Error *err) {
+    int rc = 0;
+    switch (o->kind) {
+    case OUT_F16: rc = write_f16(wr, o, err); break;
+    case OUT_CB: rc = write_cb(wr, &p->proj[o->proj], err); break;
+    case OUT_SCB: {
+        Proj *pr = &p->proj[o->proj];
+        if (!pr->scb) return err_set(err, "internal error: '%s' written before its weight", o->name);
+        rc = st_writer_write_data(wr->w, pr->scb, (size_t)pr->out * sizeof *pr->scb, err);
+        free(pr->scb);
+        pr->scb = NULL;
+        break;
+    }
+    case OUT_FORMAT: {
+        uint8_t row_major = 0; /* bitsandbytes' LINEAR_8BIT_WEIGHTS_FORMAT_MAPPING["row"] */
+        rc = st_writer_write_data(wr->w, &row_major, 1, err);
+        break;
+    }
+    }
+    wr->done += o->nbytes;
+    progress_update(&wr->progress, (long)(wr->done >> 10));
+    return rc ? rc : check_signal(err);
+}
+
+/* Declaration order inside a shard: I8 weights, F32 scales, F16 tensors, U8 scalars.
+ * Larger alignments first keep every tensor aligned in the file without padding (int8
+ * weights are multiples of 4 bytes whenever the dimensions are even, as in every real
+ * model), and a weight is always quantized before its SCB is written. */
+static int kind_rank(OutKind k) { return k == OUT_CB ? 0 : k == OUT_SCB ? 1 : k == OUT_F16 ? 2 : 3; }
+
+static void shard_name(const Plan *p, int s, char *buf, size_t cap) {
+    if (p->n_shards == 1) snprintf(buf, cap, "model.safetensors");
+    else snprintf(buf, cap, "model-%05d-of-%05d.safetensors", s + 1, p->n_shards);
+}
+
+static int write_shard(Writer *wr, Plan *p, const char *dir, int s, Error *err) {
+    char name[64], path[PATH_MAX];
+    shard_name(p, s, name, sizeof name);
+    if (path_join(path, dir, name, err)) return -1;
+    size_t *order = malloc((p->n + 1) * sizeof *order), n = 0;
+    if (!order) return err_set(err, "out of memory");
+    for (int rank = 0; rank < 4; rank++)
+        for (size_t i = 0; i < p->n; i++)
+            if (p->t[i].shard == s && kind_rank(p->t[i].kind) == rank) order[n++] = i;
+    int rc = st_writer_begin(path, &wr->w, err);
+    for (size_t k = 0; rc == 0 && k < n; k++) {
+        const OutTensor *o = &p->t[order[k]];
+        rc = st_writer_declare(wr->w, o->name, o->dtype, o->ndim, o->shape, err);
+    }
+    if (rc == 0) rc = st_writer_write_header(wr->w, err);
+    for (size_t k = 0; rc == 0 && k < n; k++) rc = write_tensor(wr, p, &p->t[order[k]], err);
+    free(order);
+    if (wr->w) {
+        if (rc == 0) rc = st_writer_finish(wr->w, err);
+        else st_writer_abort(wr->w);
+        wr->w = NULL;
+    }
+    return rc;
+}
+
+/* ---- the small files ------------------------------------------------------------------- */
+
+static int write_file(const char *path, const char *data, size_t len, Error *err) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return err_set(err, "%s: cannot create: %s", path, strerror(errno));
+    while (len > 0) {
+        ssize_t k = write(fd, data, len);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) {
+            err_set(err, "%s: write failed: %s", path, strerror(errno));
+            close(fd);
+            return -1;
+        }
+        data += k;
+        len -= (size_t)k;
+    }
+    if (fsync(fd) != 0 && errno != EINVAL) {
+        err_set(err, "%s: fsync failed: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (close(fd) != 0) return err_set(err, "%s: close failed: %s", path, strerror(errno));
+    return 0;
+}
+
+static int copy_file(const char *from, const char *to, Error *err) {
+    char *data;
+    size_t len;
+    if (cli_read_file(from, &data, &len, err)) return -1;
+    int rc = write_file(to, data, len, err);
+    free(data);
+    return rc;
+}
+
+/* The shortest decimal that reads back as the same float, always with a '.' or an
+ * exponent so that Python reads a float (transformers type-checks llm_int8_threshold). */
+static void float_literal(float v, char *buf, size_t cap) {
+    for (int prec = 1; prec <= 9; prec++) {
+        snprintf(buf, cap, "%.*g", prec, (double)v);
+        if (strtof(buf, NULL) == v) break;
+    }
+    if (!strpbrk(buf, ".eEn")) strncat(buf, ".0", cap - strlen(buf) - 1);
+}
+
+/* config.json: the original object, "torch_dtype": "float16", and SPEC §2.3's block. */
+static int write_config(const Checkpoint *ck, const char *dir, float threshold, Error *err) {
+    char src[PATH_MAX], dst[PATH_MAX], thr[32];
+    if (path_join(src, checkpoint_dir(ck), "config.json", err) || path_join(dst, dir, "config.json", err))
+        return -1;
+    char *text;
+    size_t len;
+    if (cli_read_file(src, &text, &len, err)) return -1;
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return err_set(err, "%s: not valid JSON", src);
+    }
+    float_literal(threshold, thr, sizeof thr);
+    cJSON *q = cJSON_CreateObject();
+    if (q) {
+        cJSON_AddFalseToObject(q, "_load_in_4bit");
+        cJSON_AddTrueToObject(q, "_load_in_8bit");
+        cJSON_AddStringToObject(q, "bnb_4bit_compute_dtype", "float32");
+        cJSON_AddStringToObject(q, "bnb_4bit_quant_storage", "uint8");
+        cJSON_AddStringToObject(q, "bnb_4bit_quant_type", "fp4");
+        cJSON_AddFalseToObject(q, "bnb_4bit_use_double_quant");
+        cJSON_AddFalseToObject(q, "llm_int8_enable_fp32_cpu_offload");
+        cJSON_AddFalseToObject(q, "llm_int8_has_fp16_weight");
+        cJSON_AddNullToObject(q, "llm_int8_skip_modules");
+        cJSON_AddRawToObject(q, "llm_int8_threshold", thr); /* "6.0", where a number item prints "6" */
+        cJSON_AddFalseToObject(q, "load_in_4bit");
+        cJSON_AddTrueToObject(q, "load_in_8bit");
+        cJSON_AddStringToObject(q, "quant_method", "bitsandbytes");
+    }
+    /* Replace whatever was there: the 16-bit tensors are now float16, and the block says 8-bit. */
+    cJSON_DeleteItemFromObjectCaseSensitive(root, "quantization_config");
+    cJSON_DeleteItemFromObjectCaseSensitive(root, "torch_dtype");
+    bool v5 = cJSON_GetObjectItemCaseSensitive(root, "dtype") != NULL; /* transformers v5 spelling */
+    cJSON_DeleteItemFromObjectCaseSensitive(root, "dtype");
+    bool ok = q && cJSON_AddStringToObject(root, v5 ? "dtype" : "torch_dtype", "float16");
+    if (ok) cJSON_AddItemToObject(root, "quantization_config", q);
+    else cJSON_Delete(q);
+    char *out = ok ? cJSON_Print(root) : NULL;
+    cJSON_Delete(root);
+    if (!out) return err_set(err, "out of memory writing config.json");
+    size_t n = strlen(out);
+    char *with_nl = realloc(out, n + 2);
+    if (!with_nl) {
+        free(out);
+        return err_set(err, "out of memory writing config.json");
+    }
+    with_nl[n] = '\n';
+    with_nl[n + 1] = 0;
+    int rc = write_file(dst, with_nl, n + 1, err);
+    free(with_nl);
+    return rc;
+}
+
+static int cmp_name(const void *a, const void *b) {
+    return strcmp(((const OutTensor *const *)a)[0]->name, ((const OutTensor *const *)b)[0]->name);
+}
+
+/* model.safetensors.index.json: {"metadata": {"total_size": N}, "weight_map": {name: shard}}. */
+static int write_index(const Plan *p, const char *dir, Error *err) {
+    const OutTensor **sorted = malloc((p->n + 1) * sizeof *sorted);
+    if (!sorted) return err_set(err, "out of memory");
+    uint64_t total = 0;
+    for (size_t i = 0; i < p->n; i++) sorted[i] = &p->t[i], total += p->t[i].nbytes;
+    qsort(sorted, p->n, sizeof *sorted, cmp_name);
+    cJSON *root = cJSON_CreateObject(), *meta = cJSON_CreateObject(), *map = cJSON_CreateObject();
+    bool ok = root && meta && map;
+    if (ok) {
+        cJSON_AddItemToObject(root, "metadata", meta);
+        cJSON_AddItemToObject(root, "weight_map", map);
+        meta = map = NULL;
+        char total_s[32];
+        snprintf(total_s, sizeof total_s, "%llu", (unsigned long long)total);
+        ok = cJSON_AddRawToObject(cJSON_GetObjectItemCaseSensitive(root, "metadata"), "total_size", total_s) != NULL;
+        cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
+        for (size_t i = 0; ok && i < p->n; i++) {
+            char shard[64];
+            shard_name(p, sorted[i]->shard, shard, sizeof shard);
+            ok = cJSON_AddStringToObject(wm, sorted[i]->name, shard) != NULL;
+        }
+    }
+    free(sorted);
+    cJSON_Delete(meta);
+    cJSON_Delete(map);
+    char *text = ok ? cJSON_Print(root) : NULL;
+    cJSON_Delete(root);
+    if (!text) return err_set(err, "out of memory writing the index");
+    char path[PATH_MAX];
+    int rc = path_join(path, dir, "model.safetensors.index.json", err);
+    if (rc == 0) rc = write_file(path, text, strlen(text), err);
+    free(text);
+    return rc;
+}
+
+/* ---- directories ------------------------------------------------------------------------- */
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static void remove_tree(const char *path) { nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
+
+static bool path_exists(const char *path) {
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+/* Replaces (or creates) `out` with the finished `tmp`. With an existing `out` (--force),
+ * the old copy is moved aside first and deleted only once the new one is in place. */
+static int move_into_place(const char *tmp, const char *out, Error *err) {
+    if (!path_exists(out)) {
+        if (rename(tmp, out) != 0) return err_set(err, "%s: cannot rename %s into place: %s", out, tmp, strerror(errno));
+        return 0;
+    }
+    char old[PATH_MAX];
+    int n = snprintf(old, sizeof old, "%s.old-XXXXXX", out);
+    if (n < 0 || n >= (int)sizeof old || !mkdtemp(old)) return err_set(err, "%s: cannot create a directory next to it: %s", out, strerror(errno));
+    if (rename(out, old) != 0) { /* an empty directory may be replaced by rename */
+        int e = errno;
+        rmdir(old);
+        return err_set(err, "%s: cannot move the old copy aside: %s", out, strerror(e));
+    }
+    if (rename(tmp, out) != 0) {
+        int e = errno;
+        rename(old, out); /* put the old one back */
+        return err_set(err, "%s: cannot rename %s into place: %s", out, tmp, strerror(e));
+    }
+    remove_tree(old);
+    return 0;
+}
+
+/* Parses "2GB", "500MB", "1.5GiB", "4096" into bytes (decimal KB/MB/GB/TB, binary KiB...). */
+static int parse_size(const char *s, uint64_t *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || !(v > 0)) return -1;
+    static const struct { const char *suffix; double mult; } units[] = {
+        {"", 1}, {"B", 1}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
+        {"K", 1e3}, {"M", 1e6}, {"G", 1e9}, {"T", 1e12},
+        {"KiB", 1024.0}, {"MiB", 1048576.0}, {"GiB", 1073741824.0}, {"TiB", 1099511627776.0},
+    };
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+        if (strcasecmp(end, units[i].suffix) != 0) continue;
+        double bytes = v * units[i].mult;
+        if (bytes < 1 || bytes > 1e18) return -1;
+        *out = (uint64_t)bytes;
+        return 0;
+    }
+    return -1;
+}
+
+/* ---- the command ------------------------------------------------------------------------- */
+
+typedef struct ConvertOptions {
+    const char *model_dir, *out_dir;
+    float threshold;
+    uint64_t shard_bytes;
+    bool force;
+} ConvertOptions;
+
+/* Refuses inputs that are already int8 (they would be quantized twice). */
+static int check_not_int8(const Checkpoint *ck, Error *err) {
+    if (checkpoint_config(ck)->load_in_8bit)
+        return err_set(err, "%s: already an 8-bit checkpoint (config.json has a bitsandbytes quantization_config); "
+                       "convert reads 16- or 32-bit checkpoints", checkpoint_dir(ck));
+    for (size_t i = 0; i < checkpoint_count(ck); i++) {
+        const StTensor *t = checkpoint_tensor(ck, i);
+        size_t len = strlen(t->name);
+        if (t->dtype == DT_I8 || (len > 4 && strcmp(t->name + len - 4, ".SCB") == 0))
+            return err_set(err, "%s: tensor '%s' is already int8 (%s): the checkpoint is already quantized", t->file,
+                           t->name, dtype_name(t->dtype));
+    }
+    return 0;
+}
+
+/* Everything between the checks and the rename: fills `tmp`. */
+static int convert_into(const ConvertOptions *o, const Checkpoint *ck, const char *tmp, Error *err) {
+    const ModelConfig *c = checkpoint_config(ck);
+    Plan p = {.ck = ck, .prefix = c->arch == ARCH_OPT ? "model." : "transformer."};
+    Writer wr = {0};
+    int rc = -1;
+    if ((c->arch == ARCH_OPT ? plan_opt : plan_bloom)(&p, c, err) || plan_lm_head(&p, c, err)) goto done;
+    if (warn_unused(&p, err)) goto done;
+    assign_shards(&p, o->shard_bytes);
+
+    uint64_t in_bytes = 0, out_bytes = 0;
+    for (size_t i = 0; i < checkpoint_count(ck); i++) in_bytes += checkpoint_tensor(ck, i)->nbytes;
+    for (size_t i = 0; i < p.n; i++) out_bytes += p.t[i].nbytes;
+    fprintf(stderr, "llmint8: converting %s (%s, %zu projections to int8): %.1f MB -> %.1f MB in %d shard%s\n",
+            o->model_dir, arch_name(c->arch), p.n_proj, (double)in_bytes / 1e6, (double)out_bytes / 1e6, p.n_shards,
+            p.n_shards == 1 ? "" : "s");
+
+    if (!(wr.buf = malloc(CHUNK_BYTES))) {
+        err_set(err, "out of memory");
+        goto done;
+    }
+    progress_begin(&wr.progress, "writing (KB)", (long)(out_bytes >> 10));
+    for (int s = 0; s < p.n_shards; s++)
+        if (write_shard(&wr, &p, tmp, s, err)) {
+            if (wr.progress.enabled) fputc('\n', stderr); /* end the progress line before the error */
+            goto done;
+        }
+    progress_end(&wr.progress);
+    if (p.n_shards > 1 && write_index(&p, tmp, err)) goto done;
+    if (write_config(ck, tmp, o->threshold, err)) goto done;
+    for (size_t i = 0; i < sizeof COPIED_FILES / sizeof COPIED_FILES[0]; i++) {
+        char from[PATH_MAX], to[PATH_MAX];
+        if (path_join(from, checkpoint_dir(ck), COPIED_FILES[i], err) || path_join(to, tmp, COPIED_FILES[i], err))
+            goto done;
+        if (path_exists(from) && copy_file(from, to, err)) goto done;
+    }
+    rc = check_signal(err);
+done:
+    free(wr.buf);
+    plan_free(&p);
+    return rc;
+}
+
+static int parse_args(int argc, char **argv, ConvertOptions *o) {
+    static const struct option longopts[] = {
+        {"output", required_argument, NULL, 'o'},
+        {"threshold", required_argument, NULL, OPT_THRESHOLD},
+        {"shard-size", required_argument, NULL, OPT_SHARD_SIZE},
+        {"force", no_argument, NULL, OPT_FORCE},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    CommonOptions co;
+    cli_common_defaults(&co);
+    *o = (ConvertOptions){.threshold = 6.0f, .shard_bytes = 2000000000ull};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "ho:", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'h': printf("%s", HELP); return -1;
+        case 'o': o->out_dir = optarg; break;
+        case OPT_THRESHOLD:
+            if (cli_common_option(c, optarg, &co) < 0) return 2;
+            o->threshold = co.quant.threshold;
+            break;
+        case OPT_SHARD_SIZE:
+            if (parse_size(optarg, &o->shard_bytes) != 0)
+                return cli_usage_error("convert", "--shard-size '%s': expected a size like 500MB or 2GB", optarg);
+            break;
+        case OPT_FORCE: o->force = true; break;
+        default: return cli_usage_error("convert", "unknown option");
+        }
+    }
+    if (optind < argc) o->model_dir = argv[optind++];
+    if (optind < argc) return cli_usage_error("convert", "unexpected argument '%s'", argv[optind]);
+    if (!o->model_dir) return cli_usage_error("convert", "no MODEL_DIR given");
+    if (!o->out_dir || !*o->out_dir) return cli_usage_error("convert", "no output directory given (-o OUT_DIR)");
+    return 0;
+}
+
+int cmd_convert(int argc, char **argv) {
+    ConvertOptions o;
+    int urc = parse_args(argc, argv, &o);
+    if (urc) return urc < 0 ? 0 : urc; /* -1: --help was printed */
+
+    /* OUT_DIR without trailing slashes, so that OUT_DIR.tmp-XXXXXX sits next to it. */
+    char out[PATH_MAX];
+    Error err;
+    if (strlen(o.out_dir) >= sizeof out - 32) {
+        err_set(&err, "%s: path too long", o.out_dir);
+        return cli_fail(&err);
+    }
+    snprintf(out, sizeof out, "%s", o.out_dir);
+    for (size_t n = strlen(out); n > 1 && out[n - 1] == '/'; n--) out[n - 1] = 0;
+    o.out_dir = out;
+
+    struct stat st;
+    if (lstat(out, &st) == 0) {
+        if (!o.force) {
+            err_set(&err, "%s already exists (use --force to replace it)", out);
+            return cli_fail(&err);
+        }
+        if (!S_ISDIR(st.st_mode)) {
+            err_set(&err, "%s exists and is not a directory; not replacing it", out);
+            return cli_fail(&err);
+        }
+    }
+    char real_in[PATH_MAX], real_out[PATH_MAX];
+    if (realpath(o.model_dir, real_in) && realpath(out, real_out) && strcmp(real_in, real_out) == 0) {
+        err_set(&err, "%s: the output directory is the input directory", out);
+        return cli_fail(&err);
+    }
+
+    Checkpoint *ck = NULL;
+    if (checkpoint_open(o.model_dir, &ck, &err) || check_not_int8(ck, &err)) {
+        checkpoint_close(ck);
+        return cli_fail(&err);
+    }
+
+    /* From here on, a signal only sets a flag; the work stops at the next chunk and the
+     * temporary directory is removed. Signals the caller ignores (nohup) stay ignored. */
+    static const int SIGNALS[3] = {SIGINT, SIGTERM, SIGHUP};
+    struct sigaction sa, old[3];
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    for (int i = 0; i < 3; i++) {
+        sigaction(SIGNALS[i], NULL, &old[i]);
+        if (old[i].sa_handler != SIG_IGN) sigaction(SIGNALS[i], &sa, NULL);
+    }
+
+    char tmp[PATH_MAX];
+    int rc = 0;
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", out) >= sizeof tmp || !mkdtemp(tmp)) {
+        err_set(&err, "%s: cannot create a temporary directory next to it: %s", out, strerror(errno));
+        rc = -1;
+        tmp[0] = 0;
+    }
+    double t0 = cli_now();
+    if (rc == 0) rc = convert_into(&o, ck, tmp, &err);
+    if (rc == 0) {
+        mode_t mask = umask(0); /* mkdtemp made it 0700; give it the usual permissions */
+        umask(mask);
+        chmod(tmp, 0777 & ~mask);
+        rc = check_signal(&err);
+    }
+    if (rc == 0) rc = move_into_place(tmp, out, &err);
+    if (rc != 0 && tmp[0]) remove_tree(tmp);
+    checkpoint_close(ck);
+
+    for (int i = 0; i < 3; i++) sigaction(SIGNALS[i], &old[i], NULL);
+    /* A signal that came in time to stop the work: die of it, as the caller expects, now that
+     * the mess is gone. (One that came after the rename is moot: the output is complete.) */
+    if (g_signal && rc != 0) {
+        fprintf(stderr, "llmint8: error: interrupted; %s was not written\n", out);
+        signal(g_signal, SIG_DFL);
+        raise(g_signal);
+    }
+    if (rc != 0) return cli_fail(&err);
+    fprintf(stderr, "llmint8: wrote %s in %.1f s\n", out, cli_now() - t0);
+    return 0;
+}

@@ -1,0 +1,110 @@
+/* cmd_info.c — `llmint8 info`: what a checkpoint holds, and what it costs in memory.
+ * Loading the model here (16-bit, used in place from the mapping: cheap) checks that every
+ * tensor the architecture needs is present with the right shape. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "commands.h"
+
+static const char HELP[] =
+    "Usage: llmint8 info MODEL_DIR [--json]\n"
+    "Prints the architecture, parameter count, stored dtype and the memory the weights take in\n"
+    "16-bit and in int8. Every tensor is checked against the config.\n\n"
+    "Example:\n"
+    "  llmint8 info models/opt-gutenberg-7m\n";
+
+enum { OPT_JSON = OPT_COMMAND_BASE };
+
+/* Parameters in projections (quantized by int8) and in everything else (kept 16-bit). */
+static void count_params(const Checkpoint *ck, int64_t *proj, int64_t *other, int64_t *stored_bytes,
+                         unsigned *dtypes) {
+    *proj = *other = *stored_bytes = 0;
+    *dtypes = 0;
+    for (size_t i = 0; i < checkpoint_count(ck); i++) {
+        const StTensor *t = checkpoint_tensor(ck, i);
+        const char *name = checkpoint_short_name(ck, t->name);
+        size_t len = strlen(name);
+        *stored_bytes += (int64_t)t->nbytes;
+        *dtypes |= DT_MASK(t->dtype);
+        if (strcmp(name, "lm_head.weight") == 0) continue; /* tied to the embedding */
+        if (len > 4 && (strcmp(name + len - 4, ".SCB") == 0 || strstr(name, "weight_format"))) continue;
+        bool is_proj = len > 7 && strcmp(name + len - 7, ".weight") == 0 && t->ndim == 2 &&
+                       !strstr(name, "embed") && !strstr(name, "word_embeddings");
+        if (is_proj) *proj += t->numel;
+        else *other += t->numel;
+    }
+}
+
+int cmd_info(int argc, char **argv) {
+    static const struct option longopts[] = {
+        CLI_COMMON_OPTIONS,
+        {"json", no_argument, NULL, OPT_JSON},
+        {NULL, 0, NULL, 0},
+    };
+    CommonOptions co;
+    cli_common_defaults(&co);
+    bool json = false;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        if (c == 'h') { printf("%s", HELP); return 0; }
+        if (c == OPT_JSON) { json = true; continue; }
+        int r = cli_common_option(c, optarg, &co);
+        if (r < 0) return 2;
+        if (r == 0) return cli_usage_error("info", "unknown option");
+    }
+    if (optind < argc) co.model_dir = argv[optind++];
+    if (optind < argc) return cli_usage_error("info", "unexpected argument '%s'", argv[optind]);
+    if (!co.model_dir) return cli_usage_error("info", "no MODEL_DIR given");
+
+    Error err;
+    Session s;
+    if (cli_session_open(&co, false, true, &s, &err)) return cli_fail(&err);
+    co.quant.mode = QUANT_FP16;
+    ModelOptions mo = {.ctx = 2, .batch_tokens = 1};
+    if (cli_session_load_model(&s, &co, &mo, &err)) {
+        cli_session_close(&s);
+        return cli_fail(&err);
+    }
+    const ModelConfig *m = checkpoint_config(s.ck);
+    int64_t proj, other, stored;
+    unsigned dtypes;
+    count_params(s.ck, &proj, &other, &stored, &dtypes);
+    char dt[64] = "";
+    for (int t = 0; t < DT_COUNT; t++)
+        if (dtypes & DT_MASK(t)) {
+            if (*dt) strcat(dt, "+");
+            strcat(dt, dtype_name((DType)t));
+        }
+    /* fp16: 2 bytes per parameter; int8: 1 byte per projection weight plus a 4-byte scale per
+     * output row (ignored here: < 0.1%), 16-bit for the rest. */
+    double fp16_mb = 2.0 * (double)(proj + other) / 1e6, int8_mb = ((double)proj + 2.0 * (double)other) / 1e6;
+    long native = m->arch == ARCH_OPT ? m->max_positions : 2048;
+    if (json) {
+        printf("{\"architecture\": \"%s\", \"layers\": %d, \"hidden\": %d, \"heads\": %d, \"ffn\": %d, "
+               "\"vocab\": %d, \"positions\": %ld, \"parameters\": %lld, \"projection_parameters\": %lld, "
+               "\"stored_dtype\": \"%s\", \"int8_checkpoint\": %s, \"stored_bytes\": %lld, "
+               "\"fp16_megabytes\": %.1f, \"int8_megabytes\": %.1f, \"tokenizer\": %s}\n",
+               arch_name(m->arch), m->n_layers, m->hidden, m->n_heads, m->ffn_dim, m->vocab_size, native,
+               (long long)(proj + other), (long long)proj, dt, m->load_in_8bit ? "true" : "false",
+               (long long)stored, fp16_mb, int8_mb, s.tok ? "true" : "false");
+    } else {
+        printf("model:        %s\n", co.model_dir);
+        printf("architecture: %s, %d layers, hidden %d, %d heads of %d, ffn %d, vocab %d\n", arch_name(m->arch),
+               m->n_layers, m->hidden, m->n_heads, m->head_dim, m->ffn_dim, m->vocab_size);
+        if (m->arch == ARCH_OPT)
+            printf("              %s-LayerNorm, %d positions%s\n", m->do_layer_norm_before ? "pre" : "post",
+                   m->max_positions, m->word_embed_proj_dim != m->hidden ? ", project_in/out" : "");
+        else
+            printf("              ALiBi positions (2048 by default)\n");
+        printf("parameters:   %.2f M (%.2f M in projections, quantized by int8)\n", (double)(proj + other) / 1e6,
+               (double)proj / 1e6);
+        printf("stored:       %s, %.1f MB in %zu tensors%s\n", dt, (double)stored / 1e6, checkpoint_count(s.ck),
+               m->load_in_8bit ? " (8-bit bitsandbytes checkpoint)" : "");
+        printf("memory:       fp16 %.1f MB, int8 %.1f MB (%.2fx)\n", fp16_mb, int8_mb, int8_mb / fp16_mb);
+        printf("tokenizer:    %s\n", s.tok ? "found" : "none in MODEL_DIR (use --tokenizer DIR for text)");
+    }
+    cli_session_close(&s);
+    return 0;
+}

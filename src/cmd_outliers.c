@@ -1,0 +1,629 @@
+/* cmd_outliers.c — `llmint8 outliers`: the emergent outlier features of a model on a text
+ * (LLM.int8() paper, arXiv 2208.07339 §4), the paper's ablation, and a picture.
+ *
+ *   pass 1  the 16-bit model reads the text in non-overlapping windows (BOS first when the
+ *           tokenizer uses one) while outlier_probe records every layer's attention and FFN
+ *           inputs; outlier_find applies the paper's three criteria.
+ *   pass 2  the same text with the outlier features set to 0 at those inputs in every layer;
+ *   pass 3  the same with as many randomly chosen other dimensions set to 0 (fixed seed).
+ * Each pass also scores the next-token predictions: perplexity and the mean probability of
+ * the top-1 token, so the three can be compared. Definitions: docs/OUTLIERS.md. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "commands.h"
+#include "outliers.h"
+
+static const char HELP[] =
+    "Usage: llmint8 outliers MODEL_DIR (-f FILE | --ids FILE) [options]\n"
+    "Finds the emergent outlier features of the model on a text (LLM.int8() paper, section 4):\n"
+    "hidden dimensions with |x| >= threshold on >= 6% of the tokens, in >= 25% of the layers, at the\n"
+    "inputs of the attention projections and the first FFN layer (16-bit forward pass). Then sets them\n"
+    "to zero in every layer and reports the change in perplexity and mean top-1 probability, against\n"
+    "zeroing as many random dimensions. Definitions and how to read the output: docs/OUTLIERS.md.\n\n"
+    "  -f, --file FILE        the text (UTF-8)\n"
+    "      --ids FILE         the text as whitespace-separated token ids (used as given, no BOS added)\n"
+    "      --ctx N            tokens per window, BOS included (default: the model's positions, at\n"
+    "                         most 2048); windows do not overlap\n"
+    "      --max-tokens N     use the first N tokens of the text (default 4096; 0: all of it)\n"
+    "      --threshold T      magnitude criterion, |x| >= T (default 6, the paper's)\n"
+    "      --min-layers F     share of layers criterion (default 0.25)\n"
+    "      --min-tokens F     share of tokens criterion (default 0.06)\n"
+    "      --seed N           seed of the random dimensions of the control ablation (default 1234)\n"
+    "      --no-ablation      only find the features (one pass over the text instead of three)\n"
+    "      --svg FILE         write a heatmap: layers x hidden dimensions, colour = max |x|,\n"
+    "                         outlier features marked (opens in any browser)\n"
+    "      --json             print a JSON object\n"
+    "      --device cpu|cuda|auto, --threads N, --tokenizer DIR   as for every command\n"
+    "  -h, --help             this help\n"
+    "The model always runs in 16-bit (--precision/--quant other than fp16 are refused).\n\n"
+    "Examples:\n"
+    "  llmint8 outliers models/opt-gutenberg-7m -f tests/data/eval/wiki.test.raw --ctx 512 --svg o.svg\n"
+    "  llmint8 outliers MODEL_DIR -f wiki.test.raw --max-tokens 20000 --json > outliers.json\n"
+    "  llmint8 outliers tests/data/fixtures/opt-tiny --ids ids.txt --threshold 8\n";
+
+enum {
+    OPT_IDS = OPT_COMMAND_BASE, OPT_CTX, OPT_MAX_TOKENS, OPT_MIN_LAYERS, OPT_MIN_TOKENS, OPT_SEED,
+    OPT_NO_ABLATION, OPT_SVG, OPT_JSON
+};
+
+typedef struct OutlierOptions {
+    const char *text_file, *ids_file, *svg_file;
+    long ctx, max_tokens, seed;
+    double threshold;
+    OutlierCriteria crit;
+    bool json, ablation;
+} OutlierOptions;
+
+static int parse_args(int argc, char **argv, CommonOptions *co, OutlierOptions *po) {
+    static const struct option longopts[] = {
+        CLI_COMMON_OPTIONS,
+        {"file", required_argument, NULL, 'f'},
+        {"ids", required_argument, NULL, OPT_IDS},
+        {"ctx", required_argument, NULL, OPT_CTX},
+        {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS},
+        {"min-layers", required_argument, NULL, OPT_MIN_LAYERS},
+        {"min-tokens", required_argument, NULL, OPT_MIN_TOKENS},
+        {"seed", required_argument, NULL, OPT_SEED},
+        {"no-ablation", no_argument, NULL, OPT_NO_ABLATION},
+        {"svg", required_argument, NULL, OPT_SVG},
+        {"json", no_argument, NULL, OPT_JSON},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "f:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'h': fputs(HELP, stdout); exit(0);
+        case 'f': po->text_file = optarg; break;
+        case OPT_IDS: po->ids_file = optarg; break;
+        case OPT_SVG: po->svg_file = optarg; break;
+        case OPT_JSON: po->json = true; break;
+        case OPT_NO_ABLATION: po->ablation = false; break;
+        case OPT_CTX:
+            if (cli_parse_int(optarg, 2, 1 << 20, &po->ctx))
+                return cli_usage_error("outliers", "--ctx '%s': expected a whole number >= 2", optarg);
+            break;
+        case OPT_MAX_TOKENS:
+            if (cli_parse_int(optarg, 0, 1L << 40, &po->max_tokens))
+                return cli_usage_error("outliers", "--max-tokens '%s': expected a whole number >= 0", optarg);
+            break;
+        case OPT_SEED:
+            if (cli_parse_int(optarg, 0, 1L << 62, &po->seed))
+                return cli_usage_error("outliers", "--seed '%s': expected a whole number >= 0", optarg);
+            break;
+        case OPT_THRESHOLD:
+            if (cli_parse_float(optarg, 0.0, 65504.0, &po->threshold) || !(po->threshold > 0))
+                return cli_usage_error("outliers", "--threshold '%s': expected a number above 0, up to 65504", optarg);
+            break;
+        case OPT_MIN_LAYERS:
+            if (cli_parse_float(optarg, 0.0, 1.0, &po->crit.min_layer_share))
+                return cli_usage_error("outliers", "--min-layers '%s': expected a share from 0 to 1", optarg);
+            break;
+        case OPT_MIN_TOKENS:
+            if (cli_parse_float(optarg, 0.0, 1.0, &po->crit.min_token_share))
+                return cli_usage_error("outliers", "--min-tokens '%s': expected a share from 0 to 1", optarg);
+            break;
+        default: {
+            int r = cli_common_option(c, optarg, co);
+            if (r < 0) return 2;
+            if (r == 0) return cli_usage_error("outliers", "unknown option");
+        }
+        }
+    }
+    if (optind < argc) co->model_dir = argv[optind++];
+    if (optind < argc) return cli_usage_error("outliers", "unexpected argument '%s'", argv[optind]);
+    if (!co->model_dir) return cli_usage_error("outliers", "no MODEL_DIR given");
+    if (!po->text_file == !po->ids_file)
+        return cli_usage_error("outliers", "give exactly one of -f FILE and --ids FILE");
+    if (co->quant_given && co->quant.mode != QUANT_FP16)
+        return cli_usage_error("outliers", "the analysis runs the 16-bit model: --precision/--quant must be fp16");
+    return 0;
+}
+
+/* ---- running the text ------------------------------------------------------------------ */
+
+/* The text cut into non-overlapping windows: BOS (if any) + up to ctx - 1 text tokens each. */
+typedef struct Windows {
+    const int32_t *text;
+    long n_text;
+    int32_t bos;     /* -1: none */
+    long ctx;
+    long count;
+} Windows;
+
+static long window_text_tokens(const Windows *w) { return w->ctx - (w->bos >= 0); }
+
+/* Next-token predictions scored in one pass. */
+typedef struct Score {
+    double nll_sum;    /* -log p(actual next token) */
+    double top1_sum;   /* max_v p(v): the model's confidence in its top-1 choice */
+    long scored;
+} Score;
+
+static double score_ppl(const Score *s) { return s->scored ? exp(s->nll_sum / (double)s->scored) : NAN; }
+static double score_top1(const Score *s) { return s->scored ? s->top1_sum / (double)s->scored : NAN; }
+
+static void score_row(const float *logits, int vocab, int32_t target, Score *s) {
+    float max = logits[0];
+    for (int i = 1; i < vocab; i++)
+        if (logits[i] > max) max = logits[i];
+    double sum = 0;
+    for (int i = 0; i < vocab; i++) sum += exp((double)logits[i] - max);
+    s->nll_sum += log(sum) + max - (double)logits[target];
+    s->top1_sum += 1.0 / sum;   /* the top token's exp(max - max) = 1 over the sum */
+    s->scored++;
+}
+
+/* Runs every window through the model with the probe attached. */
+static int run_text(Model *m, const Windows *w, OutlierProbe *probe, const char *label, Score *sc, Error *err) {
+    const int vocab = m->cfg.vocab_size;
+    const long b = w->bos >= 0, L = window_text_tokens(w);
+    /* Logits of at most `chunk` rows at a time (a window may be 2048 x 250880 floats). */
+    long chunk = (32L << 20) / vocab;
+    if (chunk < 16) chunk = 16;
+    if (chunk > m->rs.capacity) chunk = m->rs.capacity;
+    int32_t *win = malloc((size_t)w->ctx * sizeof *win);
+    float *logits = malloc((size_t)chunk * (size_t)vocab * sizeof *logits);
+    if (!win || !logits) {
+        free(win), free(logits);
+        return err_set(err, "out of memory");
+    }
+    m->observer = outlier_probe;
+    m->observer_ctx = probe;
+    memset(sc, 0, sizeof *sc);
+    Progress prog;
+    progress_begin(&prog, label, w->count);
+    int rc = 0;
+    for (long wi = 0; wi < w->count && rc == 0; wi++) {
+        long begin = wi * L, end = begin + L < w->n_text ? begin + L : w->n_text, n = b + (end - begin);
+        if (b) win[0] = w->bos;
+        memcpy(win + b, w->text + begin, (size_t)(end - begin) * sizeof *win);
+        model_reset(m);
+        for (long off = 0; off < n && rc == 0; off += chunk) {
+            long rows = n - off < chunk ? n - off : chunk;
+            rc = model_forward(m, win + off, (int)rows, true, logits, err);
+            for (long i = off; rc == 0 && i < off + rows && i + 1 < n; i++)
+                score_row(logits + (size_t)(i - off) * (size_t)vocab, vocab, win[i + 1], sc);
+        }
+        if (probe->stats) outlier_stats_end_window(probe->stats);
+        progress_update(&prog, wi + 1);
+    }
+    progress_end(&prog);
+    m->observer = NULL;
+    m->observer_ctx = NULL;
+    free(win), free(logits);
+    return rc;
+}
+
+/* ---- the control ablation's random dimensions ------------------------------------------ */
+
+static uint64_t splitmix64(uint64_t *state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Marks up to k dimensions drawn uniformly without replacement from those not in `exclude`
+ * (partial Fisher-Yates); returns how many were marked. */
+static int choose_random(int hidden, const uint8_t *exclude, int k, uint64_t seed, uint8_t *chosen, Error *err) {
+    int *pool = malloc((size_t)hidden * sizeof *pool), n = 0;
+    if (!pool) return err_set(err, "out of memory");
+    for (int d = 0; d < hidden; d++)
+        if (!exclude[d]) pool[n++] = d;
+    if (k > n) k = n;
+    uint64_t state = seed;
+    for (int i = 0; i < k; i++) {
+        int j = i + (int)(splitmix64(&state) % (uint64_t)(n - i));
+        int t = pool[i];
+        pool[i] = pool[j], pool[j] = t;
+        chosen[pool[i]] = 1;
+    }
+    free(pool);
+    return k;
+}
+
+/* ---- output ------------------------------------------------------------------------------ */
+
+static double pct_change(double now, double base) { return 100.0 * (now / base - 1.0); }
+
+/* Up to `max` dimensions of (layer, site) meeting the token criterion, as "5 37 ...". */
+static int site_dims(const OutlierStats *st, int layer, OutlierSite site, double min_tokens, char *buf,
+                     size_t cap, int max) {
+    int count = 0;
+    size_t len = 0;
+    buf[0] = 0;
+    for (int d = 0; d < st->hidden; d++) {
+        if (!outlier_hit(st, layer, site, d, min_tokens)) continue;
+        if (count < max && len + 16 < cap) len += (size_t)snprintf(buf + len, cap - len, "%s%d", count ? " " : "", d);
+        count++;
+    }
+    if (count > max && len + 24 < cap) snprintf(buf + len, cap - len, " ... (%d)", count);
+    if (count == 0) snprintf(buf, cap, "-");
+    return count;
+}
+
+static void site_max(const OutlierStats *st, int layer, OutlierSite site, float *v, int *dim) {
+    const float *mx = st->max_abs + ((size_t)layer * SITE_COUNT + (size_t)site) * (size_t)st->hidden;
+    *v = -1, *dim = 0;
+    for (int d = 0; d < st->hidden; d++)
+        if (mx[d] > *v) *v = mx[d], *dim = d;
+}
+
+static void json_str(const char *s) {
+    putchar('"');
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') printf("\\%c", *p);
+        else if (*p < 0x20) printf("\\u%04x", *p);
+        else putchar(*p);
+    }
+    putchar('"');
+}
+
+/* JSON has no NaN or infinity: those become null. */
+static void json_num(double v) {
+    if (isfinite(v)) printf("%.10g", v);
+    else printf("null");
+}
+
+static void json_score(const char *name, const Score *s, const uint8_t *dims, int hidden, bool comma) {
+    printf("    \"%s\": ", name);
+    if (!s) {
+        printf("null%s\n", comma ? "," : "");
+        return;
+    }
+    printf("{\"ppl\": ");
+    json_num(score_ppl(s));
+    printf(", \"nll_mean\": ");
+    json_num(s->scored ? s->nll_sum / (double)s->scored : NAN);
+    printf(", \"top1_prob_mean\": ");
+    json_num(score_top1(s));
+    printf(", \"predictions\": %ld", s->scored);
+    if (dims) {
+        printf(", \"dims\": [");
+        for (int d = 0, k = 0; d < hidden; d++)
+            if (dims[d]) printf("%s%d", k++ ? ", " : "", d);
+        printf("]");
+    }
+    printf("}%s\n", comma ? "," : "");
+}
+
+/* A dimension that is not a feature, with how close it came to the token criterion. */
+typedef struct NearMiss {
+    int dim;
+    float max_abs;
+    double share;     /* outlier_share_in_layers at the layer criterion */
+} NearMiss;
+
+static int near_miss_cmp(const void *a, const void *b) {
+    const NearMiss *x = a, *y = b;
+    if (x->share != y->share) return x->share < y->share ? 1 : -1;
+    return x->dim - y->dim;
+}
+
+/* Up to `max` dimensions outside the features, closest to the token criterion first. */
+static int find_near_misses(const OutlierStats *st, const uint8_t *is_feature, int min_layers, NearMiss *out,
+                            int max, Error *err) {
+    NearMiss *all = malloc((size_t)st->hidden * sizeof *all);
+    if (!all) return err_set(err, "out of memory");
+    int n = 0;
+    for (int d = 0; d < st->hidden; d++) {
+        double share = outlier_share_in_layers(st, d, min_layers);
+        if (is_feature[d] || share <= 0) continue;
+        float mx = 0;
+        for (size_t at = 0; at < (size_t)st->n_layers * SITE_COUNT; at++)
+            if (st->max_abs[at * (size_t)st->hidden + (size_t)d] > mx) mx = st->max_abs[at * (size_t)st->hidden + (size_t)d];
+        all[n++] = (NearMiss){.dim = d, .max_abs = mx, .share = share};
+    }
+    qsort(all, (size_t)n, sizeof *all, near_miss_cmp);
+    if (n > max) n = max;
+    memcpy(out, all, (size_t)n * sizeof *out);
+    free(all);
+    return n;
+}
+
+typedef struct Report {
+    const char *model_dir, *source;
+    const ModelConfig *cfg;
+    const Windows *win;
+    const OutlierStats *st;
+    const OutlierCriteria *crit;
+    const OutlierFeature *f;
+    int n_features;
+    int layers_touched;              /* layers in which at least one feature is present */
+    const NearMiss *near;            /* the closest other dimensions */
+    int n_near;
+    const Score *base, *zero_feat, *zero_rand;
+    const uint8_t *rand_dims;
+    int n_rand;
+    long seed;
+    const char *svg;
+} Report;
+
+static void print_json(const Report *r) {
+    const OutlierStats *st = r->st;
+    double values = st->values > 0 ? (double)st->values : NAN;
+    int64_t feat_above = 0;
+    for (int i = 0; i < r->n_features; i++) feat_above += r->f[i].above;
+    printf("{\n  \"model\": ");
+    json_str(r->model_dir);
+    printf(",\n  \"arch\": \"%s\", \"layers\": %d, \"hidden\": %d,\n", arch_name(r->cfg->arch), st->n_layers,
+           st->hidden);
+    printf("  \"text\": ");
+    json_str(r->source);
+    printf(", \"tokens\": %ld, \"windows\": %ld, \"ctx\": %ld, \"bos\": %d,\n", r->win->n_text, r->win->count,
+           r->win->ctx, r->win->bos);
+    printf("  \"criteria\": {\"threshold\": %.6g, \"min_layer_share\": %.6g, \"min_token_share\": %.6g, "
+           "\"sites\": [\"attn_input\", \"ffn_input\"]},\n",
+           (double)st->threshold, r->crit->min_layer_share, r->crit->min_token_share);
+    printf("  \"count\": %d,\n  \"layers_touched\": %d,\n  \"outliers\": [", r->n_features, r->layers_touched);
+    for (int i = 0; i < r->n_features; i++) {
+        const OutlierFeature *f = &r->f[i];
+        printf("%s\n    {\"dim\": %d, \"max_abs\": %.6g, \"layers\": %d, \"layer_share\": %.6g, "
+               "\"token_share_mean\": %.6g, \"token_share_max\": %.6g, \"value_share\": ",
+               i ? "," : "", f->dim, (double)f->max_abs, f->layers, (double)f->layers / st->n_layers,
+               f->token_share_mean, f->token_share_max);
+        json_num((double)f->above / values);
+        printf(", \"in_layers\": [");
+        for (int l = 0, k = 0; l < st->n_layers; l++)
+            if (outlier_layer_hit(st, l, f->dim, r->crit->min_token_share)) printf("%s%d", k++ ? ", " : "", l);
+        printf("]}");
+    }
+    printf("%s],\n  \"near_misses\": [", r->n_features ? "\n  " : "");
+    for (int i = 0; i < r->n_near; i++)
+        printf("%s{\"dim\": %d, \"max_abs\": %.6g, \"token_share_in_enough_layers\": %.6g}", i ? ", " : "",
+               r->near[i].dim, (double)r->near[i].max_abs, r->near[i].share);
+    printf("],\n  \"value_shares\": {\"above_threshold\": ");
+    json_num((double)st->above / values);
+    printf(", \"above_threshold_in_outliers\": ");
+    json_num((double)feat_above / values);
+    printf(", \"outlier_dims\": ");
+    json_num((double)r->n_features / st->hidden);
+    printf(", \"decomposed_16bit\": ");
+    json_num((double)st->decomposed / values);
+    printf(", \"int8\": ");
+    json_num(1.0 - (double)st->decomposed / values);
+    printf("},\n  \"per_layer\": [");
+    for (int l = 0; l < st->n_layers; l++) {
+        printf("%s\n    {\"layer\": %d", l ? "," : "", l);
+        for (int s = 0; s < SITE_COUNT; s++) {
+            float v;
+            int dim;
+            site_max(st, l, (OutlierSite)s, &v, &dim);
+            printf(", \"%s\": {\"max_abs\": %.6g, \"max_dim\": %d, \"dims\": [", outlier_site_name((OutlierSite)s),
+                   (double)v, dim);
+            for (int d = 0, k = 0; d < st->hidden; d++)
+                if (outlier_hit(st, l, (OutlierSite)s, d, r->crit->min_token_share)) printf("%s%d", k++ ? ", " : "", d);
+            printf("]}");
+        }
+        printf("}");
+    }
+    printf("\n  ],\n  \"ablation\": {\n    \"seed\": %ld,\n", r->seed);
+    json_score("baseline", r->base, NULL, st->hidden, true);
+    json_score("zero_outliers", r->zero_feat, NULL, st->hidden, true);
+    json_score("zero_random", r->zero_rand, r->rand_dims, st->hidden, false);
+    printf("  },\n  \"svg\": ");
+    if (r->svg) json_str(r->svg);
+    else printf("null");
+    printf("\n}\n");
+}
+
+static void print_text(const Report *r) {
+    const OutlierStats *st = r->st;
+    const OutlierCriteria *c = r->crit;
+    const double thr = st->threshold, values = st->values > 0 ? (double)st->values : NAN;
+    const int need_layers = outlier_min_layers(st, c->min_layer_share);
+    printf("model     %s (%s, %d layers, hidden %d)\n", r->model_dir, arch_name(r->cfg->arch), st->n_layers,
+           st->hidden);
+    printf("text      %s: %ld token%s in %ld window%s of up to %ld%s\n", r->source, r->win->n_text,
+           r->win->n_text == 1 ? "" : "s", r->win->count,
+           r->win->count == 1 ? "" : "s", r->win->ctx, r->win->bos >= 0 ? " (BOS first)" : "");
+    printf("criteria  |x| >= %g on >= %g%% of the tokens at an attention or FFN input, in >= %g%% of the layers "
+           "(>= %d of %d)\n\n",
+           thr, 100 * c->min_token_share, 100 * c->min_layer_share, need_layers, st->n_layers);
+
+    printf("layer  %-40s %s\n", "attention input", "FFN input");
+    printf("       %-40s %s\n", "max|x| (dim)  dims hit", "max|x| (dim)  dims hit");
+    for (int l = 0; l < st->n_layers; l++) {
+        printf("%5d", l);
+        for (int s = 0; s < SITE_COUNT; s++) {
+            float v;
+            int dim;
+            char dims[200], cellbuf[260];
+            site_max(st, l, (OutlierSite)s, &v, &dim);
+            site_dims(st, l, (OutlierSite)s, c->min_token_share, dims, sizeof dims, 6);
+            snprintf(cellbuf, sizeof cellbuf, "%7.2f (%5d)  %s", (double)v, dim, dims);
+            printf(s + 1 < SITE_COUNT ? "  %-40s" : "  %s", cellbuf);
+        }
+        printf("\n");
+    }
+    printf("(dims hit: |x| >= %g on >= %g%% of the tokens at that input)\n", thr, 100 * c->min_token_share);
+
+    printf("\noutlier features: %d of %d hidden dimensions", r->n_features, st->hidden);
+    if (r->n_features) printf(", present in %d of %d layers", r->layers_touched, st->n_layers);
+    printf("\n");
+    if (r->n_features) {
+        printf("  %6s %9s %16s %22s\n", "dim", "max|x|", "layers", "tokens (mean, max)");
+        for (int i = 0; i < r->n_features; i++) {
+            const OutlierFeature *f = &r->f[i];
+            char lay[48];
+            snprintf(lay, sizeof lay, "%d of %d (%.0f%%)", f->layers, st->n_layers, 100.0 * f->layers / st->n_layers);
+            printf("  %6d %9.2f %16s %13.1f%% %6.1f%%\n", f->dim, (double)f->max_abs, lay,
+                   100 * f->token_share_mean, 100 * f->token_share_max);
+        }
+    } else {
+        printf("  (none: no dimension reaches |x| >= %g on enough tokens in enough layers)\n", thr);
+    }
+    if (r->n_near) {
+        printf("closest other dimensions: the share of tokens at which |x| >= %g in %d of %d layers "
+               "(%g%% needed)\n", thr, need_layers, st->n_layers, 100 * c->min_token_share);
+        for (int i = 0; i < r->n_near; i++)
+            printf("  %6d %9.2f %15.2f%%\n", r->near[i].dim, (double)r->near[i].max_abs, 100 * r->near[i].share);
+    }
+    int64_t feat_above = 0;
+    for (int i = 0; i < r->n_features; i++) feat_above += r->f[i].above;
+    printf("\nvalues    %.4f%% of all recorded input values have |x| >= %g; %.4f%% are such values in the "
+           "outlier features\n",
+           100 * (double)st->above / values, thr, 100 * (double)feat_above / values);
+    printf("          LLM.int8() at threshold %g (one matmul per window) keeps %.4f%% of the values in 16-bit, "
+           "%.4f%% in 8-bit\n",
+           thr, 100 * (double)st->decomposed / values, 100 - 100 * (double)st->decomposed / values);
+
+    if (!r->base) return;
+    printf("\nablation  dimensions set to 0 at the inputs of the attention projections and of fc1, every layer "
+           "(%ld predictions)\n", r->base->scored);
+    printf("  %-32s %12s %9s %14s %9s\n", "", "ppl", "change", "mean top-1 p", "change");
+    printf("  %-32s %12.4f %9s %14.4f\n", "16-bit model", score_ppl(r->base), "", score_top1(r->base));
+    if (!r->zero_feat) {
+        printf("  (no outlier features: nothing to zero)\n");
+        return;
+    }
+    char label[64];
+    snprintf(label, sizeof label, "%d outlier feature%s zeroed", r->n_features, r->n_features == 1 ? "" : "s");
+    printf("  %-32s %12.4f %+8.1f%% %14.4f %+8.1f%%\n", label, score_ppl(r->zero_feat),
+           pct_change(score_ppl(r->zero_feat), score_ppl(r->base)), score_top1(r->zero_feat),
+           pct_change(score_top1(r->zero_feat), score_top1(r->base)));
+    snprintf(label, sizeof label, "%d random dimension%s zeroed", r->n_rand, r->n_rand == 1 ? "" : "s");
+    printf("  %-32s %12.4f %+8.1f%% %14.4f %+8.1f%%\n", label, score_ppl(r->zero_rand),
+           pct_change(score_ppl(r->zero_rand), score_ppl(r->base)), score_top1(r->zero_rand),
+           pct_change(score_top1(r->zero_rand), score_top1(r->base)));
+    printf("  random dimensions (seed %ld):", r->seed);
+    for (int d = 0, k = 0; d < st->hidden && k < 16; d++)
+        if (r->rand_dims[d]) printf(" %d", d), k++;
+    printf("%s\n", r->n_rand > 16 ? " ..." : "");
+}
+
+/* ---- the command ------------------------------------------------------------------------- */
+
+int cmd_outliers(int argc, char **argv) {
+    CommonOptions co;
+    OutlierOptions po = {.max_tokens = 4096, .seed = 1234, .threshold = 6.0,
+                         .crit = {.min_layer_share = 0.25, .min_token_share = 0.06}, .ablation = true};
+    cli_common_defaults(&co);
+    int rc = parse_args(argc, argv, &co, &po);
+    if (rc) return rc;
+    co.quant.mode = QUANT_FP16;
+
+    Error err;
+    Session s;
+    if (cli_session_open(&co, po.text_file != NULL, false, &s, &err)) return cli_fail(&err);
+    const ModelConfig *cfg = checkpoint_config(s.ck);
+    const char *source = po.text_file ? po.text_file : po.ids_file;
+
+    int32_t *ids = NULL, bos = -1;
+    size_t n_ids = 0;
+    OutlierStats st = {0};
+    OutlierFeature *feat = NULL;
+    int n_feat = 0;
+    uint8_t *feat_mask = NULL, *rand_mask = NULL;
+    if (po.ids_file) {
+        rc = cli_read_ids(po.ids_file, cfg->vocab_size, &ids, &n_ids, &err);
+    } else {
+        char *text;
+        size_t len;
+        rc = cli_read_file(po.text_file, &text, &len, &err);
+        if (rc == 0) {
+            rc = tokenizer_encode(s.tok, text, len, false, &ids, &n_ids, &err);
+            free(text);
+        }
+        if (rc == 0 && tokenizer_uses_bos(s.tok)) bos = tokenizer_bos_id(s.tok);
+        for (size_t i = 0; rc == 0 && i < n_ids; i++)
+            if (ids[i] >= cfg->vocab_size)
+                rc = err_set(&err, "%s: token id %d from the tokenizer is outside the model's vocabulary of %d",
+                             po.text_file, ids[i], cfg->vocab_size);
+        if (rc == 0 && bos >= cfg->vocab_size)
+            rc = err_set(&err, "the tokenizer's BOS id %d is outside the model's vocabulary of %d", bos,
+                         cfg->vocab_size);
+    }
+    if (rc == 0 && po.max_tokens > 0 && (long)n_ids > po.max_tokens) n_ids = (size_t)po.max_tokens;
+    if (rc == 0 && n_ids == 0) rc = err_set(&err, "%s: the text has no tokens", source);
+    if (rc) goto done;
+
+    long native = cfg->arch == ARCH_OPT ? cfg->max_positions : 2048;
+    long ctx = po.ctx ? po.ctx : (native < 2048 ? native : 2048);
+    if (cfg->arch == ARCH_OPT && ctx > native) {
+        rc = err_set(&err, "--ctx %ld exceeds the model's %ld positions", ctx, native);
+        goto done;
+    }
+    if (bos < 0 && (long)n_ids < ctx) ctx = (long)n_ids;          /* one window, sized to fit */
+    if (bos >= 0 && (long)n_ids + 1 < ctx) ctx = (long)n_ids + 1;
+    Windows win = {.text = ids, .n_text = (long)n_ids, .bos = bos, .ctx = ctx};
+    win.count = (win.n_text + window_text_tokens(&win) - 1) / window_text_tokens(&win);
+
+    ModelOptions mo = {.ctx = (int)ctx, .batch_tokens = (int)(ctx < 2048 ? ctx : 2048)};
+    if ((rc = cli_session_load_model(&s, &co, &mo, &err))) goto done;
+    Model *m = s.model;
+    const int D = m->cfg.hidden;
+    if ((rc = outlier_stats_init(&st, m->cfg.n_layers, D, (float)po.threshold, &err))) goto done;
+
+    /* Pass 1: record, find the features. */
+    Score base, zero_feat, zero_rand;
+    OutlierProbe probe = {.stats = &st, .zero = NULL, .hidden = D};
+    if ((rc = run_text(m, &win, &probe, "outliers: recording", &base, &err))) goto done;
+    if ((rc = outlier_find(&st, &po.crit, &feat, &n_feat, &err))) goto done;
+    int touched = 0;
+    for (int l = 0; l < st.n_layers; l++) {
+        bool any = false;
+        for (int i = 0; i < n_feat && !any; i++) any = outlier_layer_hit(&st, l, feat[i].dim, po.crit.min_token_share);
+        touched += any;
+    }
+
+    feat_mask = calloc((size_t)D, 1);
+    rand_mask = calloc((size_t)D, 1);
+    if (!feat_mask || !rand_mask) {
+        rc = err_set(&err, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < n_feat; i++) feat_mask[feat[i].dim] = 1;
+    NearMiss near[5];
+    int n_near = find_near_misses(&st, feat_mask, outlier_min_layers(&st, po.crit.min_layer_share), near, 5, &err);
+    if (n_near < 0) {
+        rc = -1;
+        goto done;
+    }
+
+    /* Passes 2 and 3: the ablation. */
+    int n_rand = 0;
+    bool ablate = po.ablation && n_feat > 0;
+    if (ablate) {
+        if ((n_rand = choose_random(D, feat_mask, n_feat, (uint64_t)po.seed, rand_mask, &err)) < 0) {
+            rc = -1;
+            goto done;
+        }
+        probe = (OutlierProbe){.stats = NULL, .zero = feat_mask, .hidden = D};
+        if ((rc = run_text(m, &win, &probe, "ablation: outliers zeroed", &zero_feat, &err))) goto done;
+        probe.zero = rand_mask;
+        if ((rc = run_text(m, &win, &probe, "ablation: random zeroed", &zero_rand, &err))) goto done;
+    }
+
+    if (po.svg_file) {
+        char title[1200], subtitle[300];
+        snprintf(title, sizeof title, "Outlier features of %s", co.model_dir);
+        snprintf(subtitle, sizeof subtitle,
+                 "%ld tokens; |x| >= %g on >= %g%% of tokens in >= %g%% of layers: %d outlier feature%s "
+                 "(%d layers, hidden %d)",
+                 win.n_text, po.threshold, 100 * po.crit.min_token_share, 100 * po.crit.min_layer_share, n_feat,
+                 n_feat == 1 ? "" : "s", st.n_layers, D);
+        if ((rc = outlier_write_svg(&st, feat, n_feat, title, subtitle, po.svg_file, &err))) goto done;
+    }
+
+    Report r = {
+        .model_dir = co.model_dir, .source = source, .cfg = &m->cfg, .win = &win, .st = &st, .crit = &po.crit,
+        .f = feat, .n_features = n_feat, .layers_touched = touched, .near = near, .n_near = n_near,
+        .base = po.ablation ? &base : NULL, .zero_feat = ablate ? &zero_feat : NULL,
+        .zero_rand = ablate ? &zero_rand : NULL, .rand_dims = rand_mask, .n_rand = n_rand, .seed = po.seed,
+        .svg = po.svg_file,
+    };
+    if (po.json) print_json(&r);
+    else print_text(&r);
+    if (po.svg_file && !po.json) printf("\npicture   %s\n", po.svg_file);
+
+done:
+    free(ids), free(feat), free(feat_mask), free(rand_mask);
+    outlier_stats_free(&st);
+    cli_session_close(&s);
+    return rc ? cli_fail(&err) : 0;
+}

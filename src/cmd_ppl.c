@@ -1,0 +1,271 @@
+/* cmd_ppl.c — `llmint8 ppl`: perplexity of a text, exp(mean negative log-likelihood).
+ *
+ * Windows (Hugging Face's strided perplexity recipe): a window holds ctx tokens — BOS first
+ * when the model uses one, then up to L = ctx - 1 text tokens (L = ctx without BOS). Windows
+ * start every `stride` text tokens; each text token is scored exactly once, in the first
+ * window that reaches it, so with stride < ctx every token after the first window is scored
+ * with at least ctx - stride tokens of left context. With BOS every text token is scored
+ * (the first one given BOS alone); without BOS the first text token cannot be.
+ * With --ids the ids are used as given (no BOS added): a sequence shorter than ctx is one
+ * window in which every id after the first is scored. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "commands.h"
+
+static const char HELP[] =
+    "Usage: llmint8 ppl MODEL_DIR (-f FILE | --ids FILE) [options]\n"
+    "Prints the perplexity of the text: 'ppl = X' (or a JSON object with --json).\n\n"
+    "  -f, --file FILE        the text (UTF-8)\n"
+    "      --ids FILE         the text as whitespace-separated token ids (used as given)\n"
+    "      --ctx N            tokens per window, BOS included (default: the model's positions;\n"
+    "                         2048 for ALiBi models)\n"
+    "      --stride S         text tokens between window starts (default: a full window, no overlap)\n"
+    "      --max-tokens N     score only the first N tokens of the text\n"
+    "      --quant all        run every quantization mode on the same text and print a table\n"
+    "      --json             print a JSON object (with 'ppl', 'nll_mean', 'tokens_scored', 'seconds')\n"
+    "\n%s\n"
+    "Examples:\n"
+    "  llmint8 ppl models/opt-gutenberg-7m -f wiki.test.raw --ctx 256 --max-tokens 65536\n"
+    "  llmint8 ppl MODEL_DIR -f wiki.test.raw --ctx 1024 --stride 512 --json\n"
+    "  llmint8 ppl MODEL_DIR -f c4.txt --quant all --max-tokens 20000\n";
+
+enum { OPT_IDS = OPT_COMMAND_BASE, OPT_CTX, OPT_STRIDE, OPT_MAX_TOKENS, OPT_JSON };
+
+typedef struct PplOptions {
+    const char *text_file, *ids_file;
+    long ctx, stride, max_tokens;
+    bool json, all_modes;
+} PplOptions;
+
+typedef struct PplResult {
+    QuantMode mode;
+    float threshold;
+    double nll_sum;
+    long scored, windows;
+    double seconds;
+} PplResult;
+
+static int parse_args(int argc, char **argv, CommonOptions *co, PplOptions *po) {
+    static const struct option longopts[] = {
+        CLI_COMMON_OPTIONS,
+        {"file", required_argument, NULL, 'f'},
+        {"ids", required_argument, NULL, OPT_IDS},
+        {"ctx", required_argument, NULL, OPT_CTX},
+        {"stride", required_argument, NULL, OPT_STRIDE},
+        {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS},
+        {"json", no_argument, NULL, OPT_JSON},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "f:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'h': printf(HELP, CLI_COMMON_HELP); exit(0);
+        case 'f': po->text_file = optarg; break;
+        case OPT_IDS: po->ids_file = optarg; break;
+        case OPT_CTX:
+            if (cli_parse_int(optarg, 2, 1 << 20, &po->ctx)) return cli_usage_error("ppl", "--ctx '%s': expected a whole number >= 2", optarg);
+            break;
+        case OPT_STRIDE:
+            if (cli_parse_int(optarg, 1, 1 << 20, &po->stride)) return cli_usage_error("ppl", "--stride '%s': expected a whole number >= 1", optarg);
+            break;
+        case OPT_MAX_TOKENS:
+            if (cli_parse_int(optarg, 2, 1L << 40, &po->max_tokens)) return cli_usage_error("ppl", "--max-tokens '%s': expected a whole number >= 2", optarg);
+            break;
+        case OPT_JSON: po->json = true; break;
+        case OPT_QUANT:
+            if (strcmp(optarg, "all") == 0) {
+                po->all_modes = true;
+                break;
+            }
+            /* fall through */
+        default: {
+            int r = cli_common_option(c, optarg, co);
+            if (r < 0) return 2;
+            if (r == 0) return cli_usage_error("ppl", "unknown option");
+        }
+        }
+    }
+    if (optind < argc) co->model_dir = argv[optind++];
+    if (optind < argc) return cli_usage_error("ppl", "unexpected argument '%s'", argv[optind]);
+    if (!co->model_dir) return cli_usage_error("ppl", "no MODEL_DIR given");
+    if (!po->text_file == !po->ids_file) return cli_usage_error("ppl", "give exactly one of -f FILE and --ids FILE");
+    return 0;
+}
+
+/* -log softmax(logits)[target], in double so that large vocabularies lose nothing. */
+static double token_nll(const float *logits, int vocab, int32_t target) {
+    float max = logits[0];
+    for (int i = 1; i < vocab; i++)
+        if (logits[i] > max) max = logits[i];
+    double sum = 0;
+    for (int i = 0; i < vocab; i++) sum += exp((double)logits[i] - max);
+    return log(sum) + max - (double)logits[target];
+}
+
+/* Scores the text under the loaded model; see the file comment for the window rule. */
+static int evaluate(Session *s, const int32_t *text, long n_text, int32_t bos, long ctx, long stride,
+                    PplResult *r, Error *err) {
+    Model *m = s->model;
+    const int vocab = m->cfg.vocab_size;
+    const long b = bos >= 0 ? 1 : 0, L = ctx - b;
+    /* Logits of at most `chunk` rows are held at once (a window may be 2048 x 250880). */
+    long chunk = (32L << 20) / vocab;
+    if (chunk < 16) chunk = 16;
+    if (chunk > m->rs.capacity) chunk = m->rs.capacity;
+    int32_t *win = malloc((size_t)ctx * sizeof *win);
+    float *logits = malloc((size_t)chunk * (size_t)vocab * sizeof *logits);
+    if (!win || !logits) {
+        free(win), free(logits);
+        return err_set(err, "out of memory");
+    }
+    long n_windows = n_text <= L ? 1 : 1 + (n_text - L + stride - 1) / stride;
+    Progress prog;
+    progress_begin(&prog, "ppl", n_windows);
+    double t0 = cli_now();
+    long prev_end = 0;
+    int rc = 0;
+    r->nll_sum = 0, r->scored = 0, r->windows = 0;
+    for (long begin = 0; rc == 0; begin += stride) {
+        long end = begin + L < n_text ? begin + L : n_text;
+        long n = b + (end - begin);
+        if (b) win[0] = bos;
+        memcpy(win + b, text + begin, (size_t)(end - begin) * sizeof *win);
+        /* Window position i predicts position i + 1; text token j sits at i = j - begin + b. */
+        long first = prev_end > begin + 1 - b ? prev_end : begin + 1 - b;
+        model_reset(m);
+        for (long off = 0; off < n && rc == 0; off += chunk) {
+            long rows = n - off < chunk ? n - off : chunk;
+            rc = model_forward(m, win + off, (int)rows, true, logits, err);
+            for (long i = off; rc == 0 && i < off + rows; i++) {
+                long j = i + 1 - b + begin; /* text index of the token predicted at position i */
+                if (i + 1 >= n || j < first) continue;
+                r->nll_sum += token_nll(logits + (size_t)(i - off) * vocab, vocab, text[j]);
+                r->scored++;
+            }
+        }
+        r->windows++;
+        progress_update(&prog, r->windows);
+        prev_end = end;
+        if (end >= n_text) break;
+    }
+    progress_end(&prog);
+    r->seconds = cli_now() - t0;
+    free(win), free(logits);
+    return rc;
+}
+
+static void print_json_result(const PplResult *r, bool comma) {
+    double mean = r->scored ? r->nll_sum / r->scored : NAN;
+    printf("{\"quant\": \"%s\", \"threshold\": %.6g, \"ppl\": %.10g, \"nll_mean\": %.17g, "
+           "\"tokens_scored\": %ld, \"windows\": %ld, \"seconds\": %.3f, \"tokens_per_second\": %.2f}%s",
+           quant_mode_name(r->mode), (double)r->threshold, exp(mean), mean, r->scored, r->windows, r->seconds,
+           r->seconds > 0 ? r->scored / r->seconds : 0.0, comma ? ",\n  " : "");
+}
+
+int cmd_ppl(int argc, char **argv) {
+    CommonOptions co;
+    PplOptions po = {0};
+    cli_common_defaults(&co);
+    int rc = parse_args(argc, argv, &co, &po);
+    if (rc) return rc;
+
+    Error err;
+    Session s;
+    if (cli_session_open(&co, po.text_file != NULL, false, &s, &err)) return cli_fail(&err);
+    const ModelConfig *cfg = checkpoint_config(s.ck);
+
+    int32_t *ids = NULL, bos = -1;
+    size_t n_ids = 0;
+    if (po.ids_file) {
+        rc = cli_read_ids(po.ids_file, cfg->vocab_size, &ids, &n_ids, &err);
+    } else {
+        char *text;
+        size_t len;
+        rc = cli_read_file(po.text_file, &text, &len, &err);
+        if (rc == 0) {
+            rc = tokenizer_encode(s.tok, text, len, false, &ids, &n_ids, &err);
+            free(text);
+        }
+        if (rc == 0 && tokenizer_uses_bos(s.tok)) bos = tokenizer_bos_id(s.tok);
+        for (size_t i = 0; rc == 0 && i < n_ids; i++)
+            if (ids[i] >= cfg->vocab_size)
+                rc = err_set(&err, "%s: token id %d from the tokenizer is outside the model's vocabulary of %d",
+                             po.text_file, ids[i], cfg->vocab_size);
+    }
+    if (rc == 0 && po.max_tokens > 0 && (long)n_ids > po.max_tokens) n_ids = (size_t)po.max_tokens;
+    if (rc == 0 && n_ids + (bos >= 0) < 2)
+        rc = err_set(&err, "%s: the text has %zu token(s); perplexity needs at least 2",
+                     po.text_file ? po.text_file : po.ids_file, n_ids);
+    if (rc) goto done;
+
+    long native = cfg->arch == ARCH_OPT ? cfg->max_positions : 2048;
+    long ctx = po.ctx ? po.ctx : native;
+    if (cfg->arch == ARCH_OPT && ctx > native) {
+        rc = err_set(&err, "--ctx %ld exceeds the model's %ld positions", ctx, native);
+        goto done;
+    }
+    if (po.ids_file && (long)n_ids <= ctx) ctx = (long)n_ids; /* one window, sized to fit */
+    long L = ctx - (bos >= 0);
+    long stride = po.stride ? po.stride : L;
+    if (stride > L) {
+        rc = err_set(&err, "--stride %ld is longer than a window's %ld text tokens", stride, L);
+        goto done;
+    }
+
+    QuantMode modes[QUANT_MODE_COUNT];
+    int n_modes = 0;
+    if (po.all_modes) {
+        for (int mm = 0; mm < QUANT_MODE_COUNT; mm++) modes[n_modes++] = (QuantMode)mm;
+    } else {
+        modes[n_modes++] = co.quant.mode;
+    }
+    PplResult results[QUANT_MODE_COUNT];
+    for (int i = 0; i < n_modes && rc == 0; i++) {
+        co.quant.mode = modes[i];
+        ModelOptions mo = {.ctx = (int)ctx, .batch_tokens = (int)(ctx < 2048 ? ctx : 2048)};
+        rc = cli_session_load_model(&s, &co, &mo, &err);
+        if (rc == 0) {
+            results[i].mode = modes[i];
+            results[i].threshold = s.model->quant.threshold;
+            rc = evaluate(&s, ids, (long)n_ids, bos, ctx, stride, &results[i], &err);
+        }
+        if (rc == 0 && po.all_modes && !po.json)
+            fprintf(stderr, "llmint8: %-22s ppl %.4f\n", quant_mode_name(modes[i]),
+                    exp(results[i].nll_sum / results[i].scored));
+    }
+    if (rc) goto done;
+
+    if (po.json) {
+        if (n_modes == 1) {
+            print_json_result(&results[0], false);
+            printf("\n");
+        } else {
+            printf("{\"ctx\": %ld, \"stride\": %ld, \"results\": [\n  ", ctx, stride);
+            for (int i = 0; i < n_modes; i++) print_json_result(&results[i], i + 1 < n_modes);
+            printf("\n]}\n");
+        }
+    } else if (n_modes == 1) {
+        printf("ppl = %.4f\n", exp(results[0].nll_sum / results[0].scored));
+        fprintf(stderr, "llmint8: %ld tokens scored in %ld windows of %ld (stride %ld), %.1f s, %.1f tokens/s (%s)\n",
+                results[0].scored, results[0].windows, ctx, stride, results[0].seconds,
+                results[0].scored / (results[0].seconds > 0 ? results[0].seconds : 1e-9),
+                quant_mode_name(results[0].mode));
+    } else {
+        double base = exp(results[0].nll_sum / results[0].scored); /* QUANT_FP16 is mode 0 */
+        printf("%-22s %9s %12s %10s %9s\n", "quant", "threshold", "ppl", "vs fp16", "seconds");
+        for (int i = 0; i < n_modes; i++) {
+            double p = exp(results[i].nll_sum / results[i].scored);
+            printf("%-22s %9.3g %12.4f %+9.3f%% %9.1f\n", quant_mode_name(results[i].mode),
+                   (double)results[i].threshold, p, 100.0 * (p / base - 1.0), results[i].seconds);
+        }
+        printf("(%ld tokens scored, windows of %ld, stride %ld)\n", results[0].scored, ctx, stride);
+    }
+done:
+    free(ids);
+    cli_session_close(&s);
+    return rc ? cli_fail(&err) : 0;
+}

@@ -1,0 +1,300 @@
+/* config.c — config.json → ModelConfig (SPEC §3.1 OPT, §3.2 BLOOM, §2.3 quantization_config).
+ *
+ * The dimensions are required and range-checked here so that every later size
+ * computation (vocab * hidden, layers * ctx * hidden, ...) fits comfortably in
+ * 64 bits; booleans and the rest fall back to the defaults of the transformers
+ * config classes when absent. */
+#include "config.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* config.json files are a few KB; anything much larger is not a config. */
+#define CONFIG_MAX_BYTES (16u * 1000u * 1000u)
+
+const char *arch_name(Arch a) { return a == ARCH_BLOOM ? "bloom" : "opt"; }
+
+/* ---- field readers ----------------------------------------------------------------
+ * Each takes the list of accepted spellings of a field (aliases), uses the first one
+ * present and non-null, and reports errors naming that spelling and the file. */
+
+typedef struct Ctx {
+    const char *path;
+    const cJSON *root;
+    Error *err;
+} Ctx;
+
+/* The first alias present with a non-null value (its name in *which), or NULL. If two
+ * aliases are both present with different values, that is an error (*conflict set). */
+static const cJSON *find_field(const Ctx *c, const char *const *names, const char **which, bool *conflict) {
+    const cJSON *found = NULL;
+    *conflict = false;
+    for (int i = 0; names[i]; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(c->root, names[i]);
+        if (!v || cJSON_IsNull(v)) continue;
+        if (!found) {
+            found = v;
+            *which = names[i];
+        } else if (!cJSON_Compare(found, v, 1)) {
+            err_set(c->err, "%s: fields '%s' and '%s' are aliases but have different values", c->path, *which,
+                    names[i]);
+            *conflict = true;
+            return NULL;
+        }
+    }
+    return found;
+}
+
+/* An integer field in [lo, hi]. Absent: *out = dflt if !required, else an error. */
+static int get_int(const Ctx *c, const char *const *names, bool required, long dflt, long lo, long hi, int *out) {
+    const char *which = names[0];
+    bool conflict;
+    const cJSON *v = find_field(c, names, &which, &conflict);
+    if (conflict) return -1;
+    if (!v) {
+        if (required) {
+            if (names[1])
+                return err_set(c->err, "%s: required field '%s' (or '%s') is missing", c->path, names[0], names[1]);
+            return err_set(c->err, "%s: required field '%s' is missing", c->path, names[0]);
+        }
+        *out = (int)dflt;
+        return 0;
+    }
+    if (!cJSON_IsNumber(v))
+        return err_set(c->err, "%s: field '%s' must be a number, not %s", c->path, which,
+                       cJSON_IsString(v) ? "a string" : cJSON_IsBool(v) ? "true/false" : "a list or object");
+    double d = v->valuedouble;
+    if (!isfinite(d) || d != floor(d) || d < (double)lo || d > (double)hi)
+        return err_set(c->err, "%s: field '%s' is %.15g, expected a whole number from %ld to %ld", c->path, which, d,
+                       lo, hi);
+    *out = (int)d;
+    return 0;
+}
+
+static int get_bool(const Ctx *c, const char *name, bool dflt, bool *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c->root, name);
+    if (!v || cJSON_IsNull(v)) {
+        *out = dflt;
+        return 0;
+    }
+    if (!cJSON_IsBool(v)) return err_set(c->err, "%s: field '%s' must be true or false", c->path, name);
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
+/* A string field; NULL when absent or null. */
+static int get_string(const Ctx *c, const char *name, const char **out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c->root, name);
+    *out = NULL;
+    if (!v || cJSON_IsNull(v)) return 0;
+    if (!cJSON_IsString(v)) return err_set(c->err, "%s: field '%s' must be a string", c->path, name);
+    *out = v->valuestring;
+    return 0;
+}
+
+/* Special-token ids: absent or null is -1. An id outside the vocabulary is ignored (-1)
+ * rather than refused: fine-tuned configs sometimes carry stale ids, and nothing here
+ * may index a table with one. */
+static int get_token_id(const Ctx *c, const char *name, int vocab, int *out) {
+    const char *names[] = {name, NULL};
+    int id;
+    if (get_int(c, names, false, -1, -((long)1 << 30), (long)1 << 30, &id)) return -1;
+    *out = id >= 0 && id < vocab ? id : -1;
+    return 0;
+}
+
+static int cmp_key(const void *a, const void *b) {
+    return strcmp((*(const cJSON *const *)a)->string, (*(const cJSON *const *)b)->string);
+}
+
+/* cJSON keeps both copies of a repeated key (and finds the first) while Python's json,
+ * which wrote the file, would use the last: refuse the ambiguity. */
+static int check_unique_keys(const cJSON *obj, const char *where, Error *err) {
+    size_t n = (size_t)cJSON_GetArraySize(obj), i = 0;
+    const cJSON **keys = malloc((n + 1) * sizeof *keys);
+    if (!keys) return err_set(err, "%s: out of memory", where);
+    const cJSON *item;
+    cJSON_ArrayForEach(item, obj) keys[i++] = item;
+    qsort(keys, n, sizeof *keys, cmp_key);
+    int rc = 0;
+    for (i = 1; i < n && rc == 0; i++)
+        if (strcmp(keys[i - 1]->string, keys[i]->string) == 0)
+            rc = err_set(err, "%s: field '%s' appears twice", where, keys[i]->string);
+    free(keys);
+    return rc;
+}
+
+/* ---- the two architectures ------------------------------------------------------- */
+
+#define NAMES(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+static int check_heads(const Ctx *c, const ModelConfig *cfg, const char *heads_name, const char *hidden_name) {
+    if (cfg->n_heads > cfg->hidden || cfg->hidden % cfg->n_heads != 0)
+        return err_set(c->err, "%s: field '%s' (%d) must divide '%s' (%d)", c->path, heads_name, cfg->n_heads,
+                       hidden_name, cfg->hidden);
+    return 0;
+}
+
+static int load_opt(const Ctx *c, ModelConfig *cfg) {
+    if (get_int(c, NAMES("vocab_size"), true, 0, 1, 1 << 24, &cfg->vocab_size) ||
+        get_int(c, NAMES("hidden_size", "d_model"), true, 0, 1, 1 << 17, &cfg->hidden) ||
+        get_int(c, NAMES("num_hidden_layers"), true, 0, 1, 1 << 12, &cfg->n_layers) ||
+        get_int(c, NAMES("num_attention_heads"), true, 0, 1, 1 << 17, &cfg->n_heads) ||
+        get_int(c, NAMES("ffn_dim"), true, 0, 1, 1 << 20, &cfg->ffn_dim) ||
+        get_int(c, NAMES("max_position_embeddings"), true, 0, 1, 1 << 20, &cfg->max_positions) ||
+        get_int(c, NAMES("word_embed_proj_dim"), false, cfg->hidden, 1, 1 << 17, &cfg->word_embed_proj_dim))
+        return -1;
+    if (check_heads(c, cfg, "num_attention_heads", "hidden_size")) return -1;
+
+    if (get_bool(c, "do_layer_norm_before", true, &cfg->do_layer_norm_before) ||
+        get_bool(c, "_remove_final_layer_norm", false, &cfg->remove_final_layer_norm) ||
+        get_bool(c, "enable_bias", true, &cfg->enable_bias) ||
+        get_bool(c, "layer_norm_elementwise_affine", true, &cfg->ln_elementwise_affine))
+        return -1;
+
+    const char *act;
+    if (get_string(c, "activation_function", &act)) return -1;
+    if (!act || strcmp(act, "relu") == 0) cfg->activation = ACT_RELU;
+    else if (strcmp(act, "gelu") == 0 || strcmp(act, "gelu_new") == 0 || strcmp(act, "gelu_pytorch_tanh") == 0)
+        cfg->activation = ACT_GELU_TANH;
+    else
+        return err_set(c->err, "%s: activation_function '%s' is not supported (relu, gelu, gelu_new, gelu_pytorch_tanh)", c->path, act);
+    cfg->ln_eps = 1e-5f; /* OPT's LayerNorms always use torch's default */
+    return 0;
+}
+
+static int load_bloom(const Ctx *c, ModelConfig *cfg) {
+    if (get_int(c, NAMES("vocab_size"), true, 0, 1, 1 << 24, &cfg->vocab_size) ||
+        get_int(c, NAMES("hidden_size", "n_embed"), true, 0, 1, 1 << 17, &cfg->hidden) ||
+        get_int(c, NAMES("n_layer", "num_hidden_layers"), true, 0, 1, 1 << 12, &cfg->n_layers) ||
+        get_int(c, NAMES("n_head", "num_attention_heads"), true, 0, 1, 1 << 17, &cfg->n_heads))
+        return -1;
+    if (check_heads(c, cfg, "n_head", "hidden_size")) return -1;
+    cfg->ffn_dim = 4 * cfg->hidden; /* hard-coded in BloomMLP */
+    cfg->max_positions = 0;         /* ALiBi: no position table */
+    cfg->word_embed_proj_dim = cfg->hidden;
+    cfg->activation = ACT_GELU_TANH;
+    cfg->do_layer_norm_before = true;
+    cfg->enable_bias = true;
+    cfg->ln_elementwise_affine = true;
+    if (get_bool(c, "apply_residual_connection_post_layernorm", false, &cfg->residual_post_ln)) return -1;
+
+    const cJSON *eps = cJSON_GetObjectItemCaseSensitive(c->root, "layer_norm_epsilon");
+    cfg->ln_eps = 1e-5f;
+    if (eps && !cJSON_IsNull(eps)) {
+        if (!cJSON_IsNumber(eps) || !(eps->valuedouble > 0.0 && eps->valuedouble < 1.0))
+            return err_set(c->err, "%s: field 'layer_norm_epsilon' must be a number between 0 and 1", c->path);
+        cfg->ln_eps = (float)eps->valuedouble;
+    }
+    return 0;
+}
+
+/* quantization_config (SPEC §2.3): only bitsandbytes 8-bit is understood. Configs from
+ * before quant_method existed carry just load_in_8bit; transformers treats those as
+ * bitsandbytes too. */
+static int load_quantization(const Ctx *outer, ModelConfig *cfg) {
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(outer->root, "quantization_config");
+    cfg->int8_threshold = 6.0f;
+    if (!q || cJSON_IsNull(q)) return 0;
+    if (!cJSON_IsObject(q)) return err_set(outer->err, "%s: 'quantization_config' must be an object", outer->path);
+    char where[512];
+    snprintf(where, sizeof where, "%s: quantization_config", outer->path);
+    Ctx c = {where, q, outer->err};
+    if (check_unique_keys(q, where, c.err)) return -1;
+    const char *method;
+    bool b8 = false, b8_ = false, b4 = false, b4_ = false;
+    if (get_string(&c, "quant_method", &method) || get_bool(&c, "load_in_8bit", false, &b8) ||
+        get_bool(&c, "_load_in_8bit", false, &b8_) || get_bool(&c, "load_in_4bit", false, &b4) ||
+        get_bool(&c, "_load_in_4bit", false, &b4_))
+        return -1;
+    if (method && strcmp(method, "bitsandbytes") != 0)
+        return err_set(c.err, "%s: quant_method '%s' is not supported (only bitsandbytes 8-bit)", where, method);
+    if (b4 || b4_) return err_set(c.err, "%s: 4-bit checkpoints are not supported (only 8-bit)", where);
+    if (!(b8 || b8_)) return 0; /* e.g. a bitsandbytes block that quantizes nothing */
+    cfg->load_in_8bit = true;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(q, "llm_int8_threshold");
+    if (t && !cJSON_IsNull(t)) {
+        if (!cJSON_IsNumber(t) || !(t->valuedouble >= 0.0 && t->valuedouble <= 65504.0))
+            return err_set(c.err, "%s: 'llm_int8_threshold' must be a number from 0 to 65504", where);
+        cfg->int8_threshold = (float)t->valuedouble;
+    }
+    return 0;
+}
+
+/* ---- entry point ------------------------------------------------------------------ */
+
+static int read_text(const char *path, char **out, size_t *len, Error *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return err_set(err, "%s: cannot open: %s", path, strerror(errno));
+    char *buf = malloc(CONFIG_MAX_BYTES + 1);
+    size_t n = buf ? fread(buf, 1, CONFIG_MAX_BYTES + 1, f) : 0;
+    bool bad = !buf || ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        return err_set(err, "%s: cannot read the file", path);
+    }
+    if (n > CONFIG_MAX_BYTES) {
+        free(buf);
+        return err_set(err, "%s: larger than %u bytes: not a config file", path, CONFIG_MAX_BYTES);
+    }
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
+int config_load(const char *path, ModelConfig *cfg, Error *err) {
+    memset(cfg, 0, sizeof *cfg);
+    char *text = NULL;
+    size_t len = 0;
+    if (read_text(path, &text, &len, err)) return -1;
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    /* Anything but whitespace after the object means a damaged file. */
+    bool trailing = false;
+    if (root)
+        for (const char *p = end; p < text + len; p++)
+            if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t') trailing = true;
+    free(text);
+    if (!root || trailing || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return err_set(err, "%s: not valid JSON (expected a JSON object)", path);
+    }
+
+    Ctx c = {path, root, err};
+    int rc = -1;
+    if (check_unique_keys(root, path, err)) goto done;
+    const char *type;
+    if (get_string(&c, "model_type", &type)) goto done;
+    if (!type) {
+        err_set(err, "%s: field 'model_type' is missing (supported: \"opt\", \"bloom\")", path);
+        goto done;
+    }
+    if (strcmp(type, "opt") == 0) cfg->arch = ARCH_OPT;
+    else if (strcmp(type, "bloom") == 0) cfg->arch = ARCH_BLOOM;
+    else {
+        err_set(err, "%s: model_type '%s' is not supported (supported: \"opt\", \"bloom\")", path, type);
+        goto done;
+    }
+    if ((cfg->arch == ARCH_OPT ? load_opt : load_bloom)(&c, cfg)) goto done;
+    cfg->head_dim = cfg->hidden / cfg->n_heads;
+
+    if (get_token_id(&c, "bos_token_id", cfg->vocab_size, &cfg->bos_id) ||
+        get_token_id(&c, "eos_token_id", cfg->vocab_size, &cfg->eos_id) ||
+        get_token_id(&c, "pad_token_id", cfg->vocab_size, &cfg->pad_id))
+        goto done;
+    if (load_quantization(&c, cfg)) goto done;
+
+    const char *dt;
+    if (get_string(&c, "torch_dtype", &dt)) goto done;
+    if (!dt && get_string(&c, "dtype", &dt)) goto done;
+    if (dt) snprintf(cfg->torch_dtype, sizeof cfg->torch_dtype, "%s", dt);
+    rc = 0;
+done:
+    cJSON_Delete(root);
+    return rc;
+}

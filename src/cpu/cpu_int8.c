@@ -1,0 +1,824 @@
+/* cpu/cpu_int8.c — int8 projections on the CPU: LLM.int8() and the paper's ablation modes.
+ *
+ * One call y = cpu_int8_forward(l, x[T,K]) does, whatever the mode (docs/QUANT.md):
+ *
+ *   1. outliers   if the mode decomposes and tau > 0: the columns where some row has
+ *                 |x| >= tau (per call, as bitsandbytes) or just those entries (per token)
+ *   2. quantize   x -> int8 codes qa[T,Kp], one absmax scale or one (range, zero code) per
+ *                 token or for the whole call; outliers get the code that means 0
+ *   3. int8 GEMM  C32[t,n] = sum_k qa[t,k] qw[n,k], exact in int32 (SIMD kernels below)
+ *   4. epilogue   zero-point corrections, dequantization by the outer product of scales,
+ *                 bias, and the 16-bit product of the outlier entries with the
+ *                 dequantized weight columns, written straight into y
+ *
+ * Steps 3 and 4 run together per block of weight rows, the blocks split over OpenMP
+ * threads: the int32 results never travel through memory, and the few outlier columns
+ * of a weight row are read while that row is still in cache, so the decomposition costs
+ * little when there are few outlier columns.
+ *
+ * Weights are kept as int8 codes [Np, Kp] (rows padded to a multiple of 64 bytes and the
+ * row count to a multiple of 4, padding zero, so kernels need no tail code) plus one
+ * float per row; the 16-bit source is not kept. For the bitsandbytes modes the codes
+ * and scales are exactly bnb's CB and SCB, whether quantized here or read from an int8
+ * checkpoint. */
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_internal.h"
+
+enum {
+    PAD_K = 64,       /* bytes: every row of codes is a multiple of this (one zmm, two ymm) */
+    TILE_T = 4,       /* tokens per register tile */
+    PAD_N = 4,        /* weight rows are padded to a multiple of this (the widest row tile) */
+    BLOCK_ROWS = 32,  /* weight rows per OpenMP work item: 32 x Kp bytes stay in L2 while
+                       * every token tile of a chunk passes over them */
+    CHUNK_T = 64,     /* tokens per chunk: their codes (2 x 64 x Kp bytes) stay in L2 while
+                       * every weight block passes over them */
+};
+
+/* K up to which an int32 sum of K products of int8 codes in [-127,127] cannot
+ * overflow: 133143 * 127 * 127 < 2^31. */
+#define MAX_EXACT_K 133143
+
+/* ---- what each mode quantizes how ------------------------------------------------ */
+
+typedef enum ActScheme {
+    ACT_ABSMAX_TOKEN,   /* one absmax scale per row of x (vector-wise) */
+    ACT_ABSMAX_TENSOR,  /* one absmax scale for the whole call */
+    ACT_ZP_TOKEN,       /* one (range, zero code) per row */
+    ACT_ZP_TENSOR,      /* one (range, zero code) for the whole call */
+} ActScheme;
+
+typedef enum WeightScheme {
+    W_ABSMAX_ROW,       /* bitsandbytes CB/SCB */
+    W_ABSMAX_TENSOR,    /* one absmax for the matrix */
+    W_ZP_TENSOR,        /* one (range, zero code) for the matrix */
+} WeightScheme;
+
+static const struct {
+    ActScheme act;
+    WeightScheme w;
+    bool decompose;
+} MODES[QUANT_MODE_COUNT] = {
+    [QUANT_LLM_INT8] = {ACT_ABSMAX_TOKEN, W_ABSMAX_ROW, true},
+    [QUANT_VECTORWISE] = {ACT_ABSMAX_TOKEN, W_ABSMAX_ROW, false},
+    [QUANT_ROWWISE] = {ACT_ABSMAX_TENSOR, W_ABSMAX_ROW, false},
+    [QUANT_ROWWISE_DECOMP] = {ACT_ABSMAX_TENSOR, W_ABSMAX_ROW, true},
+    [QUANT_ABSMAX] = {ACT_ABSMAX_TENSOR, W_ABSMAX_TENSOR, false},
+    [QUANT_ZEROPOINT] = {ACT_ZP_TENSOR, W_ZP_TENSOR, false},
+    [QUANT_VECTORWISE_ZEROPOINT] = {ACT_ZP_TOKEN, W_ABSMAX_ROW, false},
+    [QUANT_LLM_INT8_ZEROPOINT] = {ACT_ZP_TOKEN, W_ABSMAX_ROW, true},
+};
+
+struct CpuInt8Linear {
+    QuantMode mode;
+    ActScheme act;
+    WeightScheme wq;
+    float tau;             /* outlier threshold; 0 = no decomposition */
+    OutlierScope scope;
+    int64_t N, K;          /* out_features, in_features */
+    int64_t Np, Kp;        /* padded */
+    int8_t *w;             /* [Np, Kp] weight codes, padding 0 */
+    float *scb;            /* [Np] weight statistic per row: absmax (SCB), or the range of
+                            * zero-point weights (the same value in every row for the
+                            * tensor-wise schemes) */
+    int32_t *wsum;         /* [Np] sum of each row's codes: zero-point and VNNI corrections */
+    int32_t wzero;         /* zero-point weights: the code of 0 */
+    float deq;             /* constant of the dequantization, e.g. 1/(127*127) */
+    float *bias;           /* [N] or NULL */
+};
+
+/* ---- scalar quantization helpers (the reference arithmetic of quant.c) ------------- */
+
+/* rne(v) saturated to [-127, 127], NaN -> 0; see sat_rne127 in quant.c. */
+static inline int8_t code_absmax(float v) {
+    if (v != v) v = 0.0f;
+    v = v > 127.0f ? 127.0f : v;
+    v = v < -127.0f ? -127.0f : v;
+    return (int8_t)quant_rne(v);
+}
+
+/* Zero-point code: rne(v) + zero, saturated to [-127, 127] (v = x * 254/range). */
+static inline int8_t code_zeropoint(float v, int32_t zero) {
+    if (v != v) v = 0.0f;
+    v = v > 254.0f ? 254.0f : v;
+    v = v < -254.0f ? -254.0f : v;
+    int32_t q = quant_rne(v) + zero;
+    return (int8_t)(q > 127 ? 127 : q < -127 ? -127 : q);
+}
+
+/* Scale and zero code of a zero-point range [lo, hi] that contains 0 (docs/QUANT.md):
+ * s = 254/(hi-lo) maps the range onto 254 steps, zero = rne(-lo*s) - 127 moves lo to
+ * code -127, so codes are in [-127, 127] and 0 is exactly code `zero`. A range of 0
+ * (all entries 0) or an infinite one gives s = 0 and zero = 0: every code is 0. */
+static void zeropoint_params(float lo, float hi, float *range, float *scale, int32_t *zero) {
+    *range = hi - lo;
+    *scale = *range > 0.0f && *range < INFINITY ? 254.0f / *range : 0.0f;
+    int32_t z = *scale > 0.0f ? quant_rne(-lo * *scale) - 127 : 0;
+    *zero = z > 127 ? 127 : z < -127 ? -127 : z;
+}
+
+static float round_to_f16(float v) { return f16_to_f32(f32_to_f16(v)); }
+
+/* ================================================================================== */
+/* Int8 GEMM kernels: C32 for a tile of 4 tokens x R weight rows, or 1 token x 4 rows. */
+/* ================================================================================== */
+
+/* Every kernel computes out[t*ld + r] = sum_k a[t*Kp + k] * w[r*Kp + k] over k < Kp,
+ * exactly. a2 is a second copy of the activation codes prepared for the kernel
+ * (|a| for AVX2, a + 128 for VNNI), wsum the row sums of w. */
+typedef void TileFn(const int8_t *a, const uint8_t *a2, const int8_t *w, const int32_t *wsum,
+                    int64_t Kp, int32_t *out, int64_t ld);
+
+typedef enum A2Kind { A2_NONE, A2_ABS, A2_OFFSET } A2Kind;
+
+typedef struct Int8Kernel {
+    const char *name;
+    int rows4;            /* weight rows R of tile4 (divides PAD_N) */
+    TileFn *tile4;        /* TILE_T tokens x rows4 rows */
+    TileFn *tile1;        /* 1 token x PAD_N rows */
+    A2Kind a2;
+} Int8Kernel;
+
+/* ---- portable C (any x86-64; LLMINT8_NO_SIMD=1) ---- */
+
+static inline int32_t dot_portable(const int8_t *a, const int8_t *w, int64_t n) {
+    int32_t acc = 0; /* exact: n <= MAX_EXACT_K + padding of zeros */
+    for (int64_t k = 0; k < n; k++) acc += (int32_t)a[k] * (int32_t)w[k];
+    return acc;
+}
+
+static void portable_tile4(const int8_t *a, const uint8_t *a2, const int8_t *w, const int32_t *wsum,
+                           int64_t Kp, int32_t *out, int64_t ld) {
+    (void)a2, (void)wsum;
+    for (int t = 0; t < TILE_T; t++)
+        for (int r = 0; r < PAD_N; r++) out[t * ld + r] = dot_portable(a + t * Kp, w + r * Kp, Kp);
+}
+
+static void portable_tile1(const int8_t *a, const uint8_t *a2, const int8_t *w, const int32_t *wsum,
+                           int64_t Kp, int32_t *out, int64_t ld) {
+    (void)a2, (void)wsum, (void)ld; /* one token: a single output row */
+    for (int r = 0; r < PAD_N; r++) out[r] = dot_portable(a, w + r * Kp, Kp);
+}
+
+/* ---- AVX2 ----
+ * vpmaddubsw multiplies unsigned bytes by signed bytes and adds adjacent pairs into
+ * int16 *with saturation*, so a plain a*b would be wrong whenever a pair sum leaves
+ * int16. Instead we feed |a| (unsigned) and b with a's sign moved onto it (vpsignb):
+ * each pair sum is then at most 2*128*127 = 32512 < 32767 — exact, for any a in
+ * [-128,127] and b in [-127,127] (weights never hold -128: checked at load). vpmaddwd
+ * with ones widens the int16 pairs to int32 exactly, and int32 sums are exact for
+ * K <= MAX_EXACT_K. */
+
+__attribute__((target("avx2"))) static inline __m256i avx2_dot32(__m256i acc, __m256i a_abs,
+                                                                 __m256i a, __m256i b) {
+    __m256i pairs = _mm256_maddubs_epi16(a_abs, _mm256_sign_epi8(b, a));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+
+__attribute__((target("avx2"))) static inline int32_t avx2_hsum(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+#define LOAD256(p) _mm256_loadu_si256((const __m256i *)(const void *)(p))
+
+/* 4 tokens x 2 rows: 8 accumulators, 2 weight vectors and one |a| fit the 16 ymm. */
+__attribute__((target("avx2"))) static void avx2_tile4(const int8_t *a, const uint8_t *a_abs,
+                                                       const int8_t *w, const int32_t *wsum,
+                                                       int64_t Kp, int32_t *out, int64_t ld) {
+    (void)wsum;
+    __m256i acc[TILE_T][2];
+    for (int t = 0; t < TILE_T; t++) acc[t][0] = acc[t][1] = _mm256_setzero_si256();
+    for (int64_t k = 0; k < Kp; k += 32) {
+        __m256i b0 = LOAD256(w + k), b1 = LOAD256(w + Kp + k);
+        for (int t = 0; t < TILE_T; t++) {
+            __m256i aa = LOAD256(a_abs + t * Kp + k), as = LOAD256(a + t * Kp + k);
+            acc[t][0] = avx2_dot32(acc[t][0], aa, as, b0);
+            acc[t][1] = avx2_dot32(acc[t][1], aa, as, b1);
+        }
+    }
+    for (int t = 0; t < TILE_T; t++) {
+        out[t * ld + 0] = avx2_hsum(acc[t][0]);
+        out[t * ld + 1] = avx2_hsum(acc[t][1]);
+    }
+}
+
+/* 1 token x 4 rows: the decode GEMV, streaming 4 weight rows per activation load. */
+__attribute__((target("avx2"))) static void avx2_tile1(const int8_t *a, const uint8_t *a_abs,
+                                                       const int8_t *w, const int32_t *wsum,
+                                                       int64_t Kp, int32_t *out, int64_t ld) {
+    (void)wsum, (void)ld; /* one token: a single output row */
+    __m256i acc[PAD_N];
+    for (int r = 0; r < PAD_N; r++) acc[r] = _mm256_setzero_si256();
+    for (int64_t k = 0; k < Kp; k += 32) {
+        __m256i aa = LOAD256(a_abs + k), as = LOAD256(a + k);
+        for (int r = 0; r < PAD_N; r++) acc[r] = avx2_dot32(acc[r], aa, as, LOAD256(w + r * Kp + k));
+    }
+    for (int r = 0; r < PAD_N; r++) out[r] = avx2_hsum(acc[r]);
+}
+
+/* ---- AVX512-VNNI on ymm registers (EVEX encoding: 32 of them) ----
+ * vpdpbusd adds four u8*s8 products into each int32 lane without any saturation. With
+ * activations shifted to unsigned, a + 128 in [1, 255], one instruction does 32
+ * multiply-adds:  sum (a+128) b = sum a b + 128 sum b,  and the second term is the
+ * precomputed row sum. Intermediate int32 wrap-around cancels in the subtraction. */
+#define VNNI_TARGET "avx512vnni,avx512vl,avx512bw,avx512f,avx2"
+
+__attribute__((target(VNNI_TARGET))) static void vnni_tile4(const int8_t *a, const uint8_t *a_u8,
+                                                            const int8_t *w, const int32_t *wsum,
+                                                            int64_t Kp, int32_t *out, int64_t ld) {
+    (void)a;
+    __m256i acc[TILE_T][PAD_N];
+    for (int t = 0; t < TILE_T; t++)
+        for (int r = 0; r < PAD_N; r++) acc[t][r] = _mm256_setzero_si256();
+    for (int64_t k = 0; k < Kp; k += 32) {
+        __m256i b[PAD_N];
+        for (int r = 0; r < PAD_N; r++) b[r] = LOAD256(w + r * Kp + k);
+        for (int t = 0; t < TILE_T; t++) {
+            __m256i au = LOAD256(a_u8 + t * Kp + k);
+            for (int r = 0; r < PAD_N; r++) acc[t][r] = _mm256_dpbusd_epi32(acc[t][r], au, b[r]);
+        }
+    }
+    for (int t = 0; t < TILE_T; t++)
+        for (int r = 0; r < PAD_N; r++)
+            out[t * ld + r] = (int32_t)((uint32_t)avx2_hsum(acc[t][r]) - 128u * (uint32_t)wsum[r]);
+}
+
+__attribute__((target(VNNI_TARGET))) static void vnni_tile1(const int8_t *a, const uint8_t *a_u8,
+                                                            const int8_t *w, const int32_t *wsum,
+                                                            int64_t Kp, int32_t *out, int64_t ld) {
+    (void)a, (void)ld; /* one token: a single output row */
+    __m256i acc[PAD_N];
+    for (int r = 0; r < PAD_N; r++) acc[r] = _mm256_setzero_si256();
+    for (int64_t k = 0; k < Kp; k += 32) {
+        __m256i au = LOAD256(a_u8 + k);
+        for (int r = 0; r < PAD_N; r++) acc[r] = _mm256_dpbusd_epi32(acc[r], au, LOAD256(w + r * Kp + k));
+    }
+    for (int r = 0; r < PAD_N; r++)
+        out[r] = (int32_t)((uint32_t)avx2_hsum(acc[r]) - 128u * (uint32_t)wsum[r]);
+}
+
+static const Int8Kernel KERNELS[] = {
+    {"portable", PAD_N, portable_tile4, portable_tile1, A2_NONE},
+    {"avx2", 2, avx2_tile4, avx2_tile1, A2_ABS},
+    {"avx512vnni", PAD_N, vnni_tile4, vnni_tile1, A2_OFFSET},
+};
+enum { KERNEL_PORTABLE, KERNEL_AVX2, KERNEL_VNNI, KERNEL_COUNT };
+
+static bool kernel_supported(int k) {
+    __builtin_cpu_init();
+    switch (k) {
+    case KERNEL_PORTABLE: return true;
+    case KERNEL_AVX2: return __builtin_cpu_supports("avx2");
+    case KERNEL_VNNI:
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512vnni");
+    default: return false;
+    }
+}
+
+static const Int8Kernel *active_kernel;
+static pthread_once_t kernel_once = PTHREAD_ONCE_INIT;
+
+/* Chosen once: the best the CPU runs, unless LLMINT8_NO_SIMD is set (to anything but
+ * "" or "0"), the switch shared with cpu_gemm.c. */
+static void kernel_pick(void) {
+    const char *no_simd = getenv("LLMINT8_NO_SIMD");
+    int k = KERNEL_PORTABLE;
+    if (!(no_simd && *no_simd && strcmp(no_simd, "0") != 0)) {
+        if (kernel_supported(KERNEL_VNNI)) k = KERNEL_VNNI;
+        else if (kernel_supported(KERNEL_AVX2)) k = KERNEL_AVX2;
+    }
+    __atomic_store_n(&active_kernel, &KERNELS[k], __ATOMIC_RELEASE);
+}
+
+static const Int8Kernel *kernel_get(void) {
+    pthread_once(&kernel_once, kernel_pick);
+    return __atomic_load_n(&active_kernel, __ATOMIC_ACQUIRE);
+}
+
+const char *cpu_int8_kernel(void) { return kernel_get()->name; }
+
+int cpu_int8_use_kernel(const char *name) {
+    kernel_get();
+    for (int k = 0; k < KERNEL_COUNT; k++) {
+        if (strcmp(name, KERNELS[k].name) != 0) continue;
+        if (!kernel_supported(k)) return -1;
+        __atomic_store_n(&active_kernel, &KERNELS[k], __ATOMIC_RELEASE);
+        return 0;
+    }
+    return -1;
+}
+
+/* ================================================================================== */
+/* Creating a projection: the weight side.                                            */
+/* ================================================================================== */
+
+/* Weight value (n, k) as the 16-bit number bitsandbytes starts from: fp16-rounded. An
+ * int8 checkpoint used with a mode that needs other codes stands for its dequantized
+ * values CB * SCB / 127. */
+static float weight_value(const HostMatrix *w, int64_t n, int64_t k) {
+    size_t i = (size_t)n * (size_t)w->cols + (size_t)k;
+    if (w->dtype == DT_I8) return round_to_f16(quant_dequant_weight(((const int8_t *)w->data)[i], w->scb[n]));
+    return round_to_f16(dtype_load_f32(w->dtype, w->data, i));
+}
+
+static int check_int8_source(const HostMatrix *w, Error *err) {
+    if (!w->scb)
+        return err_set(err, "int8 weight [%lld x %lld] comes without its SCB scales",
+                       (long long)w->rows, (long long)w->cols);
+    const int8_t *cb = w->data;
+    for (int64_t n = 0; n < w->rows; n++) {
+        float s = w->scb[n];
+        if (!(s >= 0.0f && s < INFINITY))
+            return err_set(err, "int8 weight: SCB[%lld] = %g is not a finite number >= 0",
+                           (long long)n, (double)s);
+        for (int64_t k = 0; k < w->cols; k++)
+            if (cb[n * w->cols + k] == -128)
+                return err_set(err, "int8 weight: row %lld holds the code -128, which bitsandbytes never "
+                                    "writes (its codes are in [-127, 127])", (long long)n);
+    }
+    return 0;
+}
+
+static void quantize_weights(CpuInt8Linear *l, const HostMatrix *w) {
+    const int64_t N = l->N, K = l->K, Kp = l->Kp;
+    switch (l->wq) {
+    case W_ABSMAX_ROW:
+        if (w->dtype == DT_I8) { /* a bitsandbytes checkpoint: CB and SCB as they are */
+            for (int64_t n = 0; n < N; n++) memcpy(l->w + n * Kp, (const int8_t *)w->data + n * K, (size_t)K);
+            memcpy(l->scb, w->scb, (size_t)N * sizeof(float));
+        } else {
+            size_t row_bytes = (size_t)K * dtype_size(w->dtype);
+            for (int64_t n = 0; n < N; n++)
+                quant_weight_rowwise(w->dtype, (const char *)w->data + (size_t)n * row_bytes, 1, K,
+                                     l->w + n * Kp, &l->scb[n]);
+        }
+        break;
+    case W_ABSMAX_TENSOR: {
+        float absmax = 0.0f;
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t k = 0; k < K; k++) {
+                float a = fabsf(weight_value(w, n, k));
+                if (a > absmax) absmax = a;
+            }
+        float scale = quant_scale127(absmax);
+        for (int64_t n = 0; n < N; n++) {
+            for (int64_t k = 0; k < K; k++) l->w[n * Kp + k] = code_absmax(weight_value(w, n, k) * scale);
+            l->scb[n] = absmax;
+        }
+        break;
+    }
+    case W_ZP_TENSOR: {
+        float lo = 0.0f, hi = 0.0f, range, scale;
+        for (int64_t n = 0; n < N; n++)
+            for (int64_t k = 0; k < K; k++) {
+                float v = weight_value(w, n, k);
+                if (v < lo) lo = v;
+                if (v > hi) hi = v;
+            }
+        zeropoint_params(lo, hi, &range, &scale, &l->wzero);
+        for (int64_t n = 0; n < N; n++) {
+            for (int64_t k = 0; k < K; k++) l->w[n * Kp + k] = code_zeropoint(weight_value(w, n, k) * scale, l->wzero);
+            l->scb[n] = range;
+        }
+        break;
+    }
+    }
+    for (int64_t n = 0; n < l->Np; n++) {
+        int32_t s = 0;
+        for (int64_t k = 0; k < K; k++) s += l->w[n * Kp + k];
+        l->wsum[n] = s;
+    }
+}
+
+CpuInt8Linear *cpu_int8_create(const HostMatrix *w, const float *bias, const QuantConfig *q, Error *err) {
+    if (!w || !q || !w->data) {
+        err_set(err, "int8 projection: no weight given");
+        return NULL;
+    }
+    if (q->mode == QUANT_FP16 || (unsigned)q->mode >= QUANT_MODE_COUNT) {
+        err_set(err, "int8 projection: quantization mode %d is not an int8 mode", (int)q->mode);
+        return NULL;
+    }
+    if (!(q->threshold >= 0.0f)) {
+        err_set(err, "int8 projection: outlier threshold %g must be >= 0", (double)q->threshold);
+        return NULL;
+    }
+    if (w->dtype != DT_F16 && w->dtype != DT_BF16 && w->dtype != DT_F32 && w->dtype != DT_I8) {
+        err_set(err, "int8 projection: weight dtype %s cannot be quantized", dtype_name(w->dtype));
+        return NULL;
+    }
+    if (w->rows < 1 || w->cols < 1 || w->rows > ((int64_t)1 << 31)) {
+        err_set(err, "int8 projection: weight shape [%lld x %lld] is not supported",
+                (long long)w->rows, (long long)w->cols);
+        return NULL;
+    }
+    if (w->cols > MAX_EXACT_K) {
+        err_set(err, "int8 projection: in_features %lld is above %d, where int32 accumulation of the "
+                     "int8 product could overflow", (long long)w->cols, MAX_EXACT_K);
+        return NULL;
+    }
+    if (w->dtype == DT_I8 && check_int8_source(w, err) != 0) return NULL;
+
+    CpuInt8Linear *l = calloc(1, sizeof *l);
+    if (!l) goto oom;
+    l->mode = q->mode;
+    l->act = MODES[q->mode].act;
+    l->wq = MODES[q->mode].w;
+    l->tau = MODES[q->mode].decompose ? q->threshold : 0.0f;
+    l->scope = q->outliers;
+    l->N = w->rows;
+    l->K = w->cols;
+    l->Np = (l->N + PAD_N - 1) / PAD_N * PAD_N;
+    l->Kp = (l->K + PAD_K - 1) / PAD_K * PAD_K;
+    bool zp_act = l->act == ACT_ZP_TOKEN || l->act == ACT_ZP_TENSOR;
+    l->deq = !zp_act ? QUANT_DEQUANT_SCALE
+             : l->wq == W_ZP_TENSOR ? (float)(1.0 / (254.0 * 254.0))
+                                    : (float)(1.0 / (254.0 * 127.0));
+
+    size_t wbytes = (size_t)l->Np * (size_t)l->Kp; /* a multiple of 64, as aligned_alloc wants */
+    l->w = aligned_alloc(64, wbytes);
+    l->scb = calloc((size_t)l->Np, sizeof(float)); /* padding rows: 0 */
+    l->wsum = calloc((size_t)l->Np, sizeof(int32_t));
+    if (!l->w || !l->scb || !l->wsum) goto oom;
+    memset(l->w, 0, wbytes);
+    if (bias) {
+        l->bias = malloc((size_t)l->N * sizeof(float));
+        if (!l->bias) goto oom;
+        memcpy(l->bias, bias, (size_t)l->N * sizeof(float));
+    }
+    quantize_weights(l, w);
+    return l;
+oom:
+    err_set(err, "int8 projection [%lld x %lld]: out of memory", (long long)w->rows, (long long)w->cols);
+    cpu_int8_free(l);
+    return NULL;
+}
+
+void cpu_int8_free(CpuInt8Linear *l) {
+    if (!l) return;
+    free(l->w);
+    free(l->scb);
+    free(l->wsum);
+    free(l->bias);
+    free(l);
+}
+
+size_t cpu_int8_bytes(const CpuInt8Linear *l) {
+    if (!l) return 0;
+    return sizeof *l + (size_t)l->Np * (size_t)l->Kp + (size_t)l->Np * sizeof(float) +
+           (size_t)l->Np * sizeof(int32_t) + (l->bias ? (size_t)l->N * sizeof(float) : 0);
+}
+
+/* ================================================================================== */
+/* One call: the activation side, then GEMM + epilogue.                               */
+/* ================================================================================== */
+
+typedef struct Call {
+    const CpuInt8Linear *l;
+    const Int8Kernel *kern;
+    const float *x;
+    int64_t T;
+    bool *outlier_col;     /* [K] per call: column has some |x| >= tau */
+    int64_t n_out, *cols;  /* the outlier columns, ascending */
+    float *xo;             /* [T, n_out] the 16-bit side of the decomposition */
+    int8_t *qa;            /* [T, Kp] activation codes, padding 0 */
+    uint8_t *qa2;          /* [T, Kp] the kernel's second copy (|qa| or qa + 128) */
+    float *lo, *hi;        /* [T] zero-point: range of the row's entries (0 included) */
+    float *sa;             /* [T] activation statistic: absmax, or range for zero-point */
+    float *scale;          /* [T] code = rne(x * scale) (+ zero): 127/absmax or 254/range */
+    int32_t *za;           /* [T] activation code of 0 (zero-point), else 0 */
+    int64_t *suma;         /* [T] sum of each row's codes (zero-point weights only) */
+} Call;
+
+static inline bool is_zeropoint(ActScheme a) { return a == ACT_ZP_TOKEN || a == ACT_ZP_TENSOR; }
+
+/* Row statistics over the entries that stay in int8: those below tau (per SPEC §1.3, the
+ * non-outlier entries of outlier columns still count). Entries left out count as 0,
+ * which changes neither the absmax nor a range that contains 0 anyway. (The loops are
+ * written with locals and selects so that they vectorize.) */
+static inline void row_stats(const Call *c, int64_t t) {
+    enum { L = 8 }; /* independent lanes, so that the loop vectorizes without reassociating */
+    const int64_t K = c->l->K;
+    const float *xr = c->x + t * K;
+    const float tau = c->l->tau;
+    float m[L] = {0}, mn[L] = {0}, mx[L] = {0};
+    for (int64_t k0 = 0; k0 < K; k0 += L) {
+        for (int i = 0; i < L; i++) {
+            /* past the end, or left out (>= tau; also NaN, which no comparison selects): 0 */
+            float x = k0 + i < K ? xr[k0 + i] : 0.0f;
+            float v = tau == 0.0f || fabsf(x) < tau ? x : 0.0f, a = fabsf(v);
+            m[i] = a > m[i] ? a : m[i];
+            mn[i] = v < mn[i] ? v : mn[i];
+            mx[i] = v > mx[i] ? v : mx[i];
+        }
+    }
+    for (int i = 1; i < L; i++) {
+        m[0] = m[i] > m[0] ? m[i] : m[0];
+        mn[0] = mn[i] < mn[0] ? mn[i] : mn[0];
+        mx[0] = mx[i] > mx[0] ? mx[i] : mx[0];
+    }
+    if (is_zeropoint(c->l->act)) c->lo[t] = mn[0], c->hi[t] = mx[0];
+    else c->sa[t] = m[0];
+}
+
+/* Codes of row t from its scale (and zero); the kernel's copy; the row's code sum.
+ * Outliers get the code that stands for 0: per call the whole outlier columns, per
+ * token the row's own entries >= tau. */
+static inline void row_codes(const Call *c, int64_t t) {
+    const CpuInt8Linear *l = c->l;
+    const int64_t K = l->K, Kp = l->Kp;
+    const float *xr = c->x + t * K;
+    const float scale = c->scale[t], tau = l->tau;
+    const int32_t zero = c->za[t];
+    const int8_t zcode = (int8_t)zero;
+    int8_t *restrict q = c->qa + t * Kp;
+    if (is_zeropoint(l->act))
+        for (int64_t k = 0; k < K; k++) q[k] = code_zeropoint(xr[k] * scale, zero);
+    else
+        for (int64_t k = 0; k < K; k++) q[k] = code_absmax(xr[k] * scale);
+    if (tau > 0.0f) {
+        if (l->scope == OUTLIERS_PER_CALL) {
+            for (int64_t j = 0; j < c->n_out; j++) q[c->cols[j]] = zcode;
+        } else {
+            for (int64_t k = 0; k < K; k++) q[k] = fabsf(xr[k]) >= tau ? zcode : q[k];
+        }
+    }
+    if (c->suma) {
+        int64_t sum = 0;
+        for (int64_t k = 0; k < K; k++) sum += q[k];
+        c->suma[t] = sum;
+    }
+    uint8_t *restrict q2 = c->qa2 ? c->qa2 + t * Kp : NULL;
+    if (c->kern->a2 == A2_ABS)
+        for (int64_t k = 0; k < Kp; k++) q2[k] = (uint8_t)(q[k] < 0 ? -q[k] : q[k]);
+    else if (c->kern->a2 == A2_OFFSET)
+        for (int64_t k = 0; k < Kp; k++) q2[k] = (uint8_t)(q[k] + 128);
+}
+
+/* Statistics (codes = false) or codes (true) of rows [t0, t1). Compiled twice (below) so
+ * that the loops vectorize with AVX2 where the CPU has it. */
+static inline void quantize_rows_body(const Call *c, int64_t t0, int64_t t1, bool codes) {
+    for (int64_t t = t0; t < t1; t++) {
+        if (codes) row_codes(c, t);
+        else row_stats(c, t);
+    }
+}
+
+static void quantize_rows_portable(const Call *c, int64_t t0, int64_t t1, bool codes) {
+    quantize_rows_body(c, t0, t1, codes);
+}
+
+__attribute__((target("avx2"))) static void quantize_rows_avx2(const Call *c, int64_t t0, int64_t t1,
+                                                               bool codes) {
+    quantize_rows_body(c, t0, t1, codes);
+}
+
+static void quantize_rows(const Call *c, bool codes) {
+    const bool simd = c->kern != &KERNELS[KERNEL_PORTABLE];
+    const int64_t T = c->T;
+#pragma omp parallel for schedule(static) if (T * c->l->K >= (1 << 16))
+    for (int64_t t = 0; t < T; t++) {
+        if (simd) quantize_rows_avx2(c, t, t + 1, codes);
+        else quantize_rows_portable(c, t, t + 1, codes);
+    }
+}
+
+static void quantize_activations(Call *c) {
+    const CpuInt8Linear *l = c->l;
+    const int64_t T = c->T, K = l->K;
+    /* 1. outlier columns: any row with |x| >= tau */
+    if (l->tau > 0.0f) {
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t k = 0; k < K; k++)
+                if (fabsf(c->x[t * K + k]) >= l->tau) c->outlier_col[k] = true;
+        for (int64_t k = 0; k < K; k++)
+            if (c->outlier_col[k]) c->cols[c->n_out++] = k;
+    }
+    /* 2. statistics per row, reduced to one for the whole call for the tensor-wise schemes */
+    quantize_rows(c, false);
+    if (l->act == ACT_ABSMAX_TENSOR) {
+        float m = 0.0f;
+        for (int64_t t = 0; t < T; t++) m = c->sa[t] > m ? c->sa[t] : m;
+        for (int64_t t = 0; t < T; t++) c->sa[t] = m;
+    } else if (l->act == ACT_ZP_TENSOR) {
+        float lo = 0.0f, hi = 0.0f;
+        for (int64_t t = 0; t < T; t++) {
+            lo = c->lo[t] < lo ? c->lo[t] : lo;
+            hi = c->hi[t] > hi ? c->hi[t] : hi;
+        }
+        for (int64_t t = 0; t < T; t++) c->lo[t] = lo, c->hi[t] = hi;
+    }
+    for (int64_t t = 0; t < T; t++) {
+        if (is_zeropoint(l->act)) {
+            zeropoint_params(c->lo[t], c->hi[t], &c->sa[t], &c->scale[t], &c->za[t]);
+        } else {
+            c->scale[t] = quant_scale127(c->sa[t]);
+            c->za[t] = 0;
+        }
+    }
+    /* 3. codes */
+    quantize_rows(c, true);
+}
+
+/* The 16-bit side, gathered once per call: xo[t, j] = x[t, cols[j]] (per call: every
+ * row's value; per token: only the entries >= tau, others 0). */
+static void gather_outlier_inputs(Call *c) {
+    const CpuInt8Linear *l = c->l;
+    for (int64_t t = 0; t < c->T; t++)
+        for (int64_t j = 0; j < c->n_out; j++) {
+            float v = c->x[t * l->K + c->cols[j]];
+            if (l->scope == OUTLIERS_PER_TOKEN && !(fabsf(v) >= l->tau)) v = 0.0f;
+            c->xo[t * c->n_out + j] = v;
+        }
+}
+
+/* Step 4 for tokens [t0, t0+nt) x the rows [n0, n0+nb) of one block, from their int32
+ * sums c32[i][r] (row stride BLOCK_ROWS). woT holds the block's dequantized outlier
+ * columns transposed, [n_out][BLOCK_ROWS], so that every loop here runs along the rows
+ * (vectorizes) while each output still sums its outlier terms in ascending column
+ * order — the same float operations in the same order as quant_ref_linear. */
+static inline void epilogue_body(const Call *c, const int32_t *c32, int64_t t0, int nt, int64_t n0,
+                                 int64_t nb, const float *woT, float *y, int32_t *acc32) {
+    const CpuInt8Linear *l = c->l;
+    const int64_t N = l->N, nv = n0 + nb <= N ? nb : N - n0; /* rows past N are padding */
+    const float *scb = l->scb + n0, *bias = l->bias ? l->bias + n0 : NULL;
+    float v[BLOCK_ROWS], s[BLOCK_ROWS];
+    for (int i = 0; i < nt; i++) {
+        const int64_t t = t0 + i;
+        const int32_t *cr = c32 + i * BLOCK_ROWS;
+        const float sa = c->sa[t], deq = l->deq;
+        if (c->za[t] == 0 && !c->suma) { /* absmax activations: C32 as is */
+            for (int64_t r = 0; r < nv; r++) v[r] = (float)cr[r] * sa * scb[r] * deq;
+        } else { /* zero-point: sum (qa - za)(qw - wz) from sum qa qw (docs/QUANT.md) */
+            const int64_t za = c->za[t], wz = l->wzero;
+            const int64_t corr = c->suma ? l->K * za * wz - wz * c->suma[t] : 0;
+            for (int64_t r = 0; r < nv; r++) {
+                int64_t cc = cr[r] - za * l->wsum[n0 + r] + corr;
+                v[r] = (float)cc * sa * scb[r] * deq;
+            }
+        }
+        if (bias)
+            for (int64_t r = 0; r < nv; r++) v[r] += bias[r];
+        if (c->n_out > 0) {
+            const float *xo = c->xo + t * c->n_out;
+            for (int64_t r = 0; r < nv; r++) s[r] = 0.0f;
+            for (int64_t j = 0; j < c->n_out; j++) {
+                const float xv = xo[j], *wj = woT + j * BLOCK_ROWS;
+                for (int64_t r = 0; r < nv; r++) s[r] += xv * wj[r];
+            }
+            for (int64_t r = 0; r < nv; r++) v[r] += s[r];
+        }
+        memcpy(y + t * N + n0, v, (size_t)nv * sizeof *v);
+        if (acc32) memcpy(acc32 + t * N + n0, cr, (size_t)nv * sizeof *cr);
+    }
+}
+
+static void epilogue_portable(const Call *c, const int32_t *c32, int64_t t0, int nt, int64_t n0, int64_t nb,
+                              const float *woT, float *y, int32_t *acc32) {
+    epilogue_body(c, c32, t0, nt, n0, nb, woT, y, acc32);
+}
+
+__attribute__((target("avx2"))) static void epilogue_avx2(const Call *c, const int32_t *c32, int64_t t0, int nt,
+                                                          int64_t n0, int64_t nb, const float *woT, float *y,
+                                                          int32_t *acc32) {
+    epilogue_body(c, c32, t0, nt, n0, nb, woT, y, acc32);
+}
+
+/* woT[j][r] = the dequantized weight of gathered code gq[j][r] of row n0 + r. */
+static inline void dequant_outliers_body(const CpuInt8Linear *l, const int8_t *gq, int64_t n_out, int64_t n0,
+                                         int64_t nb, float *woT) {
+    const float *scb = l->scb + n0;
+    for (int64_t j = 0; j < n_out; j++)
+        for (int64_t r = 0; r < nb; r++)
+            woT[j * BLOCK_ROWS + r] = quant_dequant_weight(gq[j * BLOCK_ROWS + r], scb[r]);
+}
+
+static void dequant_outliers_portable(const CpuInt8Linear *l, const int8_t *gq, int64_t n_out, int64_t n0,
+                                      int64_t nb, float *woT) {
+    dequant_outliers_body(l, gq, n_out, n0, nb, woT);
+}
+
+__attribute__((target("avx2"))) static void dequant_outliers_avx2(const CpuInt8Linear *l, const int8_t *gq,
+                                                                  int64_t n_out, int64_t n0, int64_t nb,
+                                                                  float *woT) {
+    dequant_outliers_body(l, gq, n_out, n0, nb, woT);
+}
+
+/* Steps 3-4 for tokens [t0, t1) and the weight rows [n0, n1) of one block. gq and woT
+ * are the thread's scratch for the block's outlier columns, [n_out][BLOCK_ROWS]. */
+static void run_block(const Call *c, int64_t t0, int64_t t1, int64_t n0, int64_t n1, int8_t *gq, float *woT,
+                      float *y, int32_t *acc32) {
+    const CpuInt8Linear *l = c->l;
+    const Int8Kernel *kern = c->kern;
+    const int64_t Kp = l->Kp, n_out = c->n_out;
+    const bool simd = kern != &KERNELS[KERNEL_PORTABLE];
+    int32_t c32[TILE_T * BLOCK_ROWS];
+    for (int64_t t = t0; t < t1;) {
+        const int nt = t1 - t >= TILE_T ? TILE_T : 1;
+        const int rows = nt == TILE_T ? kern->rows4 : PAD_N;
+        TileFn *tile = nt == TILE_T ? kern->tile4 : kern->tile1;
+        for (int64_t n = n0; n < n1; n += rows) {
+            tile(c->qa + t * Kp, c->qa2 ? c->qa2 + t * Kp : NULL, l->w + n * Kp, l->wsum + n, Kp,
+                 c32 + (n - n0), BLOCK_ROWS);
+            /* The first pass over the block picks up the codes of the outlier columns while
+             * the rows the kernel just streamed are still in L1. */
+            if (t == t0)
+                for (int64_t j = 0; j < n_out; j++)
+                    for (int64_t r = n; r < n + rows; r++) gq[j * BLOCK_ROWS + (r - n0)] = l->w[r * Kp + c->cols[j]];
+        }
+        if (t == t0 && n_out > 0) {
+            if (simd) dequant_outliers_avx2(l, gq, n_out, n0, n1 - n0, woT);
+            else dequant_outliers_portable(l, gq, n_out, n0, n1 - n0, woT);
+        }
+        if (simd) epilogue_avx2(c, c32, t, nt, n0, n1 - n0, woT, y, acc32);
+        else epilogue_portable(c, c32, t, nt, n0, n1 - n0, woT, y, acc32);
+        t += nt;
+    }
+}
+
+/* Per-thread scratch for run_block: dequantized outlier columns of a block (floats)
+ * followed by their codes (bytes). */
+static size_t scratch_bytes(int64_t n_out) { return (size_t)n_out * BLOCK_ROWS * (sizeof(float) + 1); }
+
+static void gemm_and_epilogue(const Call *c, float *y, int32_t *acc32, unsigned char *scratch_all) {
+    const CpuInt8Linear *l = c->l;
+    const int64_t T = c->T, n_blocks = (l->Np + BLOCK_ROWS - 1) / BLOCK_ROWS;
+    const double work = (double)T * (double)l->Np * (double)l->Kp;
+#pragma omp parallel if (work >= 1e6)
+    {
+        unsigned char *scratch = scratch_all ? scratch_all + (size_t)omp_get_thread_num() * scratch_bytes(c->n_out) : NULL;
+        float *woT = (float *)(void *)scratch;
+        int8_t *gq = scratch ? (int8_t *)(scratch + (size_t)c->n_out * BLOCK_ROWS * sizeof(float)) : NULL;
+        /* Tokens go by chunks whose codes stay in L2 while every weight block passes over
+         * them; blocks are handed out dynamically (the machine may be shared). */
+        for (int64_t t0 = 0; t0 < T; t0 += CHUNK_T) {
+            const int64_t t1 = t0 + CHUNK_T < T ? t0 + CHUNK_T : T;
+#pragma omp for schedule(dynamic, 1) nowait
+            for (int64_t b = 0; b < n_blocks; b++) {
+                const int64_t n0 = b * BLOCK_ROWS, n1 = n0 + BLOCK_ROWS < l->Np ? n0 + BLOCK_ROWS : l->Np;
+                run_block(c, t0, t1, n0, n1, gq, woT, y, acc32);
+            }
+        }
+    }
+}
+
+void cpu_int8_forward_ex(const CpuInt8Linear *l, const float *x, int64_t T, float *y, int32_t *acc32,
+                         float *sca) {
+    if (T <= 0) return;
+    Call c = {.l = l, .kern = kernel_get(), .x = x, .T = T};
+    const size_t codes = (size_t)T * (size_t)l->Kp;
+    unsigned char *scratch = NULL;
+    c.outlier_col = calloc((size_t)l->K, sizeof *c.outlier_col);
+    c.cols = malloc((size_t)l->K * sizeof *c.cols);
+    c.qa = calloc(codes, 1);
+    c.qa2 = c.kern->a2 != A2_NONE ? calloc(codes, 1) : NULL;
+    c.lo = malloc((size_t)T * sizeof *c.lo);
+    c.hi = malloc((size_t)T * sizeof *c.hi);
+    c.sa = malloc((size_t)T * sizeof *c.sa);
+    c.scale = malloc((size_t)T * sizeof *c.scale);
+    c.za = malloc((size_t)T * sizeof *c.za);
+    c.suma = l->wq == W_ZP_TENSOR ? malloc((size_t)T * sizeof *c.suma) : NULL;
+    bool ok = c.outlier_col && c.cols && c.qa && (c.qa2 || c.kern->a2 == A2_NONE) && c.lo && c.hi &&
+              c.sa && c.scale && c.za && (c.suma || l->wq != W_ZP_TENSOR);
+    if (ok) {
+        quantize_activations(&c);
+        if (c.n_out > 0) {
+            c.xo = malloc((size_t)T * (size_t)c.n_out * sizeof *c.xo);
+            scratch = malloc((size_t)omp_get_max_threads() * scratch_bytes(c.n_out));
+            ok = c.xo && scratch;
+            if (ok) gather_outlier_inputs(&c);
+        }
+    }
+    if (ok) {
+        gemm_and_epilogue(&c, y, acc32, scratch);
+        if (sca) memcpy(sca, c.sa, (size_t)T * sizeof *sca);
+    } else { /* out of memory: nothing to report through, so make it impossible to miss */
+        for (size_t i = 0; i < (size_t)T * (size_t)l->N; i++) y[i] = NAN;
+    }
+    free(c.outlier_col);
+    free(c.cols);
+    free(c.xo);
+    free(c.qa);
+    free(c.qa2);
+    free(c.lo);
+    free(c.hi);
+    free(c.sa);
+    free(c.scale);
+    free(c.za);
+    free(c.suma);
+    free(scratch);
+}
+
+void cpu_int8_forward(const CpuInt8Linear *l, const float *x, int64_t T, float *y) {
+    cpu_int8_forward_ex(l, x, T, y, NULL, NULL);
+}

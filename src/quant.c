@@ -1,0 +1,158 @@
+/* quant.c — the scalar reference of LLM.int8() (SPEC §1, docs/QUANT.md).
+ *
+ * Nothing here is fast: these loops are the definition that the CPU backend's
+ * kernels (src/cpu/cpu_int8.c) and the CUDA kernels must reproduce, and that the
+ * tests compare against. The formulas are in quant.h. */
+#include "quant.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const MODE_NAMES[QUANT_MODE_COUNT] = {
+    [QUANT_FP16] = "fp16",
+    [QUANT_LLM_INT8] = "llm.int8",
+    [QUANT_VECTORWISE] = "vectorwise",
+    [QUANT_ROWWISE] = "rowwise",
+    [QUANT_ROWWISE_DECOMP] = "rowwise+decomp",
+    [QUANT_ABSMAX] = "absmax",
+    [QUANT_ZEROPOINT] = "zeropoint",
+    [QUANT_VECTORWISE_ZEROPOINT] = "vectorwise-zeropoint",
+    [QUANT_LLM_INT8_ZEROPOINT] = "llm.int8-zeropoint",
+};
+
+const char *quant_mode_name(QuantMode m) {
+    return (unsigned)m < QUANT_MODE_COUNT ? MODE_NAMES[m] : "?";
+}
+
+int quant_mode_parse(const char *s, QuantMode *out) {
+    if (!s) return -1;
+    for (int m = 0; m < QUANT_MODE_COUNT; m++) {
+        if (strcmp(s, MODE_NAMES[m]) == 0) {
+            *out = (QuantMode)m;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+bool quant_mode_is_rowwise_int8(QuantMode m) {
+    switch (m) {
+    case QUANT_LLM_INT8:
+    case QUANT_VECTORWISE:
+    case QUANT_ROWWISE:
+    case QUANT_ROWWISE_DECOMP:
+    case QUANT_VECTORWISE_ZEROPOINT:
+    case QUANT_LLM_INT8_ZEROPOINT: return true;
+    default: return false;
+    }
+}
+
+bool quant_mode_uses_decomposition(QuantMode m) {
+    return m == QUANT_LLM_INT8 || m == QUANT_ROWWISE_DECOMP || m == QUANT_LLM_INT8_ZEROPOINT;
+}
+
+/* rne(v) saturated to [-127, 127], NaN -> 0. For values computed as x * (127/absmax)
+ * with |x| <= absmax the saturation never changes the result (the product is at most
+ * a rounding error above 127); it only keeps garbage inputs (inf, NaN) defined. */
+static int8_t sat_rne127(float v) {
+    if (v != v) return 0;
+    if (v > 127.0f) v = 127.0f;
+    if (v < -127.0f) v = -127.0f;
+    return (int8_t)quant_rne(v);
+}
+
+static float round_to_f16(float v) { return f16_to_f32(f32_to_f16(v)); }
+
+void quant_weight_rowwise(DType dt, const void *w, int64_t rows, int64_t cols, int8_t *cb, float *scb) {
+    for (int64_t r = 0; r < rows; r++) {
+        size_t base = (size_t)r * (size_t)cols;
+        /* bnb casts the weight to fp16 before anything else (Int8Params._quantize). */
+        float absmax = 0.0f;
+        for (int64_t c = 0; c < cols; c++) {
+            float a = fabsf(round_to_f16(dtype_load_f32(dt, w, base + (size_t)c)));
+            if (a > absmax) absmax = a;
+        }
+        float scale = quant_scale127(absmax);
+        for (int64_t c = 0; c < cols; c++)
+            cb[base + (size_t)c] = sat_rne127(round_to_f16(dtype_load_f32(dt, w, base + (size_t)c)) * scale);
+        scb[r] = absmax;
+    }
+}
+
+void quant_ref_linear(const float *x, int64_t T, int64_t K, const int8_t *cb, const float *scb,
+                      int64_t N, const float *bias, float threshold, OutlierScope scope, float *y,
+                      int32_t *acc32, float *sca, int64_t *outlier_cols, int64_t *n_outliers) {
+    /* tau = 0 (or a NaN / negative threshold) turns the decomposition off. */
+    const float tau = threshold > 0.0f ? threshold : 0.0f;
+    const bool per_call = scope == OUTLIERS_PER_CALL;
+    bool *is_outlier_col = calloc((size_t)(K > 0 ? K : 1), sizeof *is_outlier_col);
+    int8_t *ca = malloc((size_t)(K > 0 ? K : 1));
+    if (!is_outlier_col || !ca) { /* no way to report it: make the failure impossible to miss */
+        for (int64_t i = 0; i < T * N; i++) y[i] = NAN;
+        free(is_outlier_col);
+        free(ca);
+        if (n_outliers) *n_outliers = 0;
+        return;
+    }
+
+    /* Outlier columns: any row of the call with |x| >= tau (SPEC §1.3 step 1). Under the
+     * per-token scope the same set is "columns where some row has an outlier entry". */
+    int64_t n_out = 0;
+    if (tau > 0.0f) {
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t k = 0; k < K; k++)
+                if (fabsf(x[t * K + k]) >= tau) is_outlier_col[k] = true;
+        for (int64_t k = 0; k < K; k++) {
+            if (!is_outlier_col[k]) continue;
+            if (outlier_cols) outlier_cols[n_out] = k;
+            n_out++;
+        }
+    }
+    if (n_outliers) *n_outliers = n_out;
+
+    for (int64_t t = 0; t < T; t++) {
+        const float *xr = x + t * K;
+        /* Row absmax over the entries below tau: entries >= tau are left out, but the
+         * other entries of outlier columns still count (bnb, SPEC §1.3 step 2). */
+        float absmax = 0.0f;
+        for (int64_t k = 0; k < K; k++) {
+            float a = fabsf(xr[k]);
+            if ((tau == 0.0f || a < tau) && a > absmax) absmax = a;
+        }
+        if (sca) sca[t] = absmax;
+        float scale = quant_scale127(absmax);
+        for (int64_t k = 0; k < K; k++) {
+            bool excluded = tau > 0.0f && (per_call ? is_outlier_col[k] : fabsf(xr[k]) >= tau);
+            ca[k] = excluded ? 0 : sat_rne127(xr[k] * scale);
+        }
+
+        for (int64_t n = 0; n < N; n++) {
+            const int8_t *wr = cb + n * K;
+            /* Exact: |sum| <= K * 127 * 127 fits int32 for K <= 133143 (checked by callers
+             * that take K from files); uint32 arithmetic keeps overflow defined anyway. */
+            uint32_t acc = 0;
+            for (int64_t k = 0; k < K; k++) acc += (uint32_t)((int32_t)ca[k] * (int32_t)wr[k]);
+            int32_t c32 = (int32_t)acc;
+            if (acc32) acc32[t * N + n] = c32;
+
+            float v = (float)c32 * absmax * scb[n] * QUANT_DEQUANT_SCALE;
+            if (bias) v += bias[n];
+            if (n_out > 0) {
+                /* 16-bit part: the outlier entries times the dequantized weights, summed in
+                 * ascending column order (per call: every row's values in the outlier
+                 * columns; per token: this row's own entries >= tau). */
+                float s = 0.0f;
+                for (int64_t k = 0; k < K; k++) {
+                    if (!is_outlier_col[k]) continue;
+                    if (!per_call && !(fabsf(xr[k]) >= tau)) continue;
+                    s += xr[k] * quant_dequant_weight(wr[k], scb[n]);
+                }
+                v += s;
+            }
+            y[t * N + n] = v;
+        }
+    }
+    free(is_outlier_col);
+    free(ca);
+}

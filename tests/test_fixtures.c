@@ -1,0 +1,199 @@
+/* test_fixtures.c — the whole model against Hugging Face transformers' own outputs.
+ *
+ * For every fixture in tests/data/fixtures (golden.json written by transformers 4.36.2, see
+ * the fixtures' README):
+ *   fp16 path:  logits within 1e-3 of logits.f32, identical argmax, ppl within 1e-4 relative,
+ *               greedy tokens equal to greedy.new_ids, each KV-cache decode step's logits
+ *               within 1e-3 of gen_logits.f32, and our own KV-cache steps equal to our own
+ *               full forward over the same tokens.
+ *   int8 path (where golden.json has "int8"): LLM.int8() with threshold 6 — ppl within 2% of
+ *               int8.nll.ppl, argmax agreement with the int8 golden, greedy tokens reported.
+ * Whole-model int8 logits are chaotic at the 1e-6 level (the fixtures' README), so int8 is
+ * compared loosely, as the README advises. */
+#include <cJSON.h>
+#include <math.h>
+
+#include "backend.h"
+#include "checkpoint.h"
+#include "model.h"
+#include "sampler.h"
+#include "test_util.h"
+
+static const char *const FIXTURES[] = {
+    "opt-tiny", "opt-tiny-postln", "opt-tiny-sharded", "opt-tiny-v50272", "bloom-tiny", "bloom-tiny-bf16",
+};
+
+static double worst_logit_err, worst_ppl_rel;
+
+static int json_ids(const cJSON *arr, int32_t *out, int cap) {
+    int n = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, arr) {
+        if (n < cap) out[n] = (int32_t)it->valuedouble;
+        n++;
+    }
+    return n;
+}
+
+static const cJSON *path(const cJSON *j, const char *a, const char *b, const char *c) {
+    j = cJSON_GetObjectItemCaseSensitive(j, a);
+    if (j && b) j = cJSON_GetObjectItemCaseSensitive(j, b);
+    if (j && c) j = cJSON_GetObjectItemCaseSensitive(j, c);
+    return j;
+}
+
+static double ppl_of(const float *logits, const int32_t *ids, int T, int V) {
+    double sum = 0;
+    for (int t = 0; t + 1 < T; t++) {
+        const float *l = logits + (size_t)t * V;
+        float mx = l[argmax_f32(l, V)];
+        double z = 0;
+        for (int v = 0; v < V; v++) z += exp((double)l[v] - mx);
+        sum += log(z) + mx - l[ids[t + 1]];
+    }
+    return exp(sum / (T - 1));
+}
+
+static double max_abs_diff(const float *a, const float *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= m)) m = d; /* NaN propagates as a failure */
+    }
+    return m;
+}
+
+typedef struct Golden {
+    int32_t ids[64];
+    int T;
+    int32_t prompt[16], new_ids[32];
+    int n_prompt, n_new;
+} Golden;
+
+/* Runs one precision of one fixture against its golden block (root for fp16, "int8" for int8). */
+static void run_case(const char *name, const Checkpoint *ck, Backend *bk, const cJSON *g, bool int8) {
+    const ModelConfig *cfg = checkpoint_config(ck);
+    const int V = cfg->vocab_size;
+    const cJSON *blk = int8 ? cJSON_GetObjectItemCaseSensitive(g, "int8") : g;
+    char file[512];
+    Error err;
+
+    Golden gd;
+    gd.T = json_ids(cJSON_GetObjectItemCaseSensitive(g, "input_ids"), gd.ids, 64);
+    gd.n_prompt = json_ids(path(blk, "greedy", "prompt_ids", NULL), gd.prompt, 16);
+    gd.n_new = json_ids(path(blk, "greedy", "new_ids", NULL), gd.new_ids, 32);
+    CHECK(gd.T == 32 && gd.n_prompt == 8 && gd.n_new == 16, "%s: golden.json shapes", name);
+    if (gd.T != 32 || gd.n_prompt != 8 || gd.n_new != 16) return;
+
+    ModelOptions mo = {.quant = {.mode = int8 ? QUANT_LLM_INT8 : QUANT_FP16, .threshold = int8 ? 6.0f : 0.0f,
+                                 .outliers = OUTLIERS_PER_CALL},
+                       .ctx = 64, .batch_tokens = 64};
+    Model *m;
+    if (model_load(ck, bk, &mo, &m, &err)) {
+        CHECK(0, "%s: model_load: %s", name, err.msg);
+        return;
+    }
+    const char *tag = int8 ? "int8" : "fp16";
+
+    /* Full forward over the 32 golden ids. */
+    float *logits = malloc((size_t)32 * V * sizeof *logits);
+    CHECK(model_forward(m, gd.ids, 32, true, logits, &err) == 0, "%s %s: forward: %s", name, tag, err.msg);
+    snprintf(file, sizeof file, TEST_FIXTURES "/%s/%s", name, int8 ? "logits_int8.f32" : "logits.f32");
+    float *gold = test_read_f32(file, (size_t)32 * V);
+    double ppl = ppl_of(logits, gd.ids, 32, V);
+    double gold_ppl = path(blk, "nll", "ppl", NULL)->valuedouble;
+    double rel = fabs(ppl / gold_ppl - 1.0);
+    if (gold) {
+        double d = max_abs_diff(logits, gold, (size_t)32 * V);
+        int agree = 0;
+        for (int t = 0; t < 32; t++)
+            agree += argmax_f32(logits + (size_t)t * V, V) == argmax_f32(gold + (size_t)t * V, V);
+        if (!int8) {
+            CHECK(d <= 1e-3, "%s fp16: max |logit error| %.3g > 1e-3", name, d);
+            CHECK(agree == 32, "%s fp16: argmax agrees on %d/32 positions", name, agree);
+            CHECK(rel <= 1e-4, "%s fp16: ppl %.8g vs golden %.8g (rel %.2g)", name, ppl, gold_ppl, rel);
+            if (d > worst_logit_err) worst_logit_err = d;
+            if (rel > worst_ppl_rel) worst_ppl_rel = rel;
+        } else {
+            /* The README: int8 whole-model logits flip roundings; argmax "mostly equal". */
+            CHECK(rel <= 0.02, "%s int8: ppl %.6g vs golden %.6g (rel %.3g > 2%%)", name, ppl, gold_ppl, rel);
+            CHECK(agree >= 28, "%s int8: argmax agrees on only %d/32 positions", name, agree);
+            fprintf(stderr, "%s int8: ppl %.4f (golden %.4f, rel %.2e), max |logit diff| %.3f, argmax %d/32\n",
+                    name, ppl, gold_ppl, rel, d, agree);
+        }
+        fprintf(stderr, "%s %s: max |logit error| %.3g, ppl rel error %.2g\n", name, tag, d, rel);
+    }
+
+    /* Greedy generation with the KV cache: prefill 8 tokens, then one at a time. */
+    model_reset(m);
+    snprintf(file, sizeof file, TEST_FIXTURES "/%s/%s", name, int8 ? "gen_logits_int8.f32" : "gen_logits.f32");
+    float *gold_steps = test_read_f32(file, (size_t)16 * V);
+    float *steps = malloc((size_t)16 * V * sizeof *steps);
+    int32_t seq[24];
+    memcpy(seq, gd.prompt, sizeof(int32_t) * 8);
+    int ok = model_forward(m, seq, 8, false, steps, &err) == 0;
+    for (int i = 0; ok && i < 16; i++) {
+        int32_t next = argmax_f32(steps + (size_t)i * V, V);
+        seq[8 + i] = next;
+        if (i + 1 < 16) ok = model_forward(m, &next, 1, false, steps + (size_t)(i + 1) * V, &err) == 0;
+    }
+    CHECK(ok, "%s %s: generation failed: %s", name, tag, err.msg);
+    int same = 0;
+    for (int i = 0; i < 16; i++) same += seq[8 + i] == gd.new_ids[i];
+    if (!int8) {
+        CHECK(same == 16, "%s fp16: greedy tokens equal on %d/16", name, same);
+        if (gold_steps) {
+            double d = max_abs_diff(steps, gold_steps, (size_t)16 * V);
+            CHECK(d <= 1e-3, "%s fp16: KV-cache step logits differ from golden by %.3g", name, d);
+            if (d > worst_logit_err) worst_logit_err = d;
+        }
+        /* Our KV-cache steps must equal our own full forward over the same 24 tokens. */
+        model_reset(m);
+        float *full = malloc((size_t)24 * V * sizeof *full);
+        CHECK(model_forward(m, seq, 24, true, full, &err) == 0, "%s: full forward: %s", name, err.msg);
+        double d = max_abs_diff(steps, full + (size_t)7 * V, (size_t)16 * V);
+        CHECK(d <= 1e-4, "%s fp16: KV-cache decode differs from the full forward by %.3g", name, d);
+        free(full);
+    } else {
+        /* int8 greedy may legitimately diverge once a rounding flips a close call; the first
+         * step uses the prompt only, so it must agree. */
+        CHECK(seq[8] == gd.new_ids[0], "%s int8: first greedy token %d != golden %d", name, seq[8], gd.new_ids[0]);
+        fprintf(stderr, "%s int8: greedy tokens equal on %d/16\n", name, same);
+    }
+    free(steps), free(gold_steps), free(logits), free(gold);
+    model_free(m);
+}
+
+int main(void) {
+    Error err;
+    Backend *bk = cpu_backend_create(2, &err);
+    if (!bk) {
+        fprintf(stderr, "cpu backend: %s\n", err.msg);
+        return 1;
+    }
+    for (size_t i = 0; i < sizeof FIXTURES / sizeof FIXTURES[0]; i++) {
+        const char *name = FIXTURES[i];
+        char dir[256], gpath[300];
+        snprintf(dir, sizeof dir, TEST_FIXTURES "/%s", name);
+        snprintf(gpath, sizeof gpath, "%s/golden.json", dir);
+        char *text = test_read_file(gpath, NULL);
+        cJSON *g = text ? cJSON_Parse(text) : NULL;
+        free(text);
+        CHECK(g != NULL, "%s: cannot read golden.json", name);
+        if (!g) continue;
+        Checkpoint *ck;
+        if (checkpoint_open(dir, &ck, &err)) {
+            CHECK(0, "%s: checkpoint_open: %s", name, err.msg);
+            cJSON_Delete(g);
+            continue;
+        }
+        run_case(name, ck, bk, g, false);
+        if (cJSON_GetObjectItemCaseSensitive(g, "int8")) run_case(name, ck, bk, g, true);
+        checkpoint_close(ck);
+        cJSON_Delete(g);
+    }
+    bk->destroy(bk);
+    fprintf(stderr, "worst fp16 logit error %.3g, worst fp16 ppl relative error %.3g\n", worst_logit_err,
+            worst_ppl_rel);
+    return test_finish("fixtures");
+}

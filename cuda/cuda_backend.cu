@@ -109,8 +109,10 @@ static float *cu_alloc(Backend *bk, size_t n) {
 }
 
 static void cu_release(Backend *bk, float *p) {
-    (void)bk;
-    if (p) cudaFree(p); /* waits for the work queued on p */
+    CudaBackend *cb = cuda_of(bk);
+    if (!p) return;
+    cudaStreamSynchronize(cb->stream); /* queued work may still use p */
+    cudaFree(p);
 }
 
 static void cu_upload(Backend *bk, float *dst, const float *src, size_t n) {
@@ -328,8 +330,8 @@ static void int8_weight_free(Int8Weight *iw) {
 
 /* ---- BkLinear / BkMatrix ------------------------------------------------------------------ */
 static void cu_linear_free(Backend *bk, BkLinear *l) {
-    (void)bk;
     if (!l) return;
+    cudaStreamSynchronize(cuda_of(bk)->stream); /* queued work may still read the weights */
     if (l->is_int8) int8_weight_free(&l->i8);
     else fp16_weight_free(&l->f16);
     if (l->bias) cudaFree(l->bias);
@@ -402,8 +404,8 @@ static BkMatrix *cu_matrix_create(Backend *bk, const HostMatrix *m, Error *err) 
 }
 
 static void cu_matrix_free(Backend *bk, BkMatrix *m) {
-    (void)bk;
     if (!m) return;
+    cudaStreamSynchronize(cuda_of(bk)->stream); /* queued work may still read the table */
     fp16_weight_free(&m->f16);
     free(m);
 }

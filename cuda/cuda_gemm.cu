@@ -167,21 +167,18 @@ static int lt_plan_prepare(CudaBackend *cb, LtPlan *p, int T, uint32_t align_d) 
     LT_RUN(MatmulPreferenceCreate, (&pref));
     uint64_t ws = cb->workspace_bytes;
     uint32_t al256 = 256;
-    cublasStatus_t st = LT.MatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
-                                                             sizeof ws);
+    cublasStatus_t st = LT.MatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
     /* A and B are our own cudaMalloc'ed buffers; C = D is the caller's, maybe offset */
     if (st == CUBLAS_STATUS_SUCCESS)
-        st = LT.MatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al256,
-                                                  sizeof al256);
+        st = LT.MatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al256, sizeof al256);
     if (st == CUBLAS_STATUS_SUCCESS)
-        st = LT.MatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al256,
-                                                  sizeof al256);
+        st = LT.MatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al256, sizeof al256);
     if (st == CUBLAS_STATUS_SUCCESS)
         st = LT.MatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d,
-                                                  sizeof align_d);
+                                             sizeof align_d);
     if (st == CUBLAS_STATUS_SUCCESS)
         st = LT.MatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d,
-                                                  sizeof align_d);
+                                             sizeof align_d);
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
     if (st == CUBLAS_STATUS_SUCCESS)

@@ -15,7 +15,7 @@
  *       per token: each row's own outlier entries, listed in ascending order (at most
  *                 ROW_CAP per row kept; a row with more is handled by a full scan below).
  *  2. cuBLASLt int8 GEMM (cuda_gemm.cu): ACC[t,n] = sum_k CA[t,k] CB[n,k], exact int32.
- *  3. int8_epilogue_kernel, one thread per output (t, n):
+ *  3. int8_epilogue_kernel, one thread per output feature n and a few token rows t:
  *       C32[t,n] = ACC[t,n] - sum_{o in O} CA[t,o] CB[n,o]
  *       Y[t,n]   = C32 * SCA[t] * SCB[n] * (1/16129) + b[n]
  *                + sum_{o in O} X[t,o] * (CB[n,o] * SCB[n] * (1/127))
@@ -40,6 +40,7 @@ enum { OUTL_NONE = 0, OUTL_PER_CALL = 1, OUTL_PER_TOKEN = 2 };
 
 #define Q_THREADS 256
 #define EPI_THREADS 256
+#define EPI_ROWS 8       /* token rows per epilogue block */
 #define EPI_CHUNK 256    /* outlier columns staged in shared memory at a time */
 #define ROW_CAP 64       /* per-token outlier entries listed per row */
 #define EPI_MAX_GRID_Y 65535
@@ -146,7 +147,10 @@ static __global__ void int8_quantize_kernel(const float *x, int K, int kp, float
     }
 }
 
-/* Step 3 (see the top of the file). Blocks: x over output features, y over token rows. */
+/* Step 3 (see the top of the file). A block covers EPI_THREADS output features (one per
+ * thread) and EPI_ROWS token rows, so that each weight byte CB[n, o] of an outlier column is
+ * read once per block rather than once per row (those reads are scattered: a row of CB per
+ * thread). Sums run over the outlier columns in ascending order, as in quant_ref_linear. */
 static __global__ void int8_epilogue_kernel(const int32_t *c32, int np, const float *sca, const float *scb,
                                             const float *bias, int T, int N, const float *x, int K,
                                             const int8_t *ca, int kp, const int8_t *cb, float tau, int mode,
@@ -157,47 +161,72 @@ static __global__ void int8_epilogue_kernel(const int32_t *c32, int np, const fl
     bool active = n < N;
     float scb_n = active ? scb[n] : 0.0f;
     const int8_t *cbr = cb + (size_t)(active ? n : 0) * kp;
-    for (int t = blockIdx.y; t < T; t += gridDim.y) {
-        const float *xr = x + (size_t)t * K;
-        int32_t acc = active ? c32[(size_t)t * np + n] : 0;
-        float outl = 0.0f;
+    for (int t0 = blockIdx.y * EPI_ROWS; t0 < T; t0 += gridDim.y * EPI_ROWS) {
+        int rows = min(EPI_ROWS, T - t0);
+        int32_t acc[EPI_ROWS];
+        float outl[EPI_ROWS];
+#pragma unroll
+        for (int r = 0; r < EPI_ROWS; r++) {
+            acc[r] = active && r < rows ? c32[(size_t)(t0 + r) * np + n] : 0;
+            outl[r] = 0.0f;
+        }
         if (mode == OUTL_PER_CALL) {
-            const int8_t *car = ca + (size_t)t * kp;
             int cnt = cols[1];
             for (int base = 0; base < cnt; base += EPI_CHUNK) {
                 int m = min(EPI_CHUNK, cnt - base);
-                __syncthreads();
+                __syncthreads(); /* the previous chunk is done with s_cols */
                 for (int i = threadIdx.x; i < m; i += blockDim.x) s_cols[i] = cols[2 + base + i];
                 __syncthreads();
                 if (!active) continue;
                 for (int i = 0; i < m; i++) {
                     int o = s_cols[i];
                     int8_t w8 = cbr[o];
-                    acc -= (int32_t)car[o] * (int32_t)w8;
-                    outl = __fadd_rn(outl, __fmul_rn(xr[o], dequant_weight(w8, scb_n)));
+                    float wq = dequant_weight(w8, scb_n);
+#pragma unroll
+                    for (int r = 0; r < EPI_ROWS; r++) {
+                        if (r < rows) { /* the same row for every thread: loads are broadcasts */
+                            size_t t = (size_t)(t0 + r);
+                            acc[r] -= (int32_t)ca[t * kp + o] * (int32_t)w8;
+                            outl[r] = __fadd_rn(outl[r], __fmul_rn(x[t * K + o], wq));
+                        }
+                    }
                 }
             }
         } else if (mode == OUTL_PER_TOKEN && active) {
-            int cnt = row_counts[t];
-            if (cnt <= ROW_CAP) {
-                const int *list = row_lists + (size_t)t * ROW_CAP;
-                for (int i = 0; i < cnt; i++) {
-                    int o = list[i];
-                    outl = __fadd_rn(outl, __fmul_rn(xr[o], dequant_weight(cbr[o], scb_n)));
+#pragma unroll
+            for (int r = 0; r < EPI_ROWS; r++) {
+                if (r >= rows) continue;
+                size_t t = (size_t)(t0 + r);
+                const float *xr = x + t * K;
+                int cnt = row_counts[t];
+                float s = 0.0f;
+                if (cnt <= ROW_CAP) {
+                    const int *list = row_lists + t * ROW_CAP;
+                    for (int i = 0; i < cnt; i++) {
+                        int o = list[i];
+                        s = __fadd_rn(s, __fmul_rn(xr[o], dequant_weight(cbr[o], scb_n)));
+                    }
+                } else { /* more than the list holds: scan the row */
+                    for (int o = 0; o < K; o++) {
+                        float xv = xr[o];
+                        if (fabsf(xv) >= tau) s = __fadd_rn(s, __fmul_rn(xv, dequant_weight(cbr[o], scb_n)));
+                    }
                 }
-            } else { /* more than the list holds: scan the row */
-                for (int o = 0; o < K; o++) {
-                    float xv = xr[o];
-                    if (fabsf(xv) >= tau) outl = __fadd_rn(outl, __fmul_rn(xv, dequant_weight(cbr[o], scb_n)));
-                }
+                outl[r] = s;
             }
         }
         if (!active) continue;
-        float v = __fmul_rn(__fmul_rn(__fmul_rn((float)acc, sca[t]), scb_n), QUANT_DEQUANT_SCALE);
-        if (bias) v = __fadd_rn(v, bias[n]);
-        if (mode != OUTL_NONE) v = __fadd_rn(v, outl);
-        y[(size_t)t * N + n] = v;
-        if (dbg_acc) dbg_acc[(size_t)t * N + n] = acc;
+        float b = bias ? bias[n] : 0.0f;
+#pragma unroll
+        for (int r = 0; r < EPI_ROWS; r++) {
+            if (r >= rows) continue;
+            size_t t = (size_t)(t0 + r);
+            float v = __fmul_rn(__fmul_rn(__fmul_rn((float)acc[r], sca[t]), scb_n), QUANT_DEQUANT_SCALE);
+            if (bias) v = __fadd_rn(v, b);
+            if (mode != OUTL_NONE) v = __fadd_rn(v, outl[r]);
+            y[t * N + n] = v;
+            if (dbg_acc) dbg_acc[t * N + n] = acc[r];
+        }
     }
 }
 
@@ -235,7 +264,9 @@ void cuda_int8_forward(CudaBackend *cb, const Int8Weight *w, const float *bias, 
     /* the plan caches per-T state: mutable even though the weight is not */
     if (lt_plan_run(cb, (LtPlan *)&w->plan, w->cb, ca, T, c32)) return;
 
-    dim3 grid((unsigned)((N + EPI_THREADS - 1) / EPI_THREADS), (unsigned)(T < EPI_MAX_GRID_Y ? T : EPI_MAX_GRID_Y));
+    int row_tiles = (T + EPI_ROWS - 1) / EPI_ROWS;
+    dim3 grid((unsigned)((N + EPI_THREADS - 1) / EPI_THREADS),
+              (unsigned)(row_tiles < EPI_MAX_GRID_Y ? row_tiles : EPI_MAX_GRID_Y));
     int8_epilogue_kernel<<<grid, EPI_THREADS, 0, cb->stream>>>(c32, np, sca, w->scb, bias, T, N, x, K, ca, kp, w->cb,
                                                               w->tau, mode, (const int *)cb->cols.ptr, row_counts,
                                                               row_lists, y, dbg_acc);
@@ -273,7 +304,8 @@ extern "C" int cuda_backend_debug_int8(Backend *bk, const BkLinear *l, const flo
     }
     e = cudaMemcpy(y_host, y, ny * sizeof(float), cudaMemcpyDeviceToHost);
     if (e == cudaSuccess && acc_host) e = cudaMemcpy(acc_host, acc, ny * sizeof(int32_t), cudaMemcpyDeviceToHost);
-    if (e == cudaSuccess && sca_host) e = cudaMemcpy(sca_host, cb->sca.ptr, (size_t)T * sizeof(float), cudaMemcpyDeviceToHost);
+    if (e == cudaSuccess && sca_host)
+        e = cudaMemcpy(sca_host, cb->sca.ptr, (size_t)T * sizeof(float), cudaMemcpyDeviceToHost);
     if (e == cudaSuccess && n_outliers) {
         *n_outliers = 0;
         if (outlier_mode(w) == OUTL_PER_CALL) {
@@ -285,7 +317,8 @@ extern "C" int cuda_backend_debug_int8(Backend *bk, const BkLinear *l, const flo
             e = cudaMemcpy(host_cols, cb->cols.ptr, ((size_t)w->cols + 2) * sizeof(int), cudaMemcpyDeviceToHost);
             if (e == cudaSuccess) {
                 *n_outliers = host_cols[1];
-                for (int i = 0; outlier_cols && i < host_cols[1] && i < w->cols; i++) outlier_cols[i] = host_cols[2 + i];
+                for (int i = 0; outlier_cols && i < host_cols[1] && i < w->cols; i++)
+                    outlier_cols[i] = host_cols[2 + i];
             }
         }
     }

@@ -10,7 +10,8 @@
  *                    dequantization epilogue with the 16-bit outlier product.
  *
  * Execution model: everything runs in order on one stream (CudaBackend.stream); nothing
- * inside a layer waits for the GPU. Only download() (and weight creation) synchronise.
+ * inside a layer waits for the GPU. Only download(), release/free, weight creation and the
+ * first growth of a scratch buffer synchronise.
  *
  * Errors: Backend operations cannot return an error, so a failing CUDA or cuBLASLt call
  * inside one records a *sticky* error (cuda_fail): the first message is printed to stderr
@@ -48,9 +49,9 @@ typedef struct CudaScratch {
     size_t bytes;
 } CudaScratch;
 
-/* A cuBLASLt product D = W x^T for one weight W (rows x k, row-major, padded), i.e. in
- * cuBLAS's column-major terms D[rows, T] = op(A)^T B with A = W (TRANSA = T) and B = x.
- * The layouts and the chosen algorithm depend on T, so the last T's are cached. */
+/* A cuBLASLt product D = W x^T for one weight W (rows x k, row-major, padded); see the top
+ * of cuda_gemm.cu for how that reads in cuBLAS's column-major terms. The layouts and the
+ * chosen algorithm depend on T, so the last T's are cached. */
 typedef struct LtPlan {
     bool int8;                    /* int8 -> int32, else fp16 -> float32 */
     int64_t rows, k;              /* rows of D (= ld of D), inner dimension (= ld of A, B) */

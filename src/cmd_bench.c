@@ -1016,6 +1016,7 @@ typedef struct Results {
     bool have_gemm, have_model;
     double decomp_overhead;      /* geometric mean over the cells of t(tau=6)/t(tau=0) - 1 */
     int worst_cell;
+    double loadavg;              /* 1-minute load average before the run */
 } Results;
 
 typedef struct Target {
@@ -1067,6 +1068,17 @@ static void cpu_model_name(char *buf, size_t cap) {
     fclose(f);
 }
 
+/* The 1-minute load average: other processes on the CPU make every timing unreliable. */
+static double load_average(void) {
+    double l = -1;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (fscanf(f, "%lf", &l) != 1) l = -1;
+        fclose(f);
+    }
+    return l;
+}
+
 /* A JSON string literal (the CPU name comes from the system: escape it). */
 static void json_string(const char *s) {
     putchar('"');
@@ -1093,9 +1105,9 @@ static void print_json(const BenchPlan *p, const Results *res, const char *cpu, 
     json_string(cpu);
     printf(", \"cores\": %ld, \"kernels\": \"%s\"},\n", sysconf(_SC_NPROCESSORS_ONLN),
            cpu_has_avx2() ? "avx2+fma+f16c" : "portable C");
-    printf(" \"device\": \"%s\", \"threads\": %d, \"threshold\": %g, \"outlier_frac\": %g,\n",
+    printf(" \"device\": \"%s\", \"threads\": %d, \"threshold\": %g, \"outlier_frac\": %g, \"loadavg\": %.2f,\n",
            res->have_gemm ? res->gemm.backend : res->model[0].backend, threads, (double)p->int8.threshold,
-           o->outlier_frac);
+           o->outlier_frac, res->loadavg);
     printf(" \"gemm\": [");
     for (int i = 0; res->have_gemm && i < res->gemm.n; i++) {
         const GemmCell *c = &res->gemm.cells[i];
@@ -1160,6 +1172,9 @@ static void print_text(const BenchPlan *p, const Results *res, const char *cpu, 
            res->have_gemm ? res->gemm.backend : res->model[0].backend, threads, (double)p->int8.threshold,
            p->int8.outliers == OUTLIERS_PER_CALL ? "per-call" : "per-token");
     if (o->dims_changed) printf("note: dimensions differ from the named shape; compare ratios with care\n");
+    if (res->loadavg >= 1.0)
+        printf("note: the load average was %.1f before the run: other processes compete for the CPU and the\n"
+               "      timings are unreliable\n", res->loadavg);
 
     if (res->have_gemm) {
         const GemmCell *c0 = &res->gemm.cells[0];
@@ -1245,6 +1260,7 @@ int cmd_bench(int argc, char **argv) {
         err_set(&e, "out of memory");
         return cli_fail(&e);
     }
+    res->loadavg = load_average();
     Error err;
     rc = 0;
     if (plan.o.gemm) {

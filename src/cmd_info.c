@@ -11,7 +11,7 @@ static const char HELP[] =
     "Usage: llmint8 info MODEL_DIR [--json]\n"
     "Prints the architecture, parameter count, stored dtype and the memory the weights take in\n"
     "16-bit and in int8. Every tensor is checked against the config.\n\n"
-    "Example:\n"
+    "\n%s\nExample:\n"
     "  llmint8 info models/opt-gutenberg-7m\n";
 
 enum { OPT_JSON = OPT_COMMAND_BASE };
@@ -48,7 +48,7 @@ int cmd_info(int argc, char **argv) {
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        if (c == 'h') { printf("%s", HELP); return 0; }
+        if (c == 'h') { printf(HELP, CLI_COMMON_HELP); return 0; }
         if (c == OPT_JSON) { json = true; continue; }
         int r = cli_common_option(c, optarg, &co);
         if (r < 0) return 2;

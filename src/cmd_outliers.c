@@ -314,8 +314,10 @@ static int find_near_misses(const OutlierStats *st, const uint8_t *is_feature, i
         double share = outlier_share_in_layers(st, d, min_layers);
         if (is_feature[d] || share <= 0) continue;
         float mx = 0;
-        for (size_t at = 0; at < (size_t)st->n_layers * SITE_COUNT; at++)
-            if (st->max_abs[at * (size_t)st->hidden + (size_t)d] > mx) mx = st->max_abs[at * (size_t)st->hidden + (size_t)d];
+        for (size_t at = 0; at < (size_t)st->n_layers * SITE_COUNT; at++) {
+            float v = st->max_abs[at * (size_t)st->hidden + (size_t)d];
+            if (v > mx) mx = v;
+        }
         all[n++] = (NearMiss){.dim = d, .max_abs = mx, .share = share};
     }
     qsort(all, (size_t)n, sizeof *all, near_miss_cmp);
@@ -550,6 +552,10 @@ int cmd_outliers(int argc, char **argv) {
     }
     if (bos < 0 && (long)n_ids < ctx) ctx = (long)n_ids;          /* one window, sized to fit */
     if (bos >= 0 && (long)n_ids + 1 < ctx) ctx = (long)n_ids + 1;
+    if (ctx - (bos >= 0) < 1) {
+        rc = err_set(&err, "a window of %ld position%s leaves no room for text after BOS", ctx, ctx == 1 ? "" : "s");
+        goto done;
+    }
     Windows win = {.text = ids, .n_text = (long)n_ids, .bos = bos, .ctx = ctx};
     win.count = (win.n_text + window_text_tokens(&win) - 1) / window_text_tokens(&win);
 

@@ -13,7 +13,7 @@ static const char HELP[] =
     "      --no-bos        do not prepend the BOS token\n"
     "      --show          one token per line: id and the text it stands for\n"
     "      --tokenizer DIR tokenizer files from DIR instead of MODEL_DIR\n\n"
-    "Example:\n"
+    "\n%s\nExample:\n"
     "  llmint8 tokenize models/opt-gutenberg-7m -p \"Hello world\"\n";
 
 enum { OPT_NO_BOS = OPT_COMMAND_BASE, OPT_SHOW };
@@ -35,7 +35,7 @@ int cmd_tokenize(int argc, char **argv) {
     optind = 1;
     while ((c = getopt_long(argc, argv, "p:f:h", longopts, NULL)) != -1) {
         switch (c) {
-        case 'h': printf("%s", HELP); return 0;
+        case 'h': printf(HELP, CLI_COMMON_HELP); return 0;
         case 'p': prompt = optarg; break;
         case 'f': file = optarg; break;
         case OPT_NO_BOS: bos = false; break;

@@ -349,8 +349,8 @@ int outlier_write_svg(const OutlierStats *s, const OutlierFeature *ft, int n_fea
     int ly = y0 + H + 46;
     fprintf(f, "<text x=\"10\" y=\"%d\">max |x|:</text>\n", ly + 9);
     for (int b = 0; b < 16; b++)
-        fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"22\" height=\"10\" fill=\"%s\" stroke=\"#999\" stroke-width=\"0.5\"/>\n",
-                x0 + b * 22, ly, PALETTE[b]);
+        fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"22\" height=\"10\" fill=\"%s\" stroke=\"#999\" "
+                   "stroke-width=\"0.5\"/>\n", x0 + b * 22, ly, PALETTE[b]);
     fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"10\">0</text>\n", x0, ly + 22);
     fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"10\" text-anchor=\"middle\">%.3g</text>\n", x0 + 8 * 22, ly + 22,
             (double)s->threshold);

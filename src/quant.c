@@ -62,7 +62,12 @@ static int8_t sat_rne127(float v) {
     return (int8_t)quant_rne(v);
 }
 
-static float round_to_f16(float v) { return f16_to_f32(f32_to_f16(v)); }
+/* Element i of a float-typed weight as bnb quantizes it: rounded to fp16 (a no-op for
+ * F16 data, which is by far the common case, so skip the conversion there). */
+static inline float weight_f16(DType dt, const void *w, size_t i) {
+    if (dt == DT_F16) return f16_to_f32(((const uint16_t *)w)[i]);
+    return f16_to_f32(f32_to_f16(dtype_load_f32(dt, w, i)));
+}
 
 void quant_weight_rowwise(DType dt, const void *w, int64_t rows, int64_t cols, int8_t *cb, float *scb) {
     for (int64_t r = 0; r < rows; r++) {
@@ -70,12 +75,12 @@ void quant_weight_rowwise(DType dt, const void *w, int64_t rows, int64_t cols, i
         /* bnb casts the weight to fp16 before anything else (Int8Params._quantize). */
         float absmax = 0.0f;
         for (int64_t c = 0; c < cols; c++) {
-            float a = fabsf(round_to_f16(dtype_load_f32(dt, w, base + (size_t)c)));
+            float a = fabsf(weight_f16(dt, w, base + (size_t)c));
             if (a > absmax) absmax = a;
         }
         float scale = quant_scale127(absmax);
         for (int64_t c = 0; c < cols; c++)
-            cb[base + (size_t)c] = sat_rne127(round_to_f16(dtype_load_f32(dt, w, base + (size_t)c)) * scale);
+            cb[base + (size_t)c] = sat_rne127(weight_f16(dt, w, base + (size_t)c) * scale);
         scb[r] = absmax;
     }
 }

@@ -51,7 +51,7 @@ rc, out, err = run("--help")
 check("--help lists the commands", rc == 0 and all(c in out for c in ("generate", "ppl", "convert", "info")), out)
 for cmd in ("generate", "ppl", "tokenize", "info"):
     rc, out, err = run(cmd, "--help")
-    check(f"{cmd} --help has examples", rc == 0 and "Example" in out and ("--threads" in out or cmd == "tokenize"),
+    check(f"{cmd} --help has examples", rc == 0 and "Example" in out and "--threads" in out,
           out[:200])
 expect_error("unknown command", ["frobnicate"], ["not a command"], code=2)
 expect_error("unknown option", ["ppl", MODEL, "--bogus"], ["unrecognized", "--help"], code=2)
@@ -153,7 +153,7 @@ with tempfile.TemporaryDirectory() as tmp:
 # --- generate on the demo model: transformers' greedy continuations (fp32 reference) --------
 for prompt, res in eval_json["generation"]["results"].items():
     rc, out, err = run("generate", MODEL, "-p", prompt, "-n", "40", "--greedy", "--precision", "fp16", "--ignore-eos")
-    check(f"generate greedy fp16 {prompt!r} = transformers", rc == 0 and out.rstrip("\n") == res["greedy"],
+    check(f"generate greedy fp16 {prompt!r} = transformers", rc == 0 and out[:-1] == res["greedy"],
           f"\n got: {out!r}\nwant: {res['greedy']!r}\n{err}")
     if SANITIZER:
         break

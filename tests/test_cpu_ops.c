@@ -466,6 +466,7 @@ static void test_attention(void) {
     test_attention_case(1, 40, 8, 17, true, 1.0f);    /* decode, odd head_dim */
     test_attention_case(2, 30, 2, 80, true, 1.0f);    /* head_dim = 64 + 16 */
     test_attention_case(9, 40, 2, 136, false, 1.0f);  /* head_dim = 2 * 64 + 8 */
+    test_attention_case(150, 3, 2, 16, true, 1.0f);   /* several blocks of queries */
     test_attention_case(7, 600, 3, 24, true, 1.0f);   /* several key chunks, rising ALiBi scores */
     test_attention_case(3, 520, 2, 64, false, 30.0f); /* peaked softmax across chunks */
 }

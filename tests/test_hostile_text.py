@@ -138,6 +138,17 @@ with tempfile.TemporaryDirectory(prefix="llmint8-hostile-") as tmp:
     expect_ok(f"tokenize {LONG_WORD >> 10} KB of spaces (within 120 s)", rc, err)
     os.remove(word)
 
+    # Tokenizer files that are not regular files (a FIFO would block a plain open()).
+    tokdir = os.path.join(tmp, "tok")
+    os.mkdir(tokdir)
+    open(os.path.join(tokdir, "merges.txt"), "wb").write(open(os.path.join(MODEL, "merges.txt"), "rb").read())
+    for kind in ("fifo", "dir"):
+        vocab = os.path.join(tokdir, "vocab.json")
+        os.mkfifo(vocab) if kind == "fifo" else os.mkdir(vocab)
+        rc, out, err = run("tokenize", tokdir, "-p", "hi", timeout=10)
+        expect_error(f"tokenizer vocab.json is a {kind}", rc, err, ("vocab.json",) if kind == "dir" else ())
+        os.remove(vocab) if kind == "fifo" else os.rmdir(vocab)
+
     # --- generate: hostile prompts ----------------------------------------------------------
     rc, out, err = run("generate", MODEL, "-f", write("inv.txt", invalid), "-n", "4", "--greedy")
     expect_ok("generate from an invalid UTF-8 prompt", rc, err)

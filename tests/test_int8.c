@@ -153,7 +153,8 @@ static void test_gemm_exact(const char *kern) {
         int64_t T = shapes[s][0], K = shapes[s][1], N = shapes[s][2];
         int8_t *a = malloc((size_t)(T * K)), *b = malloc((size_t)(N * K));
         for (int64_t i = 0; i < T * K; i++) a[i] = (int8_t)rng_int(-127, 127);
-        for (int64_t i = 0; i < N * K; i++) b[i] = (int8_t)(i % 11 == 0 ? (rng_u32() & 1 ? 127 : -127) : rng_int(-127, 127));
+        for (int64_t i = 0; i < N * K; i++)
+            b[i] = (int8_t)(i % 11 == 0 ? (rng_u32() & 1 ? 127 : -127) : rng_int(-127, 127));
         for (int64_t t = 0; t < T; t++) a[t * K + rng_int(0, (int)K - 1)] = (rng_u32() & 1) ? 127 : -127;
         gemm_case(kern, T, K, N, a, b);
         free(a), free(b);
@@ -196,7 +197,8 @@ static void *st_read_tensor(const char *path, const char *name, char *dtype, int
     cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype"), *sh = cJSON_GetObjectItemCaseSensitive(e, "shape");
     cJSON *off = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
     if (cJSON_IsString(dt) && cJSON_IsArray(sh) && cJSON_GetArraySize(off) == 2 && cJSON_GetArraySize(sh) <= 2) {
-        size_t b = (size_t)cJSON_GetArrayItem(off, 0)->valuedouble, en = (size_t)cJSON_GetArrayItem(off, 1)->valuedouble;
+        size_t b = (size_t)cJSON_GetArrayItem(off, 0)->valuedouble;
+        size_t en = (size_t)cJSON_GetArrayItem(off, 1)->valuedouble;
         snprintf(dtype, 8, "%s", dt->valuestring);
         *ndim = cJSON_GetArraySize(sh);
         for (int i = 0; i < *ndim; i++) shape[i] = (int64_t)cJSON_GetArrayItem(sh, i)->valuedouble;
@@ -283,7 +285,8 @@ static void test_fixture(const char *name) {
         float *scb = malloc((size_t)N * sizeof *scb);
         quant_weight_rowwise(DT_F16, wdata, N, K, cb, scb);
         int scb_bad = cJSON_GetArraySize(jscb) != N;
-        for (int64_t n = 0; !scb_bad && n < N; n++) scb_bad += scb[n] != (float)cJSON_GetArrayItem(jscb, (int)n)->valuedouble;
+        for (int64_t n = 0; !scb_bad && n < N; n++)
+            scb_bad += scb[n] != (float)cJSON_GetArrayItem(jscb, (int)n)->valuedouble;
         CHECK(!scb_bad, "%s: SCB differs from golden SCB_row_absmax", name);
 
         /* the reference */
@@ -293,10 +296,12 @@ static void test_fixture(const char *name) {
         quant_ref_linear(x, T, K, cb, scb, N, bias, 6.0f, OUTLIERS_PER_CALL, y, acc, sca, cols, &n_out);
         CHECK(memcmp(acc, accgold, (size_t)(T * N) * 4) == 0, "%s: reference C32 differs from golden", name);
         int sca_bad = cJSON_GetArraySize(jsca) != T;
-        for (int64_t t = 0; !sca_bad && t < T; t++) sca_bad += sca[t] != (float)cJSON_GetArrayItem(jsca, (int)t)->valuedouble;
+        for (int64_t t = 0; !sca_bad && t < T; t++)
+            sca_bad += sca[t] != (float)cJSON_GetArrayItem(jsca, (int)t)->valuedouble;
         CHECK(!sca_bad, "%s: SCA differs from golden", name);
         int cols_bad = n_out != cJSON_GetArraySize(jout);
-        for (int64_t j = 0; !cols_bad && j < n_out; j++) cols_bad += cols[j] != (int64_t)cJSON_GetArrayItem(jout, (int)j)->valuedouble;
+        for (int64_t j = 0; !cols_bad && j < n_out; j++)
+            cols_bad += cols[j] != (int64_t)cJSON_GetArrayItem(jout, (int)j)->valuedouble;
         CHECK(!cols_bad, "%s: outlier columns differ from golden (%lld found)", name, (long long)n_out);
         double e = max_rel_err(y, ygold, (size_t)(T * N), 1.0);
         CHECK(e <= 1e-5, "%s: reference output off the golden by %.3g", name, e);
@@ -483,7 +488,8 @@ static void spec_forward(const ModeSpec *m, const Problem *p, float tau, Outlier
         memcpy(qw, p->cb, (size_t)(N * K));
         memcpy(sw, p->scb, (size_t)N * 4);
     } else if (m->weights == 1) {
-        for (int64_t i = 0; i < N * K; i++) qw[i] = (int8_t)quant_rne(f16_to_f32(p->w16[i]) * ((1.0f / wmax) * 127.0f));
+        for (int64_t i = 0; i < N * K; i++)
+            qw[i] = (int8_t)quant_rne(f16_to_f32(p->w16[i]) * ((1.0f / wmax) * 127.0f));
         for (int64_t n = 0; n < N; n++) sw[n] = wmax;
     } else {
         float range, s;
@@ -654,6 +660,12 @@ static void test_hostile(void) {
 }
 
 int main(void) {
+    /* the kernel chosen before any forcing honours LLMINT8_NO_SIMD, like cpu_gemm.c */
+    const char *no_simd = getenv("LLMINT8_NO_SIMD");
+    if (no_simd && *no_simd && strcmp(no_simd, "0") != 0)
+        CHECK(strcmp(cpu_int8_kernel(), "portable") == 0, "LLMINT8_NO_SIMD set but kernel %s", cpu_int8_kernel());
+    else
+        CHECK(strcmp(cpu_int8_kernel(), "portable") != 0 || !__builtin_cpu_supports("avx2"), "no SIMD kernel chosen");
     test_mode_names();
     test_weight_rowwise();
     CHECK(!__builtin_cpu_supports("avx2") || cpu_int8_use_kernel("avx2") == 0, "avx2 kernel must be usable here");

@@ -34,7 +34,7 @@ enum {
     PAD_K = 64,       /* bytes: every row of codes is a multiple of this (one zmm, two ymm) */
     TILE_T = 4,       /* tokens per register tile */
     PAD_N = 4,        /* weight rows are padded to a multiple of this (the widest row tile) */
-    BLOCK_ROWS = 32,  /* weight rows per OpenMP work item: 32 x Kp bytes stay in L2 while
+    BLOCK_ROWS = 64,  /* weight rows per OpenMP work item: 64 x Kp bytes stay in L2 while
                        * every token tile of a chunk passes over them */
     CHUNK_T = 64,     /* tokens per chunk: their codes (2 x 64 x Kp bytes) stay in L2 while
                        * every weight block passes over them */
@@ -92,10 +92,17 @@ struct CpuInt8Linear {
     float *bias;           /* [N] or NULL */
 };
 
+/* Plain C that is compiled twice, into a portable function and into one with
+ * __attribute__((target("avx2"))) where the compiler vectorizes it with AVX2. Forcing the
+ * inlining makes sure the AVX2 copy really contains the loops. */
+#define BODY static inline __attribute__((always_inline))
+
+typedef float F8 __attribute__((vector_size(32))); /* 8 floats, element-wise IEEE arithmetic */
+
 /* ---- scalar quantization helpers (the reference arithmetic of quant.c) ------------- */
 
 /* rne(v) saturated to [-127, 127], NaN -> 0; see sat_rne127 in quant.c. */
-static inline int8_t code_absmax(float v) {
+BODY int8_t code_absmax(float v) {
     if (v != v) v = 0.0f;
     v = v > 127.0f ? 127.0f : v;
     v = v < -127.0f ? -127.0f : v;
@@ -103,7 +110,7 @@ static inline int8_t code_absmax(float v) {
 }
 
 /* Zero-point code: rne(v) + zero, saturated to [-127, 127] (v = x * 254/range). */
-static inline int8_t code_zeropoint(float v, int32_t zero) {
+BODY int8_t code_zeropoint(float v, int32_t zero) {
     if (v != v) v = 0.0f;
     v = v > 254.0f ? 254.0f : v;
     v = v < -254.0f ? -254.0f : v;
@@ -358,6 +365,7 @@ static void quantize_weights(CpuInt8Linear *l, const HostMatrix *w) {
             memcpy(l->scb, w->scb, (size_t)N * sizeof(float));
         } else {
             size_t row_bytes = (size_t)K * dtype_size(w->dtype);
+#pragma omp parallel for schedule(static) if (N * K >= (1 << 20))
             for (int64_t n = 0; n < N; n++)
                 quant_weight_rowwise(w->dtype, (const char *)w->data + (size_t)n * row_bytes, 1, K,
                                      l->w + n * Kp, &l->scb[n]);
@@ -407,6 +415,10 @@ CpuInt8Linear *cpu_int8_create(const HostMatrix *w, const float *bias, const Qua
     }
     if (q->mode == QUANT_FP16 || (unsigned)q->mode >= QUANT_MODE_COUNT) {
         err_set(err, "int8 projection: quantization mode %d is not an int8 mode", (int)q->mode);
+        return NULL;
+    }
+    if (q->outliers != OUTLIERS_PER_CALL && q->outliers != OUTLIERS_PER_TOKEN) {
+        err_set(err, "int8 projection: unknown outlier scope %d", (int)q->outliers);
         return NULL;
     }
     if (!(q->threshold >= 0.0f)) {
@@ -488,7 +500,7 @@ typedef struct Call {
     const Int8Kernel *kern;
     const float *x;
     int64_t T;
-    bool *outlier_col;     /* [K] per call: column has some |x| >= tau */
+    uint8_t *outlier_col;  /* [K] 1 if the column has some |x| >= tau */
     int64_t n_out, *cols;  /* the outlier columns, ascending */
     float *xo;             /* [T, n_out] the 16-bit side of the decomposition */
     int8_t *qa;            /* [T, Kp] activation codes, padding 0 */
@@ -506,7 +518,7 @@ static inline bool is_zeropoint(ActScheme a) { return a == ACT_ZP_TOKEN || a == 
  * non-outlier entries of outlier columns still count). Entries left out count as 0,
  * which changes neither the absmax nor a range that contains 0 anyway. (The loops are
  * written with locals and selects so that they vectorize.) */
-static inline void row_stats(const Call *c, int64_t t) {
+BODY void row_stats(const Call *c, int64_t t) {
     enum { L = 8 }; /* independent lanes, so that the loop vectorizes without reassociating */
     const int64_t K = c->l->K;
     const float *xr = c->x + t * K;
@@ -534,7 +546,7 @@ static inline void row_stats(const Call *c, int64_t t) {
 /* Codes of row t from its scale (and zero); the kernel's copy; the row's code sum.
  * Outliers get the code that stands for 0: per call the whole outlier columns, per
  * token the row's own entries >= tau. */
-static inline void row_codes(const Call *c, int64_t t) {
+BODY void row_codes(const Call *c, int64_t t) {
     const CpuInt8Linear *l = c->l;
     const int64_t K = l->K, Kp = l->Kp;
     const float *xr = c->x + t * K;
@@ -546,6 +558,7 @@ static inline void row_codes(const Call *c, int64_t t) {
         for (int64_t k = 0; k < K; k++) q[k] = code_zeropoint(xr[k] * scale, zero);
     else
         for (int64_t k = 0; k < K; k++) q[k] = code_absmax(xr[k] * scale);
+    for (int64_t k = K; k < Kp; k++) q[k] = 0; /* padding: the kernels run over Kp */
     if (tau > 0.0f) {
         if (l->scope == OUTLIERS_PER_CALL) {
             for (int64_t j = 0; j < c->n_out; j++) q[c->cols[j]] = zcode;
@@ -567,7 +580,7 @@ static inline void row_codes(const Call *c, int64_t t) {
 
 /* Statistics (codes = false) or codes (true) of rows [t0, t1). Compiled twice (below) so
  * that the loops vectorize with AVX2 where the CPU has it. */
-static inline void quantize_rows_body(const Call *c, int64_t t0, int64_t t1, bool codes) {
+BODY void quantize_rows_body(const Call *c, int64_t t0, int64_t t1, bool codes) {
     for (int64_t t = t0; t < t1; t++) {
         if (codes) row_codes(c, t);
         else row_stats(c, t);
@@ -593,14 +606,28 @@ static void quantize_rows(const Call *c, bool codes) {
     }
 }
 
+/* flag[k] = 1 if some row has |x[t,k]| >= tau (branch-free, so that it vectorizes). */
+BODY void mark_outliers_body(const float *x, int64_t T, int64_t K, float tau, uint8_t *restrict flag) {
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t k = 0; k < K; k++) flag[k] |= (uint8_t)(fabsf(x[t * K + k]) >= tau);
+}
+
+static void mark_outliers_portable(const float *x, int64_t T, int64_t K, float tau, uint8_t *flag) {
+    mark_outliers_body(x, T, K, tau, flag);
+}
+
+__attribute__((target("avx2"))) static void mark_outliers_avx2(const float *x, int64_t T, int64_t K, float tau,
+                                                               uint8_t *flag) {
+    mark_outliers_body(x, T, K, tau, flag);
+}
+
 static void quantize_activations(Call *c) {
     const CpuInt8Linear *l = c->l;
     const int64_t T = c->T, K = l->K;
     /* 1. outlier columns: any row with |x| >= tau */
     if (l->tau > 0.0f) {
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t k = 0; k < K; k++)
-                if (fabsf(c->x[t * K + k]) >= l->tau) c->outlier_col[k] = true;
+        if (c->kern != &KERNELS[KERNEL_PORTABLE]) mark_outliers_avx2(c->x, T, K, l->tau, c->outlier_col);
+        else mark_outliers_portable(c->x, T, K, l->tau, c->outlier_col);
         for (int64_t k = 0; k < K; k++)
             if (c->outlier_col[k]) c->cols[c->n_out++] = k;
     }
@@ -647,12 +674,12 @@ static void gather_outlier_inputs(Call *c) {
  * columns transposed, [n_out][BLOCK_ROWS], so that every loop here runs along the rows
  * (vectorizes) while each output still sums its outlier terms in ascending column
  * order — the same float operations in the same order as quant_ref_linear. */
-static inline void epilogue_body(const Call *c, const int32_t *c32, int64_t t0, int nt, int64_t n0,
+BODY void epilogue_body(const Call *c, const int32_t *c32, int64_t t0, int nt, int64_t n0,
                                  int64_t nb, const float *woT, float *y, int32_t *acc32) {
     const CpuInt8Linear *l = c->l;
     const int64_t N = l->N, nv = n0 + nb <= N ? nb : N - n0; /* rows past N are padding */
     const float *scb = l->scb + n0, *bias = l->bias ? l->bias + n0 : NULL;
-    float v[BLOCK_ROWS], s[BLOCK_ROWS];
+    float v[BLOCK_ROWS] = {0}; /* rows past nv (up to a multiple of 8) stay 0 and are not stored */
     for (int i = 0; i < nt; i++) {
         const int64_t t = t0 + i;
         const int32_t *cr = c32 + i * BLOCK_ROWS;
@@ -670,15 +697,22 @@ static inline void epilogue_body(const Call *c, const int32_t *c32, int64_t t0, 
         if (bias)
             for (int64_t r = 0; r < nv; r++) v[r] += bias[r];
         if (c->n_out > 0) {
+            /* 8 rows at a time in a GCC vector (one ymm register with AVX2): lane e
+             * computes the same sum, in the same order, as the scalar loop would */
             const float *xo = c->xo + t * c->n_out;
-            for (int64_t r = 0; r < nv; r++) s[r] = 0.0f;
-            for (int64_t j = 0; j < c->n_out; j++) {
-                const float xv = xo[j], *wj = woT + j * BLOCK_ROWS;
-                for (int64_t r = 0; r < nv; r++) s[r] += xv * wj[r];
+            for (int64_t r0 = 0; r0 < nv; r0 += 8) {
+                F8 s = {0}, w8, v8;
+                for (int64_t j = 0; j < c->n_out; j++) {
+                    memcpy(&w8, woT + j * BLOCK_ROWS + r0, sizeof w8);
+                    s += xo[j] * w8;
+                }
+                memcpy(&v8, v + r0, sizeof v8);
+                v8 += s;
+                memcpy(v + r0, &v8, sizeof v8);
             }
-            for (int64_t r = 0; r < nv; r++) v[r] += s[r];
         }
-        memcpy(y + t * N + n0, v, (size_t)nv * sizeof *v);
+        float *yr = y + t * N + n0;
+        for (int64_t r = 0; r < nv; r++) yr[r] = v[r];
         if (acc32) memcpy(acc32 + t * N + n0, cr, (size_t)nv * sizeof *cr);
     }
 }
@@ -695,12 +729,14 @@ __attribute__((target("avx2"))) static void epilogue_avx2(const Call *c, const i
 }
 
 /* woT[j][r] = the dequantized weight of gathered code gq[j][r] of row n0 + r. */
-static inline void dequant_outliers_body(const CpuInt8Linear *l, const int8_t *gq, int64_t n_out, int64_t n0,
+BODY void dequant_outliers_body(const CpuInt8Linear *l, const int8_t *gq, int64_t n_out, int64_t n0,
                                          int64_t nb, float *woT) {
     const float *scb = l->scb + n0;
-    for (int64_t j = 0; j < n_out; j++)
+    for (int64_t j = 0; j < n_out; j++) {
         for (int64_t r = 0; r < nb; r++)
             woT[j * BLOCK_ROWS + r] = quant_dequant_weight(gq[j * BLOCK_ROWS + r], scb[r]);
+        for (int64_t r = nb; r < BLOCK_ROWS; r++) woT[j * BLOCK_ROWS + r] = 0.0f; /* read by the epilogue */
+    }
 }
 
 static void dequant_outliers_portable(const CpuInt8Linear *l, const int8_t *gq, int64_t n_out, int64_t n0,
@@ -780,8 +816,8 @@ void cpu_int8_forward_ex(const CpuInt8Linear *l, const float *x, int64_t T, floa
     unsigned char *scratch = NULL;
     c.outlier_col = calloc((size_t)l->K, sizeof *c.outlier_col);
     c.cols = malloc((size_t)l->K * sizeof *c.cols);
-    c.qa = calloc(codes, 1);
-    c.qa2 = c.kern->a2 != A2_NONE ? calloc(codes, 1) : NULL;
+    c.qa = malloc(codes);
+    c.qa2 = c.kern->a2 != A2_NONE ? malloc(codes) : NULL;
     c.lo = malloc((size_t)T * sizeof *c.lo);
     c.hi = malloc((size_t)T * sizeof *c.hi);
     c.sa = malloc((size_t)T * sizeof *c.sa);

@@ -219,17 +219,17 @@ int cli_read_ids(const char *path, int vocab, int32_t **ids, size_t *n, Error *e
         while (p < end && *p >= '0' && *p <= '9' && v <= vocab) v = v * 10 + (*p++ - '0');
         while (p < end && *p >= '0' && *p <= '9') p++;
         bool sep = p >= end || *p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == ',';
-        if (p == start || !sep) {
+        if (p == start || !sep || v >= vocab) {
+            /* The message quotes the text, so it is written before the text is freed. */
+            if (p == start || !sep)
+                err_set(err, "%s: token %zu is not a whole number (ids are separated by whitespace)", path,
+                        count + 1);
+            else
+                err_set(err, "%s: token %zu (%.*s) is outside the vocabulary (0..%d)", path, count + 1,
+                        (int)(p - start > 20 ? 20 : p - start), start, vocab - 1);
             free(out);
             free(text);
-            return err_set(err, "%s: token %zu is not a whole number (ids are separated by whitespace)", path,
-                           count + 1);
-        }
-        if (v >= vocab) {
-            free(out);
-            free(text);
-            return err_set(err, "%s: token %zu (%.*s) is outside the vocabulary (0..%d)", path, count + 1,
-                           (int)(p - start > 20 ? 20 : p - start), start, vocab - 1);
+            return -1;
         }
         if (count == cap) {
             int32_t *bigger = realloc(out, 2 * cap * sizeof *out);
@@ -247,6 +247,37 @@ int cli_read_ids(const char *path, int vocab, int32_t **ids, size_t *n, Error *e
     }
     *ids = out;
     *n = count;
+    return 0;
+}
+
+int cli_load_tokens(const Session *s, const char *text_file, const char *ids_file, long max_tokens,
+                    int32_t **ids, size_t *n, int32_t *bos, Error *err) {
+    const int vocab = checkpoint_config(s->ck)->vocab_size;
+    *bos = -1;
+    if (ids_file) {
+        if (cli_read_ids(ids_file, vocab, ids, n, err)) return -1;
+    } else {
+        char *text;
+        size_t len;
+        if (cli_read_file(text_file, &text, &len, err)) return -1;
+        int rc = tokenizer_encode(s->tok, text, len, false, ids, n, err);
+        free(text);
+        if (rc) return -1;
+        if (tokenizer_uses_bos(s->tok)) *bos = tokenizer_bos_id(s->tok);
+        /* A tokenizer from elsewhere (--tokenizer) may know ids the model does not. */
+        for (size_t i = 0; i < *n; i++)
+            if ((*ids)[i] >= vocab) {
+                err_set(err, "%s: token id %d from the tokenizer is outside the model's vocabulary of %d",
+                        text_file, (*ids)[i], vocab);
+                free(*ids);
+                return -1;
+            }
+        if (*bos >= vocab) {
+            free(*ids);
+            return err_set(err, "the tokenizer's BOS id %d is outside the model's vocabulary of %d", *bos, vocab);
+        }
+    }
+    if (max_tokens > 0 && (long)*n > max_tokens) *n = (size_t)max_tokens;
     return 0;
 }
 

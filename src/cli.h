@@ -85,6 +85,12 @@ int cli_read_file(const char *path, char **data, size_t *len, Error *err);
 /* Reads whitespace-separated token ids from a file, checking each is in [0, vocab). */
 int cli_read_ids(const char *path, int vocab, int32_t **ids, size_t *n, Error *err);
 
+/* The tokens a command scores: from a text file (tokenized without BOS; *bos = the BOS id
+ * windows should start with, or -1) or from an ids file (used as given: *bos = -1). Every id
+ * is checked against the model's vocabulary; max_tokens > 0 keeps only the first ones. */
+int cli_load_tokens(const Session *s, const char *text_file, const char *ids_file, long max_tokens,
+                    int32_t **ids, size_t *n, int32_t *bos, Error *err);
+
 /* Progress bar on stderr, drawn only when stderr is a terminal. */
 typedef struct Progress {
     const char *label;

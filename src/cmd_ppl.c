@@ -180,23 +180,7 @@ int cmd_ppl(int argc, char **argv) {
 
     int32_t *ids = NULL, bos = -1;
     size_t n_ids = 0;
-    if (po.ids_file) {
-        rc = cli_read_ids(po.ids_file, cfg->vocab_size, &ids, &n_ids, &err);
-    } else {
-        char *text;
-        size_t len;
-        rc = cli_read_file(po.text_file, &text, &len, &err);
-        if (rc == 0) {
-            rc = tokenizer_encode(s.tok, text, len, false, &ids, &n_ids, &err);
-            free(text);
-        }
-        if (rc == 0 && tokenizer_uses_bos(s.tok)) bos = tokenizer_bos_id(s.tok);
-        for (size_t i = 0; rc == 0 && i < n_ids; i++)
-            if (ids[i] >= cfg->vocab_size)
-                rc = err_set(&err, "%s: token id %d from the tokenizer is outside the model's vocabulary of %d",
-                             po.text_file, ids[i], cfg->vocab_size);
-    }
-    if (rc == 0 && po.max_tokens > 0 && (long)n_ids > po.max_tokens) n_ids = (size_t)po.max_tokens;
+    rc = cli_load_tokens(&s, po.text_file, po.ids_file, po.max_tokens, &ids, &n_ids, &bos, &err);
     if (rc == 0 && n_ids + (bos >= 0) < 2)
         rc = err_set(&err, "%s: the text has %zu token(s); perplexity needs at least 2",
                      po.text_file ? po.text_file : po.ids_file, n_ids);

@@ -185,7 +185,7 @@ static int strmap_put(StrMap *m, const void *key, size_t len, int32_t a, int32_t
     if (strmap_get(m, key, len)) return 1;
     if (len >= UINT32_MAX || m->pool_len + len >= UINT32_MAX) return -1;
     if ((m->count + 1) * 2 > m->cap && strmap_grow(m)) return -1;
-    if (m->pool_len + len > m->pool_cap) {
+    if (m->pool_len + len > m->pool_cap || !m->pool) {   /* allocated even for "" keys */
         size_t cap = m->pool_cap ? m->pool_cap : 4096;
         while (cap < m->pool_len + len) cap *= 2;
         char *p = realloc(m->pool, cap);

@@ -11,12 +11,17 @@
 #   --build-dir   objects, binaries, working corpora, logs and crash files (default build-fuzz)
 #   HARNESS       e.g. fuzz_safetensors (default: every tests/fuzz/fuzz_*.c)
 #
-# Run from anywhere; paths are relative to the repository root. Each harness starts from
+# Run from anywhere; paths are relative to the repository root. Each harness first re-runs
+# the inputs of past findings, tests/fuzz/crashes/NAME-* (a regression test), then starts from
 # its seed corpus tests/fuzz/corpus/NAME/ (read-only) plus the working corpus
 # BUILD_DIR/corpus/NAME/ that earlier runs grew. Prints one line per harness with the
 # number of executions; exits 1 if any harness found a crash, a sanitizer report, a leak
 # or a timeout (the input is saved as BUILD_DIR/artifacts/NAME/crash-* and the log as
 # BUILD_DIR/logs/NAME.log), 2 if the build failed.
+#
+# Environment: CC_FUZZ (default clang); FUZZ_EXTRA_CFLAGS, added to every compile (e.g.
+# -fno-sanitize=pointer-overflow to fuzz on past a known finding; use a separate --build-dir,
+# objects are not rebuilt when only the flags change).
 #
 # The library is compiled with clang whatever compiler the Meson build uses: libFuzzer
 # needs clang's -fsanitize=fuzzer. Library sources are src/*.c and src/cpu/*.c except
@@ -34,7 +39,7 @@ while (($#)); do
     --jobs) jobs=$2; shift 2 ;;
     --build-only) build_only=1; shift ;;
     --build-dir) build_dir=$2; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "fuzz.sh: unknown option $1" >&2; exit 2 ;;
     *) names+=("${1%.c}"); shift ;;
   esac
@@ -57,6 +62,8 @@ pkg_libs=$(pkg-config --libs libcjson libpcre2-8)
 common=(-std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -fopenmp -Isrc $pkg_cflags
         -fsanitize=address,undefined -fno-sanitize-recover=all
         -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wvla -Wformat=2)
+# shellcheck disable=SC2206
+common+=(${FUZZ_EXTRA_CFLAGS:-})
 lib_srcs=()
 for f in src/*.c src/cpu/*.c; do
   case "$(basename "$f")" in main.c|cmd_*.c) ;; *) lib_srcs+=("$f") ;; esac
@@ -113,6 +120,13 @@ run_one() {
   [[ -f "tests/fuzz/$name.dict" ]] && args+=(-dict="tests/fuzz/$name.dict")
   local dirs=("$work")
   [[ -d "$seeds" ]] && dirs+=("$seeds")
+  # First the inputs of past findings (tests/fuzz/crashes/NAME-*): they must pass now.
+  local old=(tests/fuzz/crashes/"$name"-*)
+  if [[ -f "${old[0]}" ]] && ! "$build_dir/bin/$name" "${old[@]}" >"$log.regressions" 2>&1; then
+    printf '%-24s REGRESSION: a past finding fails again (log %s)\n' "$name" "$log.regressions"
+    grep -m5 -E 'ERROR|runtime error|FUZZ_CHECK|SUMMARY|Running' "$log.regressions" | sed 's/^/    /'
+    return 1
+  fi
   local t0=$SECONDS
   "$build_dir/bin/$name" "${args[@]}" "${dirs[@]}" >"$log" 2>&1
   local rc=$?

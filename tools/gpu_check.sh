@@ -95,7 +95,7 @@ if want build || [[ ! -x $B/llmint8 ]]; then
     if [[ $? -eq 0 ]] && ninja -C "$B" >"$LOG/build.log" 2>&1; then
         row "build (-Dcuda=enabled)" "ok" "$((SECONDS - t0)) s, $(grep -c -i 'warning' "$LOG/build.log") warning lines"
     else
-        row "build (-Dcuda=enabled)" "FAILED" "$(tail -3 "$LOG/setup.log" "$LOG/build.log" 2>/dev/null | tr '\n' ' ' | cut -c1-200)"
+        row "build (-Dcuda=enabled)" "FAILED" "$(tail -q -n 3 "$LOG/setup.log" "$LOG/build.log" 2>/dev/null | tr '\n' ' ' | cut -c1-200)"
         table
         exit 1
     fi
@@ -149,7 +149,7 @@ if want e2e; then
             [[ $ok == ok ]] || status=1
             row "ppl $prec (8192 tokens)" "$ok" "cpu ${ppl[cpu]}  cuda ${ppl[cuda]}  rel $rel"
         else
-            row "ppl $prec (8192 tokens)" "FAILED" "$(tail -1 "$LOG/ppl-$prec-cuda.err" "$LOG/ppl-$prec-cpu.err" | tr '\n' ' ' | cut -c1-200)"
+            row "ppl $prec (8192 tokens)" "FAILED" "$(tail -q -n 1 "$LOG/ppl-$prec-cpu.err" "$LOG/ppl-$prec-cuda.err" | tr '\n' ' ' | cut -c1-200)"
             status=1
         fi
     done
@@ -166,7 +166,12 @@ n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)
 print(f"{n}/{max(len(a), len(b))} leading ids equal")
 PY
 )
-        row "greedy 48 tokens $prec" "info" "$same (near-ties may diverge)"
+        if [[ -s $LOG/gen-$prec-cpu.txt && -s $LOG/gen-$prec-cuda.txt ]]; then
+            row "greedy 48 tokens $prec" "info" "$same (near-ties may diverge)"
+        else
+            row "greedy 48 tokens $prec" "FAILED" "$(tail -q -n 1 "$LOG/gen-$prec-cpu.err" "$LOG/gen-$prec-cuda.err" | tr '\n' ' ' | cut -c1-200)"
+            status=1
+        fi
     done
 fi
 
@@ -181,8 +186,8 @@ if want bench; then
                 >"$LOG/bench-$shape.txt" 2>&1
             rc=$?
             if [[ $rc -eq 0 ]]; then row "bench $shape" "ok" "$((SECONDS - t0)) s (tables below)"
-            elif [[ $rc -eq 124 ]]; then row "bench $shape" "TIMEOUT" "after ${BENCH_TIMEOUT:-200} s"
-            else row "bench $shape" "FAILED" "exit $rc: $(tail -1 "$LOG/bench-$shape.txt" | cut -c1-200)"; fi
+            elif [[ $rc -eq 124 ]]; then row "bench $shape" "TIMEOUT" "after ${BENCH_TIMEOUT:-200} s"; status=1
+            else row "bench $shape" "FAILED" "exit $rc: $(tail -n 1 "$LOG/bench-$shape.txt" | cut -c1-200)"; status=1; fi
         done
         for shape in ${BENCH_SHAPES:-opt-6.7b opt-13b}; do
             [[ -s $LOG/bench-$shape.txt ]] && { echo; echo "---- bench $shape ----"; tail -40 "$LOG/bench-$shape.txt"; }

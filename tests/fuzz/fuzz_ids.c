@@ -25,11 +25,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         FUZZ_CHECK(err.msg[0] != 0, "cli_read_ids failed without a message");
         /* The message quotes the offending token: "(1000)". An empty quote means it was read
          * from freed memory (ASan does not see reads made inside vsnprintf). */
-        /* FUZZ_IDS_KNOWN_UAF=1 skips this check, for long runs until cli.c is fixed. */
-        static int skip = -1;
-        if (skip < 0) skip = getenv("FUZZ_IDS_KNOWN_UAF") != NULL;
         const char *q = strstr(err.msg, " is outside the vocabulary");
-        if (q && !skip) FUZZ_CHECK(q[-1] == ')' && q[-2] >= '0' && q[-2] <= '9', "bad quote in: %s", err.msg);
+        if (q) FUZZ_CHECK(q[-1] == ')' && q[-2] >= '0' && q[-2] <= '9', "bad quote in: %s", err.msg);
         return 0;
     }
     FUZZ_CHECK(n >= 1 && n <= size, "%zu ids from %zu bytes", n, size);

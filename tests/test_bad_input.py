@@ -19,26 +19,8 @@ import subprocess
 import sys
 import tempfile
 
-BIN = os.path.abspath(sys.argv[1])
+from clitest import check, finish, run
 FIX = "tests/data/fixtures"
-failures = 0
-
-
-def check(name, cond, why=""):
-    global failures
-    if cond:
-        print(f"ok - {name}")
-    else:
-        failures += 1
-        print(f"not ok - {name}: {why}")
-
-
-def run(*args, timeout=120):
-    try:
-        p = subprocess.run([BIN, *args], capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return -999, "", "timed out"
-    return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
 
 
 # ---- safetensors files, read and written with the standard library ------------------------
@@ -390,5 +372,4 @@ edit_json(cfg_file(d), lambda c: {("n_embed" if k == "hidden_size" else "num_att
 expect_ok("bloom legacy config names", d, same_ppl_as=os.path.join(FIX, "bloom-tiny"))
 
 shutil.rmtree(tmp_root, ignore_errors=True)
-print(f"bad_input: {failures} failed")
-sys.exit(1 if failures else 0)
+finish()

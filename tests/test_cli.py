@@ -10,30 +10,13 @@ import json
 import math
 import os
 import subprocess
-import sys
 import tempfile
 
-BIN = sys.argv[1]
+import clitest
+from clitest import SANITIZER, check, finish, run
+
 MODEL = "models/opt-gutenberg-7m"
 FIX = "tests/data/fixtures"
-SANITIZER = os.environ.get("LLMINT8_TEST_SANITIZER") == "1"
-failures = 0
-checks = 0
-
-
-def run(*args, stdin=None, timeout=900):
-    p = subprocess.run([BIN, *args], input=stdin, capture_output=True, timeout=timeout)
-    return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
-
-
-def check(name, cond, detail=""):
-    global failures, checks
-    checks += 1
-    if cond:
-        print(f"ok - {name}")
-    else:
-        failures += 1
-        print(f"not ok - {name}: {detail}")
 
 
 def expect_error(name, args, words, code=1, stdin=None):
@@ -167,7 +150,8 @@ check("generate reads the prompt from stdin", rc == 0 and out.startswith("The ol
 rc, out, err = run("generate", MODEL, "-p", "It was", "-n", "30", "--temperature", "0.7", "--top-p", "0.9",
                    "--top-k", "0", "--repetition-penalty", "1.2", "--seed", "1")
 check("generate with sampling options", rc == 0 and out.startswith("It was"), out + err)
-p = subprocess.run([BIN, "generate", MODEL, "-p", "\u201cOh,", "-n", "40", "--seed", "3"], capture_output=True)
+
+p = subprocess.run([clitest.BIN, "generate", MODEL, "-p", "\u201cOh,", "-n", "40", "--seed", "3"], capture_output=True)
 try:
     p.stdout.decode("utf-8")
     utf8_ok = p.returncode == 0
@@ -232,5 +216,4 @@ with tempfile.TemporaryDirectory() as tmp:
         check("--quant all: llm.int8 row within 2% of the int8 golden",
               abs(modes.get("llm.int8", 0) / g["int8"]["nll"]["ppl"] - 1) <= 0.02, str(modes))
 
-print(f"{checks - failures} passed, {failures} failed")
-sys.exit(1 if failures else 0)
+finish()

@@ -24,9 +24,8 @@ import sys
 import tempfile
 import time
 
-BIN = os.path.abspath(sys.argv[1])
+from clitest import BIN, check, finish, run
 FIX = "tests/data/fixtures"
-failures = 0
 
 # SPEC §2.3: what transformers writes for a default load_in_8bit=True model.
 QUANT_BLOCK = {
@@ -38,23 +37,6 @@ QUANT_BLOCK = {
 OPT_PROJ = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "project_in", "project_out")
 BLOOM_PROJ = ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")
 DTYPE_SIZE = {"F16": 2, "BF16": 2, "F32": 4, "I8": 1, "U8": 1}
-
-
-def check(name, cond, why=""):
-    global failures
-    if cond:
-        print(f"ok - {name}")
-    else:
-        failures += 1
-        print(f"not ok - {name}: {why}")
-
-
-def run(*args, timeout=300):
-    p = subprocess.run([BIN, *args], capture_output=True, timeout=timeout)
-    err = p.stderr.decode("utf-8", "replace")
-    if "Sanitizer" in err or "runtime error:" in err:  # an ASan/UBSan report fails whatever the check
-        return -1000, "", err
-    return p.returncode, p.stdout.decode("utf-8", "replace"), err
 
 
 # ---- reading checkpoints ----------------------------------------------------------------------
@@ -430,5 +412,4 @@ else:
     print("ok - full disk # SKIP cannot mount a tmpfs here")
 
 shutil.rmtree(tmp_root, ignore_errors=True)
-print(f"convert: {failures} failed")
-sys.exit(1 if failures else 0)
+finish()

@@ -17,31 +17,17 @@ import sys
 import tempfile
 import xml.etree.ElementTree as ET
 
-BIN = sys.argv[1]
+from clitest import BIN, SANITIZER, check, finish, run
 FIX = "tests/data/fixtures"
 MODEL = "models/opt-gutenberg-7m"
-SANITIZER = os.environ.get("LLMINT8_TEST_SANITIZER") == "1"
-failures = 0
-checks = 0
 
 
-def run(*args, timeout=600):
-    p = subprocess.run([BIN, "outliers", *args], capture_output=True, timeout=timeout)
-    return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
-
-
-def check(name, cond, detail=""):
-    global failures, checks
-    checks += 1
-    if cond:
-        print(f"ok - {name}")
-    else:
-        failures += 1
-        print(f"not ok - {name}: {detail}")
+def outliers(*args, timeout=600):
+    return run("outliers", *args, timeout=timeout)
 
 
 def run_json(name, *args):
-    rc, out, err = run(*args, "--json")
+    rc, out, err = outliers(*args, "--json")
     if rc != 0:
         check(f"{name}: runs", False, f"exit {rc}, stderr {err.strip()[:300]!r}")
         return None
@@ -83,7 +69,7 @@ for name, args, code, words in [
     ("svg in a missing folder", [f"{FIX}/opt-tiny", "--ids", ids_opt, "--svg", "/nonexistent/dir/x.svg"], 1,
      ["/nonexistent/dir/x.svg"]),
 ]:
-    rc, _, err = run(*args)
+    rc, _, err = outliers(*args)
     check(f"error: {name} (exit {code})", rc == code and all(w in err for w in words), f"exit {rc}, {err.strip()!r}")
 
 # --- every fixture: exactly the planted channels --------------------------------------------
@@ -156,7 +142,7 @@ if r:
 r = run_json("no ablation", f"{FIX}/opt-tiny", "--ids", ids_opt, "--no-ablation")
 if r:
     check("--no-ablation: features found, no scores", r["count"] == 2 and r["ablation"]["baseline"] is None, r)
-rc, out, err = run(f"{FIX}/bloom-tiny", "--ids", ids_opt)
+rc, out, err = outliers(f"{FIX}/bloom-tiny", "--ids", ids_opt)
 check("text report names the features and the ablation",
       rc == 0 and "outlier features: 2 of 64" in out and "random dimension" in out and "ppl" in out, out + err)
 
@@ -171,5 +157,4 @@ if r:
     check("demo model: baseline perplexity is sane", 1 < r["ablation"]["baseline"]["ppl"] < 1000, r["ablation"])
     check_svg("demo model", svg, [o["dim"] for o in r["outliers"]])
 
-print(f"{checks - failures}/{checks} checks passed")
-sys.exit(1 if failures else 0)
+finish()

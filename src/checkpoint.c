@@ -7,6 +7,8 @@
  * so the model code asks for one spelling only. */
 #include "checkpoint.h"
 
+#include "fileio.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -94,16 +96,9 @@ static int cmp_str(const void *a, const void *b) {
 /* Reads the index, opens each shard once (in name order), and checks that
  * every tensor the index names is in the shard it names. */
 static int open_sharded(Checkpoint *c, const char *index_path, Error *err) {
-    FILE *fp = fopen(index_path, "rb");
-    if (!fp) return err_set(err, "%s: cannot open: %s", index_path, strerror(errno));
-    char *text = malloc(INDEX_MAX_BYTES + 1);
-    size_t len = text ? fread(text, 1, INDEX_MAX_BYTES + 1, fp) : 0;
-    bool bad = !text || ferror(fp);
-    fclose(fp);
-    if (bad || len > INDEX_MAX_BYTES) {
-        free(text);
-        return err_set(err, "%s: %s", index_path, bad ? "cannot read the file" : "too large for an index file");
-    }
+    char *text;
+    size_t len;
+    if (read_small_file(index_path, INDEX_MAX_BYTES, &text, &len, err)) return -1;
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);
     const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");

@@ -577,6 +577,15 @@ static int move_into_place(const char *tmp, const char *out, Error *err) {
         if (rename(tmp, out) != 0) return err_set(err, "%s: cannot rename %s into place: %s", out, tmp, strerror(errno));
         return 0;
     }
+    /* Swap the new and the old directory in one atomic step, so that a crash at any moment
+     * leaves OUT_DIR complete (old or new); then delete the old copy, now at tmp. */
+    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, out, RENAME_EXCHANGE) == 0) {
+        remove_tree(tmp);
+        return 0;
+    }
+    if (errno != EINVAL && errno != ENOSYS)
+        return err_set(err, "%s: cannot swap in the new copy: %s", out, strerror(errno));
+    /* File systems without RENAME_EXCHANGE: move the old copy aside, then rename. */
     char old[PATH_MAX];
     int n = snprintf(old, sizeof old, "%s.old-XXXXXX", out);
     if (n < 0 || n >= (int)sizeof old || !mkdtemp(old)) return err_set(err, "%s: cannot create a directory next to it: %s", out, strerror(errno));

@@ -6,6 +6,8 @@
  * config classes when absent. */
 #include "config.h"
 
+#include "fileio.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -227,31 +229,11 @@ static int load_quantization(const Ctx *outer, ModelConfig *cfg) {
 
 /* ---- entry point ------------------------------------------------------------------ */
 
-static int read_text(const char *path, char **out, size_t *len, Error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return err_set(err, "%s: cannot open: %s", path, strerror(errno));
-    char *buf = malloc(CONFIG_MAX_BYTES + 1);
-    size_t n = buf ? fread(buf, 1, CONFIG_MAX_BYTES + 1, f) : 0;
-    bool bad = !buf || ferror(f);
-    fclose(f);
-    if (bad) {
-        free(buf);
-        return err_set(err, "%s: cannot read the file", path);
-    }
-    if (n > CONFIG_MAX_BYTES) {
-        free(buf);
-        return err_set(err, "%s: larger than %u bytes: not a config file", path, CONFIG_MAX_BYTES);
-    }
-    *out = buf;
-    *len = n;
-    return 0;
-}
-
 int config_load(const char *path, ModelConfig *cfg, Error *err) {
     memset(cfg, 0, sizeof *cfg);
     char *text = NULL;
     size_t len = 0;
-    if (read_text(path, &text, &len, err)) return -1;
+    if (read_small_file(path, CONFIG_MAX_BYTES, &text, &len, err)) return -1;
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     /* Anything but whitespace after the object means a damaged file. */

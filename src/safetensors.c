@@ -317,7 +317,8 @@ int st_open(const char *path, StFile **out, Error *err) {
         free(f);
         return err_set(err, "%s: out of memory", path);
     }
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO must not hang us before fstat shows it is not a regular file. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) {
         err_set(err, "%s: cannot open: %s", path, strerror(errno));
         st_close(f);

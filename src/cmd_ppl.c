@@ -118,8 +118,9 @@ static int evaluate(Session *s, const int32_t *text, long n_text, int32_t bos, l
     if (chunk > m->rs.capacity) chunk = m->rs.capacity;
     int32_t *win = malloc((size_t)ctx * sizeof *win);
     float *logits = malloc((size_t)chunk * (size_t)vocab * sizeof *logits);
-    if (!win || !logits) {
-        free(win), free(logits);
+    double *row_nll = malloc((size_t)chunk * sizeof *row_nll);
+    if (!win || !logits || !row_nll) {
+        free(win), free(logits), free(row_nll);
         return err_set(err, "out of memory");
     }
     long n_windows = n_text <= L ? 1 : 1 + (n_text - L + stride - 1) / stride;
@@ -140,12 +141,20 @@ static int evaluate(Session *s, const int32_t *text, long n_text, int32_t bos, l
         for (long off = 0; off < n && rc == 0; off += chunk) {
             long rows = n - off < chunk ? n - off : chunk;
             rc = model_forward(m, win + off, (int)rows, true, logits, err);
-            for (long i = off; rc == 0 && i < off + rows; i++) {
+            if (rc) break;
+            /* Each row's log-softmax is independent (and costs a pass over the vocabulary):
+             * rows in parallel, then summed in order so the result does not depend on threads. */
+#pragma omp parallel for schedule(static)
+            for (long i = off; i < off + rows; i++) {
                 long j = i + 1 - b + begin; /* text index of the token predicted at position i */
-                if (i + 1 >= n || j < first) continue;
-                r->nll_sum += token_nll(logits + (size_t)(i - off) * vocab, vocab, text[j]);
-                r->scored++;
+                row_nll[i - off] = (i + 1 >= n || j < first) ? NAN
+                                                             : token_nll(logits + (size_t)(i - off) * vocab, vocab, text[j]);
             }
+            for (long i = 0; i < rows; i++)
+                if (!isnan(row_nll[i])) {
+                    r->nll_sum += row_nll[i];
+                    r->scored++;
+                }
         }
         r->windows++;
         progress_update(&prog, r->windows);
@@ -154,7 +163,7 @@ static int evaluate(Session *s, const int32_t *text, long n_text, int32_t bos, l
     }
     progress_end(&prog);
     r->seconds = cli_now() - t0;
-    free(win), free(logits);
+    free(win), free(logits), free(row_nll);
     return rc;
 }
 

@@ -8,28 +8,13 @@ path as argv[1].
 """
 import json
 import os
-import subprocess
-import sys
 import tempfile
 
-BIN = sys.argv[1]
-failures = 0
-checks = 0
+from clitest import check, finish, run as run_llmint8
 
 
 def run(*args, timeout=600):
-    p = subprocess.run([BIN, "bench", *args], capture_output=True, timeout=timeout)
-    return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
-
-
-def check(name, cond, detail=""):
-    global failures, checks
-    checks += 1
-    if cond:
-        print(f"ok - {name}")
-    else:
-        failures += 1
-        print(f"not ok - {name}: {detail}")
+    return run_llmint8("bench", *args, timeout=timeout)
 
 
 QUICK = ["--iters", "1", "--prompt-tokens", "8", "--ppl-tokens", "16", "--decode-tokens", "4", "--threads", "2"]
@@ -119,5 +104,4 @@ with tempfile.TemporaryDirectory() as tmp:
     rc, out, err = run("--shape", "tiny", "--model-only", "--tmpdir", os.path.join(tmp, "missing"), *QUICK)
     check("a missing --tmpdir is an error naming it", rc == 1 and "missing" in err, err.strip()[:300])
 
-print(f"{checks - failures}/{checks} checks passed")
-sys.exit(1 if failures else 0)
+finish()

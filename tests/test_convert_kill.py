@@ -29,6 +29,8 @@ import sys
 import tempfile
 import time
 
+from clitest import check, finish
+
 BIN = os.path.abspath(sys.argv[1])
 MODEL = "models/opt-gutenberg-7m"   # 14 MB of 16-bit weights: a conversion takes a few tenths of a second
 SANITIZER = os.environ.get("LLMINT8_TEST_SANITIZER") == "1"
@@ -36,18 +38,6 @@ SEED = int(os.environ.get("LLMINT8_KILL_SEED", "7"))
 TRIALS = 8 if SANITIZER else 30
 SANITIZER_WORDS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer", "runtime error:")
 rng = random.Random(SEED)
-failures = 0
-checks = 0
-
-
-def check(name, cond, detail=""):
-    global failures, checks
-    checks += 1
-    if cond:
-        print(f"ok - {name}")
-    else:
-        failures += 1
-        print(f"not ok - {name}: {detail}")
 
 
 def convert(out, *extra, timeout=300):
@@ -103,8 +93,7 @@ with tempfile.TemporaryDirectory(prefix="llmint8-convert-") as root:
     check("an undisturbed conversion succeeds", rc == 0 and os.path.isfile(os.path.join(ref, "model.safetensors")),
           err[-300:])
     if rc != 0:
-        print(f"# {checks} checks, {failures} failed")
-        sys.exit(1)
+        finish()
     rc2 = subprocess.run([BIN, "info", ref], capture_output=True).returncode
     check("the converted checkpoint loads (info)", rc2 == 0)
     check("no temporary directory is left after a conversion", not leftovers(ref, "tmp") and not leftovers(ref, "old"))
@@ -225,5 +214,4 @@ with tempfile.TemporaryDirectory(prefix="llmint8-convert-") as root:
         finally:
             subprocess.run(["umount", mnt], capture_output=True)
 
-print(f"# {checks} checks, {failures} failed")
-sys.exit(1 if failures else 0)
+finish()

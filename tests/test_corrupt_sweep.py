@@ -32,6 +32,8 @@ import subprocess
 import sys
 import tempfile
 
+from clitest import check, finish
+
 BIN = os.path.abspath(sys.argv[1])
 FIX = "tests/data/fixtures"
 SANITIZER = os.environ.get("LLMINT8_TEST_SANITIZER") == "1"
@@ -40,19 +42,7 @@ TIMEOUT = 120 if SANITIZER else 60
 MEM_LIMIT = 2 << 30
 SANITIZER_WORDS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer", "runtime error:",
                    "MemorySanitizer", "ThreadSanitizer")
-failures = 0
-checks = 0
 rng = random.Random(SEED)
-
-
-def check(name, cond, detail=""):
-    global failures, checks
-    checks += 1
-    if cond:
-        print(f"ok - {name}")
-    else:
-        failures += 1
-        print(f"not ok - {name}: {detail}")
 
 
 def limit_memory():
@@ -603,8 +593,7 @@ def main():
             config_cases(root, fixture)
         int8_cases(root)
         sharded_cases(root)
-    print(f"# {checks} checks, {failures} failed")
-    sys.exit(1 if failures else 0)
+    finish()
 
 
 main()

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 
+from clitest import check, finish
+
 BIN = os.path.abspath(sys.argv[1])
 MODEL = "models/opt-gutenberg-7m"          # has a tokenizer, 512 positions, vocab 8192
 TINY = "tests/data/fixtures/opt-tiny"      # no tokenizer, vocab 1000
@@ -22,18 +24,6 @@ SANITIZER = os.environ.get("LLMINT8_TEST_SANITIZER") == "1"
 BIG = (2 << 20) if SANITIZER else (100 << 20)
 LONG_WORD = (64 << 10) if SANITIZER else (1 << 20)
 SANITIZER_WORDS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer", "runtime error:")
-failures = 0
-checks = 0
-
-
-def check(name, cond, detail=""):
-    global failures, checks
-    checks += 1
-    if cond:
-        print(f"ok - {name}")
-    else:
-        failures += 1
-        print(f"not ok - {name}: {detail}")
 
 
 def run(*args, stdin=None, timeout=120, stdout_file=None):
@@ -209,5 +199,4 @@ with tempfile.TemporaryDirectory(prefix="llmint8-hostile-") as tmp:
     rc, out, err = run("ppl", MODEL, "-f", write("inv2.txt", invalid * 20), "--ctx", "64")
     expect_ok("ppl on invalid UTF-8", rc, err)
 
-print(f"# {checks} checks, {failures} failed")
-sys.exit(1 if failures else 0)
+finish()

@@ -17,9 +17,11 @@
  *     LayerNorms feeding the projections have weight 1 except in 2..6 hidden dimensions,
  *     where it is 30: the normalised activations there are ~N(0, 30^2), mostly above tau = 6,
  *     as the outlier features of real models are. Measured per precision (fp16, int8):
- *     prompt processing (last position's logits only, as generation needs), perplexity-style
- *     throughput (all logits), decoding at batch 1 after the prompt, weight bytes (what the
- *     backend objects hold) and peak resident memory.
+ *     prompt processing (last position's logits only, as generation needs) and decoding at
+ *     batch 1 after it, with a KV cache sized for the two as `generate` sizes it; then, from
+ *     a second load whose cache holds its window (as `ppl` sizes it), perplexity-style
+ *     throughput (all logits); weight bytes (what the backend objects hold) and peak
+ *     resident memory.
  *
  * Every measurement runs in a forked child process. That gives each precision its own
  * peak-RSS counter (VmHWM is per process), and keeps OpenMP and GPU state out of the parent,

@@ -8,15 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *proj_kind_name(ProjKind k) {
-    static const char *const names[] = {
-        [PROJ_Q] = "q_proj",   [PROJ_K] = "k_proj",     [PROJ_V] = "v_proj",
-        [PROJ_QKV] = "qkv",    [PROJ_OUT] = "out_proj", [PROJ_FC1] = "fc1",
-        [PROJ_FC2] = "fc2",    [PROJ_IN_EMBED] = "project_in", [PROJ_OUT_EMBED] = "project_out",
-    };
-    return (unsigned)k < sizeof names / sizeof names[0] ? names[k] : "?";
-}
-
 /* ---- loading helpers ------------------------------------------------------------ */
 
 /* Reads a float-typed tensor (F16/BF16/F32) of exactly n elements into a new float array. */
@@ -228,8 +219,6 @@ void model_free(Model *m) {
 }
 
 /* ---- loading ---------------------------------------------------------------------- */
-
-int model_max_positions(const Model *m) { return m->ctx; }
 
 /* The tied lm_head (SPEC §2.2): normally absent; if stored, it must have the embedding's
  * shape, and is used as its own matrix only when its bytes differ from the embedding. */

@@ -21,7 +21,6 @@
 typedef enum ProjKind {
     PROJ_Q, PROJ_K, PROJ_V, PROJ_QKV, PROJ_OUT, PROJ_FC1, PROJ_FC2, PROJ_IN_EMBED, PROJ_OUT_EMBED,
 } ProjKind;
-const char *proj_kind_name(ProjKind k);
 
 /* Optional hook called with the input of every projection before it runs (for
  * `llmint8 outliers`). x[T, dim] is a host array the hook may read and modify. */
@@ -102,9 +101,6 @@ void model_reset(Model *m);
  * all_logits is false, else [T, vocab]. Ids must be < vocab_size and the cache must have
  * room (checked: returns -1 with a message). */
 int model_forward(Model *m, const int32_t *ids, int T, bool all_logits, float *logits, Error *err);
-
-/* Maximum positions this model can attend over with the chosen ctx. */
-int model_max_positions(const Model *m);
 
 /* ---- for the architecture files (opt.c, bloom.c) ---------------------------------- */
 

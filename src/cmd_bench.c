@@ -46,6 +46,7 @@
 #include <sys/statvfs.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -73,6 +74,8 @@ static const char HELP[] =
     "  --decode-tokens N      tokens generated after the prompt (default 32; 0 = skip)\n"
     "  --gemm-only            only the linear layers (no checkpoint is written)\n"
     "  --model-only           only the whole model\n"
+    "  --model-tau0           also run the whole model with int8 tau = 0, to show what the\n"
+    "                         decomposition costs end to end\n"
     "  --tmpdir DIR           where the synthetic checkpoint is written (default $TMPDIR or /tmp;\n"
     "                         it is deleted as soon as it is opened)\n"
     "  --json                 print one JSON object instead of tables\n"
@@ -88,7 +91,7 @@ static const char HELP[] =
 enum {
     OPT_SHAPE = OPT_COMMAND_BASE, OPT_ARCH, OPT_HIDDEN, OPT_FFN, OPT_LAYERS, OPT_HEADS, OPT_VOCAB,
     OPT_TOKENS, OPT_OUTLIER_FRAC, OPT_ITERS, OPT_PROMPT_TOKENS, OPT_PPL_TOKENS, OPT_DECODE_TOKENS,
-    OPT_GEMM_ONLY, OPT_MODEL_ONLY, OPT_TMPDIR, OPT_JSON,
+    OPT_GEMM_ONLY, OPT_MODEL_ONLY, OPT_MODEL_TAU0, OPT_TMPDIR, OPT_JSON,
 };
 
 /* ---- shapes ------------------------------------------------------------------------ */
@@ -136,6 +139,7 @@ typedef struct BenchOptions {
     long iters;                      /* 0: adaptive */
     int prompt_tokens, ppl_tokens, decode_tokens;
     bool gemm, model, json;
+    bool model_tau0;                 /* also run the whole model with int8 tau = 0 */
     const char *tmpdir;
 } BenchOptions;
 
@@ -185,6 +189,7 @@ static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo
         {"decode-tokens", required_argument, NULL, OPT_DECODE_TOKENS},
         {"gemm-only", no_argument, NULL, OPT_GEMM_ONLY},
         {"model-only", no_argument, NULL, OPT_MODEL_ONLY},
+        {"model-tau0", no_argument, NULL, OPT_MODEL_TAU0},
         {"tmpdir", required_argument, NULL, OPT_TMPDIR},
         {"json", no_argument, NULL, OPT_JSON},
         {NULL, 0, NULL, 0},
@@ -229,6 +234,7 @@ static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo
         case OPT_DECODE_TOKENS: rc = parse_dim("--decode-tokens", optarg, 0, 2047, &bo->decode_tokens); break;
         case OPT_GEMM_ONLY: gemm_only = true; break;
         case OPT_MODEL_ONLY: model_only = true; break;
+        case OPT_MODEL_TAU0: bo->model_tau0 = true; break;
         case OPT_TMPDIR: bo->tmpdir = optarg; break;
         case OPT_JSON: bo->json = true; break;
         case OPT_PRECISION: case OPT_QUANT: case OPT_TOKENIZER:
@@ -1014,11 +1020,11 @@ static int model_child(const BenchPlan *p, const void *arg, void *out, Error *er
 
 typedef struct Results {
     GemmReport gemm;
-    ModelReport model[2];        /* fp16, int8 */
-    bool have_gemm, have_model;
+    ModelReport model[3];        /* fp16, int8, int8 with tau = 0 (--model-tau0) */
+    bool have_gemm, have_model, have_tau0;
     double decomp_overhead;      /* geometric mean over the cells of t(tau=6)/t(tau=0) - 1 */
     int worst_cell;
-    double loadavg;              /* 1-minute load average before the run */
+    double busy;                 /* share of the CPUs busy just before the run */
 } Results;
 
 typedef struct Target {
@@ -1070,15 +1076,30 @@ static void cpu_model_name(char *buf, size_t cap) {
     fclose(f);
 }
 
-/* The 1-minute load average: other processes on the CPU make every timing unreliable. */
-static double load_average(void) {
-    double l = -1;
-    FILE *f = fopen("/proc/loadavg", "r");
-    if (f) {
-        if (fscanf(f, "%lf", &l) != 1) l = -1;
-        fclose(f);
-    }
-    return l;
+/* Jiffies the CPUs spent busy and in total so far (first line of /proc/stat). */
+static bool cpu_times(double *busy, double *total) {
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f) return false;
+    unsigned long long v[8] = {0};
+    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+                   &v[6], &v[7]);
+    fclose(f);
+    if (n < 4) return false;
+    *total = 0;
+    for (int i = 0; i < 8; i++) *total += (double)v[i];
+    *busy = *total - (double)v[3] - (double)v[4]; /* all but idle and iowait */
+    return true;
+}
+
+/* Share of the machine's CPU time that other processes used during 0.3 s before the run
+ * (-1 if unknown): anything else running makes every timing unreliable. */
+static double cpu_busy_before(void) {
+    double b0, t0, b1, t1;
+    if (!cpu_times(&b0, &t0)) return -1;
+    struct timespec ts = {0, 300000000};
+    nanosleep(&ts, NULL);
+    if (!cpu_times(&b1, &t1) || t1 <= t0) return -1;
+    return (b1 - b0) / (t1 - t0);
 }
 
 /* A JSON string literal (the CPU name comes from the system: escape it). */
@@ -1107,9 +1128,9 @@ static void print_json(const BenchPlan *p, const Results *res, const char *cpu, 
     json_string(cpu);
     printf(", \"cores\": %ld, \"kernels\": \"%s\"},\n", sysconf(_SC_NPROCESSORS_ONLN),
            cpu_has_avx2() ? "avx2+fma+f16c" : "portable C");
-    printf(" \"device\": \"%s\", \"threads\": %d, \"threshold\": %g, \"outlier_frac\": %g, \"loadavg\": %.2f,\n",
+    printf(" \"device\": \"%s\", \"threads\": %d, \"threshold\": %g, \"outlier_frac\": %g, \"cpu_busy_before\": %.3f,\n",
            res->have_gemm ? res->gemm.backend : res->model[0].backend, threads, (double)p->int8.threshold,
-           o->outlier_frac, res->loadavg);
+           o->outlier_frac, res->busy);
     printf(" \"gemm\": [");
     for (int i = 0; res->have_gemm && i < res->gemm.n; i++) {
         const GemmCell *c = &res->gemm.cells[i];
@@ -1126,13 +1147,14 @@ static void print_json(const BenchPlan *p, const Results *res, const char *cpu, 
     } else {
         printf("{\"prompt_tokens\": %d, \"ppl_tokens\": %d, \"decode_tokens\": %d, \"outlier_dims\": %d",
                o->prompt_tokens, o->ppl_tokens, o->decode_tokens, p->n_outlier_dims);
-        for (int k = 0; k < 2; k++) {
+        const char *names[3] = {"fp16", "int8", "int8_tau0"};
+        for (int k = 0; k < (res->have_tau0 ? 3 : 2); k++) {
             const ModelReport *r = &res->model[k];
             printf(",\n  \"%s\": {\"load_seconds\": %.3f, \"prompt_tokens_per_second\": %.4g, "
                    "\"ppl_tokens_per_second\": %.4g, \"decode_tokens_per_second\": %.4g, \"weight_bytes\": %lld, "
                    "\"kv_cache_bytes\": %lld, \"ctx\": %d, \"peak_rss_load_bytes\": %lld, "
                    "\"peak_rss_generate_bytes\": %lld, \"peak_rss_ppl_bytes\": %lld, \"peak_rss_after_load\": %s",
-                   k ? "int8" : "fp16", r->load_s, tps(o->prompt_tokens, r->prompt_s), tps(o->ppl_tokens, r->ppl_s),
+                   names[k], r->load_s, tps(o->prompt_tokens, r->prompt_s), tps(o->ppl_tokens, r->ppl_s),
                    tps(o->decode_tokens, r->decode_s), r->weight_bytes, r->kv_bytes, r->ctx, r->rss_load,
                    r->rss_generate, r->rss_ppl, r->rss_reset ? "true" : "false");
             if (k == 1)
@@ -1155,12 +1177,31 @@ static void print_json(const BenchPlan *p, const Results *res, const char *cpu, 
         printf(", \"ppl\": %.4g, \"weights\": %.4g",
                ratio(tps(o->ppl_tokens, res->model[1].ppl_s), tps(o->ppl_tokens, res->model[0].ppl_s)),
                ratio((double)res->model[1].weight_bytes, (double)res->model[0].weight_bytes));
+    if (res->have_tau0) /* tau = 6 time / tau = 0 time - 1 */
+        printf(", \"decomp_overhead_prompt\": %.4g, \"decomp_overhead_decode\": %.4g",
+               ratio(res->model[1].prompt_s, res->model[2].prompt_s) - 1.0,
+               ratio(res->model[1].decode_s, res->model[2].decode_s) - 1.0);
     printf("},\n \"targets\": [");
     for (int i = 0; i < nt; i++)
         printf("%s\n  {\"name\": \"%s\", \"target\": \"%s\", \"limit\": %g, \"value\": %.4g, \"pass\": %s}", i ? "," : "",
                t[i].name, t[i].what, t[i].limit, t[i].value,
                !t[i].known ? "null" : target_pass(&t[i]) ? "true" : "false");
     printf("]}\n");
+}
+
+/* One row of the whole-model table: fp16, int8, (their ratio), and with --model-tau0 the
+ * tau = 0 run and what the decomposition costs: tau = 6 time / tau = 0 time - 1 for a speed,
+ * tau = 6 bytes / tau = 0 bytes - 1 for memory. */
+static void model_row(const char *label, double f, double q, double z, const ModelReport *have_z, bool with_ratio,
+                      bool speed) {
+    printf("%-28s %11.*f %11.*f", label, speed ? 2 : 1, f, speed ? 2 : 1, q);
+    if (with_ratio) printf(" %9.2fx", ratio(q, f));
+    else if (have_z) printf(" %10s", "");
+    if (have_z) {
+        printf(" %11.*f", speed ? 2 : 1, z);
+        if (with_ratio) printf(" %+8.1f%%", 100.0 * (speed ? ratio(z, q) - 1.0 : ratio(q, z) - 1.0));
+    }
+    printf("\n");
 }
 
 static void print_text(const BenchPlan *p, const Results *res, const char *cpu, int threads) {
@@ -1174,9 +1215,9 @@ static void print_text(const BenchPlan *p, const Results *res, const char *cpu, 
            res->have_gemm ? res->gemm.backend : res->model[0].backend, threads, (double)p->int8.threshold,
            p->int8.outliers == OUTLIERS_PER_CALL ? "per-call" : "per-token");
     if (o->dims_changed) printf("note: dimensions differ from the named shape; compare ratios with care\n");
-    if (res->loadavg >= 1.0)
-        printf("note: the load average was %.1f before the run: other processes compete for the CPU and the\n"
-               "      timings are unreliable\n", res->loadavg);
+    if (res->busy >= 0.1)
+        printf("note: other processes kept %.0f%% of the CPUs busy just before the run: they compete with\n"
+               "      it, and the timings are unreliable\n", 100.0 * res->busy);
 
     if (res->have_gemm) {
         const GemmCell *c0 = &res->gemm.cells[0];
@@ -1200,26 +1241,24 @@ static void print_text(const BenchPlan *p, const Results *res, const char *cpu, 
                "prompt (max %d)\n",
                o->prompt_tokens, o->ppl_tokens, o->decode_tokens, (double)LN_OUTLIER_GAIN, p->n_outlier_dims, s->hidden,
                q->outlier_calls ? (double)q->outlier_cols_sum / (double)q->outlier_calls : 0.0, q->outlier_cols_max);
-        printf("%-28s %11s %11s %10s\n", "", "fp16", "int8", "int8/fp16");
-        printf("%-28s %11.2f %11.2f %9.2fx\n", "prompt, tokens/s", tps(o->prompt_tokens, f->prompt_s),
-               tps(o->prompt_tokens, q->prompt_s), ratio(tps(o->prompt_tokens, q->prompt_s), tps(o->prompt_tokens, f->prompt_s)));
-        if (o->ppl_tokens > 0)
-            printf("%-28s %11.2f %11.2f %9.2fx\n", "ppl, tokens/s", tps(o->ppl_tokens, f->ppl_s),
-                   tps(o->ppl_tokens, q->ppl_s), ratio(tps(o->ppl_tokens, q->ppl_s), tps(o->ppl_tokens, f->ppl_s)));
-        if (o->decode_tokens > 0)
-            printf("%-28s %11.2f %11.2f %9.2fx\n", "decode, tokens/s", tps(o->decode_tokens, f->decode_s),
-                   tps(o->decode_tokens, q->decode_s), ratio(tps(o->decode_tokens, q->decode_s), tps(o->decode_tokens, f->decode_s)));
-        printf("%-28s %11.1f %11.1f %9.2fx\n", "weights, MB", f->weight_bytes / 1e6, q->weight_bytes / 1e6,
-               ratio((double)q->weight_bytes, (double)f->weight_bytes));
+        const ModelReport *z = res->have_tau0 ? &res->model[2] : NULL;
+        printf("%-28s %11s %11s %10s", "", "fp16", "int8", "int8/fp16");
+        if (z) printf(" %11s %9s", "int8 t=0", "dec cost");
+        printf("\n");
+        const int P = o->prompt_tokens, L = o->ppl_tokens, D = o->decode_tokens;
+        model_row("prompt, tokens/s", tps(P, f->prompt_s), tps(P, q->prompt_s), z ? tps(P, z->prompt_s) : 0, z, true, true);
+        if (L > 0) model_row("ppl, tokens/s", tps(L, f->ppl_s), tps(L, q->ppl_s), z ? tps(L, z->ppl_s) : 0, z, true, true);
+        if (D > 0)
+            model_row("decode, tokens/s", tps(D, f->decode_s), tps(D, q->decode_s), z ? tps(D, z->decode_s) : 0, z, true, true);
+        model_row("weights, MB", f->weight_bytes / 1e6, q->weight_bytes / 1e6, z ? z->weight_bytes / 1e6 : 0, z, true, false);
         char kv[64];
         snprintf(kv, sizeof kv, "KV cache (%d pos.), MB", f->ctx);
-        printf("%-28s %11.1f %11.1f\n", kv, f->kv_bytes / 1e6, q->kv_bytes / 1e6);
-        printf("%-28s %11.1f %11.1f %9.2fx\n", f->rss_reset ? "peak RSS generation, MB" : "peak RSS gen.+load, MB",
-               f->rss_generate / 1e6, q->rss_generate / 1e6, ratio((double)q->rss_generate, (double)f->rss_generate));
-        if (o->ppl_tokens > 0)
-            printf("%-28s %11.1f %11.1f %9.2fx\n", "peak RSS ppl, MB", f->rss_ppl / 1e6, q->rss_ppl / 1e6,
-                   ratio((double)q->rss_ppl, (double)f->rss_ppl));
-        printf("%-28s %11.1f %11.1f\n", "load, s", f->load_s, q->load_s);
+        model_row(kv, f->kv_bytes / 1e6, q->kv_bytes / 1e6, z ? z->kv_bytes / 1e6 : 0, z, false, false);
+        model_row(f->rss_reset ? "peak RSS generation, MB" : "peak RSS gen.+load, MB", f->rss_generate / 1e6,
+                  q->rss_generate / 1e6, z ? z->rss_generate / 1e6 : 0, z, true, false);
+        if (L > 0)
+            model_row("peak RSS ppl, MB", f->rss_ppl / 1e6, q->rss_ppl / 1e6, z ? z->rss_ppl / 1e6 : 0, z, true, false);
+        model_row("load, s", f->load_s, q->load_s, z ? z->load_s : 0, z, false, false);
     }
     Target t[4];
     int nt = make_targets(p, res, t);
@@ -1238,6 +1277,10 @@ static void print_text(const BenchPlan *p, const Results *res, const char *cpu, 
             printf("  %-46s %7.2fx  %s\n", t[i].what, t[i].value, target_pass(&t[i]) ? "pass" : "MISS");
         }
     }
+    if (res->have_tau0)
+        printf("  (decomposition in the whole model, tau=6 vs tau=0: prompt %+.1f%%, decode %+.1f%%)\n",
+               100.0 * (ratio(res->model[1].prompt_s, res->model[2].prompt_s) - 1.0),
+               100.0 * (ratio(res->model[1].decode_s, res->model[2].decode_s) - 1.0));
 }
 
 /* ---- the command ------------------------------------------------------------------- */
@@ -1262,7 +1305,7 @@ int cmd_bench(int argc, char **argv) {
         err_set(&e, "out of memory");
         return cli_fail(&e);
     }
-    res->loadavg = load_average();
+    res->busy = cpu_busy_before();
     Error err;
     rc = 0;
     if (plan.o.gemm) {
@@ -1290,13 +1333,15 @@ int cmd_bench(int argc, char **argv) {
         if (pick_distinct(&rng, s->hidden, plan.n_outlier_dims, plan.outlier_dims)) rc = err_set(&err, "out of memory");
         if (rc == 0) rc = make_checkpoint(&plan, &ck, &err);
         plan.ck = ck;
-        const QuantConfig modes[2] = {{QUANT_FP16, 0.0f, plan.int8.outliers}, plan.int8};
-        for (int k = 0; k < 2 && rc == 0; k++) {
-            if (!plan.o.json) fprintf(stderr, "llmint8 bench: whole model, %s\n", k ? "int8" : "fp16");
-            rc = run_in_child(k ? "int8 model" : "fp16 model", model_child, &plan, &modes[k], &res->model[k],
-                              sizeof res->model[k], &err);
+        const QuantConfig modes[3] = {
+            {QUANT_FP16, 0.0f, plan.int8.outliers}, plan.int8, {QUANT_LLM_INT8, 0.0f, plan.int8.outliers}};
+        const char *names[3] = {"fp16", "int8", "int8 with tau = 0"};
+        for (int k = 0; k < (plan.o.model_tau0 ? 3 : 2) && rc == 0; k++) {
+            if (!plan.o.json) fprintf(stderr, "llmint8 bench: whole model, %s\n", names[k]);
+            rc = run_in_child(names[k], model_child, &plan, &modes[k], &res->model[k], sizeof res->model[k], &err);
         }
         res->have_model = rc == 0;
+        res->have_tau0 = rc == 0 && plan.o.model_tau0;
     }
     if (rc == 0) {
         if (plan.o.json) print_json(&plan, res, cpu, threads);

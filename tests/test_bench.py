@@ -66,6 +66,16 @@ if j:
     check("ratios", all(isinstance(j["ratios"].get(k), (int, float)) for k in
                         ("decode", "prompt", "decomp_overhead", "memory", "ppl", "weights")), str(j["ratios"]))
 
+# --- --model-tau0: a third whole-model run, int8 without the decomposition ---------------------
+rc, out, err = run("--shape", "tiny", "--model-only", "--model-tau0", "--json", *QUICK)
+try:
+    j = json.loads(out)
+except ValueError:
+    j = {}
+check("--model-tau0 adds int8_tau0 and the whole-model decomposition cost",
+      rc == 0 and "int8_tau0" in (j.get("model") or {}) and j["model"]["int8_tau0"].get("decode_tokens_per_second", 0) > 0
+      and isinstance(j.get("ratios", {}).get("decomp_overhead_decode"), float), out[:400] + err[-300:])
+
 # --- explicit dimensions, BLOOM, text output, one part at a time ------------------------------
 rc, out, err = run("--arch", "bloom", "--hidden", "32", "--layers", "1", "--heads", "2", "--vocab", "300",
                    "--model-only", *QUICK)

@@ -1,7 +1,6 @@
 /* backend.c — choosing a backend by name. */
 #include "backend.h"
 
-#include <stdio.h>
 #include <string.h>
 
 const char *backend_compiled_list(void) {
@@ -12,13 +11,14 @@ const char *backend_compiled_list(void) {
 #endif
 }
 
-Backend *backend_create(const char *name, int threads, Error *err) {
+Backend *backend_create(const char *name, int threads, Error *fallback, Error *err) {
+    if (fallback) fallback->msg[0] = 0;
     if (strcmp(name, "cpu") == 0) return cpu_backend_create(threads, err);
     if (strcmp(name, "cuda") == 0 || strcmp(name, "auto") == 0) {
 #ifdef LLMINT8_HAVE_CUDA
         Backend *bk = cuda_backend_create(err);
         if (bk || strcmp(name, "cuda") == 0) return bk;
-        fprintf(stderr, "llmint8: no usable GPU (%s); running on the CPU\n", err->msg);
+        if (fallback) err_set(fallback, "no usable GPU (%s); running on the CPU", err->msg);
         return cpu_backend_create(threads, err);
 #else
         if (strcmp(name, "auto") == 0) return cpu_backend_create(threads, err);

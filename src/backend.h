@@ -88,11 +88,34 @@ struct Backend {
                       float *q, float *k, float *v);
     /* Causal softmax attention; see AttentionArgs. */
     void (*attention)(Backend *bk, const AttentionArgs *a);
+
+    /* ---- reading out the logits: only small results come back to the host ---- */
+    /* Per-token negative log-likelihood for perplexity, rows of x [rows, n]:
+     *   nll[r] = log(sum_i exp(x[r][i])) - x[r][targets[r]]
+     * computed as max + log(sum exp(x - max)) so nothing overflows. targets (host [rows],
+     * each < n) may hold -1 for rows not scored, whose nll is NaN. nll is a host array. */
+    void (*token_nll)(Backend *bk, const float *x, int rows, int n, const int32_t *targets, double *nll);
+    /* Index of the largest of x[0..n) (the first one on ties, as torch.argmax). */
+    int32_t (*argmax)(Backend *bk, const float *x, int n);
+    /* Hugging Face's repetition penalty on the listed ids (host array, distinct, each < n):
+     * x[id] = x[id] > 0 ? x[id] / penalty : x[id] * penalty. */
+    void (*penalize)(Backend *bk, float *x, const int32_t *ids, int n_ids, float penalty);
+    /* The k most probable entries of p = softmax(x[0..n) / temperature): ids[j] and
+     * probs[j] = p[ids[j]] (host arrays [k]), ordered by probability, highest first, ties
+     * by the lower id. 1 <= k <= min(n, BACKEND_MAX_CANDIDATES); temperature > 0. The
+     * probabilities are normalised over all n entries, not over the k returned. */
+    void (*top_candidates)(Backend *bk, const float *x, int n, float temperature, int k, int32_t *ids,
+                           float *probs);
 };
 
-/* Creates the backend named "cpu" or "cuda" ("auto": CUDA when a GPU is present,
- * else CPU with a notice on stderr). threads <= 0 means one per core. */
-Backend *backend_create(const char *name, int threads, Error *err);
+/* The most candidates top_candidates returns; sampling that needs more (a nucleus wider
+ * than this with no top-k) downloads the whole row instead. */
+#define BACKEND_MAX_CANDIDATES 1024
+
+/* Creates the backend named "cpu" or "cuda"; "auto" is CUDA when a GPU is usable, else
+ * the CPU, and then fallback (when not NULL) receives a sentence saying why, for the
+ * caller to show (it is left empty otherwise). threads <= 0 means one per core (CPU). */
+Backend *backend_create(const char *name, int threads, Error *fallback, Error *err);
 /* Names of the backends compiled into this binary, e.g. "cpu, cuda". */
 const char *backend_compiled_list(void);
 

@@ -130,6 +130,13 @@ static bool is_dir(const char *path) {
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+Backend *cli_backend_create(const char *device, int threads, Error *err) {
+    Error fallback;
+    Backend *bk = backend_create(device, threads, &fallback, err);
+    if (bk && fallback.msg[0]) fprintf(stderr, "llmint8: %s\n", fallback.msg);
+    return bk;
+}
+
 int cli_session_open(const CommonOptions *o, bool need_tokenizer, bool want_tokenizer, Session *s,
                      Error *err) {
     memset(s, 0, sizeof *s);
@@ -149,7 +156,7 @@ int cli_session_open(const CommonOptions *o, bool need_tokenizer, bool want_toke
             }
         }
     }
-    if (!(s->bk = backend_create(o->device, o->threads, err))) {
+    if (!(s->bk = cli_backend_create(o->device, o->threads, err))) {
         cli_session_close(s);
         return -1;
     }

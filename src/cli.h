@@ -63,6 +63,9 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format
 int cli_parse_int(const char *s, long lo, long hi, long *out);
 int cli_parse_float(const char *s, double lo, double hi, double *out);
 
+/* backend_create for a command: --device auto's fallback to the CPU is told on stderr. */
+Backend *cli_backend_create(const char *device, int threads, Error *err);
+
 /* Opened model and everything it needs, released in reverse order by cli_session_close. */
 typedef struct Session {
     Checkpoint *ck;

@@ -552,7 +552,7 @@ static int gemm_child(const BenchPlan *p, const void *arg, void *out, Error *err
     (void)arg;
     GemmReport *rep = out;
     const BenchOptions *o = &p->o;
-    Backend *bk = backend_create(p->device, p->threads, err);
+    Backend *bk = cli_backend_create(p->device, p->threads, err);
     if (!bk) return -1;
     snprintf(rep->backend, sizeof rep->backend, "%s", bk->name);
     rep->n = 0;
@@ -903,13 +903,6 @@ static void count_outliers(void *ctx, int layer, ProjKind kind, float *x, int T,
     if (n > oc->cols_max) oc->cols_max = n;
 }
 
-static int argmax(const float *v, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (v[i] > v[best]) best = i;
-    return best;
-}
-
 /* The same random ids for every precision. */
 static void random_ids(int32_t *ids, int n, int vocab, uint64_t seed) {
     Rng r = {seed};
@@ -929,23 +922,21 @@ static int load_for_timing(const BenchPlan *p, Backend *bk, const QuantConfig *q
     drop_checkpoint_pages(p->ck);
     r->rss_reset = reset_peak_rss();
     int32_t ids[4];
-    float *logits = malloc((size_t)(*m)->cfg.vocab_size * sizeof *logits);
-    if (!logits) return err_set(err, "out of memory");
     random_ids(ids, 4, (*m)->cfg.vocab_size, 7);
-    int rc = model_forward(*m, ids, ctx < 4 ? ctx : 4, false, logits, err);
+    int rc = model_forward_last(*m, ids, ctx < 4 ? ctx : 4, err) ? 0 : -1;
     model_reset(*m);
-    free(logits);
     return rc;
 }
 
-/* Generation (prompt, then decoding) with a KV cache sized for it, as `generate` does; then
- * the all-logits pass with a cache sized for its window, as `ppl` does. */
+/* Generation (prompt, then decoding) with a KV cache sized for it, as `generate` does (the
+ * logits stay on the backend, only the chosen id comes back); then the scoring pass with a
+ * cache sized for its window, as `ppl` does. */
 static int model_child(const BenchPlan *p, const void *arg, void *out, Error *err) {
     const QuantConfig *q = arg;
     ModelReport *r = out;
     const BenchOptions *o = &p->o;
     memset(r, 0, sizeof *r);
-    Backend *bk = backend_create(p->device, p->threads, err);
+    Backend *bk = cli_backend_create(p->device, p->threads, err);
     if (!bk) return -1;
     snprintf(r->backend, sizeof r->backend, "%s", bk->name);
     const int gen_ctx = o->prompt_tokens + o->decode_tokens;
@@ -955,7 +946,6 @@ static int model_child(const BenchPlan *p, const void *arg, void *out, Error *er
     float *logits = NULL;
     int rc = ids ? load_for_timing(p, bk, q, gen_ctx, &m, r, err) : err_set(err, "out of memory");
     const int V = m ? m->cfg.vocab_size : 1;
-    if (rc == 0 && !(logits = malloc((size_t)V * sizeof *logits))) rc = err_set(err, "out of memory");
     if (rc == 0) {
         r->ctx = m->ctx;
         r->weight_bytes = (long long)m->weight_bytes;
@@ -967,15 +957,17 @@ static int model_child(const BenchPlan *p, const void *arg, void *out, Error *er
     for (int rep = 0; rep < 2 && rc == 0; rep++) {
         model_reset(m);
         double t = cli_now();
-        rc = model_forward(m, ids, o->prompt_tokens, false, logits, err);
+        logits = model_forward_last(m, ids, o->prompt_tokens, err);
+        rc = logits ? 0 : -1;
         t = cli_now() - t;
         if (t < r->prompt_s) r->prompt_s = t;
     }
     /* Decoding: batch 1, greedy, after the prompt now in the cache. */
     double t0 = cli_now();
     for (int i = 0; i < o->decode_tokens && rc == 0; i++) {
-        int32_t next = argmax(logits, V);
-        rc = model_forward(m, &next, 1, false, logits, err);
+        int32_t next = bk->argmax(bk, logits, V);
+        logits = model_forward_last(m, &next, 1, err);
+        rc = logits ? 0 : -1;
     }
     r->decode_s = cli_now() - t0;
     r->rss_generate = proc_status_bytes("VmHWM:");
@@ -986,32 +978,29 @@ static int model_child(const BenchPlan *p, const void *arg, void *out, Error *er
         model_reset(m);
         m->observer = count_outliers;
         m->observer_ctx = &oc;
-        rc = model_forward(m, ids, o->prompt_tokens, false, logits, err);
+        rc = model_forward_last(m, ids, o->prompt_tokens, err) ? 0 : -1;
         m->observer = NULL;
         r->outlier_calls = oc.calls, r->outlier_cols_sum = oc.cols_sum, r->outlier_cols_max = oc.cols_max;
     }
     model_free(m);
     m = NULL;
 
-    /* Perplexity-style: every position's logits, in chunks of at most ~128 MB as `ppl` does. */
+    /* Perplexity-style: every position scored against the next id, as `ppl` does. */
     if (rc == 0 && o->ppl_tokens > 0) {
         rc = load_for_timing(p, bk, q, o->ppl_tokens, &m, r, err);
-        int chunk = (int)((32L << 20) / V);
-        if (chunk < 16) chunk = 16;
-        if (rc == 0 && chunk > m->rs.capacity) chunk = m->rs.capacity;
-        float *all = rc == 0 ? malloc((size_t)chunk * (size_t)V * sizeof *all) : NULL;
-        if (rc == 0 && !all) rc = err_set(err, "out of memory for %d x %d logits", chunk, V);
+        const int n = o->ppl_tokens;
+        int32_t *targets = rc == 0 ? malloc((size_t)n * sizeof *targets) : NULL;
+        double *nll = rc == 0 ? malloc((size_t)n * sizeof *nll) : NULL;
+        if (rc == 0 && (!targets || !nll)) rc = err_set(err, "out of memory");
+        for (int i = 0; rc == 0 && i < n; i++) targets[i] = i + 1 < n ? ids[i + 1] : -1;
         t0 = cli_now();
-        for (int off = 0; off < o->ppl_tokens && rc == 0; off += chunk) {
-            int n = o->ppl_tokens - off < chunk ? o->ppl_tokens - off : chunk;
-            rc = model_forward(m, ids + off, n, true, all, err);
-        }
+        if (rc == 0) rc = model_score(m, ids, n, targets, nll, err);
         r->ppl_s = cli_now() - t0;
         r->rss_ppl = proc_status_bytes("VmHWM:");
-        free(all);
+        free(targets), free(nll);
         model_free(m);
     }
-    free(ids), free(logits);
+    free(ids);
     bk->destroy(bk);
     return rc;
 }

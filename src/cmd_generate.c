@@ -214,13 +214,12 @@ int cmd_generate(int argc, char **argv) {
 
     int vocab = cfg->vocab_size;
     int32_t *history = realloc(ids, (size_t)total * sizeof *ids);
-    float *logits = malloc((size_t)vocab * sizeof *logits);
     size_t buf_cap = s.tok ? 4 * tokenizer_max_token_bytes(s.tok) + 64 : 64;
     char *buf = malloc(buf_cap);
     Sampler sampler = {0};
-    if (!history || !logits || !buf || sampler_init(&sampler, &go.sampling, vocab)) {
+    if (!history || !buf || sampler_init(&sampler, &go.sampling, vocab)) {
         if (history) ids = history;
-        free(logits), free(buf);
+        free(buf);
         err_set(&err, "out of memory");
         goto fail;
     }
@@ -242,18 +241,21 @@ int cmd_generate(int argc, char **argv) {
 
     int32_t eos = cfg->eos_id >= 0 ? cfg->eos_id : (s.tok ? tokenizer_eos_id(s.tok) : -1);
     double t0 = cli_now();
-    rc = model_forward(s.model, ids, (int)n_prompt, false, logits, &err);
+    /* The logits stay in backend memory: the sampler brings back the chosen id only. */
+    float *logits = model_forward_last(s.model, ids, (int)n_prompt, &err);
+    rc = logits ? 0 : -1;
     double t_prompt = cli_now() - t0, t_decode = 0;
     size_t n = n_prompt;
     int decode_steps = 0;
     while (rc == 0 && (long)n < total) {
-        int32_t next = sampler_next(&sampler, logits, ids, n);
+        int32_t next = sampler_pick(&sampler, s.bk, logits, ids, n);
         ids[n++] = next;
         if (next == eos && !go.ignore_eos) break;
         print_token(&ts, buf, buf_cap, next, go.print_ids, n == n_prompt + 1);
         if ((long)n == total) break;
         double t1 = cli_now();
-        rc = model_forward(s.model, &next, 1, false, logits, &err);
+        logits = model_forward_last(s.model, &next, 1, &err);
+        rc = logits ? 0 : -1;
         t_decode += cli_now() - t1;
         decode_steps++;
     }
@@ -268,7 +270,7 @@ int cmd_generate(int argc, char **argv) {
             decode_steps ? decode_steps / (t_decode > 0 ? t_decode : 1e-9) : 0.0, quant_mode_name(s.model->quant.mode),
             s.bk->name);
     sampler_free(&sampler);
-    free(logits), free(buf), free(ids), free(prompt_text);
+    free(buf), free(ids), free(prompt_text);
     cli_session_close(&s);
     return rc ? cli_fail(&err) : 0;
 

@@ -96,31 +96,16 @@ static int parse_args(int argc, char **argv, CommonOptions *co, PplOptions *po) 
     return 0;
 }
 
-/* -log softmax(logits)[target], in double so that large vocabularies lose nothing. */
-static double token_nll(const float *logits, int vocab, int32_t target) {
-    float max = logits[0];
-    for (int i = 1; i < vocab; i++)
-        if (logits[i] > max) max = logits[i];
-    double sum = 0;
-    for (int i = 0; i < vocab; i++) sum += exp((double)logits[i] - max);
-    return log(sum) + max - (double)logits[target];
-}
-
 /* Scores the text under the loaded model; see the file comment for the window rule. */
 static int evaluate(Session *s, const int32_t *text, long n_text, int32_t bos, long ctx, long stride,
                     PplResult *r, Error *err) {
     Model *m = s->model;
-    const int vocab = m->cfg.vocab_size;
     const long b = bos >= 0 ? 1 : 0, L = ctx - b;
-    /* Logits of at most `chunk` rows are held at once (a window may be 2048 x 250880). */
-    long chunk = (32L << 20) / vocab;
-    if (chunk < 16) chunk = 16;
-    if (chunk > m->rs.capacity) chunk = m->rs.capacity;
     int32_t *win = malloc((size_t)ctx * sizeof *win);
-    float *logits = malloc((size_t)chunk * (size_t)vocab * sizeof *logits);
-    double *row_nll = malloc((size_t)chunk * sizeof *row_nll);
-    if (!win || !logits || !row_nll) {
-        free(win), free(logits), free(row_nll);
+    int32_t *targets = malloc((size_t)ctx * sizeof *targets);
+    double *nll = malloc((size_t)ctx * sizeof *nll);
+    if (!win || !targets || !nll) {
+        free(win), free(targets), free(nll);
         return err_set(err, "out of memory");
     }
     long n_windows = n_text <= L ? 1 : 1 + (n_text - L + stride - 1) / stride;
@@ -135,27 +120,22 @@ static int evaluate(Session *s, const int32_t *text, long n_text, int32_t bos, l
         long n = b + (end - begin);
         if (b) win[0] = bos;
         memcpy(win + b, text + begin, (size_t)(end - begin) * sizeof *win);
-        /* Window position i predicts position i + 1; text token j sits at i = j - begin + b. */
+        /* Window position i predicts position i + 1; text token j sits at i = j - begin + b.
+         * Tokens already scored by the previous window (before prev_end) are not scored again. */
         long first = prev_end > begin + 1 - b ? prev_end : begin + 1 - b;
-        model_reset(m);
-        for (long off = 0; off < n && rc == 0; off += chunk) {
-            long rows = n - off < chunk ? n - off : chunk;
-            rc = model_forward(m, win + off, (int)rows, true, logits, err);
-            if (rc) break;
-            /* Each row's log-softmax is independent (and costs a pass over the vocabulary):
-             * rows in parallel, then summed in order so the result does not depend on threads. */
-#pragma omp parallel for schedule(static)
-            for (long i = off; i < off + rows; i++) {
-                long j = i + 1 - b + begin; /* text index of the token predicted at position i */
-                row_nll[i - off] = (i + 1 >= n || j < first) ? NAN
-                                                             : token_nll(logits + (size_t)(i - off) * vocab, vocab, text[j]);
-            }
-            for (long i = 0; i < rows; i++)
-                if (!isnan(row_nll[i])) {
-                    r->nll_sum += row_nll[i];
-                    r->scored++;
-                }
+        for (long i = 0; i < n; i++) {
+            long j = i + 1 - b + begin; /* text index of the token predicted at position i */
+            targets[i] = (i + 1 >= n || j < first) ? -1 : text[j];
         }
+        model_reset(m);
+        rc = model_score(m, win, (int)n, targets, nll, err);
+        if (rc) break;
+        /* summed in order, so the result does not depend on threads or devices' row order */
+        for (long i = 0; i < n; i++)
+            if (targets[i] >= 0) {
+                r->nll_sum += nll[i];
+                r->scored++;
+            }
         r->windows++;
         progress_update(&prog, r->windows);
         prev_end = end;
@@ -163,7 +143,7 @@ static int evaluate(Session *s, const int32_t *text, long n_text, int32_t bos, l
     }
     progress_end(&prog);
     r->seconds = cli_now() - t0;
-    free(win), free(logits), free(row_nll);
+    free(win), free(targets), free(nll);
     return rc;
 }
 

@@ -284,18 +284,40 @@ void model_reset(Model *m) { m->n_past = 0; }
 
 /* ---- forward ----------------------------------------------------------------------- */
 
-/* logits rows = final hidden rows x lm_head^T, MODEL_LOGIT_ROWS at a time. */
-static void compute_logits(Model *m, const float *hidden, int first, int n, float *logits) {
+/* What a forward pass hands back. */
+typedef enum {
+    OUT_LAST_HOST,      /* the last token's logits, downloaded */
+    OUT_ALL_HOST,       /* every token's logits, downloaded */
+    OUT_LAST_BACKEND,   /* the last token's logits, left in rs.logits */
+    OUT_NLL,            /* every token's -log p(target), only those numbers downloaded */
+} Readout;
+
+typedef struct ForwardOut {
+    Readout kind;
+    float *logits;            /* OUT_*_HOST: host [T or 1, vocab] */
+    const int32_t *targets;   /* OUT_NLL: host [T], -1 = not scored */
+    double *nll;              /* OUT_NLL: host [T] */
+} ForwardOut;
+
+/* Reads out rows first..first+n-1 of this call's final hidden states (token `start` of the
+ * whole forward is row 0): logits = hidden x lm_head^T, MODEL_LOGIT_ROWS rows at a time. */
+static void read_out(Model *m, const float *hidden, int first, int n, int start, const ForwardOut *o) {
     Backend *bk = m->bk;
     size_t E = (size_t)m->cfg.word_embed_proj_dim, V = (size_t)m->cfg.vocab_size;
     for (int r = 0; r < n; r += MODEL_LOGIT_ROWS) {
         int rows = n - r < MODEL_LOGIT_ROWS ? n - r : MODEL_LOGIT_ROWS;
         bk->matmul(bk, m->lm_head, hidden + (size_t)(first + r) * E, rows, m->rs.logits);
-        bk->download(bk, logits + (size_t)r * V, m->rs.logits, (size_t)rows * V);
+        size_t t = (size_t)start + (size_t)first + (size_t)r; /* token index in the whole call */
+        switch (o->kind) {
+        case OUT_LAST_HOST: bk->download(bk, o->logits, m->rs.logits, V); break;
+        case OUT_ALL_HOST: bk->download(bk, o->logits + t * V, m->rs.logits, (size_t)rows * V); break;
+        case OUT_LAST_BACKEND: break;
+        case OUT_NLL: bk->token_nll(bk, m->rs.logits, rows, (int)V, o->targets + t, o->nll + t); break;
+        }
     }
 }
 
-int model_forward(Model *m, const int32_t *ids, int T, bool all_logits, float *logits, Error *err) {
+static int forward(Model *m, const int32_t *ids, int T, const ForwardOut *o, Error *err) {
     const ModelConfig *c = &m->cfg;
     if (T <= 0) return err_set(err, "nothing to run: no tokens");
     if (T > m->ctx - m->n_past)
@@ -303,17 +325,37 @@ int model_forward(Model *m, const int32_t *ids, int T, bool all_logits, float *l
     for (int t = 0; t < T; t++)
         if (ids[t] < 0 || ids[t] >= c->vocab_size)
             return err_set(err, "token id %d is outside the vocabulary (0..%d)", ids[t], c->vocab_size - 1);
+    if (o->kind == OUT_NLL)
+        for (int t = 0; t < T; t++)
+            if (o->targets[t] < -1 || o->targets[t] >= c->vocab_size)
+                return err_set(err, "target id %d is outside the vocabulary (0..%d)", o->targets[t],
+                               c->vocab_size - 1);
 
-    size_t V = (size_t)c->vocab_size;
+    bool all = o->kind == OUT_ALL_HOST || o->kind == OUT_NLL;
     for (int start = 0; start < T; start += m->rs.capacity) {
         int n = T - start < m->rs.capacity ? T - start : m->rs.capacity;
         const float *hidden = c->arch == ARCH_OPT ? opt_forward(m, ids + start, n)
                                                   : bloom_forward(m, ids + start, n);
         m->n_past += n;
-        if (all_logits)
-            compute_logits(m, hidden, 0, n, logits + (size_t)start * V);
+        if (all)
+            read_out(m, hidden, 0, n, start, o);
         else if (start + n == T)
-            compute_logits(m, hidden, n - 1, 1, logits);
+            read_out(m, hidden, n - 1, 1, start, o);
     }
     return 0;
+}
+
+int model_forward(Model *m, const int32_t *ids, int T, bool all_logits, float *logits, Error *err) {
+    ForwardOut o = {.kind = all_logits ? OUT_ALL_HOST : OUT_LAST_HOST, .logits = logits};
+    return forward(m, ids, T, &o, err);
+}
+
+float *model_forward_last(Model *m, const int32_t *ids, int T, Error *err) {
+    ForwardOut o = {.kind = OUT_LAST_BACKEND};
+    return forward(m, ids, T, &o, err) ? NULL : m->rs.logits;
+}
+
+int model_score(Model *m, const int32_t *ids, int T, const int32_t *targets, double *nll, Error *err) {
+    ForwardOut o = {.kind = OUT_NLL, .targets = targets, .nll = nll};
+    return forward(m, ids, T, &o, err);
 }

@@ -102,6 +102,17 @@ void model_reset(Model *m);
  * room (checked: returns -1 with a message). */
 int model_forward(Model *m, const int32_t *ids, int T, bool all_logits, float *logits, Error *err);
 
+/* The same run, leaving the last token's logits [vocab] in backend memory: returns that
+ * buffer (valid until the next call), or NULL with a message. For sampling on the
+ * backend (sampler_pick), so that only the chosen id comes back. */
+float *model_forward_last(Model *m, const int32_t *ids, int T, Error *err);
+
+/* The same run, scoring each position against a target instead of returning logits:
+ *   nll[t] = -log softmax(logits_t)[targets[t]]
+ * for every t with targets[t] >= 0, NaN where targets[t] is -1 (typically targets[t] =
+ * ids[t + 1]). Logits stay on the backend; only these T numbers come back. */
+int model_score(Model *m, const int32_t *ids, int T, const int32_t *targets, double *nll, Error *err);
+
 /* ---- for the architecture files (opt.c, bloom.c) ---------------------------------- */
 
 /* Per-architecture parts, called by model.c. *_load fills the Model's weights;

@@ -20,6 +20,7 @@
 #include <omp.h>
 
 #include "cpu_internal.h"
+#include "logits.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -651,6 +652,35 @@ static void cpu_attention(Backend *bk, const AttentionArgs *a) {
     }
 }
 
+/* ---- reading out the logits (the math is in logits.c) ---------------------------------------- */
+
+static void cpu_token_nll(Backend *bk, const float *x, int rows, int n, const int32_t *targets, double *nll) {
+    (void)bk;
+    /* Each row is a pass over the vocabulary, independent of the others. */
+#pragma omp parallel for schedule(static) if (rows > 1 && (int64_t)rows * n >= PAR_MIN)
+    for (int r = 0; r < rows; r++)
+        nll[r] = targets[r] < 0 ? NAN : logits_nll(x + (size_t)r * (size_t)n, n, targets[r]);
+}
+
+static int32_t cpu_argmax(Backend *bk, const float *x, int n) {
+    (void)bk;
+    return argmax_f32(x, n);
+}
+
+static void cpu_penalize(Backend *bk, float *x, const int32_t *ids, int n_ids, float penalty) {
+    (void)bk;
+    for (int i = 0; i < n_ids; i++) {
+        float *l = &x[ids[i]];
+        *l = *l > 0 ? *l / penalty : *l * penalty;
+    }
+}
+
+static void cpu_top_candidates(Backend *bk, const float *x, int n, float temperature, int k, int32_t *ids,
+                               float *probs) {
+    (void)bk;
+    logits_top_candidates(x, n, temperature, k, ids, probs);
+}
+
 /* ---- the table ------------------------------------------------------------------------------ */
 
 Backend *cpu_backend_create(int threads, Error *err) {
@@ -683,6 +713,10 @@ Backend *cpu_backend_create(int threads, Error *err) {
         .gelu_tanh = cpu_gelu_tanh,
         .split_qkv = cpu_split_qkv,
         .attention = cpu_attention,
+        .token_nll = cpu_token_nll,
+        .argmax = cpu_argmax,
+        .penalize = cpu_penalize,
+        .top_candidates = cpu_top_candidates,
     };
     return bk;
 }

@@ -120,13 +120,27 @@ if want test; then
         *) row "test_cuda" "FAILED" "$(grep -m3 FAIL "$LOG/test_cuda.log" | tr '\n' ' ' | cut -c1-300)"; status=1 ;;
     esac
 
+    # the fixtures (Hugging Face goldens) on the GPU, as the meson test fixtures-cuda runs them
+    "$B/tests/test_fixtures" cuda >"$LOG/test_fixtures_cuda.log" 2>&1
+    rc=$?
+    last=$(tail -1 "$LOG/test_fixtures_cuda.log")
+    case $rc in
+        0) row "test_fixtures cuda" "ok" "$last" ;;
+        77) row "test_fixtures cuda" "SKIPPED" "$last"; status=1 ;;
+        *) row "test_fixtures cuda" "FAILED" "$(grep -m3 FAIL "$LOG/test_fixtures_cuda.log" | tr '\n' ' ' | cut -c1-300)"; status=1 ;;
+    esac
+
     if [[ ${SKIP_SANITIZER:-0} != 1 ]] && command -v compute-sanitizer >/dev/null 2>&1; then
-        for tool in memcheck racecheck; do
-            compute-sanitizer --tool $tool --error-exitcode 99 "$B/tests/test_cuda" >"$LOG/sanitizer-$tool.log" 2>&1
+        # every op (test_cuda) under memcheck and racecheck; whole models (the fixtures) under memcheck
+        for run in "memcheck test_cuda" "racecheck test_cuda" "memcheck test_fixtures cuda"; do
+            set -- $run
+            tool=$1; shift
+            name=$(echo "$run" | tr ' ' '-')
+            compute-sanitizer --tool $tool --error-exitcode 99 "$B/tests/$1" "${@:2}" >"$LOG/sanitizer-$name.log" 2>&1
             rc=$?
-            detail=$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOG/sanitizer-$tool.log" | tail -1)
-            if [[ $rc -eq 0 ]]; then row "compute-sanitizer $tool" "ok" "$detail"
-            else row "compute-sanitizer $tool" "FAILED" "exit $rc: $detail"; status=1; fi
+            detail=$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOG/sanitizer-$name.log" | tail -1)
+            if [[ $rc -eq 0 ]]; then row "compute-sanitizer $run" "ok" "$detail"
+            else row "compute-sanitizer $run" "FAILED" "exit $rc: $detail"; status=1; fi
         done
     fi
 fi
@@ -172,6 +186,15 @@ PY
             row "greedy 48 tokens $prec" "FAILED" "$(tail -q -n 1 "$LOG/gen-$prec-cpu.err" "$LOG/gen-$prec-cuda.err" | tr '\n' ' ' | cut -c1-200)"
             status=1
         fi
+    done
+    # sampling on the device: top-k + top-p + penalty (top_candidates, penalize), and top-p
+    # alone at a high temperature (a nucleus wider than the candidates: the download path)
+    for cfg in "--top-k 40 --top-p 0.95 --repetition-penalty 1.2" "--top-k 0 --top-p 0.999 --temperature 3"; do
+        "$B/llmint8" generate "$model" -p "$prompt" -n 32 --seed 11 --device cuda $cfg \
+            >"$LOG/gen-sampled.txt" 2>"$LOG/gen-sampled.err"
+        rc=$?
+        if [[ $rc -eq 0 && -s $LOG/gen-sampled.txt ]]; then row "sampled generate ($cfg)" "ok" "$(tail -1 "$LOG/gen-sampled.err" | cut -c1-120)"
+        else row "sampled generate ($cfg)" "FAILED" "exit $rc: $(tail -1 "$LOG/gen-sampled.err" | cut -c1-200)"; status=1; fi
     done
 fi
 

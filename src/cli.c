@@ -257,8 +257,34 @@ int cli_read_ids(const char *path, int vocab, int32_t **ids, size_t *n, Error *e
     return 0;
 }
 
-int cli_load_tokens(const Session *s, const char *text_file, const char *ids_file, long max_tokens,
-                    int32_t **ids, size_t *n, int32_t *bos, Error *err) {
+int cli_text_option(const char *cmd, int code, const char *arg, TextOptions *t) {
+    switch (code) {
+    case 'f': t->text_file = arg; return 1;
+    case OPT_IDS: t->ids_file = arg; return 1;
+    case OPT_CTX:
+        if (cli_parse_int(arg, 2, 1 << 20, &t->ctx)) {
+            cli_usage_error(cmd, "--ctx '%s': expected a whole number from 2 to %d", arg, 1 << 20);
+            return -1;
+        }
+        return 1;
+    case OPT_MAX_TOKENS:
+        if (cli_parse_int(arg, 0, 1L << 40, &t->max_tokens) || t->max_tokens == 1) {
+            cli_usage_error(cmd, "--max-tokens '%s': expected 0 (the whole text) or a whole number >= 2", arg);
+            return -1;
+        }
+        return 1;
+    default: return 0;
+    }
+}
+
+int cli_text_check(const char *cmd, const TextOptions *t) {
+    if (!t->text_file == !t->ids_file) return cli_usage_error(cmd, "give exactly one of -f FILE and --ids FILE");
+    return 0;
+}
+
+int cli_load_tokens(const Session *s, const TextOptions *t, int32_t **ids, size_t *n, int32_t *bos, Error *err) {
+    const char *text_file = t->text_file, *ids_file = t->ids_file;
+    const long max_tokens = t->max_tokens;
     const int vocab = checkpoint_config(s->ck)->vocab_size;
     *bos = -1;
     if (ids_file) {

@@ -22,6 +22,7 @@
 enum {
     OPT_PRECISION = 1000, OPT_QUANT, OPT_THRESHOLD, OPT_OUTLIERS, OPT_DEVICE, OPT_THREADS,
     OPT_TOKENIZER, OPT_HELP,
+    OPT_IDS = 1050, OPT_CTX, OPT_MAX_TOKENS,   /* CLI_TEXT_OPTIONS */
     OPT_COMMAND_BASE = 1100 /* commands number their own long-only options from here */
 };
 
@@ -53,6 +54,28 @@ void cli_common_defaults(CommonOptions *o);
 /* Handles one common option code. Returns 1 if handled, 0 if `code` is not a common
  * option, -1 after printing an error about a bad value. */
 int cli_common_option(int code, const char *arg, CommonOptions *o);
+
+/* The text a scoring command (ppl, outliers) reads: -f FILE or --ids FILE, the first
+ * --max-tokens of it, in windows of --ctx tokens. Its getopt_long entries are
+ * CLI_TEXT_OPTIONS (with "f:" in the short options); its switch hands the codes to
+ * cli_text_option() before cli_common_option(). */
+typedef struct TextOptions {
+    const char *text_file, *ids_file;
+    long ctx;                   /* 0: not given */
+    long max_tokens;            /* 0: the whole text */
+} TextOptions;
+
+#define CLI_TEXT_OPTIONS                                           \
+    {"file", required_argument, NULL, 'f'},                        \
+    {"ids", required_argument, NULL, OPT_IDS},                     \
+    {"ctx", required_argument, NULL, OPT_CTX},                     \
+    {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS}
+
+/* Handles one text option of command `cmd`. Returns 1 if handled, 0 if `code` is not a
+ * text option, -1 after printing a usage error about a bad value. */
+int cli_text_option(const char *cmd, int code, const char *arg, TextOptions *t);
+/* After parsing: exactly one of -f and --ids. Returns 0, or the usage error's exit code. */
+int cli_text_check(const char *cmd, const TextOptions *t);
 
 /* Prints "llmint8: error: <msg>" to stderr. Returns 1 (the exit code). */
 int cli_fail(const Error *err);
@@ -90,9 +113,8 @@ int cli_read_ids(const char *path, int vocab, int32_t **ids, size_t *n, Error *e
 
 /* The tokens a command scores: from a text file (tokenized without BOS; *bos = the BOS id
  * windows should start with, or -1) or from an ids file (used as given: *bos = -1). Every id
- * is checked against the model's vocabulary; max_tokens > 0 keeps only the first ones. */
-int cli_load_tokens(const Session *s, const char *text_file, const char *ids_file, long max_tokens,
-                    int32_t **ids, size_t *n, int32_t *bos, Error *err);
+ * is checked against the model's vocabulary; t->max_tokens > 0 keeps only the first ones. */
+int cli_load_tokens(const Session *s, const TextOptions *t, int32_t **ids, size_t *n, int32_t *bos, Error *err);
 
 /* Progress bar on stderr, drawn only when stderr is a terminal. */
 typedef struct Progress {

@@ -37,7 +37,7 @@ static const char HELP[] =
     "  echo \"The old man\" | llmint8 generate --greedy --precision fp16\n";
 
 enum {
-    OPT_IDS = OPT_COMMAND_BASE, OPT_TEMPERATURE, OPT_TOP_K, OPT_TOP_P, OPT_REP_PENALTY, OPT_SEED,
+    OPT_TEMPERATURE = OPT_COMMAND_BASE, OPT_TOP_K, OPT_TOP_P, OPT_REP_PENALTY, OPT_SEED,
     OPT_GREEDY, OPT_IGNORE_EOS, OPT_PRINT_IDS, OPT_TRUNCATE,
 };
 

@@ -44,14 +44,12 @@ static const char HELP[] =
     "  llmint8 outliers MODEL_DIR -f wiki.test.raw --max-tokens 20000 --json > outliers.json\n"
     "  llmint8 outliers tests/data/fixtures/opt-tiny --ids ids.txt --threshold 8\n";
 
-enum {
-    OPT_IDS = OPT_COMMAND_BASE, OPT_CTX, OPT_MAX_TOKENS, OPT_MIN_LAYERS, OPT_MIN_TOKENS, OPT_SEED,
-    OPT_NO_ABLATION, OPT_SVG, OPT_JSON
-};
+enum { OPT_MIN_LAYERS = OPT_COMMAND_BASE, OPT_MIN_TOKENS, OPT_SEED, OPT_NO_ABLATION, OPT_SVG, OPT_JSON };
 
 typedef struct OutlierOptions {
-    const char *text_file, *ids_file, *svg_file;
-    long ctx, max_tokens, seed;
+    TextOptions text;
+    const char *svg_file;
+    long seed;
     double threshold;
     OutlierCriteria crit;
     bool json, ablation;
@@ -60,10 +58,7 @@ typedef struct OutlierOptions {
 static int parse_args(int argc, char **argv, CommonOptions *co, OutlierOptions *po) {
     static const struct option longopts[] = {
         CLI_COMMON_OPTIONS,
-        {"file", required_argument, NULL, 'f'},
-        {"ids", required_argument, NULL, OPT_IDS},
-        {"ctx", required_argument, NULL, OPT_CTX},
-        {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS},
+        CLI_TEXT_OPTIONS,
         {"min-layers", required_argument, NULL, OPT_MIN_LAYERS},
         {"min-tokens", required_argument, NULL, OPT_MIN_TOKENS},
         {"seed", required_argument, NULL, OPT_SEED},
@@ -77,19 +72,9 @@ static int parse_args(int argc, char **argv, CommonOptions *co, OutlierOptions *
     while ((c = getopt_long(argc, argv, "f:h", longopts, NULL)) != -1) {
         switch (c) {
         case 'h': fputs(HELP, stdout); exit(0);
-        case 'f': po->text_file = optarg; break;
-        case OPT_IDS: po->ids_file = optarg; break;
         case OPT_SVG: po->svg_file = optarg; break;
         case OPT_JSON: po->json = true; break;
         case OPT_NO_ABLATION: po->ablation = false; break;
-        case OPT_CTX:
-            if (cli_parse_int(optarg, 2, 1 << 20, &po->ctx))
-                return cli_usage_error("outliers", "--ctx '%s': expected a whole number >= 2", optarg);
-            break;
-        case OPT_MAX_TOKENS:
-            if (cli_parse_int(optarg, 0, 1L << 40, &po->max_tokens))
-                return cli_usage_error("outliers", "--max-tokens '%s': expected a whole number >= 0", optarg);
-            break;
         case OPT_SEED:
             if (cli_parse_int(optarg, 0, 1L << 62, &po->seed))
                 return cli_usage_error("outliers", "--seed '%s': expected a whole number >= 0", optarg);
@@ -107,7 +92,8 @@ static int parse_args(int argc, char **argv, CommonOptions *co, OutlierOptions *
                 return cli_usage_error("outliers", "--min-tokens '%s': expected a share from 0 to 1", optarg);
             break;
         default: {
-            int r = cli_common_option(c, optarg, co);
+            int r = cli_text_option("outliers", c, optarg, &po->text);
+            if (r == 0) r = cli_common_option(c, optarg, co);
             if (r < 0) return 2;
             if (r == 0) return cli_usage_error("outliers", "unknown option");
         }
@@ -116,8 +102,7 @@ static int parse_args(int argc, char **argv, CommonOptions *co, OutlierOptions *
     if (optind < argc) co->model_dir = argv[optind++];
     if (optind < argc) return cli_usage_error("outliers", "unexpected argument '%s'", argv[optind]);
     if (!co->model_dir) return cli_usage_error("outliers", "no MODEL_DIR given");
-    if (!po->text_file == !po->ids_file)
-        return cli_usage_error("outliers", "give exactly one of -f FILE and --ids FILE");
+    if (cli_text_check("outliers", &po->text)) return 2;
     if (co->quant_given && co->quant.mode != QUANT_FP16)
         return cli_usage_error("outliers", "the analysis runs the 16-bit model: --precision/--quant must be fp16");
     return 0;
@@ -502,7 +487,7 @@ static void print_text(const Report *r) {
 
 int cmd_outliers(int argc, char **argv) {
     CommonOptions co;
-    OutlierOptions po = {.max_tokens = 4096, .seed = 1234, .threshold = 6.0,
+    OutlierOptions po = {.text.max_tokens = 4096, .seed = 1234, .threshold = 6.0,
                          .crit = {.min_layer_share = 0.25, .min_token_share = 0.06}, .ablation = true};
     cli_common_defaults(&co);
     int rc = parse_args(argc, argv, &co, &po);
@@ -511,9 +496,9 @@ int cmd_outliers(int argc, char **argv) {
 
     Error err;
     Session s;
-    if (cli_session_open(&co, po.text_file != NULL, false, &s, &err)) return cli_fail(&err);
+    if (cli_session_open(&co, po.text.text_file != NULL, false, &s, &err)) return cli_fail(&err);
     const ModelConfig *cfg = checkpoint_config(s.ck);
-    const char *source = po.text_file ? po.text_file : po.ids_file;
+    const char *source = po.text.text_file ? po.text.text_file : po.text.ids_file;
 
     int32_t *ids = NULL, bos = -1;
     size_t n_ids = 0;
@@ -521,12 +506,12 @@ int cmd_outliers(int argc, char **argv) {
     OutlierFeature *feat = NULL;
     int n_feat = 0;
     uint8_t *feat_mask = NULL, *rand_mask = NULL;
-    rc = cli_load_tokens(&s, po.text_file, po.ids_file, po.max_tokens, &ids, &n_ids, &bos, &err);
+    rc = cli_load_tokens(&s, &po.text, &ids, &n_ids, &bos, &err);
     if (rc == 0 && n_ids == 0) rc = err_set(&err, "%s: the text has no tokens", source);
     if (rc) goto done;
 
     long native = cfg->arch == ARCH_OPT ? cfg->max_positions : 2048;
-    long ctx = po.ctx ? po.ctx : (native < 2048 ? native : 2048);
+    long ctx = po.text.ctx ? po.text.ctx : (native < 2048 ? native : 2048);
     if (cfg->arch == ARCH_OPT && ctx > native) {
         rc = err_set(&err, "--ctx %ld exceeds the model's %ld positions", ctx, native);
         goto done;

@@ -23,7 +23,7 @@ static const char HELP[] =
     "      --ctx N            tokens per window, BOS included (default: the model's positions;\n"
     "                         2048 for ALiBi models)\n"
     "      --stride S         text tokens between window starts (default: a full window, no overlap)\n"
-    "      --max-tokens N     score only the first N tokens of the text\n"
+    "      --max-tokens N     score only the first N tokens of the text (default 0: all of it)\n"
     "      --quant all        run every quantization mode on the same text and print a table\n"
     "      --json             print a JSON object (with 'ppl', 'nll_mean', 'tokens_scored', 'seconds')\n"
     "\n%s\n"
@@ -32,11 +32,11 @@ static const char HELP[] =
     "  llmint8 ppl MODEL_DIR -f wiki.test.raw --ctx 1024 --stride 512 --json\n"
     "  llmint8 ppl MODEL_DIR -f c4.txt --quant all --max-tokens 20000\n";
 
-enum { OPT_IDS = OPT_COMMAND_BASE, OPT_CTX, OPT_STRIDE, OPT_MAX_TOKENS, OPT_JSON };
+enum { OPT_STRIDE = OPT_COMMAND_BASE, OPT_JSON };
 
 typedef struct PplOptions {
-    const char *text_file, *ids_file;
-    long ctx, stride, max_tokens;
+    TextOptions text;
+    long stride;
     bool json, all_modes;
 } PplOptions;
 
@@ -51,11 +51,8 @@ typedef struct PplResult {
 static int parse_args(int argc, char **argv, CommonOptions *co, PplOptions *po) {
     static const struct option longopts[] = {
         CLI_COMMON_OPTIONS,
-        {"file", required_argument, NULL, 'f'},
-        {"ids", required_argument, NULL, OPT_IDS},
-        {"ctx", required_argument, NULL, OPT_CTX},
+        CLI_TEXT_OPTIONS,
         {"stride", required_argument, NULL, OPT_STRIDE},
-        {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS},
         {"json", no_argument, NULL, OPT_JSON},
         {NULL, 0, NULL, 0},
     };
@@ -64,16 +61,8 @@ static int parse_args(int argc, char **argv, CommonOptions *co, PplOptions *po) 
     while ((c = getopt_long(argc, argv, "f:h", longopts, NULL)) != -1) {
         switch (c) {
         case 'h': printf(HELP, CLI_COMMON_HELP); exit(0);
-        case 'f': po->text_file = optarg; break;
-        case OPT_IDS: po->ids_file = optarg; break;
-        case OPT_CTX:
-            if (cli_parse_int(optarg, 2, 1 << 20, &po->ctx)) return cli_usage_error("ppl", "--ctx '%s': expected a whole number >= 2", optarg);
-            break;
         case OPT_STRIDE:
             if (cli_parse_int(optarg, 1, 1 << 20, &po->stride)) return cli_usage_error("ppl", "--stride '%s': expected a whole number >= 1", optarg);
-            break;
-        case OPT_MAX_TOKENS:
-            if (cli_parse_int(optarg, 2, 1L << 40, &po->max_tokens)) return cli_usage_error("ppl", "--max-tokens '%s': expected a whole number >= 2", optarg);
             break;
         case OPT_JSON: po->json = true; break;
         case OPT_QUANT:
@@ -83,7 +72,8 @@ static int parse_args(int argc, char **argv, CommonOptions *co, PplOptions *po) 
             }
             /* fall through */
         default: {
-            int r = cli_common_option(c, optarg, co);
+            int r = cli_text_option("ppl", c, optarg, &po->text);
+            if (r == 0) r = cli_common_option(c, optarg, co);
             if (r < 0) return 2;
             if (r == 0) return cli_usage_error("ppl", "unknown option");
         }
@@ -92,8 +82,7 @@ static int parse_args(int argc, char **argv, CommonOptions *co, PplOptions *po) 
     if (optind < argc) co->model_dir = argv[optind++];
     if (optind < argc) return cli_usage_error("ppl", "unexpected argument '%s'", argv[optind]);
     if (!co->model_dir) return cli_usage_error("ppl", "no MODEL_DIR given");
-    if (!po->text_file == !po->ids_file) return cli_usage_error("ppl", "give exactly one of -f FILE and --ids FILE");
-    return 0;
+    return cli_text_check("ppl", &po->text);
 }
 
 /* Scores the text under the loaded model; see the file comment for the window rule. */
@@ -164,24 +153,24 @@ int cmd_ppl(int argc, char **argv) {
 
     Error err;
     Session s;
-    if (cli_session_open(&co, po.text_file != NULL, false, &s, &err)) return cli_fail(&err);
+    if (cli_session_open(&co, po.text.text_file != NULL, false, &s, &err)) return cli_fail(&err);
     const ModelConfig *cfg = checkpoint_config(s.ck);
 
     int32_t *ids = NULL, bos = -1;
     size_t n_ids = 0;
-    rc = cli_load_tokens(&s, po.text_file, po.ids_file, po.max_tokens, &ids, &n_ids, &bos, &err);
+    rc = cli_load_tokens(&s, &po.text, &ids, &n_ids, &bos, &err);
     if (rc == 0 && n_ids + (bos >= 0) < 2)
         rc = err_set(&err, "%s: the text has %zu token(s); perplexity needs at least 2",
-                     po.text_file ? po.text_file : po.ids_file, n_ids);
+                     po.text.text_file ? po.text.text_file : po.text.ids_file, n_ids);
     if (rc) goto done;
 
     long native = cfg->arch == ARCH_OPT ? cfg->max_positions : 2048;
-    long ctx = po.ctx ? po.ctx : native;
+    long ctx = po.text.ctx ? po.text.ctx : native;
     if (cfg->arch == ARCH_OPT && ctx > native) {
         rc = err_set(&err, "--ctx %ld exceeds the model's %ld positions", ctx, native);
         goto done;
     }
-    if (po.ids_file && (long)n_ids <= ctx) ctx = (long)n_ids; /* one window, sized to fit */
+    if (po.text.ids_file && (long)n_ids <= ctx) ctx = (long)n_ids; /* one window, sized to fit */
     long L = ctx - (bos >= 0);
     long stride = po.stride ? po.stride : L;
     if (stride > L) {

@@ -167,6 +167,12 @@ check("--truncate keeps the end of a long prompt", rc == 0 and "truncated" in er
 expect_error("missing model directory", ["generate", "no/such/dir", "-p", "x"], ["no/such/dir"])
 expect_error("bad --threads", ["generate", MODEL, "-p", "x", "--threads", "0"], ["--threads"], code=2)
 expect_error("bad --precision", ["ppl", MODEL, "-f", "x", "--precision", "int4"], ["--precision"], code=2)
+# the text options ppl and outliers share (cli_text_option)
+for cmd in ("ppl", "outliers"):
+    expect_error(f"{cmd} --max-tokens 1", [cmd, MODEL, "-f", "x", "--max-tokens", "1"], ["--max-tokens", "'1'"], code=2)
+    expect_error(f"{cmd} --ctx 1", [cmd, MODEL, "-f", "x", "--ctx", "1"], ["--ctx", "'1'"], code=2)
+    expect_error(f"{cmd} without a text", [cmd, MODEL], ["-f FILE", "--ids FILE"], code=2)
+    expect_error(f"{cmd} with two texts", [cmd, MODEL, "-f", "x", "--ids", "y"], ["exactly one"], code=2)
 
 # --- convert: the int8 checkpoint gives bit-identical results to quantize-on-load ------------
 with tempfile.TemporaryDirectory() as tmp:

@@ -277,6 +277,14 @@ int cli_text_option(const char *cmd, int code, const char *arg, TextOptions *t) 
     }
 }
 
+int cli_text_or_common_option(const char *cmd, int code, const char *arg, TextOptions *t, CommonOptions *co) {
+    int r = cli_text_option(cmd, code, arg, t);
+    if (r == 0) r = cli_common_option(code, arg, co);
+    if (r < 0) return 2;
+    if (r == 0) return cli_usage_error(cmd, "unknown option");
+    return 0;
+}
+
 int cli_text_check(const char *cmd, const TextOptions *t) {
     if (!t->text_file == !t->ids_file) return cli_usage_error(cmd, "give exactly one of -f FILE and --ids FILE");
     return 0;

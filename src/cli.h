@@ -74,6 +74,9 @@ typedef struct TextOptions {
 /* Handles one text option of command `cmd`. Returns 1 if handled, 0 if `code` is not a
  * text option, -1 after printing a usage error about a bad value. */
 int cli_text_option(const char *cmd, int code, const char *arg, TextOptions *t);
+/* A scoring command's `default:` case: a text option, else a common option. Returns 0
+ * when handled, else 2 after printing the usage error (a bad value or an unknown option). */
+int cli_text_or_common_option(const char *cmd, int code, const char *arg, TextOptions *t, CommonOptions *co);
 /* After parsing: exactly one of -f and --ids. Returns 0, or the usage error's exit code. */
 int cli_text_check(const char *cmd, const TextOptions *t);
 

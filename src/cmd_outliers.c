@@ -91,12 +91,8 @@ static int parse_args(int argc, char **argv, CommonOptions *co, OutlierOptions *
             if (cli_parse_float(optarg, 0.0, 1.0, &po->crit.min_token_share))
                 return cli_usage_error("outliers", "--min-tokens '%s': expected a share from 0 to 1", optarg);
             break;
-        default: {
-            int r = cli_text_option("outliers", c, optarg, &po->text);
-            if (r == 0) r = cli_common_option(c, optarg, co);
-            if (r < 0) return 2;
-            if (r == 0) return cli_usage_error("outliers", "unknown option");
-        }
+        default:
+            if (cli_text_or_common_option("outliers", c, optarg, &po->text, co)) return 2;
         }
     }
     if (optind < argc) co->model_dir = argv[optind++];

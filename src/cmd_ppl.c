@@ -71,12 +71,8 @@ static int parse_args(int argc, char **argv, CommonOptions *co, PplOptions *po) 
                 break;
             }
             /* fall through */
-        default: {
-            int r = cli_text_option("ppl", c, optarg, &po->text);
-            if (r == 0) r = cli_common_option(c, optarg, co);
-            if (r < 0) return 2;
-            if (r == 0) return cli_usage_error("ppl", "unknown option");
-        }
+        default:
+            if (cli_text_or_common_option("ppl", c, optarg, &po->text, co)) return 2;
         }
     }
     if (optind < argc) co->model_dir = argv[optind++];

@@ -26,6 +26,17 @@ steps=("$@")
 want() { local s; for s in "${steps[@]}"; do [[ $s == all || $s == "$1" ]] && return 0; done; return 1; }
 
 ROWS=()
+gpu_test() { # label, program, arguments...
+    local label=$1 log=$LOG/$(echo "$1" | tr ' ' '_').log rc
+    shift
+    "$@" >"$log" 2>&1
+    rc=$?
+    case $rc in
+        0) row "$label" "ok" "$(tail -1 "$log")" ;;
+        77) row "$label" "SKIPPED" "$(tail -1 "$log")"; status=1 ;;
+        *) row "$label" "FAILED" "$(grep -m3 FAIL "$log" | tr '\n' ' ' | cut -c1-300)"; status=1 ;;
+    esac
+}
 row() { ROWS+=("$(printf '%-34s %-8s %s' "$1" "$2" "$3")"); echo "== $1: $2 $3"; }
 table() {
     {
@@ -111,24 +122,10 @@ if want test; then
     if [[ $rc -eq 0 ]]; then row "meson test" "ok" "$summary($((SECONDS - t0)) s)"
     else row "meson test" "FAILED" "$summary"; status=1; fi
 
-    "$B/tests/test_cuda" >"$LOG/test_cuda.log" 2>&1
-    rc=$?
-    last=$(tail -1 "$LOG/test_cuda.log")
-    case $rc in
-        0) row "test_cuda" "ok" "$last" ;;
-        77) row "test_cuda" "SKIPPED" "$last"; status=1 ;;
-        *) row "test_cuda" "FAILED" "$(grep -m3 FAIL "$LOG/test_cuda.log" | tr '\n' ' ' | cut -c1-300)"; status=1 ;;
-    esac
-
-    # the fixtures (Hugging Face goldens) on the GPU, as the meson test fixtures-cuda runs them
-    "$B/tests/test_fixtures" cuda >"$LOG/test_fixtures_cuda.log" 2>&1
-    rc=$?
-    last=$(tail -1 "$LOG/test_fixtures_cuda.log")
-    case $rc in
-        0) row "test_fixtures cuda" "ok" "$last" ;;
-        77) row "test_fixtures cuda" "SKIPPED" "$last"; status=1 ;;
-        *) row "test_fixtures cuda" "FAILED" "$(grep -m3 FAIL "$LOG/test_fixtures_cuda.log" | tr '\n' ' ' | cut -c1-300)"; status=1 ;;
-    esac
+    # the backend op by op, then the fixtures (Hugging Face goldens) on the GPU, as the meson
+    # tests cuda and fixtures-cuda run them; a skip (77) is a failure on a GPU machine
+    gpu_test "test_cuda" "$B/tests/test_cuda"
+    gpu_test "test_fixtures cuda" "$B/tests/test_fixtures" cuda
 
     if [[ ${SKIP_SANITIZER:-0} != 1 ]] && command -v compute-sanitizer >/dev/null 2>&1; then
         # every op (test_cuda) under memcheck and racecheck; whole models (the fixtures) under memcheck

@@ -480,12 +480,28 @@ static void cu_attention(Backend *bk, const AttentionArgs *a) {
     if (!cb->failed) cuda_attention(cb, a);
 }
 
+static void cu_token_nll(Backend *bk, const float *x, int rows, int n, const int32_t *targets, double *nll) {
+    cuda_token_nll(cuda_of(bk), x, rows, n, targets, nll);
+}
+
+static int32_t cu_argmax(Backend *bk, const float *x, int n) { return cuda_argmax(cuda_of(bk), x, n); }
+
+static void cu_penalize(Backend *bk, float *x, const int32_t *ids, int n_ids, float penalty) {
+    cuda_penalize(cuda_of(bk), x, ids, n_ids, penalty);
+}
+
+static void cu_top_candidates(Backend *bk, const float *x, int n, float temperature, int k, int32_t *ids,
+                              float *probs) {
+    cuda_top_candidates(cuda_of(bk), x, n, temperature, k, ids, probs);
+}
+
 /* ---- create / destroy ------------------------------------------------------------------------- */
 static void cu_destroy(Backend *bk) {
     CudaBackend *cb = cuda_of(bk);
     if (!cb) return;
     if (cb->stream) cudaStreamSynchronize(cb->stream);
-    CudaScratch *scratch[] = {&cb->x16, &cb->ca, &cb->sca, &cb->c32, &cb->colflags, &cb->cols, &cb->rows, &cb->ids};
+    CudaScratch *scratch[] = {&cb->x16,  &cb->ca,   &cb->sca, &cb->c32, &cb->colflags,
+                              &cb->cols, &cb->rows, &cb->ids, &cb->readout};
     for (size_t i = 0; i < sizeof scratch / sizeof scratch[0]; i++) scratch_free(scratch[i]);
     if (cb->workspace) cudaFree(cb->workspace);
     if (cb->lt) LT.Destroy(cb->lt);
@@ -590,6 +606,10 @@ extern "C" Backend *cuda_backend_create(Error *err) {
         b->gelu_tanh = cu_gelu_tanh;
         b->split_qkv = cu_split_qkv;
         b->attention = cu_attention;
+        b->token_nll = cu_token_nll;
+        b->argmax = cu_argmax;
+        b->penalize = cu_penalize;
+        b->top_candidates = cu_top_candidates;
     }
     return &cb->base;
 fail:

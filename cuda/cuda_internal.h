@@ -8,10 +8,13 @@
  *                    GELU, embedding lookup, QKV split, causal attention.
  *   cuda_int8.cu     LLM.int8(): activation quantization with outlier detection, and the
  *                    dequantization epilogue with the 16-bit outlier product.
+ *   cuda_readout.cu  reading out the logits: per-token NLL, argmax, repetition penalty and
+ *                    the top candidates of the softmax (only small results come back).
  *
  * Execution model: everything runs in order on one stream (CudaBackend.stream); nothing
- * inside a layer waits for the GPU. Only download(), release/free, weight creation and the
- * first growth of a scratch buffer synchronise.
+ * inside a layer waits for the GPU. Only download(), the readouts that return host data
+ * (token_nll, argmax, top_candidates), release/free, weight creation and the first growth
+ * of a scratch buffer synchronise.
  *
  * Errors: Backend operations cannot return an error, so a failing CUDA or cuBLASLt call
  * inside one records a *sticky* error (cuda_fail): the first message is printed to stderr
@@ -84,6 +87,7 @@ typedef struct CudaBackend {
     CudaScratch cols;             /* int32: arrival counter, count, sorted outlier columns */
     CudaScratch rows;             /* int32: per-token outlier counts [T] and lists [T, cap] */
     CudaScratch ids;              /* int32 token ids [T] */
+    CudaScratch readout;          /* results of the readouts: NLLs and targets, argmax, candidates */
 
     /* host staging for weight uploads (pinned when possible) */
     void *staging;
@@ -222,5 +226,13 @@ int cuda_attention_setup(CudaBackend *cb, size_t *max_smem, Error *err);
  * C32 with the outlier columns excluded, as quant_ref_linear defines them. */
 void cuda_int8_forward(CudaBackend *cb, const Int8Weight *w, const float *bias, const float *x, int T,
                        float *y, int32_t *dbg_acc);
+
+/* ---- cuda_readout.cu ---- (the Backend operations of the same names, src/backend.h; host
+ * arrays in and out; under a sticky error: NaN NLLs and probabilities, argmax and ids 0) */
+void cuda_token_nll(CudaBackend *cb, const float *x, int rows, int n, const int32_t *targets, double *nll);
+int32_t cuda_argmax(CudaBackend *cb, const float *x, int n);
+void cuda_penalize(CudaBackend *cb, float *x, const int32_t *ids, int n_ids, float penalty);
+void cuda_top_candidates(CudaBackend *cb, const float *x, int n, float temperature, int k, int32_t *ids,
+                         float *probs);
 
 #endif

@@ -11,6 +11,12 @@
  *     accumulators bit-equal to quant_ref_linear, outputs equal to it within float
  *     rounding, and to the CPU backend;
  *   - the fixtures' int8 unit case: accumulators bit-equal to the goldens;
+ *   - reading out the logits (rows of 50272 and 250880, small odd ones, never read past the
+ *     end): token_nll (unscored rows NaN) within 1e-5 relative, argmax (planted ties, -inf,
+ *     NaN, -0/+0) and penalize (bit-equal, launches of 1000 ids) exactly as the CPU,
+ *     top_candidates (k = 1, 40, 1024; planted ties at the top and across the k-th place;
+ *     all equal) with ids identical to the CPU's and probabilities within 1e-5; arguments
+ *     outside the contract give NaN / 0 without a sticky error;
  *   - unsupported quant modes fail with a message; no sticky error at the end.
  *
  * Without a usable GPU (no device, no driver) it prints why and exits 77 (skipped). */
@@ -482,6 +488,231 @@ static void test_int8(void) {
     free(w16);
 }
 
+/* ---- reading out the logits ------------------------------------------------------------- */
+
+#define GUARD 64 /* floats after a row, set huge: a kernel reading past the end would pick them */
+
+/* A GPU copy of x [n] followed by GUARD floats of 1e30. */
+static float *to_gpu_guarded(const float *x, size_t n) {
+    float *h = malloc((n + GUARD) * sizeof *h);
+    memcpy(h, x, n * sizeof *h);
+    for (int i = 0; i < GUARD; i++) h[n + (size_t)i] = 1e30f;
+    float *d = to_gpu(h, n + GUARD);
+    free(h);
+    return d;
+}
+
+static void test_token_nll_case(int rows, int n, float spread) {
+    size_t total = (size_t)rows * (size_t)n;
+    float *x = random_floats(total, -spread, spread);
+    int32_t *targets = malloc((size_t)rows * sizeof *targets);
+    for (int r = 0; r < rows; r++) targets[r] = r % 4 == 3 ? -1 : (int32_t)(rng_u32() % (uint32_t)n);
+    x[rng_u32() % (uint32_t)n] = spread + 50.0f;                          /* a peaky row 0 */
+    if (rows > 1) targets[1] = cpu->argmax(cpu, x + n, n);                 /* a likely token */
+    if (rows > 2) x[2 * (size_t)n + (size_t)targets[2]] = -spread - 30.0f; /* an unlikely one */
+    double *want = malloc((size_t)rows * sizeof *want), *got = malloc((size_t)rows * sizeof *got);
+    cpu->token_nll(cpu, x, rows, n, targets, want);
+    float *dx = to_gpu_guarded(x, total);
+    gpu->token_nll(gpu, dx, rows, n, targets, got);
+    int bad = 0, first = -1;
+    for (int r = 0; r < rows; r++) {
+        bool ok = targets[r] < 0 ? isnan(got[r]) && isnan(want[r])
+                                 : fabs(got[r] - want[r]) <= 1e-4 + 1e-5 * fabs(want[r]);
+        if (!ok && bad++ == 0) first = r;
+    }
+    CHECK(bad == 0, "token_nll rows %d n %d: %d rows off, e.g. [%d] target %d: %.9g vs %.9g", rows, n, bad, first,
+          first >= 0 ? targets[first] : 0, first >= 0 ? got[first] : 0.0, first >= 0 ? want[first] : 0.0);
+    gpu->release(gpu, dx);
+    free(x), free(targets), free(want), free(got);
+}
+
+static void test_token_nll(void) {
+    test_token_nll_case(5, 50272, 8.0f);   /* OPT's vocabulary */
+    test_token_nll_case(3, 250880, 10.0f); /* BLOOM's */
+    test_token_nll_case(300, 37, 3.0f);    /* many short, odd rows: unaligned row starts */
+    test_token_nll_case(1, 1, 1.0f);       /* nll = 0 */
+
+    /* a target outside [0, n) is outside the contract: NaN, no sticky error */
+    float *dx = to_gpu_guarded((const float[]){1, 2, 3}, 3);
+    int32_t t[2] = {3, -7};
+    double nll[2] = {0, 0};
+    gpu->token_nll(gpu, dx, 1, 3, t, nll);
+    gpu->token_nll(gpu, dx, 1, 3, t + 1, nll + 1);
+    CHECK(isnan(nll[0]) && isnan(nll[1]), "token_nll with targets 3 and -7 of n 3: %g %g", nll[0], nll[1]);
+    gpu->release(gpu, dx);
+}
+
+/* argmax of x [n] on both backends (at an unaligned device address), checked against expect. */
+static void argmax_case(const char *what, const float *x, int n, int32_t expect) {
+    float *dx = gpu->alloc(gpu, (size_t)n + 1 + GUARD);
+    float *h = malloc(((size_t)n + 1 + GUARD) * sizeof *h);
+    h[0] = 1e30f;
+    memcpy(h + 1, x, (size_t)n * sizeof *h);
+    for (int i = 0; i < GUARD; i++) h[(size_t)n + 1 + (size_t)i] = 1e30f;
+    gpu->upload(gpu, dx, h, (size_t)n + 1 + GUARD);
+    int32_t want = cpu->argmax(cpu, x, n), got = gpu->argmax(gpu, dx + 1, n);
+    CHECK(got == want && got == expect, "argmax %s (n %d): gpu %d, cpu %d, expected %d", what, n, got, want, expect);
+    gpu->release(gpu, dx);
+    free(h);
+}
+
+static void test_argmax(void) {
+    int n = 50272;
+    float *x = random_floats(250880, -5, 5);
+    x[40000] = x[1234] = 9.0f; /* equal maxima: the first */
+    argmax_case("two equal maxima", x, n, 1234);
+    x[1234] = x[40000] = 0.0f;
+
+    n = 250880;
+    x[n - 1] = 12.0f;
+    argmax_case("max at the end", x, n, n - 1);
+    x[200000] = x[130000] = x[7] = 12.0f; /* ties in different warps' stretches */
+    argmax_case("four equal maxima", x, n, 7);
+    x[0] = 12.0f;
+    argmax_case("tie at 0", x, n, 0);
+    x[0] = NAN; /* the CPU's scan: nothing beats a NaN in x[0] */
+    argmax_case("NaN at 0", x, n, 0);
+    x[0] = 0.0f, x[7] = NAN; /* NaN elsewhere is skipped */
+    argmax_case("NaN in the middle", x, n, 130000);
+    free(x);
+
+    float one = -3.0f;
+    argmax_case("n = 1", &one, 1, 0);
+    float small[7] = {-1, -2, -0.0f, -5, 0.0f, -1, -0.5f};
+    argmax_case("-0 and +0 equal", small, 7, 2);
+    float *minf = malloc(1000 * sizeof *minf);
+    for (int i = 0; i < 1000; i++) minf[i] = -INFINITY;
+    argmax_case("all -inf", minf, 1000, 0);
+    minf[999] = -1e30f;
+    argmax_case("all -inf but the last", minf, 1000, 999);
+    for (int i = 0; i < 1000; i++) minf[i] = 0.25f;
+    argmax_case("all equal", minf, 1000, 0);
+    free(minf);
+}
+
+static void test_penalize(void) {
+    int n = 50272;
+    float *x = random_floats((size_t)n, -5, 5);
+    x[10] = 0.0f, x[11] = -0.0f, x[12] = 1e-40f, x[13] = -1e-40f, x[14] = INFINITY, x[15] = -INFINITY;
+    /* distinct ids: a shuffled prefix of 0..n-1, with the special entries and both ends in it */
+    int32_t *perm = malloc((size_t)n * sizeof *perm);
+    for (int i = 0; i < n; i++) perm[i] = i;
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)(rng_u32() % (uint32_t)(i + 1));
+        int32_t t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    int32_t special[] = {0, 10, 11, 12, 13, 14, 15, n - 1};
+    for (int s = 0; s < 8; s++)
+        for (int i = 0; i < n; i++)
+            if (perm[i] == special[s]) {
+                perm[i] = perm[s], perm[s] = special[s];
+                break;
+            }
+    float *dx = to_gpu(x, (size_t)n), *want = malloc((size_t)n * sizeof *want);
+    memcpy(want, x, (size_t)n * sizeof *want);
+    const int counts[] = {2500, 1000, 1001, 1, 0};
+    const float penalties[] = {1.3f, 0.7f, 1.1f, 2.0f, 1.5f};
+    for (int c = 0; c < 5; c++) {
+        /* the host array is overwritten right after the call: the GPU must already hold the ids */
+        int32_t *ids = malloc(((size_t)counts[c] + 1) * sizeof *ids);
+        memcpy(ids, perm + 100 * c, (size_t)counts[c] * sizeof *ids);
+        cpu->penalize(cpu, want, ids, counts[c], penalties[c]);
+        gpu->penalize(gpu, dx, ids, counts[c], penalties[c]);
+        for (int i = 0; i < counts[c]; i++) ids[i] = 0;
+        free(ids);
+        float *g = from_gpu(dx, (size_t)n);
+        size_t diff = 0, first = 0;
+        for (size_t i = 0; i < (size_t)n; i++)
+            if (memcmp(&g[i], &want[i], 4) != 0 && diff++ == 0) first = i;
+        CHECK(diff == 0, "penalize %d ids by %g: %zu entries differ, e.g. [%zu] %.9g vs %.9g", counts[c],
+              (double)penalties[c], diff, first, diff ? (double)g[first] : 0.0, diff ? (double)want[first] : 0.0);
+        free(g);
+    }
+    gpu->release(gpu, dx);
+    free(x), free(perm), free(want);
+}
+
+/* top_candidates of x [n] on both backends: ids identical, probabilities within 1e-5, the
+ * order non-increasing. expect (k ids, or NULL) is checked too. */
+static void top_case(const char *what, const float *x, int n, float temperature, int k, const int32_t *expect) {
+    int32_t *ci = malloc((size_t)k * sizeof *ci), *gi = malloc((size_t)k * sizeof *gi);
+    float *cp = malloc((size_t)k * sizeof *cp), *gp = malloc((size_t)k * sizeof *gp);
+    cpu->top_candidates(cpu, x, n, temperature, k, ci, cp);
+    float *dx = to_gpu_guarded(x, (size_t)n);
+    gpu->top_candidates(gpu, dx, n, temperature, k, gi, gp);
+    int idiff = 0, pdiff = 0, first = -1, order = 0, exp_diff = 0;
+    for (int j = 0; j < k; j++) {
+        if (gi[j] != ci[j] && idiff++ == 0) first = j;
+        if (!(fabs((double)gp[j] - cp[j]) <= 1e-5 * fabs((double)cp[j]) + 1e-30)) pdiff++;
+        if (j > 0 && !(gp[j] <= gp[j - 1])) order++;
+        if (expect && gi[j] != expect[j]) exp_diff++;
+    }
+    CHECK(idiff == 0, "top_candidates %s (n %d, k %d, T %g): %d ids differ from the CPU's, first at [%d]: %d vs %d",
+          what, n, k, (double)temperature, idiff, first, first >= 0 ? gi[first] : 0, first >= 0 ? ci[first] : 0);
+    CHECK(pdiff == 0, "top_candidates %s (n %d, k %d): %d probabilities off, e.g. [0] %.9g vs %.9g", what, n, k,
+          pdiff, (double)gp[0], (double)cp[0]);
+    CHECK(order == 0, "top_candidates %s (n %d, k %d): probabilities not in order", what, n, k);
+    CHECK(exp_diff == 0, "top_candidates %s (n %d, k %d): %d ids not the expected ones", what, n, k, exp_diff);
+    gpu->release(gpu, dx);
+    free(ci), free(gi), free(cp), free(gp);
+}
+
+static void test_top_candidates(void) {
+    const int ks[] = {1, 40, 1024};
+    float *x = random_floats(250880, -5, 5);
+    for (int ki = 0; ki < 3; ki++) {
+        top_case("random", x, 50272, 1.0f, ks[ki], NULL);
+        top_case("random", x, 250880, 0.7f, ks[ki], NULL);
+    }
+    top_case("k = n", x, 1024, 1.0f, 1024, NULL);
+    top_case("k near n", x, 1500, 1.3f, 1024, NULL);
+    top_case("tiny", x, 5, 1.0f, 3, NULL);
+    float one = 2.0f;
+    int32_t zero = 0;
+    top_case("n = 1", &one, 1, 1.0f, 1, &zero);
+
+    /* planted ties: 10 entries at 7 (the top), 2000 at 6 (across the k-th place for k > 10),
+     * scattered over every warp's stretch */
+    int n = 50272;
+    int32_t top[10], *expect = malloc(1024 * sizeof *expect);
+    for (int j = 0; j < 10; j++) top[j] = (int32_t)(j * 5003 + 17) % n; /* ascending */
+    for (int j = 0; j < 2000; j++) x[(size_t)(j * 25 + 3)] = 6.0f;      /* ids 3, 28, ... 49978 */
+    for (int j = 0; j < 10; j++) x[top[j]] = 7.0f;
+    const int tie_ks[] = {1, 5, 10, 11, 40, 1024};
+    for (int ki = 0; ki < 6; ki++) {
+        int k = tie_ks[ki], m = 0;
+        for (int j = 0; j < 10 && m < k; j++) expect[m++] = top[j];
+        for (int j = 0; j < 2000 && m < k; j++)
+            if (x[(size_t)(j * 25 + 3)] == 6.0f) expect[m++] = j * 25 + 3; /* a top id may sit on the grid */
+        top_case("planted ties", x, n, 0.8f, k, expect);
+    }
+    free(x);
+
+    /* all equal, +0 and -0 mixed: the lowest ids, each 1/n */
+    n = 3000;
+    x = malloc((size_t)n * sizeof *x);
+    for (int i = 0; i < n; i++) x[i] = i % 3 ? 0.0f : -0.0f;
+    for (int j = 0; j < 1024; j++) expect[j] = j;
+    top_case("all equal", x, n, 1.0f, 1024, expect);
+    top_case("all equal", x, n, 1.0f, 40, expect);
+    int32_t ids[4];
+    float probs[4];
+    float *dx = to_gpu_guarded(x, (size_t)n);
+    gpu->top_candidates(gpu, dx, n, 1.0f, 1, ids, probs);
+    CHECK(ids[0] == 0 && fabs(probs[0] - 1.0 / n) < 1e-9, "all equal: id %d prob %.9g", ids[0], (double)probs[0]);
+
+    /* outside the contract (k > n, temperature 0): ids 0, NaN, and no sticky error */
+    gpu->top_candidates(gpu, dx, 3, 1.0f, 4, ids, probs);
+    CHECK(ids[3] == 0 && isnan(probs[0]) && isnan(probs[3]), "top_candidates with k > n: %d %g", ids[3],
+          (double)probs[0]);
+    gpu->top_candidates(gpu, dx, n, 0.0f, 2, ids, probs);
+    CHECK(ids[1] == 0 && isnan(probs[1]), "top_candidates at temperature 0: %d %g", ids[1], (double)probs[1]);
+    CHECK(gpu->argmax(gpu, dx, 0) == 0, "argmax of n = 0");
+    gpu->release(gpu, dx);
+    free(x), free(expect);
+}
+
 /* ---- the fixtures' int8 unit case ------------------------------------------------------- */
 
 static void test_fixture(const char *name) {
@@ -591,6 +822,14 @@ int main(void) {
     test_attention();
     test_fp16_linear();
     test_int8();
+    if (cpu->token_nll && cpu->argmax && cpu->penalize && cpu->top_candidates) {
+        test_token_nll();
+        test_argmax();
+        test_penalize();
+        test_top_candidates();
+    } else {
+        CHECK(0, "the CPU backend lacks the read-out operations");
+    }
     const char *fixtures[] = {"opt-tiny", "opt-tiny-postln", "bloom-tiny"};
     for (int i = 0; i < 3; i++) test_fixture(fixtures[i]);
 

@@ -118,8 +118,12 @@ static void cu_release(Backend *bk, float *p) {
 static void cu_upload(Backend *bk, float *dst, const float *src, size_t n) {
     CudaBackend *cb = cuda_of(bk);
     if (cb->failed || n == 0) return;
-    /* from pageable memory this returns once src has been staged: the caller may reuse it */
-    cuda_check(cb, cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, cb->stream), "upload");
+    /* The caller may free or reuse src as soon as this returns. An asynchronous copy from
+     * pageable memory is only *usually* staged before it returns (the runtime documents it
+     * as "might be synchronous"), so wait for it: uploads happen at load time and for
+     * observers, never inside a layer. */
+    if (!cuda_check(cb, cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, cb->stream), "upload"))
+        cuda_check(cb, cudaStreamSynchronize(cb->stream), "upload (waiting for the copy)");
 }
 
 static void fill_nan(float *dst, size_t n) {
@@ -161,7 +165,10 @@ static int staging_reserve(CudaBackend *cb, size_t bytes, Error *err) {
 static int upload_now(CudaBackend *cb, void *dst, const void *src, size_t bytes, const char *what, Error *err) {
     cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cb->stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(cb->stream);
-    if (e != cudaSuccess) return err_set(err, "CUDA backend: uploading %s: %s", what, cudaGetErrorString(e));
+    if (e != cudaSuccess) {
+        cudaGetLastError(); /* reported here: it must not resurface at the next kernel launch */
+        return err_set(err, "CUDA backend: uploading %s: %s", what, cudaGetErrorString(e));
+    }
     return 0;
 }
 
@@ -179,7 +186,7 @@ static int device_alloc(void **p, size_t bytes, const char *what, Error *err) {
 /* Checks a host matrix's shape; the padded sizes must fit the kernels' int indices. */
 static int check_shape(const HostMatrix *m, const char *what, Error *err) {
     if (!m || !m->data) return err_set(err, "CUDA backend: %s has no data", what);
-    if (m->rows < 1 || m->cols < 1 || m->rows > INT32_MAX - 64 || m->cols > INT32_MAX - 64)
+    if (m->rows < 1 || m->cols < 1 || m->rows > INT32_MAX - 1024 || m->cols > INT32_MAX - 1024)
         return err_set(err, "CUDA backend: %s has unsupported shape [%lld, %lld]", what, (long long)m->rows,
                        (long long)m->cols);
     return 0;
@@ -214,7 +221,18 @@ static int fp16_weight_create(CudaBackend *cb, const HostMatrix *m, const float 
                     for (int64_t c = 0; c < m->cols; c++)
                         dst[c] = f32_to_f16(quant_dequant_weight(((const int8_t *)src)[c], m->scb[r0 + r]));
                 else
-                    for (int64_t c = 0; c < m->cols; c++) dst[c] = f32_to_f16(dtype_load_f32(m->dtype, src, (size_t)c));
+                    for (int64_t c = 0; c < m->cols; c++) {
+                        /* the tensor cores take fp16: a BF16/F32 value beyond its range would
+                         * silently become inf (the CPU backend keeps such weights as stored) */
+                        float v = dtype_load_f32(m->dtype, src, (size_t)c);
+                        if (fabsf(v) > 65504.0f && isfinite(v)) {
+                            err_set(err, "CUDA backend: a %s weight value %g (row %lld, column %lld) is outside "
+                                    "fp16's range (|x| <= 65504); run it with --device cpu", dtype_name(m->dtype),
+                                    (double)v, (long long)(r0 + r), (long long)c);
+                            goto fail;
+                        }
+                        dst[c] = f32_to_f16(v);
+                    }
                 memset(dst + m->cols, 0, (size_t)(fw->kp - m->cols) * 2);
             }
             if (upload_now(cb, (char *)fw->w + (size_t)r0 * row_bytes, cb->staging, (size_t)nr * row_bytes,
@@ -442,8 +460,12 @@ static void cu_embed(Backend *bk, const BkMatrix *m, const int32_t *ids, int T, 
     CudaBackend *cb = cuda_of(bk);
     if (cb->failed || T <= 0) return;
     if (cuda_scratch_reserve(cb, &cb->ids, (size_t)T * sizeof(int32_t), "token ids")) return;
+    /* Waits for the copy (see cu_upload): the ids array is the caller's. This is the first
+     * op of a forward pass, and the previous one already ended in a wait (a read-out), so
+     * the GPU has nothing queued that this holds up. */
     if (cuda_check(cb, cudaMemcpyAsync(cb->ids.ptr, ids, (size_t)T * sizeof(int32_t), cudaMemcpyHostToDevice,
-                                       cb->stream), "uploading token ids"))
+                                       cb->stream), "uploading token ids") ||
+        cuda_check(cb, cudaStreamSynchronize(cb->stream), "uploading token ids (waiting for the copy)"))
         return;
     cuda_embed(cb, m->f16.w, m->f16.rows, m->f16.cols, m->f16.kp, (const int32_t *)cb->ids.ptr, T, out, accumulate);
 }

@@ -265,7 +265,7 @@ void cuda_int8_forward(CudaBackend *cb, const Int8Weight *w, const float *bias, 
     if (lt_plan_run(cb, (LtPlan *)&w->plan, w->cb, ca, T, c32)) return;
 
     int row_tiles = (T + EPI_ROWS - 1) / EPI_ROWS;
-    dim3 grid((unsigned)((N + EPI_THREADS - 1) / EPI_THREADS),
+    dim3 grid((unsigned)(((int64_t)N + EPI_THREADS - 1) / EPI_THREADS),
               (unsigned)(row_tiles < EPI_MAX_GRID_Y ? row_tiles : EPI_MAX_GRID_Y));
     int8_epilogue_kernel<<<grid, EPI_THREADS, 0, cb->stream>>>(c32, np, sca, w->scb, bias, T, N, x, K, ca, kp, w->cb,
                                                               w->tau, mode, (const int *)cb->cols.ptr, row_counts,
@@ -292,6 +292,7 @@ extern "C" int cuda_backend_debug_int8(Backend *bk, const BkLinear *l, const flo
     if (e == cudaSuccess) e = cudaMalloc(&acc, ny * sizeof(int32_t));
     if (e == cudaSuccess) e = cudaMemcpyAsync(x, x_host, nx * sizeof(float), cudaMemcpyHostToDevice, cb->stream);
     if (e != cudaSuccess) {
+        cudaGetLastError(); /* reported here: it must not resurface at the next kernel launch */
         err_set(err, "cuda_backend_debug_int8: %s", cudaGetErrorString(e));
         goto done;
     }
@@ -323,6 +324,7 @@ extern "C" int cuda_backend_debug_int8(Backend *bk, const BkLinear *l, const flo
         }
     }
     if (e != cudaSuccess) {
+        cudaGetLastError(); /* reported here: it must not resurface at the next kernel launch */
         err_set(err, "cuda_backend_debug_int8: %s", cudaGetErrorString(e));
         goto done;
     }

@@ -256,11 +256,13 @@ int cuda_attention_setup(CudaBackend *cb, size_t *max_smem, Error *err) {
         return err_set(err, "CUDA backend: cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin): %s",
                        cudaGetErrorString(e));
     }
-    /* the static part (red[32]) comes out of the same per-block budget */
-    size_t dyn = (size_t)optin > 32 * sizeof(float) ? (size_t)optin - 32 * sizeof(float) : 0;
     /* This is also the first touch of this file's kernels: a build without code for this
      * GPU's architecture fails here with "no kernel image is available". */
-    e = cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dyn);
+    cudaFuncAttributes fa;
+    e = cudaFuncGetAttributes(&fa, attention_kernel);
+    /* the kernel's static shared memory comes out of the same per-block budget */
+    size_t dyn = e == cudaSuccess && (size_t)optin > fa.sharedSizeBytes ? (size_t)optin - fa.sharedSizeBytes : 0;
+    if (e == cudaSuccess) e = cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dyn);
     if (e != cudaSuccess) {
         return err_set(err, "CUDA backend: cannot use GPU '%s' (compute capability %d.%d): %s; rebuild with "
                        "-Dgpu_arch=... including %d%d",

@@ -431,6 +431,17 @@ static void cu_matrix_free(Backend *bk, BkMatrix *m) {
 static size_t cu_linear_bytes(const BkLinear *l) { return l ? l->bytes : 0; }
 static size_t cu_matrix_bytes(const BkMatrix *m) { return m ? m->bytes : 0; }
 
+/* total - free of the device: ours, the CUDA context's and cuBLASLt's, and other processes'. */
+static size_t cu_device_memory_in_use(Backend *bk) {
+    CudaBackend *cb = cuda_of(bk);
+    size_t free_b = 0, total_b = 0;
+    if (cb->failed || cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return total_b - free_b;
+}
+
 /* ---- operations ------------------------------------------------------------------------------ */
 /* y[T, rows] = x[T, cols] W^T (+ bias) with fp16 W: x is rounded to fp16 (as bitsandbytes'
  * fp16 models see it), the product accumulates in float32 and is written as float32. */
@@ -619,6 +630,7 @@ extern "C" Backend *cuda_backend_create(Error *err) {
         b->matrix_free = cu_matrix_free;
         b->linear_bytes = cu_linear_bytes;
         b->matrix_bytes = cu_matrix_bytes;
+        b->device_memory_in_use = cu_device_memory_in_use;
         b->linear = cu_linear;
         b->matmul = cu_matmul;
         b->embed = cu_embed;

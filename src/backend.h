@@ -66,6 +66,9 @@ struct Backend {
     /* Bytes of backend memory the object holds (for `info` and `bench`). */
     size_t (*linear_bytes)(const BkLinear *l);
     size_t (*matrix_bytes)(const BkMatrix *m);
+    /* Bytes of device memory in use on the backend's device, by anyone (0 for the CPU,
+     * whose memory shows in the process's RSS). For `bench`. */
+    size_t (*device_memory_in_use)(Backend *bk);
 
     /* ---- operations ---- */
     /* y[T, rows] = x[T, cols] W^T + b, with the quantization chosen at creation. */

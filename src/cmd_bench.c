@@ -66,7 +66,8 @@ static const char HELP[] =
     "                         override the shape's dimensions (a new --hidden also sets ffn to\n"
     "                         4*hidden and heads to hidden/64 unless those are given; fewer\n"
     "                         --layers make a quick run but change the model ratios)\n"
-    "  --tokens LIST          token counts of the linear-layer part (default 1,16,128,512)\n"
+    "  --tokens LIST          token counts of the linear-layer part (default 1,16,128,512; with\n"
+    "                         --device cuda 1,16,256,4096)\n"
     "  --outlier-frac F       fraction of input columns holding outliers (default 0.005)\n"
     "  --iters N              timed calls per linear-layer cell (default: at least 3 and 0.3 s)\n"
     "  --prompt-tokens N      prompt length (default 128)\n"
@@ -197,7 +198,7 @@ static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo
     /* Explicit dimensions are applied after the loop, on top of the (possibly named) shape. */
     const char *shape_name = "opt-1.3b", *arch = NULL;
     int hidden = 0, ffn = 0, layers = 0, heads = 0, vocab = 0;
-    bool gemm_only = false, model_only = false;
+    bool gemm_only = false, model_only = false, tokens_given = false;
     bo->tokens[0] = 1, bo->tokens[1] = 16, bo->tokens[2] = 128, bo->tokens[3] = 512;
     bo->n_tokens = 4;
     bo->outlier_frac = 0.005;
@@ -219,7 +220,10 @@ static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo
         case OPT_LAYERS: rc = parse_dim("--layers", optarg, 1, 1024, &layers); break;
         case OPT_HEADS: rc = parse_dim("--heads", optarg, 1, 1024, &heads); break;
         case OPT_VOCAB: rc = parse_dim("--vocab", optarg, 2, 1 << 20, &vocab); break;
-        case OPT_TOKENS: rc = parse_tokens(optarg, bo); break;
+        case OPT_TOKENS:
+            rc = parse_tokens(optarg, bo);
+            tokens_given = true;
+            break;
         case OPT_OUTLIER_FRAC:
             if (cli_parse_float(optarg, 0.0, 0.5, &d))
                 return cli_usage_error("bench", "--outlier-frac '%s': expected a number from 0 to 0.5", optarg);
@@ -250,6 +254,11 @@ static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo
     if (rc) return rc;
     if (optind < argc) return cli_usage_error("bench", "unexpected argument '%s' (bench needs no MODEL_DIR)", argv[optind]);
     if (gemm_only && model_only) return cli_usage_error("bench", "give at most one of --gemm-only and --model-only");
+    if (!tokens_given && strcmp(co->device, "cuda") == 0) {
+        /* a GPU is only busy at large batches: the CUDA issue's token counts */
+        bo->tokens[0] = 1, bo->tokens[1] = 16, bo->tokens[2] = 256, bo->tokens[3] = 4096;
+        bo->n_tokens = 4;
+    }
     bo->gemm = !model_only;
     bo->model = !gemm_only;
 
@@ -874,6 +883,7 @@ typedef struct ModelReport {
     long long rss_load;          /* peak RSS while loading (the 16-bit pages int8 reads included) */
     long long rss_generate;      /* peak RSS of prompt + decoding, KV cache for ctx positions */
     long long rss_ppl;           /* peak RSS of the all-logits pass (its own model load) */
+    long long device_mem;        /* device memory in use after decoding (GPU backends; 0 on the CPU) */
     bool rss_reset;              /* false: the peaks include the load */
     int ctx;                     /* KV-cache positions of the generation part */
     /* Outlier columns seen by the int8 projections during one prompt (tau of the plan). */
@@ -971,6 +981,9 @@ static int model_child(const BenchPlan *p, const void *arg, void *out, Error *er
     }
     r->decode_s = cli_now() - t0;
     r->rss_generate = proc_status_bytes("VmHWM:");
+    /* Our device allocations only grow during a run (scratch buffers are kept), so after
+     * decoding this is the generation's peak, plus the CUDA context's own. */
+    r->device_mem = (long long)bk->device_memory_in_use(bk);
 
     /* Not timed: how many columns the decomposition takes out, on the prompt. */
     if (rc == 0 && q->mode != QUANT_FP16 && q->threshold > 0) {
@@ -1029,7 +1042,37 @@ static double gops(const GemmCell *c, int v) {
     return c->seconds[v] > 0 ? 2.0 * c->T * (double)c->K * c->N / c->seconds[v] / 1e9 : 0.0;
 }
 
+/* The CUDA issue's targets: the GPU's int8 must beat cuBLAS fp16 at a large batch. The
+ * worse of the two layer shapes at the largest token count is the figure. */
+static int make_gpu_targets(const BenchPlan *p, const Results *res, Target t[4]) {
+    static char big_what[80];
+    const BenchOptions *o = &p->o;
+    const ModelReport *f = &res->model[0], *i8 = &res->model[1];
+    int max_t = 0;
+    double big = 0;
+    for (int i = 0; i < res->gemm.n; i++)
+        if (res->gemm.cells[i].T > max_t) max_t = res->gemm.cells[i].T;
+    for (int i = 0, first = 1; i < res->gemm.n; i++) {
+        const GemmCell *c = &res->gemm.cells[i];
+        double r = ratio(gops(c, V_INT8_DECOMP), gops(c, V_FP16));
+        if (c->T == max_t && (first || r < big)) big = r, first = 0;
+    }
+    snprintf(big_what, sizeof big_what, "int8+decomp GOP/s at T=%d >= 1.5x fp16", max_t);
+    t[0] = (Target){"decode", "int8 decode tokens/s >= 1.6x fp16",
+                    ratio(tps(o->decode_tokens, i8->decode_s), tps(o->decode_tokens, f->decode_s)), 1.6, true,
+                    res->have_model && o->decode_tokens > 0};
+    t[1] = (Target){"large_batch", big_what, big, 1.5, true, res->have_gemm && res->gemm.n > 0};
+    t[2] = (Target){"decomp_overhead", "decomposition (tau=6 vs tau=0) costs <= 10%", res->decomp_overhead, 0.10,
+                    false, res->have_gemm};
+    t[3] = (Target){"memory", "int8 weights in GPU memory <= 0.56x fp16",
+                    ratio((double)i8->weight_bytes, (double)f->weight_bytes), 0.56, false,
+                    res->have_model && f->weight_bytes > 0};
+    return 4;
+}
+
 static int make_targets(const BenchPlan *p, const Results *res, Target t[4]) {
+    const char *backend = res->have_gemm ? res->gemm.backend : res->model[0].backend;
+    if (strcmp(backend, "cuda") == 0) return make_gpu_targets(p, res, t);
     const BenchOptions *o = &p->o;
     const ModelReport *f = &res->model[0], *i8 = &res->model[1];
     bool dec = res->have_model && o->decode_tokens > 0;
@@ -1142,10 +1185,11 @@ static void print_json(const BenchPlan *p, const Results *res, const char *cpu, 
             printf(",\n  \"%s\": {\"load_seconds\": %.3f, \"prompt_tokens_per_second\": %.4g, "
                    "\"ppl_tokens_per_second\": %.4g, \"decode_tokens_per_second\": %.4g, \"weight_bytes\": %lld, "
                    "\"kv_cache_bytes\": %lld, \"ctx\": %d, \"peak_rss_load_bytes\": %lld, "
-                   "\"peak_rss_generate_bytes\": %lld, \"peak_rss_ppl_bytes\": %lld, \"peak_rss_after_load\": %s",
+                   "\"peak_rss_generate_bytes\": %lld, \"peak_rss_ppl_bytes\": %lld, \"peak_rss_after_load\": %s, "
+                   "\"device_memory_bytes\": %lld",
                    names[k], r->load_s, tps(o->prompt_tokens, r->prompt_s), tps(o->ppl_tokens, r->ppl_s),
                    tps(o->decode_tokens, r->decode_s), r->weight_bytes, r->kv_bytes, r->ctx, r->rss_load,
-                   r->rss_generate, r->rss_ppl, r->rss_reset ? "true" : "false");
+                   r->rss_generate, r->rss_ppl, r->rss_reset ? "true" : "false", r->device_mem);
             if (k == 1)
                 printf(", \"outlier_cols_mean\": %.3g, \"outlier_cols_max\": %d",
                        r->outlier_calls ? (double)r->outlier_cols_sum / (double)r->outlier_calls : 0.0,
@@ -1247,6 +1291,9 @@ static void print_text(const BenchPlan *p, const Results *res, const char *cpu, 
                   q->rss_generate / 1e6, z ? z->rss_generate / 1e6 : 0, z, true, false);
         if (L > 0)
             model_row("peak RSS ppl, MB", f->rss_ppl / 1e6, q->rss_ppl / 1e6, z ? z->rss_ppl / 1e6 : 0, z, true, false);
+        if (f->device_mem > 0)
+            model_row("GPU memory in use, MB", f->device_mem / 1e6, q->device_mem / 1e6, z ? z->device_mem / 1e6 : 0,
+                      z, true, false);
         model_row("load, s", f->load_s, q->load_s, z ? z->load_s : 0, z, false, false);
     }
     Target t[4];

@@ -652,6 +652,11 @@ static void cpu_attention(Backend *bk, const AttentionArgs *a) {
     }
 }
 
+static size_t cpu_device_memory_in_use(Backend *bk) {
+    (void)bk;
+    return 0;
+}
+
 /* ---- reading out the logits (the math is in logits.c) ---------------------------------------- */
 
 static void cpu_token_nll(Backend *bk, const float *x, int rows, int n, const int32_t *targets, double *nll) {
@@ -704,6 +709,7 @@ Backend *cpu_backend_create(int threads, Error *err) {
         .matrix_free = cpu_matrix_free,
         .linear_bytes = cpu_linear_bytes,
         .matrix_bytes = cpu_matrix_bytes,
+        .device_memory_in_use = cpu_device_memory_in_use,
         .linear = cpu_linear,
         .matmul = cpu_matmul,
         .embed = cpu_embed,

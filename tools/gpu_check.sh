@@ -186,12 +186,13 @@ PY
     done
     # sampling on the device: top-k + top-p + penalty (top_candidates, penalize), and top-p
     # alone at a high temperature (a nucleus wider than the candidates: the download path)
-    for cfg in "--top-k 40 --top-p 0.95 --repetition-penalty 1.2" "--top-k 0 --top-p 0.999 --temperature 3"; do
-        "$B/llmint8" generate "$model" -p "$prompt" -n 32 --seed 11 --device cuda $cfg \
+    for cfg in "top-k+p|--top-k 40 --top-p 0.95 --repetition-penalty 1.2" "wide top-p|--top-k 0 --top-p 0.999 --temperature 3"; do
+        label="sampled generate, ${cfg%%|*}"
+        "$B/llmint8" generate "$model" -p "$prompt" -n 32 --seed 11 --device cuda ${cfg#*|} \
             >"$LOG/gen-sampled.txt" 2>"$LOG/gen-sampled.err"
         rc=$?
-        if [[ $rc -eq 0 && -s $LOG/gen-sampled.txt ]]; then row "sampled generate ($cfg)" "ok" "$(tail -1 "$LOG/gen-sampled.err" | cut -c1-120)"
-        else row "sampled generate ($cfg)" "FAILED" "exit $rc: $(tail -1 "$LOG/gen-sampled.err" | cut -c1-200)"; status=1; fi
+        if [[ $rc -eq 0 && -s $LOG/gen-sampled.txt ]]; then row "$label" "ok" "$(tail -1 "$LOG/gen-sampled.err" | cut -c1-120)"
+        else row "$label" "FAILED" "exit $rc: $(tail -1 "$LOG/gen-sampled.err" | cut -c1-200)"; status=1; fi
     done
 fi
 

@@ -33,15 +33,6 @@ static Backend *gpu, *cpu;
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
-static uint64_t rng_state = 0x2545f4914f6cdd1dull;
-static uint32_t rng_u32(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (uint32_t)(rng_state >> 11);
-}
-static float rng_uniform(float lo, float hi) { return lo + (hi - lo) * (float)(rng_u32() >> 8) / 16777216.0f; }
-
 static float *random_floats(size_t n, float lo, float hi) {
     float *p = malloc((n ? n : 1) * sizeof *p);
     for (size_t i = 0; i < n; i++) p[i] = rng_uniform(lo, hi);
@@ -797,6 +788,7 @@ static void test_fixture(const char *name) {
 
 int main(void) {
     Error err = {{0}};
+    *test_rng_state() = 0x2545f4914f6cdd1dull;
     gpu = cuda_backend_create(&err);
     if (!gpu) {
         /* no device or no driver: nothing to test here (CI machines have no GPU) */

@@ -20,19 +20,11 @@
 #include "sampler.h"
 #include "test_util.h"
 
-static uint64_t rng = 0x853c49e6748fea9bull;
-static uint32_t rnd(void) {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (uint32_t)(rng >> 16);
-}
-static float uniform(float lo, float hi) { return lo + (hi - lo) * (float)(rnd() >> 8) / 16777216.0f; }
 
 static void random_row(float *x, int n, float spread, int n_levels) {
     for (int i = 0; i < n; i++)
         /* n_levels > 0: values from a few levels only, so that ties are everywhere */
-        x[i] = n_levels > 0 ? (float)(rnd() % (uint32_t)n_levels) * 0.5f : uniform(-spread, spread);
+        x[i] = n_levels > 0 ? (float)(rng_u32() % (uint32_t)n_levels) * 0.5f : rng_uniform(-spread, spread);
 }
 
 /* ---- the reference: a full sort ------------------------------------------------------- */
@@ -95,7 +87,7 @@ static void test_nll(void) {
     float x[50272];
     for (int rep = 0; rep < 3; rep++) {
         random_row(x, 50272, 8.0f, 0);
-        int32_t target = (int32_t)(rnd() % 50272);
+        int32_t target = (int32_t)(rng_u32() % 50272);
         long double max = x[argmax_f32(x, 50272)], sum = 0;
         for (int i = 0; i < 50272; i++) sum += expl((long double)x[i] - max);
         double want = (double)(logl(sum) + max - x[target]);
@@ -164,7 +156,7 @@ static void test_pick_equals_next(Backend *bk) {
         cfg.seed = 1000 + c;
         Sampler sa, sb;
         CHECK(sampler_init(&sa, &cfg, V) == 0 && sampler_init(&sb, &cfg, V) == 0, "sampler_init");
-        for (int i = 0; i < 8; i++) history[i] = (int32_t)(rnd() % 20); /* repeats: penalised once */
+        for (int i = 0; i < 8; i++) history[i] = (int32_t)(rng_u32() % 20); /* repeats: penalised once */
         int same = 0;
         for (int step = 0; step < STEPS; step++) {
             random_row(row, V, 4.0f, 0);

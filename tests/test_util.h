@@ -8,6 +8,7 @@
 #define LLMINT8_TEST_UTIL_H
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +57,22 @@ static inline float *test_read_f32(const char *path, size_t count) {
     }
     return p;
 }
+
+/* Reproducible random numbers: xorshift64 (Marsaglia), one stream per test program, seeded
+ * by assigning *test_rng_state() before the first draw. */
+static inline uint64_t *test_rng_state(void) {
+    static uint64_t state = 0x9e3779b97f4a7c15ull;
+    return &state;
+}
+static inline uint32_t rng_u32(void) {
+    uint64_t *s = test_rng_state();
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return (uint32_t)(*s >> 11);
+}
+/* Uniform in [lo, hi), 24 bits. */
+static inline float rng_uniform(float lo, float hi) { return lo + (hi - lo) * (float)(rng_u32() >> 8) / 16777216.0f; }
 
 #define TEST_FIXTURES "tests/data/fixtures"
 #define TEST_TOKENIZERS "tests/data/tokenizers"

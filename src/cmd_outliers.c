@@ -14,6 +14,7 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "logits.h"
 #include "outliers.h"
 
 static const char HELP[] =
@@ -128,13 +129,10 @@ static double score_ppl(const Score *s) { return s->scored ? exp(s->nll_sum / (d
 static double score_top1(const Score *s) { return s->scored ? s->top1_sum / (double)s->scored : NAN; }
 
 static void score_row(const float *logits, int vocab, int32_t target, Score *s) {
-    float max = logits[0];
-    for (int i = 1; i < vocab; i++)
-        if (logits[i] > max) max = logits[i];
-    double sum = 0;
-    for (int i = 0; i < vocab; i++) sum += exp((double)logits[i] - max);
-    s->nll_sum += log(sum) + max - (double)logits[target];
-    s->top1_sum += 1.0 / sum;   /* the top token's exp(max - max) = 1 over the sum */
+    float max;
+    double lse = logits_logsumexp(logits, vocab, &max);
+    s->nll_sum += lse - (double)logits[target];
+    s->top1_sum += exp((double)max - lse);   /* the top token's probability */
     s->scored++;
 }
 

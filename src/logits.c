@@ -3,6 +3,7 @@
 
 #include <math.h>
 #include <stdbool.h>
+#include <stddef.h>
 
 int32_t argmax_f32(const float *x, int n) {
     int32_t best = 0;
@@ -11,14 +12,17 @@ int32_t argmax_f32(const float *x, int n) {
     return best;
 }
 
-double logits_nll(const float *x, int n, int32_t target) {
+double logits_logsumexp(const float *x, int n, float *max_out) {
     float max = x[0];
     for (int i = 1; i < n; i++)
         if (x[i] > max) max = x[i];
     double sum = 0;
     for (int i = 0; i < n; i++) sum += exp((double)x[i] - max);
-    return log(sum) + max - (double)x[target];
+    if (max_out) *max_out = max;
+    return log(sum) + max;
 }
+
+double logits_nll(const float *x, int n, int32_t target) { return logits_logsumexp(x, n, NULL) - (double)x[target]; }
 
 /* Candidate a ranks above candidate b: the larger logit (so the larger probability, as
  * temperature > 0 keeps the order), then the lower id. */

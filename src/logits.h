@@ -12,8 +12,12 @@
 /* Index of the largest of x[0..n) (the first one on ties, as torch.argmax). */
 int32_t argmax_f32(const float *x, int n);
 
-/* -log softmax(x)[target] = log(sum_i exp(x_i - max)) + max - x[target], in double so
- * that a 250,000-way sum loses nothing. */
+/* log(sum_i exp(x_i)) = log(sum_i exp(x_i - max)) + max: nothing overflows, and the sum is
+ * in double so that a 250,000-way sum loses nothing. *max_out (when not NULL) receives
+ * max_i x_i, which callers often need too. */
+double logits_logsumexp(const float *x, int n, float *max_out);
+
+/* -log softmax(x)[target] = logits_logsumexp(x) - x[target]. */
 double logits_nll(const float *x, int n, int32_t target);
 
 /* The k most probable entries of p = softmax(x[0..n) / temperature), 1 <= k <= n:

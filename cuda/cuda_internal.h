@@ -131,7 +131,8 @@ struct BkMatrix {
 };
 
 /* ---- reductions shared by the kernels (blockDim.x a multiple of 32, at most 1024) ---- */
-static __device__ __forceinline__ float warp_sum(float v) {
+/* Sums of float, double (read-outs: sums of exponentials) or int (counts). */
+template <typename T> static __device__ __forceinline__ T warp_sum(T v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
@@ -139,15 +140,15 @@ static __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
-/* Sum / max over the block; every thread gets the result. `red` is __shared__ float[32].
- * Starts with a barrier so that `red` may be reused by consecutive calls. */
-static __device__ __forceinline__ float block_sum(float v, float *red) {
+/* Sum / max over the block; every thread gets the result. `red` is __shared__ T[32] (float
+ * for block_max). Starts with a barrier so that `red` may be reused by consecutive calls. */
+template <typename T> static __device__ __forceinline__ T block_sum(T v, T *red) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     v = warp_sum(v);
     __syncthreads();
     if (lane == 0) red[warp] = v;
     __syncthreads();
-    v = lane < nwarps ? red[lane] : 0.0f;
+    v = lane < nwarps ? red[lane] : T(0);
     return warp_sum(v);
 }
 static __device__ __forceinline__ float block_max(float v, float *red) {

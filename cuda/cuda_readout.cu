@@ -34,24 +34,6 @@
 
 /* ---- helpers ----------------------------------------------------------------------------- */
 
-/* Sum over the block in double; every thread gets the result. red is __shared__ double[32].
- * Starts with a barrier, like block_sum. */
-static __device__ __forceinline__ double block_sum_f64(double v, double *red) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    __syncthreads();
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    v = lane < nwarps ? red[lane] : 0.0;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-static __device__ __forceinline__ int warp_sum_int(int v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 /* This warp's stretch of x[0..n): the block's warps split the row into contiguous pieces,
  * a multiple of 32 * SWEEP_UNROLL long (warps past the end get an empty one). */
 static __device__ __forceinline__ void warp_segment(int n, int *lo, int *hi) {
@@ -114,7 +96,7 @@ static __global__ void __launch_bounds__(NLL_THREADS)
     double s = 0.0;
 #pragma unroll 4
     for (int i = threadIdx.x; i < n; i += blockDim.x) s += (double)expf(xr[i] - m);
-    s = block_sum_f64(s, red_d);
+    s = block_sum(s, red_d);
     if (threadIdx.x == 0) nll[r] = (double)m + log(s) - (double)xr[t];
 }
 
@@ -321,7 +303,7 @@ static __global__ void __launch_bounds__(ONE_BLOCK, 1)
             count_digit(hist, in && (key & high) == prefix, (key >> shift) & 255u);
         });
         if (pass == 0) mx = block_max(m, red);      /* pass is the same in every thread */
-        if (pass == 1) sum = block_sum_f64(s, red_d);
+        if (pass == 1) sum = block_sum(s, red_d);
         __syncthreads();                            /* the histogram is complete */
         if (warp == 0) find_digit(hist, need, &s_digit, &s_above);
         __syncthreads();
@@ -346,7 +328,7 @@ static __global__ void __launch_bounds__(ONE_BLOCK, 1)
         }
         eq += in && key == kstar;
     });
-    eq = warp_sum_int(eq);
+    eq = warp_sum(eq);
     if (lane == 0) s_eq[warp] = eq;
     __syncthreads();
 

@@ -528,6 +528,14 @@ static void cu_top_candidates(Backend *bk, const float *x, int n, float temperat
     cuda_top_candidates(cuda_of(bk), x, n, temperature, k, ids, probs);
 }
 
+/* Placeholders until the backend-contract work fills these in. */
+static const char *cu_describe(Backend *bk) { return cuda_of(bk)->device_name; }
+
+static int cu_sync(Backend *bk, Error *err) {
+    (void)bk, (void)err;
+    return 0;
+}
+
 /* ---- create / destroy ------------------------------------------------------------------------- */
 static void cu_destroy(Backend *bk) {
     CudaBackend *cb = cuda_of(bk);
@@ -618,7 +626,10 @@ extern "C" Backend *cuda_backend_create(Error *err) {
     {
         Backend *b = &cb->base;
         b->name = "cuda";
+        b->host_memory = false;
         b->destroy = cu_destroy;
+        b->describe = cu_describe;
+        b->sync = cu_sync;
         b->alloc = cu_alloc;
         b->release = cu_release;
         b->upload = cu_upload;

@@ -45,7 +45,19 @@ typedef struct AttentionArgs {
 typedef struct Backend Backend;
 struct Backend {
     const char *name;       /* "cpu", "cuda" */
+    /* True when activation buffers are ordinary host memory (CPU): the caller may read and
+     * write them directly instead of going through download/upload. */
+    bool host_memory;
     void (*destroy)(Backend *bk);
+    /* One line naming the kernels this backend selected at run time, e.g.
+     * "cpu: 2 threads, int8 avx512-vnni, f16 avx2+f16c" (for --version, info and bench). */
+    const char *(*describe)(Backend *bk);
+    /* Failure is sticky, as on a CUDA stream: an operation that fails (out of memory in its
+     * scratch area, a kernel launch error, ...) records the first error and leaves its output
+     * undefined; later operations may do nothing. sync() waits for all queued work and
+     * returns 0, or -1 with that first error in err, and clears it. Every model call ends
+     * with a sync, so no failure goes unreported. */
+    int (*sync)(Backend *bk, Error *err);
 
     /* ---- activation memory (float32) ---- */
     float *(*alloc)(Backend *bk, size_t n);          /* zero-filled; NULL on out-of-memory */

@@ -88,6 +88,17 @@ static void cpu_destroy(Backend *bk) {
     free(bk);
 }
 
+/* Placeholder until the backend-contract work fills these in. */
+static const char *cpu_describe(Backend *bk) {
+    (void)bk;
+    return "cpu";
+}
+
+static int cpu_sync(Backend *bk, Error *err) {
+    (void)bk, (void)err;
+    return 0;
+}
+
 /* ---- weights ---------------------------------------------------------------------------- */
 
 /* Checks a host matrix's shape; `what` names the object for the message. */
@@ -697,7 +708,10 @@ Backend *cpu_backend_create(int threads, Error *err) {
     omp_set_num_threads(threads > 0 ? threads : omp_get_num_procs());
     *bk = (Backend){
         .name = "cpu",
+        .host_memory = true,
         .destroy = cpu_destroy,
+        .describe = cpu_describe,
+        .sync = cpu_sync,
         .alloc = cpu_alloc,
         .release = cpu_release,
         .upload = cpu_copy,

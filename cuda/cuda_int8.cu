@@ -1,4 +1,4 @@
-/* cuda_int8.cu — LLM.int8() projections on the GPU (SPEC §1, notation of src/quant.h).
+/* cuda_int8.cu — LLM.int8() projections on the GPU (docs/QUANT.md, notation of src/quant.h).
  *
  * For activations X [T, K] (float32), weights CB [N, K] int8 with row scales SCB [N],
  * bias b [N] and threshold tau, one forward is three launches on the stream:

@@ -49,14 +49,21 @@ struct Backend {
      * write them directly instead of going through download/upload. */
     bool host_memory;
     void (*destroy)(Backend *bk);
-    /* One line naming the kernels this backend selected at run time, e.g.
-     * "cpu: 2 threads, int8 avx512-vnni, f16 avx2+f16c" (for --version, info and bench). */
+    /* One line naming what this backend selected at run time, e.g.
+     *   "cpu: 2 threads; int8 matmul: avx512vnni; fp16 matmul: avx2+fma+f16c"
+     *   "cuda: NVIDIA H100 80GB HBM3 (compute capability 9.0); int8 matmul: cuBLASLt int8
+     *    (COMPUTE_32I); fp16 matmul: cuBLASLt fp16 (COMPUTE_32F)"
+     * for --version, info and bench. The string belongs to the backend (valid until the
+     * next describe or destroy). */
     const char *(*describe)(Backend *bk);
     /* Failure is sticky, as on a CUDA stream: an operation that fails (out of memory in its
      * scratch area, a kernel launch error, ...) records the first error and leaves its output
-     * undefined; later operations may do nothing. sync() waits for all queued work and
-     * returns 0, or -1 with that first error in err, and clears it. Every model call ends
-     * with a sync, so no failure goes unreported. */
+     * undefined; later operations may do nothing. Backends never print. sync() waits for all
+     * queued work (the CPU's operations are finished when they return; CUDA's are queued on
+     * a stream) and returns 0, or -1 with that first error in err, and clears it, so that the
+     * next operations run again. Every model call ends with a sync, so no failure goes
+     * unreported. Creating objects (linear_create, matrix_create) reports its errors
+     * directly instead. */
     int (*sync)(Backend *bk, Error *err);
 
     /* ---- activation memory (float32) ---- */

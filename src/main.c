@@ -4,7 +4,6 @@
 
 #include "backend.h"
 #include "commands.h"
-#include "cpu/cpu_internal.h"
 
 #ifndef LLMINT8_VERSION
 #define LLMINT8_VERSION "0.1.0"
@@ -24,6 +23,24 @@ static const struct {
     {"outliers", cmd_outliers, "find the emergent outlier features of a model (paper section 4)"},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
+
+/* `llmint8 --version`: the version, the backends compiled in, and the CPU backend's own
+ * description of the kernels it selected on this machine. */
+static int print_version(void) {
+    Error err = {{0}};
+    Backend *cpu = cpu_backend_create(0, &err);
+    if (!cpu) {
+        fprintf(stderr, "llmint8: %s\n", err.msg);
+        return 1;
+    }
+    printf("llmint8 %s\nbackends: %s\n%s\n", LLMINT8_VERSION, backend_compiled_list(), cpu->describe(cpu));
+    cpu->destroy(cpu);
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "llmint8: cannot write to standard output\n");
+        return 1;
+    }
+    return 0;
+}
 
 static void usage(FILE *out) {
     fprintf(out,
@@ -49,11 +66,7 @@ int main(int argc, char **argv) {
         usage(stdout);
         return 0;
     }
-    if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
-        printf("llmint8 %s\nbackends: %s\ncpu kernels: %s\n", LLMINT8_VERSION, backend_compiled_list(),
-               cpu_has_avx2() ? "avx2+fma+f16c" : "portable C");
-        return 0;
-    }
+    if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) return print_version();
     for (size_t i = 0; i < N_COMMANDS; i++)
         if (strcmp(cmd, COMMANDS[i].name) == 0) return COMMANDS[i].run(argc - 1, argv + 1);
     fprintf(stderr, "llmint8: '%s' is not a command.\n\n", cmd);

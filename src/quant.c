@@ -1,4 +1,4 @@
-/* quant.c — the scalar reference of LLM.int8() (SPEC §1, docs/QUANT.md).
+/* quant.c — the scalar reference of LLM.int8() (docs/QUANT.md).
  *
  * Nothing here is fast: these loops are the definition that the CPU backend's
  * kernels (src/cpu/cpu_int8.c) and the CUDA kernels must reproduce, and that the
@@ -85,6 +85,36 @@ void quant_weight_rowwise(DType dt, const void *w, int64_t rows, int64_t cols, i
     }
 }
 
+int quant_check_int8_source(DType dt, const void *data, const float *scb, int64_t rows, int64_t cols,
+                            Error *err) {
+    if (cols > QUANT_MAX_EXACT_K)
+        return err_set(err, "int8 projection: in_features %lld is above %d, where int32 accumulation of the "
+                            "int8 product could overflow", (long long)cols, QUANT_MAX_EXACT_K);
+    if (dt != DT_I8) return 0;
+    if (!scb)
+        return err_set(err, "int8 weight [%lld x %lld] comes without its SCB scales", (long long)rows,
+                       (long long)cols);
+    for (int64_t n = 0; n < rows; n++) {
+        float s;
+        memcpy(&s, scb + n, sizeof s);
+        if (!(s >= 0.0f && s <= QUANT_MAX_SCB))
+            return err_set(err, "int8 weight: SCB[%lld] = %g is not a scale in [0, 65504] (the absmax of a row "
+                                "of fp16 weights)", (long long)n, (double)s);
+    }
+    /* One pass over all the codes; a row-by-row loop would stop earlier but is no cheaper
+     * for a valid weight, which is the common case. */
+    const int8_t *cb = data;
+    const size_t n_codes = (size_t)rows * (size_t)cols;
+    unsigned char any = 0;
+    for (size_t i = 0; i < n_codes; i++) any |= (unsigned char)(cb[i] == -128);
+    if (any)
+        for (size_t i = 0; i < n_codes; i++)
+            if (cb[i] == -128)
+                return err_set(err, "int8 weight: row %lld holds the code -128, which bitsandbytes never writes "
+                                    "(its codes are in [-127, 127])", (long long)(i / (size_t)cols));
+    return 0;
+}
+
 void quant_ref_linear(const float *x, int64_t T, int64_t K, const int8_t *cb, const float *scb,
                       int64_t N, const float *bias, float threshold, OutlierScope scope, float *y,
                       int32_t *acc32, float *sca, int64_t *outlier_cols, int64_t *n_outliers) {
@@ -101,7 +131,7 @@ void quant_ref_linear(const float *x, int64_t T, int64_t K, const int8_t *cb, co
         return;
     }
 
-    /* Outlier columns: any row of the call with |x| >= tau (SPEC §1.3 step 1). Under the
+    /* Outlier columns: any row of the call with |x| >= tau (docs/QUANT.md, "Outlier decomposition"). Under the
      * per-token scope the same set is "columns where some row has an outlier entry". */
     int64_t n_out = 0;
     if (tau > 0.0f) {
@@ -119,7 +149,7 @@ void quant_ref_linear(const float *x, int64_t T, int64_t K, const int8_t *cb, co
     for (int64_t t = 0; t < T; t++) {
         const float *xr = x + t * K;
         /* Row absmax over the entries below tau: entries >= tau are left out, but the
-         * other entries of outlier columns still count (bnb, SPEC §1.3 step 2). */
+         * other entries of outlier columns still count (as bnb does; docs/QUANT.md). */
         float absmax = 0.0f;
         for (int64_t k = 0; k < K; k++) {
             float a = fabsf(xr[k]);

@@ -1,6 +1,7 @@
-/* quant.h — the int8 quantization math of LLM.int8() (SPEC §1), backend-free.
+/* quant.h — the int8 quantization math of LLM.int8() (docs/QUANT.md), backend-free.
  *
- * Notation (SPEC §1.6), for activations X[T,K] (one row per token), weights W[N,K]:
+ * Notation (docs/QUANT.md, "Notation" and "The modes"), for activations X[T,K] (one row
+ * per token), weights W[N,K]:
  *   weights, row-wise ("SCB"):  SCB[n] = max_k |fp16(W[n,k])|,  CB[n,k] = rne(W[n,k] * s(SCB[n]))
  *   outlier columns:            O = { k : exists t, |X[t,k]| >= tau }         (tau = 0: none)
  *   activations, per token:     SCA[t] = max{ |X[t,k]| : |X[t,k]| < tau }    (all k if tau = 0)
@@ -21,6 +22,7 @@
 #include <stdint.h>
 
 #include "dtype.h"
+#include "error.h"
 
 /* How every projection is quantized (the paper's Table 1 rows, see docs/QUANT.md). */
 typedef enum QuantMode {
@@ -81,8 +83,30 @@ static inline float quant_dequant_weight(int8_t cb, float scb) {
 
 #define QUANT_DEQUANT_SCALE 6.200012e-05f /* float32(1/16129) = 1/(127*127) */
 
+/* The largest K (in_features) for which the int8 product is exact in int32. Codes are in
+ * [-127, 127], so each product is at most 127 * 127 = 16129 in magnitude and a sum of K of
+ * them at most K * 16129, which must stay <= 2^31 - 1 = 2147483647: K <= 133144.25. We
+ * stop one short of that, at 133143 (133143 * 16129 = 2147463447). Every backend rejects
+ * int8 projections with more input features (quant_check_int8_source). */
+#define QUANT_MAX_EXACT_K 133143
+
+/* The largest SCB a bitsandbytes weight can have: SCB is the absmax of a row of fp16
+ * values, so at most fp16's largest finite value. */
+#define QUANT_MAX_SCB 65504.0f
+
+/* Checks that a weight [rows, cols] of dtype dt can become an int8 projection, before a
+ * backend uses it: cols <= QUANT_MAX_EXACT_K for every dtype; for an I8 weight (a
+ * bitsandbytes checkpoint's CB, `data`, with its row scales `scb`) also that scb is given,
+ * that every SCB is a number in [0, QUANT_MAX_SCB] (NaN, infinities and negatives would
+ * poison every output of their row), and that no code is -128 (bitsandbytes writes codes in
+ * [-127, 127]; the AVX2 kernel relies on it). scb is read with memcpy: inside a mapped
+ * checkpoint it need not be aligned. Returns 0, or -1 with a message naming the first
+ * problem ("int8 weight: ..."). */
+int quant_check_int8_source(DType dt, const void *data, const float *scb, int64_t rows, int64_t cols,
+                            Error *err);
+
 /* Reference LLM.int8() linear for float activations x[T,K] (row-major), int8 weights
- * cb[N,K] with scb[N], optional bias[N]; y[T,N]. Mirrors SPEC §1.6 with the given
+ * cb[N,K] with scb[N], optional bias[N]; y[T,N]. Mirrors docs/QUANT.md (llm.int8) with the given
  * threshold and outlier scope. If acc32 is not NULL it receives C32[T,N]; if sca is
  * not NULL it receives SCA[T]; if outlier_cols is not NULL (capacity K) it receives the
  * sorted outlier columns (per-call scope) and *n_outliers their count. */

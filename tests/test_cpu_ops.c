@@ -220,6 +220,55 @@ static void test_linear_int8_delegation(void) {
     free(x), free(b), free(w);
 }
 
+/* A failing operation comes back through sync(): the next scratch growth of the int8
+ * forward is made to fail, as if out of memory. linear() must then leave a recorded error
+ * (its output is undefined), sync() must return it once, with a message, and clear it, and
+ * the next linear() must work again, giving the same numbers as before the failure. */
+static void test_failure_comes_back_through_sync(void) {
+    Error err = {{0}};
+    enum { T = 3, K = 96, N = 8 };
+    float *x = rand_floats(T * K, 1.0f, 0.0f), y[T * N], y_before[T * N];
+    void *w = rand_weights(DT_F16, N * K);
+    HostMatrix hm = {.dtype = DT_F16, .rows = N, .cols = K, .data = w};
+    QuantConfig q = {.mode = QUANT_LLM_INT8, .threshold = 6.0f, .outliers = OUTLIERS_PER_CALL};
+    BkLinear *l = bk->linear_create(bk, &hm, NULL, &q, &err);
+    CHECK(l != NULL, "linear_create(llm.int8): %s", err.msg);
+    if (!l) {
+        free(x), free(w);
+        return;
+    }
+    CHECK(bk->sync(bk, &err) == 0, "sync before any failure: %s", err.msg);
+    bk->linear(bk, l, x, T, y_before);
+    CHECK(bk->sync(bk, &err) == 0, "sync after a good linear: %s", err.msg);
+
+    cpu_backend_fail_next_scratch(bk);
+    bk->linear(bk, l, x, T, y);
+    err.msg[0] = 0;
+    CHECK(bk->sync(bk, &err) == -1, "sync did not report the failed linear");
+    CHECK(strstr(err.msg, "out of memory") && strstr(err.msg, "int8 projection [8 x 96]"),
+          "sync's message: '%s'", err.msg);
+    err.msg[0] = 0;
+    CHECK(bk->sync(bk, &err) == 0 && err.msg[0] == 0, "the error was not cleared: '%s'", err.msg);
+
+    for (int i = 0; i < T * N; i++) y[i] = NAN;
+    bk->linear(bk, l, x, T, y);
+    CHECK(bk->sync(bk, &err) == 0, "sync after recovering: %s", err.msg);
+    CHECK(memcmp(y, y_before, sizeof y) == 0, "linear after the failure differs from before it");
+    bk->linear_free(bk, l);
+    free(x), free(w);
+}
+
+/* describe() names the kernels actually selected. */
+static void test_describe(void) {
+    const char *d = bk->describe(bk);
+    CHECK(d && strncmp(d, "cpu: 2 threads;", 15) == 0, "describe: '%s'", d ? d : "(null)");
+    char int8[64];
+    snprintf(int8, sizeof int8, "int8 matmul: %s;", cpu_int8_kernel());
+    CHECK(d && strstr(d, int8), "describe does not name the int8 kernel %s: '%s'", cpu_int8_kernel(), d);
+    const char *fp16 = cpu_has_avx2() ? "fp16 matmul: avx2+fma+f16c" : "fp16 matmul: portable C";
+    CHECK(d && strstr(d, fp16), "describe does not say '%s': '%s'", fp16, d);
+}
+
 static void test_bad_weights(void) {
     Error err = {{0}};
     uint16_t data[4] = {0};
@@ -484,6 +533,8 @@ static int run_all(const char *name) {
     test_linear_and_matmul();
     test_linear_int8_weight_fp16();
     test_linear_int8_delegation();
+    test_failure_comes_back_through_sync();
+    test_describe();
     test_bad_weights();
     test_memory();
     test_embed();

@@ -35,6 +35,21 @@ static double max_rel_err(const float *a, const float *b, size_t n, double floor
     return m;
 }
 
+/* The forward under test. One scratch area serves every call of the program, as the
+ * backend's does, so growing it (a larger T or K) and reusing it (a smaller one, whose
+ * arrays then start at other offsets) both get exercised; a failure fails the test. */
+static CpuInt8Scratch scratch;
+
+static void forward_ex(const CpuInt8Linear *l, const float *x, int64_t T, float *y, int32_t *acc, float *sca) {
+    Error err = {{0}};
+    int rc = cpu_int8_forward_ex(l, &scratch, x, T, y, acc, sca, &err);
+    CHECK(rc == 0, "cpu_int8_forward_ex (T %lld): %s", (long long)T, err.msg);
+}
+
+static void forward(const CpuInt8Linear *l, const float *x, int64_t T, float *y) {
+    forward_ex(l, x, T, y, NULL, NULL);
+}
+
 static CpuInt8Linear *make_linear(const HostMatrix *w, const float *bias, QuantMode mode, float tau,
                                   OutlierScope scope) {
     QuantConfig q = {.mode = mode, .threshold = tau, .outliers = scope};
@@ -120,7 +135,7 @@ static void gemm_case(const char *kern, int64_t T, int64_t K, int64_t N, const i
     HostMatrix w = {.dtype = DT_I8, .rows = N, .cols = K, .data = b, .scb = scb};
     CpuInt8Linear *l = make_linear(&w, NULL, QUANT_VECTORWISE, 0.0f, OUTLIERS_PER_CALL);
     if (l) {
-        cpu_int8_forward_ex(l, x, T, y, acc, sca);
+        forward_ex(l, x, T, y, acc, sca);
         int bad = 0;
         for (int64_t t = 0; t < T; t++)
             for (int64_t n = 0; n < N; n++) {
@@ -308,7 +323,7 @@ static void test_fixture(const char *name) {
             for (int src = 0; src < 2; src++) {
                 CpuInt8Linear *l = make_linear(src ? &w8 : &w16, bias, QUANT_LLM_INT8, 6.0f, OUTLIERS_PER_CALL);
                 if (!l) continue;
-                cpu_int8_forward_ex(l, x, T, y2, acc2, sca2);
+                forward_ex(l, x, T, y2, acc2, sca2);
                 CHECK(memcmp(acc2, accgold, (size_t)(T * N) * 4) == 0, "%s %s src %d: C32 differs from golden",
                       name, KERNEL_NAMES[k], src);
                 CHECK(memcmp(sca2, sca, (size_t)T * 4) == 0, "%s %s: SCA differs", name, KERNEL_NAMES[k]);
@@ -370,7 +385,7 @@ static void test_ref_vs_cpu(const char *kern) {
             quant_ref_linear(p.x, T, p.K, p.cb, p.scb, N, p.bias, 6.0f, sc, y, acc, sca, NULL, NULL);
             CpuInt8Linear *l = make_linear(&w, p.bias, QUANT_LLM_INT8, 6.0f, sc);
             if (!l) continue;
-            cpu_int8_forward_ex(l, p.x, T, y2, acc2, sca2);
+            forward_ex(l, p.x, T, y2, acc2, sca2);
             CHECK(memcmp(acc, acc2, (size_t)(T * N) * 4) == 0, "%s shape %zu scope %d: C32 differs", kern, s, scope);
             CHECK(memcmp(sca, sca2, (size_t)T * 4) == 0, "%s shape %zu scope %d: SCA differs", kern, s, scope);
             double e = max_rel_err(y2, y, (size_t)(T * N), 1.0);
@@ -394,10 +409,10 @@ static void test_decomposition_properties(void) {
     CpuInt8Linear *b = make_linear(&w, p.bias, QUANT_VECTORWISE, 6.0f, OUTLIERS_PER_CALL);
     CpuInt8Linear *c0 = make_linear(&w, p.bias, QUANT_LLM_INT8, 0.0f, OUTLIERS_PER_CALL);
     if (a && b && c0) {
-        cpu_int8_forward(a, p.x, T, y);
-        cpu_int8_forward(b, p.x, T, y2);
+        forward(a, p.x, T, y);
+        forward(b, p.x, T, y2);
         CHECK(memcmp(y, y2, (size_t)(T * N) * 4) == 0, "tau above max |x| != vectorwise");
-        cpu_int8_forward(c0, p.x, T, y);
+        forward(c0, p.x, T, y);
         CHECK(memcmp(y, y2, (size_t)(T * N) * 4) == 0, "tau = 0 != vectorwise");
     }
     cpu_int8_free(a), cpu_int8_free(b), cpu_int8_free(c0);
@@ -407,7 +422,7 @@ static void test_decomposition_properties(void) {
         if (p.x[i] == 0.0f) p.x[i] = 0.5f;
     a = make_linear(&w, p.bias, QUANT_LLM_INT8, 1e-6f, OUTLIERS_PER_CALL);
     if (a) {
-        cpu_int8_forward_ex(a, p.x, T, y, acc, NULL);
+        forward_ex(a, p.x, T, y, acc, NULL);
         int bad = 0;
         for (int64_t t = 0; t < T; t++)
             for (int64_t n = 0; n < N; n++) {
@@ -425,10 +440,10 @@ static void test_decomposition_properties(void) {
         OutlierScope sc = scope ? OUTLIERS_PER_TOKEN : OUTLIERS_PER_CALL;
         a = make_linear(&w, p.bias, QUANT_LLM_INT8, 6.0f, sc);
         if (!a) continue;
-        cpu_int8_forward(a, p.x, T, y);
+        forward(a, p.x, T, y);
         int differ = 0;
         for (int64_t t = 0; t < T; t++) {
-            cpu_int8_forward(a, p.x + t * K, 1, y1);
+            forward(a, p.x + t * K, 1, y1);
             differ += memcmp(y1, y + t * N, (size_t)N * 4) != 0;
         }
         if (sc == OUTLIERS_PER_TOKEN) CHECK(differ == 0, "per-token: %d rows depend on the batch", differ);
@@ -564,7 +579,7 @@ static void test_modes(const char *kern) {
             spec_forward(m, &p, 6.0f, sc, y, acc);
             CpuInt8Linear *l = make_linear(&w, p.bias, m->mode, 6.0f, sc);
             if (!l) continue;
-            cpu_int8_forward_ex(l, p.x, T, y2, acc2, NULL);
+            forward_ex(l, p.x, T, y2, acc2, NULL);
             CHECK(memcmp(acc, acc2, (size_t)(T * N) * 4) == 0, "%s %s scope %d: C32 differs from the spec", kern,
                   quant_mode_name(m->mode), scope);
             double e = max_rel_err(y2, y, (size_t)(T * N), ref_norm);
@@ -591,8 +606,8 @@ static void test_int8_source(void) {
         CpuInt8Linear *a = make_linear(&w16, p.bias, (QuantMode)m, 6.0f, OUTLIERS_PER_CALL);
         CpuInt8Linear *b = make_linear(&w8, p.bias, (QuantMode)m, 6.0f, OUTLIERS_PER_CALL);
         if (a && b) {
-            cpu_int8_forward(a, p.x, p.T, y);
-            cpu_int8_forward(b, p.x, p.T, y2);
+            forward(a, p.x, p.T, y);
+            forward(b, p.x, p.T, y2);
             CHECK(memcmp(y, y2, (size_t)(p.T * p.N) * 4) == 0, "%s: I8 source differs from F16 source",
                   quant_mode_name((QuantMode)m));
             CHECK(cpu_int8_bytes(a) < (size_t)(p.N * 128 + 4096), "%s: %zu bytes held", quant_mode_name((QuantMode)m),
@@ -617,6 +632,17 @@ static void test_hostile(void) {
     cb[3] = 4;
     scb[1] = NAN;
     CHECK(cpu_int8_create(&w, NULL, &q, &err) == NULL && strstr(err.msg, "SCB"), "NaN SCB: %s", err.msg);
+    const float bad_scales[] = {-1.0f, INFINITY, 65505.0f, 1e30f};
+    for (int i = 0; i < 4; i++) {
+        scb[1] = bad_scales[i];
+        err.msg[0] = 0;
+        CHECK(cpu_int8_create(&w, NULL, &q, &err) == NULL && strstr(err.msg, "SCB[1]"), "SCB %g: %s",
+              (double)bad_scales[i], err.msg);
+    }
+    scb[1] = 65504.0f; /* the largest fp16 absmax is a valid scale */
+    CpuInt8Linear *edge = cpu_int8_create(&w, NULL, &q, &err);
+    CHECK(edge != NULL, "SCB 65504 rejected: %s", err.msg);
+    cpu_int8_free(edge);
     scb[1] = 1.0f;
     w.scb = NULL;
     CHECK(cpu_int8_create(&w, NULL, &q, &err) == NULL, "I8 without SCB");
@@ -644,7 +670,10 @@ static void test_hostile(void) {
             cpu_int8_free(l);
             q.mode = (QuantMode)mm;
             l = cpu_int8_create(&w, NULL, &q, &err);
-            if (l) cpu_int8_forward(l, x, 4, y);
+            if (l) { /* without a scratch area: the forward makes a temporary one */
+                int rc = cpu_int8_forward(l, NULL, x, 4, y, &err);
+                CHECK(rc == 0, "%s without scratch: %s", quant_mode_name(q.mode), err.msg);
+            }
         }
         CHECK(y[4] == 0.0f && y[5] == 0.0f, "all-zero row gives 0 (%g %g)", (double)y[4], (double)y[5]);
         cpu_int8_free(l);
@@ -675,5 +704,6 @@ int main(void) {
     test_decomposition_properties();
     test_int8_source();
     test_hostile();
+    cpu_int8_scratch_free(&scratch);
     return test_finish("int8");
 }

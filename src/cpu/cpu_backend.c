@@ -2,35 +2,44 @@
  *
  * Activation buffers are ordinary float32 host memory, so upload, download and copy are
  * memcpy. Projections go to cpu_gemm.c (weights as stored) or cpu_int8.c (LLM.int8() and
- * the other quantization modes); everything else — LayerNorm, attention, activations,
- * embeddings — is here, each op a few loops beside the formula it computes.
+ * the other quantization modes), attention to cpu_attention.c; everything else —
+ * LayerNorm, activations, embeddings, the logit read-outs — is here, each op a few loops
+ * beside the formula it computes.
  *
  * Weights without quantization are NOT copied: a QUANT_FP16 BkLinear and every BkMatrix
  * point straight into the host data they were created from (normally the mapped
  * checkpoint), so that data must outlive them. The model keeps its checkpoint open for
  * its whole life, which is what makes this safe.
  *
- * Threads: OpenMP, the count set once in cpu_backend_create(). Small ops run serially:
- * starting a parallel region costs a few microseconds, more than adding 2048 floats. */
+ * Status: every operation is finished when it returns, so sync() has nothing to wait for;
+ * it reports (and clears) the first failure recorded since the last sync. Only int8
+ * projections can fail (their scratch area may fail to grow); after a failure, projections
+ * do nothing until the next sync.
+ *
+ * Threads: OpenMP, the count set once in cpu_backend_create(). Small ops run serially
+ * (CPU_PAR_MIN). */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
 #include <omp.h>
 
+#include "cpu_avx2.h"
 #include "cpu_internal.h"
 #include "logits.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define HAVE_X86 1
-#else
-#define HAVE_X86 0
-#endif
+typedef struct CpuBackend {
+    Backend base;            /* first member: a Backend * is a CpuBackend * */
+    int threads;
+    CpuInt8Scratch int8;     /* per-call intermediates of int8 projections */
+    bool failed;             /* the sticky status: set by the first failure since the last sync */
+    Error error;             /* ... and what it was */
+    char description[192];   /* describe()'s answer */
+} CpuBackend;
 
-/* Elementwise ops on fewer elements than this stay on one thread. */
-enum { PAR_MIN = 1 << 15 };
+static CpuBackend *cpu_of(Backend *bk) { return (CpuBackend *)bk; }
 
 struct BkLinear {
     int64_t rows, cols;      /* [out_features, in_features] */
@@ -84,19 +93,66 @@ static void cpu_copy(Backend *bk, float *dst, const float *src, size_t n) {
     if (n) memmove(dst, src, n * sizeof(float));
 }
 
-static void cpu_destroy(Backend *bk) {
-    free(bk);
+/* ---- scratch ------------------------------------------------------------------------------- */
+
+void *cpu_scratch_reserve(CpuScratch *s, size_t bytes) {
+    if (s->fail_next) {
+        s->fail_next = false;
+        cpu_scratch_free(s);
+        return NULL;
+    }
+    if (bytes <= s->bytes && s->ptr) return s->ptr;
+    cpu_scratch_free(s); /* first: the old contents are not kept, so never hold both */
+    /* some headroom, as T grows a little at a time in generation; a multiple of 64 bytes,
+     * as aligned_alloc wants */
+    size_t want = bytes + bytes / 4;
+    if (want < bytes || want > SIZE_MAX - 64) return NULL;
+    want = (want + 63) / 64 * 64;
+    if (want == 0) want = 64;
+    s->ptr = aligned_alloc(64, want);
+    if (s->ptr) s->bytes = want;
+    return s->ptr;
 }
 
-/* Placeholder until the backend-contract work fills these in. */
-static const char *cpu_describe(Backend *bk) {
-    (void)bk;
-    return "cpu";
+void cpu_scratch_free(CpuScratch *s) {
+    free(s->ptr);
+    s->ptr = NULL;
+    s->bytes = 0;
+}
+
+void cpu_backend_fail_next_scratch(Backend *bk) {
+    CpuBackend *cb = cpu_of(bk);
+    cb->int8.call.fail_next = true; /* the first reservation of every int8 call */
+}
+
+/* ---- status, description, destruction ---------------------------------------------------------- */
+
+/* Keeps the first failure since the last sync. */
+static void record_failure(CpuBackend *cb, const Error *e) {
+    if (cb->failed) return;
+    cb->failed = true;
+    cb->error = *e;
 }
 
 static int cpu_sync(Backend *bk, Error *err) {
-    (void)bk, (void)err;
-    return 0;
+    CpuBackend *cb = cpu_of(bk);
+    if (!cb->failed) return 0;
+    cb->failed = false;
+    return err_set(err, "CPU backend: %s", cb->error.msg);
+}
+
+static const char *cpu_describe(Backend *bk) {
+    CpuBackend *cb = cpu_of(bk);
+    snprintf(cb->description, sizeof cb->description, "cpu: %d thread%s; int8 matmul: %s; fp16 matmul: %s",
+             cb->threads, cb->threads == 1 ? "" : "s", cpu_int8_kernel(),
+             cpu_has_avx2() ? "avx2+fma+f16c" : "portable C");
+    return cb->description;
+}
+
+static void cpu_destroy(Backend *bk) {
+    if (!bk) return;
+    cpu_int8_scratch_free(&cpu_of(bk)->int8);
+    free(bk);
 }
 
 /* ---- weights ---------------------------------------------------------------------------- */
@@ -224,11 +280,14 @@ static size_t cpu_matrix_bytes(const BkMatrix *m) {
 /* ---- projections -------------------------------------------------------------------------- */
 
 static void cpu_linear(Backend *bk, const BkLinear *l, const float *x, int T, float *y) {
-    (void)bk;
-    if (l->q8)
-        cpu_int8_forward(l->q8, x, T, y);
-    else
+    CpuBackend *cb = cpu_of(bk);
+    if (cb->failed) return; /* the output is undefined after a failure anyway: skip the work */
+    if (l->q8) {
+        Error e;
+        if (cpu_int8_forward(l->q8, &cb->int8, x, T, y, &e)) record_failure(cb, &e);
+    } else {
         cpu_gemm_float(x, T, l->cols, l->dtype, l->w, l->rows, l->bias, y);
+    }
 }
 
 static void cpu_matmul(Backend *bk, const BkMatrix *m, const float *x, int T, float *y) {
@@ -268,48 +327,6 @@ static void cpu_embed(Backend *bk, const BkMatrix *m, const int32_t *ids, int T,
     }
 }
 
-/* ---- SIMD helpers ------------------------------------------------------------------------ */
-/* AVX2 versions of the inner loops below, used when cpu_has_avx2() (the same choice as
- * cpu_gemm.c, so LLMINT8_NO_SIMD=1 turns them off too). */
-#if HAVE_X86
-#define TARGET_AVX2 __attribute__((target("avx2,fma")))
-#define INLINE_AVX2 static inline __attribute__((always_inline, target("avx2,fma")))
-
-/* e^x for 8 floats, within 1 ulp of the exact value (Cephes' method): e^x = 2^n e^r with
- * n = round(x / ln 2) and |r| <= ln(2)/2, where e^r is a degree-7 polynomial. Below -87.3
- * (where 2^n would be subnormal) the result is 0, and from 88.37 (where 2^n would overflow)
- * it is +inf: a little early, as e^x stays finite up to 88.72, which our callers (softmax
- * weights <= 1, GELU's denominator) never care about. NaN stays NaN. */
-INLINE_AVX2 __m256 exp8(__m256 x) {
-    const __m256 lo = _mm256_set1_ps(-87.33654f), hi = _mm256_set1_ps(88.3762626f);
-    __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ), over = _mm256_cmp_ps(x, hi, _CMP_GT_OQ);
-    x = _mm256_min_ps(hi, _mm256_max_ps(lo, x)); /* min/max return the 2nd operand on NaN */
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    /* r = x - n ln2, with ln2 split in two so that n * 0.693359375 is exact */
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    /* 2^n: n + 127 in the exponent field (n is in [-126, 127]) */
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-    y = _mm256_andnot_ps(under, y);
-    return _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), over);
-}
-
-INLINE_AVX2 float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-#endif
 
 /* ---- LayerNorm and elementwise ops -------------------------------------------------------- */
 
@@ -322,7 +339,7 @@ static void cpu_layernorm(Backend *bk, const float *x, const float *w, const flo
                           int dim, float *y) {
     (void)bk;
     if (dim <= 0) return;
-#pragma omp parallel for schedule(static) if ((int64_t)T * dim >= PAR_MIN)
+#pragma omp parallel for schedule(static) if ((int64_t)T * dim >= CPU_PAR_MIN)
     for (int t = 0; t < T; t++) {
         const float *xr = x + (int64_t)t * dim;
         float *yr = y + (int64_t)t * dim;
@@ -349,13 +366,13 @@ static void cpu_layernorm(Backend *bk, const float *x, const float *w, const flo
 
 static void cpu_add(Backend *bk, float *y, const float *x, size_t n) {
     (void)bk;
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
     for (size_t i = 0; i < n; i++) y[i] += x[i];
 }
 
 static void cpu_relu(Backend *bk, float *x, size_t n) {
     (void)bk;
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
     for (size_t i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
 }
 
@@ -388,7 +405,7 @@ static void cpu_gelu_tanh(Backend *bk, float *x, size_t n) {
     enum { BLOCK = 4096 };
     const bool simd = cpu_has_avx2();
     const size_t nblocks = (n + BLOCK - 1) / BLOCK;
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN / 8)
+#pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN / 8)
     for (size_t blk = 0; blk < nblocks; blk++) {
         float *p = x + blk * BLOCK;
         size_t len = n - blk * BLOCK < BLOCK ? n - blk * BLOCK : BLOCK;
@@ -417,250 +434,9 @@ static void cpu_split_qkv(Backend *bk, const float *qkv, int T, int heads, int h
         }
 }
 
-/* ---- attention ---------------------------------------------------------------------------- */
-/* For each new token t (absolute position n_past + t) and head h, over the keys
- * j = 0 .. n_past + t (causal):
- *     s_j = scale * q.k_j + slope_h * j,   p = softmax(s),   out = sum_j p_j v_j.
- * For one (t, h), keys are taken in chunks of ATT_CHUNK: a chunk's scores go to a stack
- * buffer, become weights exp(s_j - m), where m is the largest score seen so far, and the
- * weighted values are added to out; when a chunk raises m, what was accumulated is first
- * rescaled by exp(m_old - m_new) (the "online softmax"). With at most ATT_CHUNK keys this
- * is exactly the textbook two-pass softmax; either way every key and value row is read
- * once per query. The three steps of a chunk — scores, exponentials, weighted sum — each
- * have a plain and an AVX2 version. */
-
-enum { ATT_CHUNK = 256 };
-
-/* What one (t, h) pair reads: rows j of K and V for this head are k + j * stride. */
-typedef struct HeadView {
-    const float *q, *k, *v;
-    float *out;
-    int64_t stride;       /* heads * head_dim */
-    int hd;
-    float scale, slope;
-} HeadView;
-
-/* s[j] = scale * q.k_{j0+j} + slope * (j0 + j) for j < nc; returns the largest. */
-static float scores_plain(const HeadView *hv, int j0, int nc, float *s) {
-    float mx = -INFINITY;
-    for (int j = 0; j < nc; j++) {
-        const float *k = hv->k + (int64_t)(j0 + j) * hv->stride;
-        float acc[8] = {0}, d;
-        int i = 0;
-        for (; i + 8 <= hv->hd; i += 8)
-            for (int l = 0; l < 8; l++) acc[l] += hv->q[i + l] * k[i + l];
-        d = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-        for (; i < hv->hd; i++) d += hv->q[i] * k[i];
-        s[j] = hv->scale * d + hv->slope * (float)(j0 + j);
-        if (s[j] > mx) mx = s[j];
-    }
-    return mx;
-}
-
-/* s[j] = exp(s[j] - m); returns their sum. */
-static float softmax_weights_plain(float *s, int nc, float m) {
-    float sum = 0.0f;
-    for (int j = 0; j < nc; j++) sum += (s[j] = expf(s[j] - m));
-    return sum;
-}
-
-/* out += sum_j p[j] v_{j0+j}. */
-static void weighted_sum_plain(const HeadView *hv, int j0, int nc, const float *p) {
-    for (int j = 0; j < nc; j++) {
-        const float *v = hv->v + (int64_t)(j0 + j) * hv->stride;
-        for (int i = 0; i < hv->hd; i++) hv->out[i] += p[j] * v[i];
-    }
-}
-
-#if HAVE_X86
-/* Rows of the cache are heads*head_dim floats apart — a new 4 KiB page every row or two
- * for real models — which the hardware prefetchers do not follow, so when reading the
- * cache in place (decoding) we ask for the rows this many keys ahead ourselves (~10%
- * faster decode attention, measured). Contiguous copies need no help. */
-enum { PREFETCH_KEYS = 16 };
-
-INLINE_AVX2 void prefetch_row(const float *row, int hd) {
-    for (int i = 0; i < hd; i += 16) _mm_prefetch((const char *)(row + i), _MM_HINT_T0);
-}
-
-/* Eight keys at a time: eight independent dot products (one accumulator each), folded
- * into one vector of eight scores by a tree of horizontal adds. Needs hd % 8 == 0 (true
- * of every real model); other head sizes and the last nc % 8 keys go one by one. */
-TARGET_AVX2 static float scores_avx2(const HeadView *hv, int j0, int nc, float *s) {
-    const int hd = hv->hd;
-    __m256 vmax = _mm256_set1_ps(-INFINITY);
-    int j = 0;
-    if (hd % 8 == 0) {
-        for (; j + 8 <= nc; j += 8) {
-            const float *k = hv->k + (int64_t)(j0 + j) * hv->stride;
-            for (int l = 0; l < 8 && hv->stride != hd && j + PREFETCH_KEYS + l < nc; l++)
-                prefetch_row(k + (PREFETCH_KEYS + l) * hv->stride, hd);
-            __m256 acc[8];
-#pragma GCC unroll 8
-            for (int l = 0; l < 8; l++) acc[l] = _mm256_setzero_ps();
-            for (int i = 0; i < hd; i += 8) {
-                __m256 q = _mm256_loadu_ps(hv->q + i);
-#pragma GCC unroll 8
-                for (int l = 0; l < 8; l++)
-                    acc[l] = _mm256_fmadd_ps(q, _mm256_loadu_ps(k + l * hv->stride + i), acc[l]);
-            }
-            /* hadd pairs, then pairs of pairs: lane halves hold partial sums of keys 0-3 / 4-7 */
-            __m256 h01 = _mm256_hadd_ps(acc[0], acc[1]), h23 = _mm256_hadd_ps(acc[2], acc[3]);
-            __m256 h45 = _mm256_hadd_ps(acc[4], acc[5]), h67 = _mm256_hadd_ps(acc[6], acc[7]);
-            __m256 h0123 = _mm256_hadd_ps(h01, h23), h4567 = _mm256_hadd_ps(h45, h67);
-            __m256 dots = _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20),
-                                        _mm256_permute2f128_ps(h0123, h4567, 0x31));
-            __m256 pos = _mm256_add_ps(_mm256_set1_ps((float)(j0 + j)),
-                                       _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7));
-            __m256 sc = _mm256_fmadd_ps(_mm256_set1_ps(hv->scale), dots,
-                                        _mm256_mul_ps(_mm256_set1_ps(hv->slope), pos));
-            _mm256_storeu_ps(s + j, sc);
-            vmax = _mm256_max_ps(vmax, sc);
-        }
-    }
-    float mx = -INFINITY, lanes[8];
-    _mm256_storeu_ps(lanes, vmax);
-    for (int l = 0; l < 8; l++) mx = lanes[l] > mx ? lanes[l] : mx;
-    for (; j < nc; j++) {
-        const float *k = hv->k + (int64_t)(j0 + j) * hv->stride;
-        __m256 acc = _mm256_setzero_ps();
-        int i = 0;
-        for (; i + 8 <= hd; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(hv->q + i), _mm256_loadu_ps(k + i), acc);
-        float d = hsum8(acc);
-        for (; i < hd; i++) d += hv->q[i] * k[i];
-        s[j] = hv->scale * d + hv->slope * (float)(j0 + j);
-        if (s[j] > mx) mx = s[j];
-    }
-    return mx;
-}
-
-TARGET_AVX2 static float softmax_weights_avx2(float *s, int nc, float m) {
-    __m256 vsum = _mm256_setzero_ps(), vm = _mm256_set1_ps(m);
-    int j = 0;
-    for (; j + 8 <= nc; j += 8) {
-        __m256 p = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
-        _mm256_storeu_ps(s + j, p);
-        vsum = _mm256_add_ps(vsum, p);
-    }
-    float sum = hsum8(vsum);
-    for (; j < nc; j++) sum += (s[j] = expf(s[j] - m));
-    return sum;
-}
-
-/* out += sum_j p[j] v_j, 64 output values at a time held in 8 registers while all the
- * chunk's value rows go by (then 8 at a time, then the last hd % 8 one by one). */
-TARGET_AVX2 static void weighted_sum_avx2(const HeadView *hv, int j0, int nc, const float *p) {
-    const float *vbase = hv->v + (int64_t)j0 * hv->stride;
-    float *out = hv->out;
-    int i = 0;
-    for (; i + 64 <= hv->hd; i += 64) {
-        __m256 acc[8];
-#pragma GCC unroll 8
-        for (int l = 0; l < 8; l++) acc[l] = _mm256_loadu_ps(out + i + 8 * l);
-        for (int j = 0; j < nc; j++) {
-            const float *v = vbase + (int64_t)j * hv->stride + i;
-            if (hv->stride != hv->hd && j + PREFETCH_KEYS < nc) prefetch_row(v + PREFETCH_KEYS * hv->stride, 64);
-            __m256 pj = _mm256_set1_ps(p[j]);
-#pragma GCC unroll 8
-            for (int l = 0; l < 8; l++) acc[l] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 8 * l), acc[l]);
-        }
-#pragma GCC unroll 8
-        for (int l = 0; l < 8; l++) _mm256_storeu_ps(out + i + 8 * l, acc[l]);
-    }
-    for (; i + 8 <= hv->hd; i += 8) {
-        __m256 acc = _mm256_loadu_ps(out + i);
-        for (int j = 0; j < nc; j++)
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(vbase + (int64_t)j * hv->stride + i), acc);
-        _mm256_storeu_ps(out + i, acc);
-    }
-    for (; i < hv->hd; i++)
-        for (int j = 0; j < nc; j++) out[i] += p[j] * vbase[(int64_t)j * hv->stride + i];
-}
-#endif
-
-/* One query against keys 0 .. n_keys-1 (see the top of this section). */
-static void attend_one(const HeadView *hv, int n_keys, bool simd) {
-    float s[ATT_CHUNK];
-    float m = -INFINITY, sum = 0.0f;
-
-    memset(hv->out, 0, (size_t)hv->hd * sizeof(float));
-    for (int j0 = 0; j0 < n_keys; j0 += ATT_CHUNK) {
-        int nc = n_keys - j0 < ATT_CHUNK ? n_keys - j0 : ATT_CHUNK;
-#if HAVE_X86
-        float cmax = simd ? scores_avx2(hv, j0, nc, s) : scores_plain(hv, j0, nc, s);
-#else
-        float cmax = scores_plain(hv, j0, nc, s);
-#endif
-        if (cmax > m) { /* new maximum: rescale what was accumulated against the old one */
-            if (sum > 0.0f) {
-                float r = expf(m - cmax);
-                sum *= r;
-                for (int i = 0; i < hv->hd; i++) hv->out[i] *= r;
-            }
-            m = cmax;
-        }
-#if HAVE_X86
-        if (simd) {
-            sum += softmax_weights_avx2(s, nc, m);
-            weighted_sum_avx2(hv, j0, nc, s);
-            continue;
-        }
-#endif
-        sum += softmax_weights_plain(s, nc, m);
-        weighted_sum_plain(hv, j0, nc, s);
-    }
-    /* sum >= 1 (the largest score contributes exp(0)) unless scores were NaN or infinite;
-     * then the output is NaN, as in PyTorch. */
-    float inv = 1.0f / sum;
-    for (int i = 0; i < hv->hd; i++) hv->out[i] *= inv;
-    (void)simd;
-}
-
-/* Queries per unit of work; the unit's queries share one copy of their head's keys and values. */
-enum { ATT_QUERIES = 64 };
-
-/* Units of work are (head, block of up to ATT_QUERIES new tokens). A block of several
- * queries first copies its head's key and value rows side by side: in the cache they are
- * heads*head_dim floats apart, a power of two for most models, so all of them fall into the
- * same few cache sets and evict one another before the next query can reuse them (3x
- * slower, measured). A single query reads each row once, and uses the cache as it is. */
-static void cpu_attention(Backend *bk, const AttentionArgs *a) {
+static void cpu_attention_op(Backend *bk, const AttentionArgs *a) {
     (void)bk;
-    if (a->T <= 0 || a->heads <= 0 || a->head_dim <= 0 || a->n_past < 0) return;
-    const bool simd = cpu_has_avx2();
-    const int hd = a->head_dim, len = a->n_past + a->T;
-    const int64_t stride = (int64_t)a->heads * hd;
-    const int nblocks = (a->T + ATT_QUERIES - 1) / ATT_QUERIES, items = a->heads * nblocks;
-    const bool par = items > 1 && (int64_t)a->T * len * stride >= PAR_MIN;
-
-#pragma omp parallel if (par)
-    {
-        /* this thread's copy of one head's keys (rows 0..len-1) then values; NULL: no copies */
-        float *kv = a->T >= 4 ? malloc((size_t)len * (size_t)hd * 2 * sizeof(float)) : NULL;
-#pragma omp for schedule(dynamic, 1)
-        for (int i = 0; i < items; i++) {
-            /* the last blocks (the most keys) first, so that the threads finish together */
-            const int h = i % a->heads, blk = nblocks - 1 - i / a->heads;
-            const int t0 = blk * ATT_QUERIES, t1 = t0 + ATT_QUERIES < a->T ? t0 + ATT_QUERIES : a->T;
-            HeadView hv = {.k = a->k + (int64_t)h * hd, .v = a->v + (int64_t)h * hd, .stride = stride,
-                           .hd = hd, .scale = a->scale, .slope = a->alibi ? a->alibi[h] : 0.0f};
-            if (kv && t1 - t0 >= 4) {
-                const int n = a->n_past + t1; /* the keys the block's last query sees */
-                float *kc = kv, *vc = kv + (size_t)len * hd;
-                for (int j = 0; j < n; j++) {
-                    memcpy(kc + (size_t)j * hd, hv.k + j * stride, (size_t)hd * sizeof(float));
-                    memcpy(vc + (size_t)j * hd, hv.v + j * stride, (size_t)hd * sizeof(float));
-                }
-                hv.k = kc, hv.v = vc, hv.stride = hd;
-            }
-            for (int t = t0; t < t1; t++) {
-                hv.q = a->q + t * stride + (int64_t)h * hd;
-                hv.out = a->out + t * stride + (int64_t)h * hd;
-                attend_one(&hv, a->n_past + t + 1, simd);
-            }
-        }
-        free(kv);
-    }
+    cpu_attention(a);
 }
 
 static size_t cpu_device_memory_in_use(Backend *bk) {
@@ -673,7 +449,7 @@ static size_t cpu_device_memory_in_use(Backend *bk) {
 static void cpu_token_nll(Backend *bk, const float *x, int rows, int n, const int32_t *targets, double *nll) {
     (void)bk;
     /* Each row is a pass over the vocabulary, independent of the others. */
-#pragma omp parallel for schedule(static) if (rows > 1 && (int64_t)rows * n >= PAR_MIN)
+#pragma omp parallel for schedule(static) if (rows > 1 && (int64_t)rows * n >= CPU_PAR_MIN)
     for (int r = 0; r < rows; r++)
         nll[r] = targets[r] < 0 ? NAN : logits_nll(x + (size_t)r * (size_t)n, n, targets[r]);
 }
@@ -700,13 +476,14 @@ static void cpu_top_candidates(Backend *bk, const float *x, int n, float tempera
 /* ---- the table ------------------------------------------------------------------------------ */
 
 Backend *cpu_backend_create(int threads, Error *err) {
-    Backend *bk = malloc(sizeof *bk);
-    if (!bk) {
+    CpuBackend *cb = calloc(1, sizeof *cb);
+    if (!cb) {
         err_set(err, "out of memory creating the CPU backend");
         return NULL;
     }
-    omp_set_num_threads(threads > 0 ? threads : omp_get_num_procs());
-    *bk = (Backend){
+    cb->threads = threads > 0 ? threads : omp_get_num_procs();
+    omp_set_num_threads(cb->threads);
+    cb->base = (Backend){
         .name = "cpu",
         .host_memory = true,
         .destroy = cpu_destroy,
@@ -732,11 +509,11 @@ Backend *cpu_backend_create(int threads, Error *err) {
         .relu = cpu_relu,
         .gelu_tanh = cpu_gelu_tanh,
         .split_qkv = cpu_split_qkv,
-        .attention = cpu_attention,
+        .attention = cpu_attention_op,
         .token_nll = cpu_token_nll,
         .argmax = cpu_argmax,
         .penalize = cpu_penalize,
         .top_candidates = cpu_top_candidates,
     };
-    return bk;
+    return &cb->base;
 }

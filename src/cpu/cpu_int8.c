@@ -6,7 +6,8 @@
  *                 |x| >= tau (per call, as bitsandbytes) or just those entries (per token)
  *   2. quantize   x -> int8 codes qa[T,Kp], one absmax scale or one (range, zero code) per
  *                 token or for the whole call; outliers get the code that means 0
- *   3. int8 GEMM  C32[t,n] = sum_k qa[t,k] qw[n,k], exact in int32 (SIMD kernels below)
+ *   3. int8 GEMM  C32[t,n] = sum_k qa[t,k] qw[n,k], exact in int32 (the micro-kernels of
+ *                 cpu_int8_kernels.c)
  *   4. epilogue   zero-point corrections, dequantization by the outer product of scales,
  *                 bias, and the 16-bit product of the outlier entries with the
  *                 dequantized weight columns, written straight into y
@@ -14,35 +15,28 @@
  * Steps 3 and 4 run together per block of weight rows, the blocks split over OpenMP
  * threads: the int32 results never travel through memory, and the few outlier columns
  * of a weight row are read while that row is still in cache, so the decomposition costs
- * little when there are few outlier columns.
+ * little when there are few outlier columns. The per-call arrays (codes, statistics, the
+ * 16-bit side) live in a scratch area the caller keeps between calls (CpuInt8Scratch), so a
+ * call allocates nothing once the area has grown to the largest T seen.
  *
  * Weights are kept as int8 codes [Np, Kp] (rows padded to a multiple of 64 bytes and the
  * row count to a multiple of 4, padding zero, so kernels need no tail code) plus one
  * float per row; the 16-bit source is not kept. For the bitsandbytes modes the codes
  * and scales are exactly bnb's CB and SCB, whether quantized here or read from an int8
  * checkpoint. */
-#include <immintrin.h>
 #include <math.h>
 #include <omp.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cpu_internal.h"
 
 enum {
-    PAD_K = 64,       /* bytes: every row of codes is a multiple of this (one zmm, two ymm) */
-    TILE_T = 4,       /* tokens per register tile */
-    PAD_N = 4,        /* weight rows are padded to a multiple of this (the widest row tile) */
     BLOCK_ROWS = 64,  /* weight rows per OpenMP work item: 64 x Kp bytes stay in L2 while
                        * every token tile of a chunk passes over them */
     CHUNK_T = 64,     /* tokens per chunk: their codes (2 x 64 x Kp bytes) stay in L2 while
                        * every weight block passes over them */
 };
-
-/* K up to which an int32 sum of K products of int8 codes in [-127,127] cannot
- * overflow: 133143 * 127 * 127 < 2^31. */
-#define MAX_EXACT_K 133143
 
 /* ---- what each mode quantizes how ------------------------------------------------ */
 
@@ -132,200 +126,6 @@ static void zeropoint_params(float lo, float hi, float *range, float *scale, int
 static float round_to_f16(float v) { return f16_to_f32(f32_to_f16(v)); }
 
 /* ================================================================================== */
-/* Int8 GEMM kernels: C32 for a tile of 4 tokens x R weight rows, or 1 token x 4 rows. */
-/* ================================================================================== */
-
-/* Every kernel computes out[t*ld + r] = sum_k a[t*Kp + k] * w[r*Kp + k] over k < Kp,
- * exactly. a2 is a second copy of the activation codes prepared for the kernel
- * (|a| for AVX2, a + 128 for VNNI), wsum the row sums of w. */
-typedef void TileFn(const int8_t *a, const uint8_t *a2, const int8_t *w, const int32_t *wsum,
-                    int64_t Kp, int32_t *out, int64_t ld);
-
-typedef enum A2Kind { A2_NONE, A2_ABS, A2_OFFSET } A2Kind;
-
-typedef struct Int8Kernel {
-    const char *name;
-    int rows4;            /* weight rows R of tile4 (divides PAD_N) */
-    TileFn *tile4;        /* TILE_T tokens x rows4 rows */
-    TileFn *tile1;        /* 1 token x PAD_N rows */
-    A2Kind a2;
-} Int8Kernel;
-
-/* ---- portable C (any x86-64; LLMINT8_NO_SIMD=1) ---- */
-
-static inline int32_t dot_portable(const int8_t *a, const int8_t *w, int64_t n) {
-    int32_t acc = 0; /* exact: n <= MAX_EXACT_K + padding of zeros */
-    for (int64_t k = 0; k < n; k++) acc += (int32_t)a[k] * (int32_t)w[k];
-    return acc;
-}
-
-static void portable_tile4(const int8_t *a, const uint8_t *a2, const int8_t *w, const int32_t *wsum,
-                           int64_t Kp, int32_t *out, int64_t ld) {
-    (void)a2, (void)wsum;
-    for (int t = 0; t < TILE_T; t++)
-        for (int r = 0; r < PAD_N; r++) out[t * ld + r] = dot_portable(a + t * Kp, w + r * Kp, Kp);
-}
-
-static void portable_tile1(const int8_t *a, const uint8_t *a2, const int8_t *w, const int32_t *wsum,
-                           int64_t Kp, int32_t *out, int64_t ld) {
-    (void)a2, (void)wsum, (void)ld; /* one token: a single output row */
-    for (int r = 0; r < PAD_N; r++) out[r] = dot_portable(a, w + r * Kp, Kp);
-}
-
-/* ---- AVX2 ----
- * vpmaddubsw multiplies unsigned bytes by signed bytes and adds adjacent pairs into
- * int16 *with saturation*, so a plain a*b would be wrong whenever a pair sum leaves
- * int16. Instead we feed |a| (unsigned) and b with a's sign moved onto it (vpsignb):
- * each pair sum is then at most 2*128*127 = 32512 < 32767 — exact, for any a in
- * [-128,127] and b in [-127,127] (weights never hold -128: checked at load). vpmaddwd
- * with ones widens the int16 pairs to int32 exactly, and int32 sums are exact for
- * K <= MAX_EXACT_K. */
-
-__attribute__((target("avx2"))) static inline __m256i avx2_dot32(__m256i acc, __m256i a_abs,
-                                                                 __m256i a, __m256i b) {
-    __m256i pairs = _mm256_maddubs_epi16(a_abs, _mm256_sign_epi8(b, a));
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
-}
-
-__attribute__((target("avx2"))) static inline int32_t avx2_hsum(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-    return _mm_cvtsi128_si32(s);
-}
-
-#define LOAD256(p) _mm256_loadu_si256((const __m256i *)(const void *)(p))
-
-/* 4 tokens x 2 rows: 8 accumulators, 2 weight vectors and one |a| fit the 16 ymm. */
-__attribute__((target("avx2"))) static void avx2_tile4(const int8_t *a, const uint8_t *a_abs,
-                                                       const int8_t *w, const int32_t *wsum,
-                                                       int64_t Kp, int32_t *out, int64_t ld) {
-    (void)wsum;
-    __m256i acc[TILE_T][2];
-    for (int t = 0; t < TILE_T; t++) acc[t][0] = acc[t][1] = _mm256_setzero_si256();
-    for (int64_t k = 0; k < Kp; k += 32) {
-        __m256i b0 = LOAD256(w + k), b1 = LOAD256(w + Kp + k);
-        for (int t = 0; t < TILE_T; t++) {
-            __m256i aa = LOAD256(a_abs + t * Kp + k), as = LOAD256(a + t * Kp + k);
-            acc[t][0] = avx2_dot32(acc[t][0], aa, as, b0);
-            acc[t][1] = avx2_dot32(acc[t][1], aa, as, b1);
-        }
-    }
-    for (int t = 0; t < TILE_T; t++) {
-        out[t * ld + 0] = avx2_hsum(acc[t][0]);
-        out[t * ld + 1] = avx2_hsum(acc[t][1]);
-    }
-}
-
-/* 1 token x 4 rows: the decode GEMV, streaming 4 weight rows per activation load. */
-__attribute__((target("avx2"))) static void avx2_tile1(const int8_t *a, const uint8_t *a_abs,
-                                                       const int8_t *w, const int32_t *wsum,
-                                                       int64_t Kp, int32_t *out, int64_t ld) {
-    (void)wsum, (void)ld; /* one token: a single output row */
-    __m256i acc[PAD_N];
-    for (int r = 0; r < PAD_N; r++) acc[r] = _mm256_setzero_si256();
-    for (int64_t k = 0; k < Kp; k += 32) {
-        __m256i aa = LOAD256(a_abs + k), as = LOAD256(a + k);
-        for (int r = 0; r < PAD_N; r++) acc[r] = avx2_dot32(acc[r], aa, as, LOAD256(w + r * Kp + k));
-    }
-    for (int r = 0; r < PAD_N; r++) out[r] = avx2_hsum(acc[r]);
-}
-
-/* ---- AVX512-VNNI on ymm registers (EVEX encoding: 32 of them) ----
- * vpdpbusd adds four u8*s8 products into each int32 lane without any saturation. With
- * activations shifted to unsigned, a + 128 in [1, 255], one instruction does 32
- * multiply-adds:  sum (a+128) b = sum a b + 128 sum b,  and the second term is the
- * precomputed row sum. Intermediate int32 wrap-around cancels in the subtraction. */
-#define VNNI_TARGET "avx512vnni,avx512vl,avx512bw,avx512f,avx2"
-
-__attribute__((target(VNNI_TARGET))) static void vnni_tile4(const int8_t *a, const uint8_t *a_u8,
-                                                            const int8_t *w, const int32_t *wsum,
-                                                            int64_t Kp, int32_t *out, int64_t ld) {
-    (void)a;
-    __m256i acc[TILE_T][PAD_N];
-    for (int t = 0; t < TILE_T; t++)
-        for (int r = 0; r < PAD_N; r++) acc[t][r] = _mm256_setzero_si256();
-    for (int64_t k = 0; k < Kp; k += 32) {
-        __m256i b[PAD_N];
-        for (int r = 0; r < PAD_N; r++) b[r] = LOAD256(w + r * Kp + k);
-        for (int t = 0; t < TILE_T; t++) {
-            __m256i au = LOAD256(a_u8 + t * Kp + k);
-            for (int r = 0; r < PAD_N; r++) acc[t][r] = _mm256_dpbusd_epi32(acc[t][r], au, b[r]);
-        }
-    }
-    for (int t = 0; t < TILE_T; t++)
-        for (int r = 0; r < PAD_N; r++)
-            out[t * ld + r] = (int32_t)((uint32_t)avx2_hsum(acc[t][r]) - 128u * (uint32_t)wsum[r]);
-}
-
-__attribute__((target(VNNI_TARGET))) static void vnni_tile1(const int8_t *a, const uint8_t *a_u8,
-                                                            const int8_t *w, const int32_t *wsum,
-                                                            int64_t Kp, int32_t *out, int64_t ld) {
-    (void)a, (void)ld; /* one token: a single output row */
-    __m256i acc[PAD_N];
-    for (int r = 0; r < PAD_N; r++) acc[r] = _mm256_setzero_si256();
-    for (int64_t k = 0; k < Kp; k += 32) {
-        __m256i au = LOAD256(a_u8 + k);
-        for (int r = 0; r < PAD_N; r++) acc[r] = _mm256_dpbusd_epi32(acc[r], au, LOAD256(w + r * Kp + k));
-    }
-    for (int r = 0; r < PAD_N; r++)
-        out[r] = (int32_t)((uint32_t)avx2_hsum(acc[r]) - 128u * (uint32_t)wsum[r]);
-}
-
-static const Int8Kernel KERNELS[] = {
-    {"portable", PAD_N, portable_tile4, portable_tile1, A2_NONE},
-    {"avx2", 2, avx2_tile4, avx2_tile1, A2_ABS},
-    {"avx512vnni", PAD_N, vnni_tile4, vnni_tile1, A2_OFFSET},
-};
-enum { KERNEL_PORTABLE, KERNEL_AVX2, KERNEL_VNNI, KERNEL_COUNT };
-
-static bool kernel_supported(int k) {
-    __builtin_cpu_init();
-    switch (k) {
-    case KERNEL_PORTABLE: return true;
-    case KERNEL_AVX2: return __builtin_cpu_supports("avx2");
-    case KERNEL_VNNI:
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f") &&
-               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-               __builtin_cpu_supports("avx512vnni");
-    default: return false;
-    }
-}
-
-static const Int8Kernel *active_kernel;
-static pthread_once_t kernel_once = PTHREAD_ONCE_INIT;
-
-/* Chosen once: the best the CPU runs, unless LLMINT8_NO_SIMD is set (to anything but
- * "" or "0"), the switch shared with cpu_gemm.c. */
-static void kernel_pick(void) {
-    const char *no_simd = getenv("LLMINT8_NO_SIMD");
-    int k = KERNEL_PORTABLE;
-    if (!(no_simd && *no_simd && strcmp(no_simd, "0") != 0)) {
-        if (kernel_supported(KERNEL_VNNI)) k = KERNEL_VNNI;
-        else if (kernel_supported(KERNEL_AVX2)) k = KERNEL_AVX2;
-    }
-    __atomic_store_n(&active_kernel, &KERNELS[k], __ATOMIC_RELEASE);
-}
-
-static const Int8Kernel *kernel_get(void) {
-    pthread_once(&kernel_once, kernel_pick);
-    return __atomic_load_n(&active_kernel, __ATOMIC_ACQUIRE);
-}
-
-const char *cpu_int8_kernel(void) { return kernel_get()->name; }
-
-int cpu_int8_use_kernel(const char *name) {
-    kernel_get();
-    for (int k = 0; k < KERNEL_COUNT; k++) {
-        if (strcmp(name, KERNELS[k].name) != 0) continue;
-        if (!kernel_supported(k)) return -1;
-        __atomic_store_n(&active_kernel, &KERNELS[k], __ATOMIC_RELEASE);
-        return 0;
-    }
-    return -1;
-}
-
-/* ================================================================================== */
 /* Creating a projection: the weight side.                                            */
 /* ================================================================================== */
 
@@ -334,26 +134,12 @@ int cpu_int8_use_kernel(const char *name) {
  * values CB * SCB / 127. */
 static float weight_value(const HostMatrix *w, int64_t n, int64_t k) {
     size_t i = (size_t)n * (size_t)w->cols + (size_t)k;
-    if (w->dtype == DT_I8) return round_to_f16(quant_dequant_weight(((const int8_t *)w->data)[i], w->scb[n]));
-    return round_to_f16(dtype_load_f32(w->dtype, w->data, i));
-}
-
-static int check_int8_source(const HostMatrix *w, Error *err) {
-    if (!w->scb)
-        return err_set(err, "int8 weight [%lld x %lld] comes without its SCB scales",
-                       (long long)w->rows, (long long)w->cols);
-    const int8_t *cb = w->data;
-    for (int64_t n = 0; n < w->rows; n++) {
-        float s = w->scb[n];
-        if (!(s >= 0.0f && s < INFINITY))
-            return err_set(err, "int8 weight: SCB[%lld] = %g is not a finite number >= 0",
-                           (long long)n, (double)s);
-        for (int64_t k = 0; k < w->cols; k++)
-            if (cb[n * w->cols + k] == -128)
-                return err_set(err, "int8 weight: row %lld holds the code -128, which bitsandbytes never "
-                                    "writes (its codes are in [-127, 127])", (long long)n);
+    if (w->dtype == DT_I8) {
+        float scb;
+        memcpy(&scb, w->scb + n, sizeof scb); /* may be unaligned inside the checkpoint */
+        return round_to_f16(quant_dequant_weight(((const int8_t *)w->data)[i], scb));
     }
-    return 0;
+    return round_to_f16(dtype_load_f32(w->dtype, w->data, i));
 }
 
 static void quantize_weights(CpuInt8Linear *l, const HostMatrix *w) {
@@ -434,12 +220,7 @@ CpuInt8Linear *cpu_int8_create(const HostMatrix *w, const float *bias, const Qua
                 (long long)w->rows, (long long)w->cols);
         return NULL;
     }
-    if (w->cols > MAX_EXACT_K) {
-        err_set(err, "int8 projection: in_features %lld is above %d, where int32 accumulation of the "
-                     "int8 product could overflow", (long long)w->cols, MAX_EXACT_K);
-        return NULL;
-    }
-    if (w->dtype == DT_I8 && check_int8_source(w, err) != 0) return NULL;
+    if (quant_check_int8_source(w->dtype, w->data, w->scb, w->rows, w->cols, err)) return NULL;
 
     CpuInt8Linear *l = calloc(1, sizeof *l);
     if (!l) goto oom;
@@ -450,8 +231,8 @@ CpuInt8Linear *cpu_int8_create(const HostMatrix *w, const float *bias, const Qua
     l->scope = q->outliers;
     l->N = w->rows;
     l->K = w->cols;
-    l->Np = (l->N + PAD_N - 1) / PAD_N * PAD_N;
-    l->Kp = (l->K + PAD_K - 1) / PAD_K * PAD_K;
+    l->Np = (l->N + INT8_PAD_N - 1) / INT8_PAD_N * INT8_PAD_N;
+    l->Kp = (l->K + INT8_PAD_K - 1) / INT8_PAD_K * INT8_PAD_K;
     bool zp_act = l->act == ACT_ZP_TOKEN || l->act == ACT_ZP_TENSOR;
     l->deq = !zp_act ? QUANT_DEQUANT_SCALE
              : l->wq == W_ZP_TENSOR ? (float)(1.0 / (254.0 * 254.0))
@@ -514,8 +295,9 @@ typedef struct Call {
 
 static inline bool is_zeropoint(ActScheme a) { return a == ACT_ZP_TOKEN || a == ACT_ZP_TENSOR; }
 
-/* Row statistics over the entries that stay in int8: those below tau (per SPEC §1.3, the
- * non-outlier entries of outlier columns still count). Entries left out count as 0,
+/* Row statistics over the entries that stay in int8: those below tau (as in bitsandbytes,
+ * the non-outlier entries of outlier columns still count: docs/QUANT.md, "Outlier
+ * decomposition"). Entries left out count as 0,
  * which changes neither the absmax nor a range that contains 0 anyway. (The loops are
  * written with locals and selects so that they vectorize.) */
 BODY void row_stats(const Call *c, int64_t t) {
@@ -572,9 +354,9 @@ BODY void row_codes(const Call *c, int64_t t) {
         c->suma[t] = sum;
     }
     uint8_t *restrict q2 = c->qa2 ? c->qa2 + t * Kp : NULL;
-    if (c->kern->a2 == A2_ABS)
+    if (c->kern->a2 == INT8_A2_ABS)
         for (int64_t k = 0; k < Kp; k++) q2[k] = (uint8_t)(q[k] < 0 ? -q[k] : q[k]);
-    else if (c->kern->a2 == A2_OFFSET)
+    else if (c->kern->a2 == INT8_A2_OFFSET)
         for (int64_t k = 0; k < Kp; k++) q2[k] = (uint8_t)(q[k] + 128);
 }
 
@@ -597,7 +379,7 @@ __attribute__((target("avx2"))) static void quantize_rows_avx2(const Call *c, in
 }
 
 static void quantize_rows(const Call *c, bool codes) {
-    const bool simd = c->kern != &KERNELS[KERNEL_PORTABLE];
+    const bool simd = c->kern->avx2;
     const int64_t T = c->T;
 #pragma omp parallel for schedule(static) if (T * c->l->K >= (1 << 16))
     for (int64_t t = 0; t < T; t++) {
@@ -626,7 +408,7 @@ static void quantize_activations(Call *c) {
     const int64_t T = c->T, K = l->K;
     /* 1. outlier columns: any row with |x| >= tau */
     if (l->tau > 0.0f) {
-        if (c->kern != &KERNELS[KERNEL_PORTABLE]) mark_outliers_avx2(c->x, T, K, l->tau, c->outlier_col);
+        if (c->kern->avx2) mark_outliers_avx2(c->x, T, K, l->tau, c->outlier_col);
         else mark_outliers_portable(c->x, T, K, l->tau, c->outlier_col);
         for (int64_t k = 0; k < K; k++)
             if (c->outlier_col[k]) c->cols[c->n_out++] = k;
@@ -757,12 +539,12 @@ static void run_block(const Call *c, int64_t t0, int64_t t1, int64_t n0, int64_t
     const CpuInt8Linear *l = c->l;
     const Int8Kernel *kern = c->kern;
     const int64_t Kp = l->Kp, n_out = c->n_out;
-    const bool simd = kern != &KERNELS[KERNEL_PORTABLE];
-    int32_t c32[TILE_T * BLOCK_ROWS];
+    const bool simd = kern->avx2;
+    int32_t c32[INT8_TILE_T * BLOCK_ROWS];
     for (int64_t t = t0; t < t1;) {
-        const int nt = t1 - t >= TILE_T ? TILE_T : 1;
-        const int rows = nt == TILE_T ? kern->rows4 : PAD_N;
-        TileFn *tile = nt == TILE_T ? kern->tile4 : kern->tile1;
+        const int nt = t1 - t >= INT8_TILE_T ? INT8_TILE_T : 1;
+        const int rows = nt == INT8_TILE_T ? kern->rows4 : INT8_PAD_N;
+        Int8TileFn *tile = nt == INT8_TILE_T ? kern->tile4 : kern->tile1;
         for (int64_t n = n0; n < n1; n += rows) {
             tile(c->qa + t * Kp, c->qa2 ? c->qa2 + t * Kp : NULL, l->w + n * Kp, l->wsum + n, Kp,
                  c32 + (n - n0), BLOCK_ROWS);
@@ -784,17 +566,18 @@ static void run_block(const Call *c, int64_t t0, int64_t t1, int64_t n0, int64_t
 
 /* Per-thread scratch for run_block: dequantized outlier columns of a block (floats)
  * followed by their codes (bytes). */
-static size_t scratch_bytes(int64_t n_out) { return (size_t)n_out * BLOCK_ROWS * (sizeof(float) + 1); }
+static size_t block_scratch_bytes(int64_t n_out) { return (size_t)n_out * BLOCK_ROWS * (sizeof(float) + 1); }
 
-static void gemm_and_epilogue(const Call *c, float *y, int32_t *acc32, unsigned char *scratch_all) {
+static void gemm_and_epilogue(const Call *c, float *y, int32_t *acc32, unsigned char *block_scratch) {
     const CpuInt8Linear *l = c->l;
     const int64_t T = c->T, n_blocks = (l->Np + BLOCK_ROWS - 1) / BLOCK_ROWS;
     const double work = (double)T * (double)l->Np * (double)l->Kp;
 #pragma omp parallel if (work >= 1e6)
     {
-        unsigned char *scratch = scratch_all ? scratch_all + (size_t)omp_get_thread_num() * scratch_bytes(c->n_out) : NULL;
-        float *woT = (float *)(void *)scratch;
-        int8_t *gq = scratch ? (int8_t *)(scratch + (size_t)c->n_out * BLOCK_ROWS * sizeof(float)) : NULL;
+        unsigned char *mine = block_scratch ? block_scratch + (size_t)omp_get_thread_num() * block_scratch_bytes(c->n_out)
+                                            : NULL;
+        float *woT = (float *)(void *)mine;
+        int8_t *gq = mine ? (int8_t *)(mine + (size_t)c->n_out * BLOCK_ROWS * sizeof(float)) : NULL;
         /* Tokens go by chunks whose codes stay in L2 while every weight block passes over
          * them; blocks are handed out dynamically (the machine may be shared). */
         for (int64_t t0 = 0; t0 < T; t0 += CHUNK_T) {
@@ -808,53 +591,91 @@ static void gemm_and_epilogue(const Call *c, float *y, int32_t *acc32, unsigned 
     }
 }
 
-void cpu_int8_forward_ex(const CpuInt8Linear *l, const float *x, int64_t T, float *y, int32_t *acc32,
-                         float *sca) {
-    if (T <= 0) return;
-    Call c = {.l = l, .kern = kernel_get(), .x = x, .T = T};
-    const size_t codes = (size_t)T * (size_t)l->Kp;
-    unsigned char *scratch = NULL;
-    c.outlier_col = calloc((size_t)l->K, sizeof *c.outlier_col);
-    c.cols = malloc((size_t)l->K * sizeof *c.cols);
-    c.qa = malloc(codes);
-    c.qa2 = c.kern->a2 != A2_NONE ? malloc(codes) : NULL;
-    c.lo = malloc((size_t)T * sizeof *c.lo);
-    c.hi = malloc((size_t)T * sizeof *c.hi);
-    c.sa = malloc((size_t)T * sizeof *c.sa);
-    c.scale = malloc((size_t)T * sizeof *c.scale);
-    c.za = malloc((size_t)T * sizeof *c.za);
-    c.suma = l->wq == W_ZP_TENSOR ? malloc((size_t)T * sizeof *c.suma) : NULL;
-    bool ok = c.outlier_col && c.cols && c.qa && (c.qa2 || c.kern->a2 == A2_NONE) && c.lo && c.hi &&
-              c.sa && c.scale && c.za && (c.suma || l->wq != W_ZP_TENSOR);
-    if (ok) {
-        quantize_activations(&c);
-        if (c.n_out > 0) {
-            c.xo = malloc((size_t)T * (size_t)c.n_out * sizeof *c.xo);
-            scratch = malloc((size_t)omp_get_max_threads() * scratch_bytes(c.n_out));
-            ok = c.xo && scratch;
-            if (ok) gather_outlier_inputs(&c);
-        }
-    }
-    if (ok) {
-        gemm_and_epilogue(&c, y, acc32, scratch);
-        if (sca) memcpy(sca, c.sa, (size_t)T * sizeof *sca);
-    } else { /* out of memory: nothing to report through, so make it impossible to miss */
-        for (size_t i = 0; i < (size_t)T * (size_t)l->N; i++) y[i] = NAN;
-    }
-    free(c.outlier_col);
-    free(c.cols);
-    free(c.xo);
-    free(c.qa);
-    free(c.qa2);
-    free(c.lo);
-    free(c.hi);
-    free(c.sa);
-    free(c.scale);
-    free(c.za);
-    free(c.suma);
-    free(scratch);
+/* ---- the per-call arrays, carved out of the scratch areas ---- */
+
+/* Consecutive pieces of a buffer, each starting on a 64-byte boundary (a cache line; the
+ * kernels' loads do not need it, but rows of codes then never straddle more lines than
+ * necessary). With base NULL it only measures: used is then the size to reserve. */
+typedef struct Carver {
+    unsigned char *base;
+    size_t used;
+} Carver;
+
+static void *carve(Carver *cv, size_t bytes) {
+    void *p = cv->base ? cv->base + cv->used : NULL;
+    cv->used += (bytes + 63) / 64 * 64;
+    return p;
 }
 
-void cpu_int8_forward(const CpuInt8Linear *l, const float *x, int64_t T, float *y) {
-    cpu_int8_forward_ex(l, x, T, y, NULL, NULL);
+/* The arrays whose size T and K decide (everything of Call but the 16-bit side). */
+static void carve_call(Call *c, Carver *cv) {
+    const CpuInt8Linear *l = c->l;
+    const size_t T = (size_t)c->T, K = (size_t)l->K, codes = T * (size_t)l->Kp;
+    c->outlier_col = carve(cv, K);
+    c->cols = carve(cv, K * sizeof *c->cols);
+    c->qa = carve(cv, codes);
+    c->qa2 = c->kern->a2 != INT8_A2_NONE ? carve(cv, codes) : NULL;
+    c->lo = carve(cv, T * sizeof *c->lo);
+    c->hi = carve(cv, T * sizeof *c->hi);
+    c->sa = carve(cv, T * sizeof *c->sa);
+    c->scale = carve(cv, T * sizeof *c->scale);
+    c->za = carve(cv, T * sizeof *c->za);
+    c->suma = l->wq == W_ZP_TENSOR ? carve(cv, T * sizeof *c->suma) : NULL;
+}
+
+/* The 16-bit side, once the outlier columns are known: xo, then every thread's block scratch. */
+static unsigned char *carve_outliers(Call *c, Carver *cv) {
+    c->xo = carve(cv, (size_t)c->T * (size_t)c->n_out * sizeof *c->xo);
+    return carve(cv, (size_t)omp_get_max_threads() * block_scratch_bytes(c->n_out));
+}
+
+static int out_of_memory(const CpuInt8Linear *l, int64_t T, size_t bytes, Error *err) {
+    return err_set(err, "int8 projection [%lld x %lld]: out of memory for %zu bytes of scratch (%lld tokens)",
+                   (long long)l->N, (long long)l->K, bytes, (long long)T);
+}
+
+static int forward(const CpuInt8Linear *l, CpuInt8Scratch *scratch, const float *x, int64_t T, float *y,
+                   int32_t *acc32, float *sca, Error *err) {
+    Call c = {.l = l, .kern = cpu_int8_active_kernel(), .x = x, .T = T};
+    Carver cv = {0};
+    carve_call(&c, &cv);
+    cv = (Carver){.base = cpu_scratch_reserve(&scratch->call, cv.used)};
+    if (!cv.base) return out_of_memory(l, T, cv.used, err);
+    carve_call(&c, &cv);
+    memset(c.outlier_col, 0, (size_t)l->K);
+
+    quantize_activations(&c);
+    unsigned char *block_scratch = NULL;
+    if (c.n_out > 0) {
+        cv = (Carver){0};
+        carve_outliers(&c, &cv);
+        cv = (Carver){.base = cpu_scratch_reserve(&scratch->outliers, cv.used)};
+        if (!cv.base) return out_of_memory(l, T, cv.used, err);
+        block_scratch = carve_outliers(&c, &cv);
+        gather_outlier_inputs(&c);
+    }
+    gemm_and_epilogue(&c, y, acc32, block_scratch);
+    if (sca) memcpy(sca, c.sa, (size_t)T * sizeof *sca);
+    return 0;
+}
+
+int cpu_int8_forward_ex(const CpuInt8Linear *l, CpuInt8Scratch *scratch, const float *x, int64_t T, float *y,
+                        int32_t *acc32, float *sca, Error *err) {
+    if (T <= 0) return 0;
+    if (scratch) return forward(l, scratch, x, T, y, acc32, sca, err);
+    CpuInt8Scratch temporary;
+    memset(&temporary, 0, sizeof temporary);
+    int rc = forward(l, &temporary, x, T, y, acc32, sca, err);
+    cpu_int8_scratch_free(&temporary);
+    return rc;
+}
+
+int cpu_int8_forward(const CpuInt8Linear *l, CpuInt8Scratch *scratch, const float *x, int64_t T, float *y,
+                     Error *err) {
+    return cpu_int8_forward_ex(l, scratch, x, T, y, NULL, NULL, err);
+}
+
+void cpu_int8_scratch_free(CpuInt8Scratch *s) {
+    cpu_scratch_free(&s->call);
+    cpu_scratch_free(&s->outliers);
 }

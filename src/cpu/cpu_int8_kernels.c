@@ -1,0 +1,190 @@
+/* cpu/cpu_int8_kernels.c — the int8 GEMM micro-kernels and the run-time choice between them.
+ *
+ * A kernel computes the exact int32 products of a tile of activation codes with a tile of
+ * weight codes (the contract is Int8TileFn in cpu_internal.h): 4 tokens x R weight rows for
+ * prompts, 1 token x 4 rows for decoding. cpu_int8.c drives them over blocks of weight rows
+ * and does everything else (quantization, epilogue). Three implementations, one chosen per
+ * process from the CPU's features: portable C, AVX2, and AVX-512 VNNI on ymm registers.
+ * The reasoning for exactness is beside each one and in docs/QUANT.md. */
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_internal.h"
+
+/* ---- portable C (any x86-64; LLMINT8_NO_SIMD=1) ---- */
+
+static inline int32_t dot_portable(const int8_t *a, const int8_t *w, int64_t n) {
+    int32_t acc = 0; /* exact: n <= QUANT_MAX_EXACT_K + padding of zeros */
+    for (int64_t k = 0; k < n; k++) acc += (int32_t)a[k] * (int32_t)w[k];
+    return acc;
+}
+
+static void portable_tile4(const int8_t *a, const uint8_t *a2, const int8_t *w, const int32_t *wsum,
+                           int64_t Kp, int32_t *out, int64_t ld) {
+    (void)a2, (void)wsum;
+    for (int t = 0; t < INT8_TILE_T; t++)
+        for (int r = 0; r < INT8_PAD_N; r++) out[t * ld + r] = dot_portable(a + t * Kp, w + r * Kp, Kp);
+}
+
+static void portable_tile1(const int8_t *a, const uint8_t *a2, const int8_t *w, const int32_t *wsum,
+                           int64_t Kp, int32_t *out, int64_t ld) {
+    (void)a2, (void)wsum, (void)ld; /* one token: a single output row */
+    for (int r = 0; r < INT8_PAD_N; r++) out[r] = dot_portable(a, w + r * Kp, Kp);
+}
+
+/* ---- AVX2 ----
+ * vpmaddubsw multiplies unsigned bytes by signed bytes and adds adjacent pairs into
+ * int16 *with saturation*, so a plain a*b would be wrong whenever a pair sum leaves
+ * int16. Instead we feed |a| (unsigned) and b with a's sign moved onto it (vpsignb):
+ * each pair sum is then at most 2*128*127 = 32512 < 32767 — exact, for any a in
+ * [-128,127] and b in [-127,127] (weights never hold -128: checked at load). vpmaddwd
+ * with ones widens the int16 pairs to int32 exactly, and int32 sums are exact for
+ * K <= QUANT_MAX_EXACT_K. */
+
+__attribute__((target("avx2"))) static inline __m256i avx2_dot32(__m256i acc, __m256i a_abs,
+                                                                 __m256i a, __m256i b) {
+    __m256i pairs = _mm256_maddubs_epi16(a_abs, _mm256_sign_epi8(b, a));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+
+__attribute__((target("avx2"))) static inline int32_t avx2_hsum(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+#define LOAD256(p) _mm256_loadu_si256((const __m256i *)(const void *)(p))
+
+/* 4 tokens x 2 rows: 8 accumulators, 2 weight vectors and one |a| fit the 16 ymm. */
+__attribute__((target("avx2"))) static void avx2_tile4(const int8_t *a, const uint8_t *a_abs,
+                                                       const int8_t *w, const int32_t *wsum,
+                                                       int64_t Kp, int32_t *out, int64_t ld) {
+    (void)wsum;
+    __m256i acc[INT8_TILE_T][2];
+    for (int t = 0; t < INT8_TILE_T; t++) acc[t][0] = acc[t][1] = _mm256_setzero_si256();
+    for (int64_t k = 0; k < Kp; k += 32) {
+        __m256i b0 = LOAD256(w + k), b1 = LOAD256(w + Kp + k);
+        for (int t = 0; t < INT8_TILE_T; t++) {
+            __m256i aa = LOAD256(a_abs + t * Kp + k), as = LOAD256(a + t * Kp + k);
+            acc[t][0] = avx2_dot32(acc[t][0], aa, as, b0);
+            acc[t][1] = avx2_dot32(acc[t][1], aa, as, b1);
+        }
+    }
+    for (int t = 0; t < INT8_TILE_T; t++) {
+        out[t * ld + 0] = avx2_hsum(acc[t][0]);
+        out[t * ld + 1] = avx2_hsum(acc[t][1]);
+    }
+}
+
+/* 1 token x 4 rows: the decode GEMV, streaming 4 weight rows per activation load. */
+__attribute__((target("avx2"))) static void avx2_tile1(const int8_t *a, const uint8_t *a_abs,
+                                                       const int8_t *w, const int32_t *wsum,
+                                                       int64_t Kp, int32_t *out, int64_t ld) {
+    (void)wsum, (void)ld; /* one token: a single output row */
+    __m256i acc[INT8_PAD_N];
+    for (int r = 0; r < INT8_PAD_N; r++) acc[r] = _mm256_setzero_si256();
+    for (int64_t k = 0; k < Kp; k += 32) {
+        __m256i aa = LOAD256(a_abs + k), as = LOAD256(a + k);
+        for (int r = 0; r < INT8_PAD_N; r++) acc[r] = avx2_dot32(acc[r], aa, as, LOAD256(w + r * Kp + k));
+    }
+    for (int r = 0; r < INT8_PAD_N; r++) out[r] = avx2_hsum(acc[r]);
+}
+
+/* ---- AVX512-VNNI on ymm registers (EVEX encoding: 32 of them) ----
+ * vpdpbusd adds four u8*s8 products into each int32 lane without any saturation. With
+ * activations shifted to unsigned, a + 128 in [1, 255], one instruction does 32
+ * multiply-adds:  sum (a+128) b = sum a b + 128 sum b,  and the second term is the
+ * precomputed row sum. Intermediate int32 wrap-around cancels in the subtraction. */
+#define VNNI_TARGET "avx512vnni,avx512vl,avx512bw,avx512f,avx2"
+
+__attribute__((target(VNNI_TARGET))) static void vnni_tile4(const int8_t *a, const uint8_t *a_u8,
+                                                            const int8_t *w, const int32_t *wsum,
+                                                            int64_t Kp, int32_t *out, int64_t ld) {
+    (void)a;
+    __m256i acc[INT8_TILE_T][INT8_PAD_N];
+    for (int t = 0; t < INT8_TILE_T; t++)
+        for (int r = 0; r < INT8_PAD_N; r++) acc[t][r] = _mm256_setzero_si256();
+    for (int64_t k = 0; k < Kp; k += 32) {
+        __m256i b[INT8_PAD_N];
+        for (int r = 0; r < INT8_PAD_N; r++) b[r] = LOAD256(w + r * Kp + k);
+        for (int t = 0; t < INT8_TILE_T; t++) {
+            __m256i au = LOAD256(a_u8 + t * Kp + k);
+            for (int r = 0; r < INT8_PAD_N; r++) acc[t][r] = _mm256_dpbusd_epi32(acc[t][r], au, b[r]);
+        }
+    }
+    for (int t = 0; t < INT8_TILE_T; t++)
+        for (int r = 0; r < INT8_PAD_N; r++)
+            out[t * ld + r] = (int32_t)((uint32_t)avx2_hsum(acc[t][r]) - 128u * (uint32_t)wsum[r]);
+}
+
+__attribute__((target(VNNI_TARGET))) static void vnni_tile1(const int8_t *a, const uint8_t *a_u8,
+                                                            const int8_t *w, const int32_t *wsum,
+                                                            int64_t Kp, int32_t *out, int64_t ld) {
+    (void)a, (void)ld; /* one token: a single output row */
+    __m256i acc[INT8_PAD_N];
+    for (int r = 0; r < INT8_PAD_N; r++) acc[r] = _mm256_setzero_si256();
+    for (int64_t k = 0; k < Kp; k += 32) {
+        __m256i au = LOAD256(a_u8 + k);
+        for (int r = 0; r < INT8_PAD_N; r++) acc[r] = _mm256_dpbusd_epi32(acc[r], au, LOAD256(w + r * Kp + k));
+    }
+    for (int r = 0; r < INT8_PAD_N; r++)
+        out[r] = (int32_t)((uint32_t)avx2_hsum(acc[r]) - 128u * (uint32_t)wsum[r]);
+}
+
+/* ---- the choice ---- */
+
+static const Int8Kernel KERNELS[] = {
+    {"portable", INT8_PAD_N, portable_tile4, portable_tile1, INT8_A2_NONE, false},
+    {"avx2", 2, avx2_tile4, avx2_tile1, INT8_A2_ABS, true},
+    {"avx512vnni", INT8_PAD_N, vnni_tile4, vnni_tile1, INT8_A2_OFFSET, true},
+};
+enum { KERNEL_PORTABLE, KERNEL_AVX2, KERNEL_VNNI, KERNEL_COUNT };
+
+static bool kernel_supported(int k) {
+    __builtin_cpu_init();
+    switch (k) {
+    case KERNEL_PORTABLE: return true;
+    case KERNEL_AVX2: return __builtin_cpu_supports("avx2");
+    case KERNEL_VNNI:
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512vnni");
+    default: return false;
+    }
+}
+
+static const Int8Kernel *active_kernel;
+static pthread_once_t kernel_once = PTHREAD_ONCE_INIT;
+
+/* Chosen once: the best the CPU runs, unless LLMINT8_NO_SIMD is set (to anything but
+ * "" or "0"), the switch shared with cpu_gemm.c. */
+static void kernel_pick(void) {
+    const char *no_simd = getenv("LLMINT8_NO_SIMD");
+    int k = KERNEL_PORTABLE;
+    if (!(no_simd && *no_simd && strcmp(no_simd, "0") != 0)) {
+        if (kernel_supported(KERNEL_VNNI)) k = KERNEL_VNNI;
+        else if (kernel_supported(KERNEL_AVX2)) k = KERNEL_AVX2;
+    }
+    __atomic_store_n(&active_kernel, &KERNELS[k], __ATOMIC_RELEASE);
+}
+
+const Int8Kernel *cpu_int8_active_kernel(void) {
+    pthread_once(&kernel_once, kernel_pick);
+    return __atomic_load_n(&active_kernel, __ATOMIC_ACQUIRE);
+}
+
+const char *cpu_int8_kernel(void) { return cpu_int8_active_kernel()->name; }
+
+int cpu_int8_use_kernel(const char *name) {
+    cpu_int8_active_kernel(); /* the first choice must not overwrite this one later */
+    for (int k = 0; k < KERNEL_COUNT; k++) {
+        if (strcmp(name, KERNELS[k].name) != 0) continue;
+        if (!kernel_supported(k)) return -1;
+        __atomic_store_n(&active_kernel, &KERNELS[k], __ATOMIC_RELEASE);
+        return 0;
+    }
+    return -1;
+}

@@ -21,15 +21,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* K up to which int32 sums of K products of codes in [-127, 127] cannot overflow
- * (133143 * 127 * 127 < 2^31), the CPU backend's limit too. */
-#define MAX_EXACT_K 133143
 #define WORKSPACE_BYTES ((size_t)32 << 20) /* cuBLASLt's recommendation for Hopper */
 #define STAGING_BYTES ((size_t)64 << 20)
 
 static CudaBackend *cuda_of(Backend *bk) { return (CudaBackend *)bk; }
 
-/* ---- the sticky error ------------------------------------------------------------------ */
+/* ---- the sticky error (backend.h: sync) ------------------------------------------------- */
 int cuda_fail(CudaBackend *cb, const char *fmt, ...) {
     if (cb->failed) return -1;
     va_list ap;
@@ -37,8 +34,6 @@ int cuda_fail(CudaBackend *cb, const char *fmt, ...) {
     vsnprintf(cb->error, sizeof cb->error, fmt, ap);
     va_end(ap);
     cb->failed = true;
-    /* The one place this library prints: operations have no other way to report. */
-    fprintf(stderr, "llmint8: CUDA backend error: %s (further GPU work is skipped)\n", cb->error);
     return -1;
 }
 
@@ -53,16 +48,19 @@ int cuda_check_launch(CudaBackend *cb, const char *kernel) {
     return cuda_fail(cb, "launching kernel %s: %s", kernel, cudaGetErrorString(e));
 }
 
-extern "C" int cuda_backend_check(Backend *bk, Error *err) {
+/* Waits for everything queued; then the first failure since the last sync, if any, is
+ * returned and cleared. A failure inside a kernel (an illegal address, ...) only shows
+ * here, as the error of the wait. */
+static int cu_sync(Backend *bk, Error *err) {
     CudaBackend *cb = cuda_of(bk);
-    if (!cb->failed) cuda_check(cb, cudaStreamSynchronize(cb->stream), "waiting for the GPU");
-    if (cb->failed) return err_set(err, "CUDA backend: %s", cb->error);
-    return 0;
+    cuda_check(cb, cudaStreamSynchronize(cb->stream), "waiting for the GPU");
+    cuda_check(cb, cudaGetLastError(), "a queued GPU operation");
+    if (!cb->failed) return 0;
+    cb->failed = false;
+    return err_set(err, "CUDA backend: %s", cb->error);
 }
 
-extern "C" const char *cuda_backend_device(const Backend *bk) {
-    return ((const CudaBackend *)bk)->device_name;
-}
+static const char *cu_describe(Backend *bk) { return cuda_of(bk)->description; }
 
 /* ---- scratch ------------------------------------------------------------------------------ */
 int cuda_scratch_reserve(CudaBackend *cb, CudaScratch *s, size_t bytes, const char *what) {
@@ -217,10 +215,12 @@ static int fp16_weight_create(CudaBackend *cb, const HostMatrix *m, const float 
                 const char *src = (const char *)m->data + (size_t)(r0 + r) * (size_t)m->cols * es;
                 uint16_t *dst = (uint16_t *)cb->staging + (size_t)r * (size_t)fw->kp;
                 if (m->dtype == DT_F16) memcpy(dst, src, (size_t)m->cols * 2);
-                else if (m->dtype == DT_I8)
+                else if (m->dtype == DT_I8) {
+                    float scb;
+                    memcpy(&scb, m->scb + r0 + r, sizeof scb); /* may be unaligned in the checkpoint */
                     for (int64_t c = 0; c < m->cols; c++)
-                        dst[c] = f32_to_f16(quant_dequant_weight(((const int8_t *)src)[c], m->scb[r0 + r]));
-                else
+                        dst[c] = f32_to_f16(quant_dequant_weight(((const int8_t *)src)[c], scb));
+                } else
                     for (int64_t c = 0; c < m->cols; c++) {
                         /* the tensor cores take fp16: a BF16/F32 value beyond its range would
                          * silently become inf (the CPU backend keeps such weights as stored) */
@@ -254,36 +254,16 @@ static void fp16_weight_free(Fp16Weight *fw) {
     fw->w = NULL;
 }
 
-/* An int8 checkpoint's CB/SCB, checked as the CPU backend does: SCB finite and >= 0, and no
- * code -128 (bitsandbytes writes [-127, 127]; -128 would break the symmetric scheme). */
-static int check_int8_source(const HostMatrix *w, Error *err) {
-    const int8_t *cb = (const int8_t *)w->data;
-    for (int64_t n = 0; n < w->rows; n++) {
-        float s = w->scb[n];
-        if (!(s >= 0.0f && s < INFINITY))
-            return err_set(err, "int8 weight: SCB[%lld] = %g is not a finite number >= 0", (long long)n, (double)s);
-        for (int64_t k = 0; k < w->cols; k++)
-            if (cb[n * w->cols + k] == -128)
-                return err_set(err, "int8 weight: row %lld holds the code -128, which bitsandbytes never writes "
-                               "(its codes are in [-127, 127])", (long long)n);
-    }
-    return 0;
-}
-
 /* int8 weights [np, kp] + SCB [np]: quantized here from F16/BF16/F32, or I8 + SCB as is. */
 static int int8_weight_create(CudaBackend *cb, const HostMatrix *m, const QuantConfig *q, Int8Weight *iw,
                               Error *err) {
     bool prequantized = m->dtype == DT_I8;
-    if (prequantized && !m->scb)
-        return err_set(err, "CUDA backend: an int8 (I8) weight needs its SCB row scales");
     if (!prequantized && m->dtype != DT_F16 && m->dtype != DT_BF16 && m->dtype != DT_F32)
         return err_set(err, "CUDA backend: cannot quantize a %s weight to int8", dtype_name(m->dtype));
     if (!(q->threshold >= 0.0f))
         return err_set(err, "int8 projection: outlier threshold %g must be >= 0", (double)q->threshold);
-    if (m->cols > MAX_EXACT_K)
-        return err_set(err, "int8 projection: in_features %lld is above %d, where int32 accumulation of the int8 "
-                       "product could overflow", (long long)m->cols, MAX_EXACT_K);
-    if (prequantized && check_int8_source(m, err)) return -1;
+    /* K within the exact range; an int8 checkpoint's SCB sane and its codes in [-127, 127] */
+    if (quant_check_int8_source(m->dtype, m->data, m->scb, m->rows, m->cols, err)) return -1;
     memset(iw, 0, sizeof *iw);
     iw->rows = m->rows;
     iw->cols = m->cols;
@@ -313,7 +293,7 @@ static int int8_weight_create(CudaBackend *cb, const HostMatrix *m, const QuantC
                 int8_t *dst = (int8_t *)cb->staging + (size_t)r * row_bytes;
                 if (prequantized) {
                     memcpy(dst, src, (size_t)m->cols);
-                    scb_host[r0 + r] = m->scb[r0 + r];
+                    memcpy(&scb_host[r0 + r], m->scb + r0 + r, sizeof(float)); /* may be unaligned */
                 } else {
                     /* row-wise: one row at a time gives the same CB and SCB as the whole matrix */
                     quant_weight_rowwise(m->dtype, src, 1, m->cols, dst, &scb_host[r0 + r]);
@@ -528,14 +508,6 @@ static void cu_top_candidates(Backend *bk, const float *x, int n, float temperat
     cuda_top_candidates(cuda_of(bk), x, n, temperature, k, ids, probs);
 }
 
-/* Placeholders until the backend-contract work fills these in. */
-static const char *cu_describe(Backend *bk) { return cuda_of(bk)->device_name; }
-
-static int cu_sync(Backend *bk, Error *err) {
-    (void)bk, (void)err;
-    return 0;
-}
-
 /* ---- create / destroy ------------------------------------------------------------------------- */
 static void cu_destroy(Backend *bk) {
     CudaBackend *cb = cuda_of(bk);
@@ -591,8 +563,11 @@ extern "C" Backend *cuda_backend_create(Error *err) {
     }
     cb->cc_major = prop.major;
     cb->cc_minor = prop.minor;
-    snprintf(cb->device_name, sizeof cb->device_name, "%s (compute capability %d.%d)", prop.name, prop.major,
-             prop.minor);
+    snprintf(cb->device_name, sizeof cb->device_name, "%s", prop.name);
+    snprintf(cb->description, sizeof cb->description,
+             "cuda: %s (compute capability %d.%d); int8 matmul: cuBLASLt int8 (COMPUTE_32I); "
+             "fp16 matmul: cuBLASLt fp16 (COMPUTE_32F)",
+             cb->device_name, prop.major, prop.minor);
 
     e = cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking);
     if (e != cudaSuccess) {

@@ -12,15 +12,16 @@
  *                    the top candidates of the softmax (only small results come back).
  *
  * Execution model: everything runs in order on one stream (CudaBackend.stream); nothing
- * inside a layer waits for the GPU. Only download(), the readouts that return host data
- * (token_nll, argmax, top_candidates), release/free, weight creation and the first growth
+ * inside a layer waits for the GPU. Only sync(), download(), the readouts that return host
+ * data (token_nll, argmax, top_candidates), release/free, weight creation and the growth
  * of a scratch buffer synchronise.
  *
- * Errors: Backend operations cannot return an error, so a failing CUDA or cuBLASLt call
- * inside one records a *sticky* error (cuda_fail): the first message is printed to stderr
- * once, every later operation becomes a no-op, and download() fills its output with NaN
- * so that the failure cannot go unnoticed. cuda_backend_check() (cuda_backend.h) reports
- * it as an Error. Weight creation returns its errors normally. */
+ * Errors (the sticky status of backend.h): a failing CUDA or cuBLASLt call inside an
+ * operation records the first failure with cuda_fail / cuda_check / cuda_check_launch —
+ * the operation or kernel's name and CUDA's or cuBLASLt's own words — in `error`; every
+ * later operation then does nothing, download() fills its output with NaN and the
+ * read-outs return NaN / 0, until sync() (cuda_backend.cu) returns the error and clears it.
+ * Nothing here prints. Weight creation returns its errors normally. */
 #ifndef LLMINT8_CUDA_INTERNAL_H
 #define LLMINT8_CUDA_INTERNAL_H
 
@@ -70,7 +71,8 @@ typedef struct LtPlan {
 typedef struct CudaBackend {
     Backend base;                 /* first member: a Backend * is a CudaBackend * */
     int device;
-    char device_name[320];        /* "name (compute capability X.Y)" */
+    char device_name[256];        /* as the driver names it, e.g. "NVIDIA H100 80GB HBM3" */
+    char description[512];        /* describe()'s answer (backend.h) */
     int cc_major, cc_minor;
     cudaStream_t stream;
     cublasLtHandle_t lt;
@@ -94,7 +96,7 @@ typedef struct CudaBackend {
     size_t staging_bytes;
     bool staging_pinned;
 
-    /* the sticky error (see the top of this file) */
+    /* the sticky status (see the top of this file) */
     bool failed;
     char error[512];
 } CudaBackend;

@@ -17,7 +17,8 @@
  *     top_candidates (k = 1, 40, 1024; planted ties at the top and across the k-th place;
  *     all equal) with ids identical to the CPU's and probabilities within 1e-5; arguments
  *     outside the contract give NaN / 0 without a sticky error;
- *   - unsupported quant modes fail with a message; no sticky error at the end.
+ *   - unsupported quant modes fail with a message; a refused operation comes back through
+ *     sync() once; results are checked after a sync; no sticky error at the end.
  *
  * Without a usable GPU (no device, no driver) it prints why and exits 77 (skipped). */
 #include <cjson/cJSON.h>
@@ -47,10 +48,19 @@ static float *to_gpu(const float *host, size_t n) {
     return d;
 }
 
-/* The GPU buffer's contents, malloc'ed. */
+/* Checks that no GPU operation since the last check failed: sync() waits for the queued
+ * work and returns the first failure (backend.h). */
+static void expect_synced(const char *after) {
+    Error err = {{0}};
+    CHECK(gpu->sync(gpu, &err) == 0, "after %s: %s", after, err.msg);
+}
+
+/* The GPU buffer's contents, malloc'ed, after checking that the work that wrote them went
+ * through. */
 static float *from_gpu(const float *d, size_t n) {
     float *h = malloc((n ? n : 1) * sizeof *h);
     if (n) gpu->download(gpu, h, d, n);
+    expect_synced("a download");
     return h;
 }
 
@@ -505,6 +515,7 @@ static void test_token_nll_case(int rows, int n, float spread) {
     cpu->token_nll(cpu, x, rows, n, targets, want);
     float *dx = to_gpu_guarded(x, total);
     gpu->token_nll(gpu, dx, rows, n, targets, got);
+    expect_synced("token_nll");
     int bad = 0, first = -1;
     for (int r = 0; r < rows; r++) {
         bool ok = targets[r] < 0 ? isnan(got[r]) && isnan(want[r])
@@ -530,6 +541,7 @@ static void test_token_nll(void) {
     gpu->token_nll(gpu, dx, 1, 3, t, nll);
     gpu->token_nll(gpu, dx, 1, 3, t + 1, nll + 1);
     CHECK(isnan(nll[0]) && isnan(nll[1]), "token_nll with targets 3 and -7 of n 3: %g %g", nll[0], nll[1]);
+    expect_synced("token_nll with targets outside the contract");
     gpu->release(gpu, dx);
 }
 
@@ -542,6 +554,7 @@ static void argmax_case(const char *what, const float *x, int n, int32_t expect)
     for (int i = 0; i < GUARD; i++) h[(size_t)n + 1 + (size_t)i] = 1e30f;
     gpu->upload(gpu, dx, h, (size_t)n + 1 + GUARD);
     int32_t want = cpu->argmax(cpu, x, n), got = gpu->argmax(gpu, dx + 1, n);
+    expect_synced("argmax");
     CHECK(got == want && got == expect, "argmax %s (n %d): gpu %d, cpu %d, expected %d", what, n, got, want, expect);
     gpu->release(gpu, dx);
     free(h);
@@ -632,6 +645,7 @@ static void top_case(const char *what, const float *x, int n, float temperature,
     cpu->top_candidates(cpu, x, n, temperature, k, ci, cp);
     float *dx = to_gpu_guarded(x, (size_t)n);
     gpu->top_candidates(gpu, dx, n, temperature, k, gi, gp);
+    expect_synced("top_candidates");
     int idiff = 0, pdiff = 0, first = -1, order = 0, exp_diff = 0;
     for (int j = 0; j < k; j++) {
         if (gi[j] != ci[j] && idiff++ == 0) first = j;
@@ -700,6 +714,7 @@ static void test_top_candidates(void) {
     gpu->top_candidates(gpu, dx, n, 0.0f, 2, ids, probs);
     CHECK(ids[1] == 0 && isnan(probs[1]), "top_candidates at temperature 0: %d %g", ids[1], (double)probs[1]);
     CHECK(gpu->argmax(gpu, dx, 0) == 0, "argmax of n = 0");
+    expect_synced("read-outs outside the contract");
     gpu->release(gpu, dx);
     free(x), free(expect);
 }
@@ -786,6 +801,26 @@ static void test_fixture(const char *name) {
     free(text);
 }
 
+/* A failing operation comes back through sync(): attention with n_past = -1 is refused by
+ * the launcher (nothing is read), and the failure must be returned by the next sync(),
+ * once, with the operation's name; later operations run again. */
+static void test_failure_comes_back_through_sync(void) {
+    Error err = {{0}};
+    expect_synced("the tests before");
+    AttentionArgs bad = {.T = 1, .n_past = -1, .heads = 1, .head_dim = 8, .scale = 1.0f};
+    gpu->attention(gpu, &bad);
+    CHECK(gpu->sync(gpu, &err) == -1 && strstr(err.msg, "attention") && strstr(err.msg, "n_past"),
+          "sync after a refused attention: '%s'", err.msg);
+    err.msg[0] = 0;
+    CHECK(gpu->sync(gpu, &err) == 0 && err.msg[0] == 0, "the error was not cleared: '%s'", err.msg);
+    float one[4] = {1, 2, 3, 4}, *d = to_gpu(one, 4);
+    gpu->add(gpu, d, d, 4);
+    float *back = from_gpu(d, 4);
+    CHECK(back[0] == 2 && back[3] == 8, "add after recovering: %g %g", (double)back[0], (double)back[3]);
+    gpu->release(gpu, d);
+    free(back);
+}
+
 int main(void) {
     Error err = {{0}};
     *test_rng_state() = 0x2545f4914f6cdd1dull;
@@ -799,7 +834,8 @@ int main(void) {
         fprintf(stderr, "test_cuda: a GPU is present but the CUDA backend failed: %s\n", err.msg);
         return 1;
     }
-    fprintf(stderr, "test_cuda: on %s\n", cuda_backend_device(gpu));
+    fprintf(stderr, "test_cuda: on %s\n", gpu->describe(gpu));
+    CHECK(strstr(gpu->describe(gpu), "cuBLASLt int8 (COMPUTE_32I)") != NULL, "describe: %s", gpu->describe(gpu));
     cpu = cpu_backend_create(2, &err);
     if (!cpu) {
         fprintf(stderr, "test_cuda: cpu_backend_create: %s\n", err.msg);
@@ -824,8 +860,9 @@ int main(void) {
     }
     const char *fixtures[] = {"opt-tiny", "opt-tiny-postln", "bloom-tiny"};
     for (int i = 0; i < 3; i++) test_fixture(fixtures[i]);
+    test_failure_comes_back_through_sync();
 
-    CHECK(cuda_backend_check(gpu, &err) == 0, "sticky CUDA error: %s", err.msg);
+    CHECK(gpu->sync(gpu, &err) == 0, "sticky CUDA error: %s", err.msg);
     gpu->destroy(gpu);
     cpu->destroy(cpu);
     return test_finish("test_cuda");

@@ -327,7 +327,6 @@ static void cpu_embed(Backend *bk, const BkMatrix *m, const int32_t *ids, int T,
     }
 }
 
-
 /* ---- LayerNorm and elementwise ops -------------------------------------------------------- */
 
 /* y = (x - mean) / sqrt(var + eps) * w + b over each row of dim values. The statistics are

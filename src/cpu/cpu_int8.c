@@ -637,20 +637,20 @@ static int out_of_memory(const CpuInt8Linear *l, int64_t T, size_t bytes, Error 
 static int forward(const CpuInt8Linear *l, CpuInt8Scratch *scratch, const float *x, int64_t T, float *y,
                    int32_t *acc32, float *sca, Error *err) {
     Call c = {.l = l, .kern = cpu_int8_active_kernel(), .x = x, .T = T};
-    Carver cv = {0};
-    carve_call(&c, &cv);
-    cv = (Carver){.base = cpu_scratch_reserve(&scratch->call, cv.used)};
-    if (!cv.base) return out_of_memory(l, T, cv.used, err);
+    Carver size = {0};
+    carve_call(&c, &size);
+    Carver cv = {.base = cpu_scratch_reserve(&scratch->call, size.used)};
+    if (!cv.base) return out_of_memory(l, T, size.used, err);
     carve_call(&c, &cv);
     memset(c.outlier_col, 0, (size_t)l->K);
 
     quantize_activations(&c);
     unsigned char *block_scratch = NULL;
     if (c.n_out > 0) {
-        cv = (Carver){0};
-        carve_outliers(&c, &cv);
-        cv = (Carver){.base = cpu_scratch_reserve(&scratch->outliers, cv.used)};
-        if (!cv.base) return out_of_memory(l, T, cv.used, err);
+        size = (Carver){0};
+        carve_outliers(&c, &size);
+        cv = (Carver){.base = cpu_scratch_reserve(&scratch->outliers, size.used)};
+        if (!cv.base) return out_of_memory(l, T, size.used, err);
         block_scratch = carve_outliers(&c, &cv);
         gather_outlier_inputs(&c);
     }

@@ -10,6 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fileio.h"
+
 const char CLI_COMMON_HELP[] =
     "Common options:\n"
     "  --precision fp16|int8  int8 (default): LLM.int8() projections; fp16: 16-bit weights as stored\n"
@@ -184,31 +186,7 @@ void cli_session_close(Session *s) {
 }
 
 int cli_read_file(const char *path, char **data, size_t *len, Error *err) {
-    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-    if (!f) return err_set(err, "%s: %s", path, strerror(errno));
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        if (n + 1 >= cap) {
-            char *bigger = realloc(buf, cap * 2);
-            if (!bigger) break;
-            buf = bigger;
-            cap *= 2;
-        }
-        size_t got = fread(buf + n, 1, cap - n - 1, f);
-        n += got;
-        if (got == 0) break;
-    }
-    bool failed = !buf || ferror(f);
-    if (f != stdin) fclose(f);
-    if (failed) {
-        free(buf);
-        return err_set(err, "%s: could not read the file (%s)", path, buf ? "read error" : "out of memory");
-    }
-    buf[n] = 0;
-    *data = buf;
-    *len = n;
-    return 0;
+    return read_input_file(path, data, len, err);
 }
 
 int cli_read_ids(const char *path, int vocab, int32_t **ids, size_t *n, Error *err) {

@@ -28,11 +28,14 @@
 #include "tokenizer.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <pcre2.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+
+#include "fileio.h"
 
 /* ---- limits: everything read from files is checked against these -------------- */
 
@@ -323,46 +326,10 @@ void tokenizer_free(Tokenizer *t) {
 
 /* ---- loading: files and JSON helpers --------------------------------------------- */
 
-static bool file_exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-static int read_file(const char *path, char **buf, size_t *len, Error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return err_set(err, "%s: cannot open the file", path);
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        fclose(f);
-        return err_set(err, "%s: not a regular file", path);
-    }
-    if ((uint64_t)st.st_size > MAX_FILE_BYTES) {
-        fclose(f);
-        return err_set(err, "%s: the file is %lld bytes, more than a tokenizer file can be (%zu)",
-                       path, (long long)st.st_size, MAX_FILE_BYTES);
-    }
-    size_t n = (size_t)st.st_size;
-    char *p = malloc(n + 1);
-    if (!p) {
-        fclose(f);
-        return err_set(err, "%s: out of memory reading %zu bytes", path, n);
-    }
-    size_t got = fread(p, 1, n, f);
-    fclose(f);
-    if (got != n) {
-        free(p);
-        return err_set(err, "%s: read %zu of %zu bytes", path, got, n);
-    }
-    p[n] = 0;
-    *buf = p;
-    *len = n;
-    return 0;
-}
-
 static int read_json(const char *path, cJSON **out, Error *err) {
     char *buf;
     size_t len;
-    if (read_file(path, &buf, &len, err)) return -1;
+    if (read_small_file(path, MAX_FILE_BYTES, &buf, &len, err)) return -1;
     const char *end = NULL;
     cJSON *j = cJSON_ParseWithLengthOpts(buf, len, &end, false);
     size_t at = end && end >= buf && end <= buf + len ? (size_t)(end - buf) : 0;
@@ -529,7 +496,7 @@ static int loader_read_vocab_object(Loader *L, const cJSON *vocab, Error *err) {
 static int load_merges_txt(Loader *L, const char *path, Error *err) {
     char *buf;
     size_t len;
-    if (read_file(path, &buf, &len, err)) return -1;
+    if (read_small_file(path, MAX_FILE_BYTES, &buf, &len, err)) return -1;
     L->file = path;
     char *scratch = NULL;
     size_t scratch_cap = 0;
@@ -916,7 +883,8 @@ int tokenizer_load(const char *dir, Tokenizer **out, Error *err) {
     *out = NULL;
     if (!dir) return err_set(err, "tokenizer: no directory given");
     struct stat st;
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) return err_set(err, "%s: not a directory", dir);
+    if (stat(dir, &st) != 0) return err_set(err, "%s: %s", dir, strerror(errno));
+    if (!S_ISDIR(st.st_mode)) return err_set(err, "%s: not a directory", dir);
     char tj[4096], vj[4096], mt[4096], tc[4096], sm[4096];
     if ((size_t)snprintf(tj, sizeof tj, "%s/tokenizer.json", dir) >= sizeof tj ||
         (size_t)snprintf(vj, sizeof vj, "%s/vocab.json", dir) >= sizeof vj ||
@@ -924,10 +892,16 @@ int tokenizer_load(const char *dir, Tokenizer **out, Error *err) {
         (size_t)snprintf(tc, sizeof tc, "%s/tokenizer_config.json", dir) >= sizeof tc ||
         (size_t)snprintf(sm, sizeof sm, "%s/special_tokens_map.json", dir) >= sizeof sm)
         return err_set(err, "tokenizer: directory path is too long");
-    bool use_json = file_exists(tj);
-    if (!use_json && !file_exists(vj))
+    /* Each name is either absent or a regular file: anything else there is an error. */
+    int has_tj = file_present(tj, err), has_vj = 0, has_mt = 0, has_tc, has_sm;
+    if (has_tj < 0) return -1;
+    if (!has_tj && ((has_vj = file_present(vj, err)) < 0 || (has_vj && (has_mt = file_present(mt, err)) < 0)))
+        return -1;
+    if (!has_tj && !has_vj)
         return err_set(err, "%s: no tokenizer found (looked for tokenizer.json, or vocab.json + merges.txt)", dir);
-    if (!use_json && !file_exists(mt)) return err_set(err, "%s: has vocab.json but no merges.txt", dir);
+    if (!has_tj && !has_mt) return err_set(err, "%s: has vocab.json but no merges.txt", dir);
+    if ((has_tc = file_present(tc, err)) < 0 || (has_sm = file_present(sm, err)) < 0) return -1;
+    const bool use_json = has_tj;
 
     Tokenizer *t = calloc(1, sizeof *t);
     if (!t) return err_set(err, "tokenizer: out of memory");
@@ -938,8 +912,8 @@ int tokenizer_load(const char *dir, Tokenizer **out, Error *err) {
     int rc = 0;
     /* Configs first: the tokenizer file may add names (unk from tokenizer.json). The
      * special-tokens map overrides tokenizer_config, as in transformers. */
-    if (file_exists(tc)) rc = load_config(&L, tc, err);
-    if (rc == 0 && file_exists(sm)) rc = load_config(&L, sm, err);
+    if (has_tc) rc = load_config(&L, tc, err);
+    if (rc == 0 && has_sm) rc = load_config(&L, sm, err);
     if (rc == 0) rc = use_json ? load_tokenizer_json(&L, tj, err) : load_gpt2_files(&L, vj, mt, err);
     if (rc == 0) rc = build_tables(&L, !use_json, err);
     loader_free(&L);

@@ -218,7 +218,11 @@ int cli_read_ids(const char *path, int vocab, int32_t **ids, size_t *n, Error *e
         }
         if (count == cap) {
             int32_t *bigger = realloc(out, 2 * cap * sizeof *out);
-            if (!bigger) break;
+            if (!bigger) { /* an error, never a truncated list */
+                free(out);
+                out = NULL;
+                break;
+            }
             out = bigger;
             cap *= 2;
         }

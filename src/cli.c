@@ -193,6 +193,7 @@ int cli_read_ids(const char *path, int vocab, int32_t **ids, size_t *n, Error *e
     char *text;
     size_t len;
     if (cli_read_file(path, &text, &len, err)) return -1;
+    const char *name = strcmp(path, "-") == 0 ? "standard input" : path; /* for messages */
     size_t cap = 1024, count = 0;
     int32_t *out = malloc(cap * sizeof *out);
     const char *p = text, *end = text + len;
@@ -207,10 +208,10 @@ int cli_read_ids(const char *path, int vocab, int32_t **ids, size_t *n, Error *e
         if (p == start || !sep || v >= vocab) {
             /* The message quotes the text, so it is written before the text is freed. */
             if (p == start || !sep)
-                err_set(err, "%s: token %zu is not a whole number (ids are separated by whitespace)", path,
+                err_set(err, "%s: token %zu is not a whole number (ids are separated by whitespace)", name,
                         count + 1);
             else
-                err_set(err, "%s: token %zu (%.*s) is outside the vocabulary (0..%d)", path, count + 1,
+                err_set(err, "%s: token %zu (%.*s) is outside the vocabulary (0..%d)", name, count + 1,
                         (int)(p - start > 20 ? 20 : p - start), start, vocab - 1);
             free(out);
             free(text);
@@ -229,10 +230,10 @@ int cli_read_ids(const char *path, int vocab, int32_t **ids, size_t *n, Error *e
         out[count++] = (int32_t)v;
     }
     free(text);
-    if (!out) return err_set(err, "%s: out of memory", path);
+    if (!out) return err_set(err, "%s: out of memory", name);
     if (count == 0) {
         free(out);
-        return err_set(err, "%s: no token ids in the file", path);
+        return err_set(err, "%s: no token ids in the file", name);
     }
     *ids = out;
     *n = count;

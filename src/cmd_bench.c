@@ -285,7 +285,7 @@ static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo
     return 0;
 }
 
-/* ---- random numbers ------------------------------------------------------------ */
+/* ---- random choices (splitmix64, rng.h: the same on every machine) ------------------ */
 
 /* Draws n distinct values from [0, range) into out (n <= range), for outlier columns. */
 static int pick_distinct(uint64_t *rng, int range, int n, int32_t *out) {
@@ -301,7 +301,6 @@ static int pick_distinct(uint64_t *rng, int range, int n, int32_t *out) {
     free(all);
     return 0;
 }
-
 
 /* ---- the plan shared by every part ------------------------------------------------- */
 

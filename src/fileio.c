@@ -92,9 +92,10 @@ int read_input_file(const char *path, char **out, size_t *len, Error *err) {
         if (e == EBADF) return err_set(err, "%s: cannot read: it is closed", name);
         return err_set(err, "%s: cannot examine the file: %s", name, strerror(e));
     }
-    /* A regular file's size is a good first guess; pipes start at 64 KiB and double. */
+    /* A regular file's size is a good first guess (+ the NUL + one byte to see the end
+     * without growing); pipes start at 64 KiB and double. */
     size_t cap = S_ISREG(st.st_mode) && st.st_size > 0 && (unsigned long long)st.st_size < SIZE_MAX / 2
-                     ? (size_t)st.st_size + 1
+                     ? (size_t)st.st_size + 2
                      : (size_t)1 << 16;
     size_t n = 0;
     char *buf = malloc(cap);

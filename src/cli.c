@@ -10,6 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fileio.h"
+
 const char CLI_COMMON_HELP[] =
     "Common options:\n"
     "  --precision fp16|int8  int8 (default): LLM.int8() projections; fp16: 16-bit weights as stored\n"
@@ -184,37 +186,14 @@ void cli_session_close(Session *s) {
 }
 
 int cli_read_file(const char *path, char **data, size_t *len, Error *err) {
-    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-    if (!f) return err_set(err, "%s: %s", path, strerror(errno));
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        if (n + 1 >= cap) {
-            char *bigger = realloc(buf, cap * 2);
-            if (!bigger) break;
-            buf = bigger;
-            cap *= 2;
-        }
-        size_t got = fread(buf + n, 1, cap - n - 1, f);
-        n += got;
-        if (got == 0) break;
-    }
-    bool failed = !buf || ferror(f);
-    if (f != stdin) fclose(f);
-    if (failed) {
-        free(buf);
-        return err_set(err, "%s: could not read the file (%s)", path, buf ? "read error" : "out of memory");
-    }
-    buf[n] = 0;
-    *data = buf;
-    *len = n;
-    return 0;
+    return read_input_file(path, data, len, err);
 }
 
 int cli_read_ids(const char *path, int vocab, int32_t **ids, size_t *n, Error *err) {
     char *text;
     size_t len;
     if (cli_read_file(path, &text, &len, err)) return -1;
+    const char *name = strcmp(path, "-") == 0 ? "standard input" : path; /* for messages */
     size_t cap = 1024, count = 0;
     int32_t *out = malloc(cap * sizeof *out);
     const char *p = text, *end = text + len;
@@ -229,10 +208,10 @@ int cli_read_ids(const char *path, int vocab, int32_t **ids, size_t *n, Error *e
         if (p == start || !sep || v >= vocab) {
             /* The message quotes the text, so it is written before the text is freed. */
             if (p == start || !sep)
-                err_set(err, "%s: token %zu is not a whole number (ids are separated by whitespace)", path,
+                err_set(err, "%s: token %zu is not a whole number (ids are separated by whitespace)", name,
                         count + 1);
             else
-                err_set(err, "%s: token %zu (%.*s) is outside the vocabulary (0..%d)", path, count + 1,
+                err_set(err, "%s: token %zu (%.*s) is outside the vocabulary (0..%d)", name, count + 1,
                         (int)(p - start > 20 ? 20 : p - start), start, vocab - 1);
             free(out);
             free(text);
@@ -240,17 +219,21 @@ int cli_read_ids(const char *path, int vocab, int32_t **ids, size_t *n, Error *e
         }
         if (count == cap) {
             int32_t *bigger = realloc(out, 2 * cap * sizeof *out);
-            if (!bigger) break;
+            if (!bigger) { /* an error, never a truncated list */
+                free(out);
+                out = NULL;
+                break;
+            }
             out = bigger;
             cap *= 2;
         }
         out[count++] = (int32_t)v;
     }
     free(text);
-    if (!out) return err_set(err, "%s: out of memory", path);
+    if (!out) return err_set(err, "%s: out of memory", name);
     if (count == 0) {
         free(out);
-        return err_set(err, "%s: no token ids in the file", path);
+        return err_set(err, "%s: no token ids in the file", name);
     }
     *ids = out;
     *n = count;

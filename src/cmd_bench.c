@@ -11,47 +11,39 @@
  *     row, like the paper's emergent features. Each cell reports GOP/s = 2*T*K*N / median
  *     seconds per call.
  *
- *  2. The whole model. A synthetic checkpoint (config.json + model.safetensors with random
- *     F16 weights, std 0.02 like the real init) is written to a temporary directory, opened,
- *     and deleted at once (it stays mapped), so the normal loader and forward pass run. The
- *     LayerNorms feeding the projections have weight 1 except in 2..6 hidden dimensions,
- *     where it is 30: the normalised activations there are ~N(0, 30^2), mostly above tau = 6,
- *     as the outlier features of real models are. Measured per precision (fp16, int8):
- *     prompt processing (last position's logits only, as generation needs) and decoding at
- *     batch 1 after it, with a KV cache sized for the two as `generate` sizes it; then, from
- *     a second load whose cache holds its window (as `ppl` sizes it), perplexity-style
- *     throughput (all logits); weight bytes (what the backend objects hold) and peak
- *     resident memory.
+ *  2. The whole model. A synthetic checkpoint (bench_checkpoint.h: random F16 weights of the
+ *     shape, with LayerNorm gain 30 in 2..6 hidden dimensions so that the projections see
+ *     outlier features as in real models) is written to a temporary directory, opened, and
+ *     deleted at once (it stays mapped), so the normal loader and forward pass run. Measured
+ *     per precision (fp16, int8): prompt processing (last position's logits only, as
+ *     generation needs) and decoding at batch 1 after it, with a KV cache sized for the two
+ *     as `generate` sizes it; then, from a second load whose cache holds its window (as `ppl`
+ *     sizes it), perplexity-style throughput (all logits); weight bytes (what the backend
+ *     objects hold) and peak resident memory.
  *
- * Every measurement runs in a forked child process. That gives each precision its own
- * peak-RSS counter (VmHWM is per process), and keeps OpenMP and GPU state out of the parent,
- * which would make fork unsafe. A child sends its result back through a pipe.
+ * Every measurement runs in a forked child process (bench_proc.h). That gives each precision
+ * its own peak-RSS counter (VmHWM is per process), and keeps OpenMP and GPU state out of the
+ * parent, which would make fork unsafe. A child sends its result back through a pipe.
  *
  * Peak RSS: after loading, the child drops its page-table entries for the checkpoint mapping
  * (madvise DONTNEED; the data stays in the page cache), resets the high-water mark
  * (/proc/self/clear_refs) and then runs. The figure is thus what inference keeps resident:
  * fp16 faults its weights back in from the mapping, int8 does not need the 16-bit weights
  * at all (it quantized them while loading; an int8 checkpoint from `convert` would not map
- * them in the first place). */
-#include <errno.h>
+ * them in the first place).
+ *
+ * This file: the options, the two parts, and the reports (tables or JSON). */
 #include <math.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/resource.h>
-#include <sys/stat.h>
-#include <sys/statvfs.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "bench_checkpoint.h"
+#include "bench_proc.h"
 #include "cli.h"
 #include "commands.h"
-#include "cpu/cpu_internal.h"
+#include "rng.h"
 
 static const char HELP[] =
     "Usage: llmint8 bench [--shape NAME | --hidden N --layers N ...] [options]\n"
@@ -97,16 +89,8 @@ enum {
 
 /* ---- shapes ------------------------------------------------------------------------ */
 
-typedef struct Shape {
-    const char *name;
-    Arch arch;
-    int hidden, layers, heads, ffn, vocab;
-    int proj_dim;        /* OPT word_embed_proj_dim when it differs from hidden (opt-350m), else 0 */
-    bool post_ln;        /* OPT do_layer_norm_before = false (opt-350m) */
-} Shape;
-
-/* The published configs (SPEC §3 tables; the others from the hub configs of the same families). */
-static const Shape SHAPES[] = {
+/* The published configs of the OPT and BLOOM families (their config.json on the Hugging Face hub). */
+static const BenchShape SHAPES[] = {
     {"tiny", ARCH_OPT, 64, 2, 4, 256, 1024, 0, false},
     {"opt-125m", ARCH_OPT, 768, 12, 12, 3072, 50272, 0, false},
     {"opt-350m", ARCH_OPT, 1024, 24, 16, 4096, 50272, 512, true},
@@ -124,16 +108,13 @@ static const Shape SHAPES[] = {
 };
 #define N_SHAPES (sizeof SHAPES / sizeof SHAPES[0])
 
-#define OPT_POSITIONS 2048   /* max_position_embeddings of every OPT */
 #define MAX_TOKEN_COUNTS 16
 #define MAX_OUTLIER_DIMS 6
-#define LN_OUTLIER_GAIN 30.0f
-#define WEIGHT_STD 0.02
 
 /* ---- options ----------------------------------------------------------------------- */
 
 typedef struct BenchOptions {
-    Shape shape;
+    BenchShape shape;
     bool dims_changed;               /* some dimension differs from the named shape */
     int tokens[MAX_TOKEN_COUNTS], n_tokens;
     double outlier_frac;
@@ -262,7 +243,7 @@ static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo
     bo->gemm = !model_only;
     bo->model = !gemm_only;
 
-    const Shape *named = NULL;
+    const BenchShape *named = NULL;
     for (size_t i = 0; i < N_SHAPES; i++)
         if (strcmp(SHAPES[i].name, shape_name) == 0) named = &SHAPES[i];
     if (!named) {
@@ -271,7 +252,7 @@ static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo
             snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", SHAPES[i].name);
         return cli_usage_error("bench", "--shape '%s' is not one of %s", shape_name, list);
     }
-    Shape s = *named;
+    BenchShape s = *named;
     if (arch) {
         Arch a = strcmp(arch, "opt") == 0 ? ARCH_OPT : ARCH_BLOOM;
         if (a != s.arch) {
@@ -298,39 +279,21 @@ static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo
         return cli_usage_error("bench", "BLOOM's MLP is 4 x hidden = %d wide; --ffn %d is not possible", 4 * s.hidden,
                                s.ffn);
     bo->shape = s;
-    if (s.arch == ARCH_OPT && bo->prompt_tokens + bo->decode_tokens > OPT_POSITIONS)
+    if (s.arch == ARCH_OPT && bo->prompt_tokens + bo->decode_tokens > BENCH_OPT_POSITIONS)
         return cli_usage_error("bench", "--prompt-tokens + --decode-tokens must fit OPT's %d positions",
-                               OPT_POSITIONS);
+                               BENCH_OPT_POSITIONS);
     return 0;
 }
 
-/* ---- random numbers (splitmix64: fast, and the same stream on every machine) --------- */
-
-typedef struct Rng {
-    uint64_t s;
-} Rng;
-
-static uint64_t rng_next(Rng *r) {
-    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static double rng_uniform(Rng *r) { return (double)(rng_next(r) >> 11) * 0x1.0p-53; } /* [0, 1) */
-
-static double rng_normal(Rng *r) { /* Box-Muller */
-    double u = 1.0 - rng_uniform(r), v = rng_uniform(r);
-    return sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v);
-}
+/* ---- random choices (splitmix64, rng.h: the same on every machine) ------------------ */
 
 /* Draws n distinct values from [0, range) into out (n <= range), for outlier columns. */
-static int pick_distinct(Rng *r, int range, int n, int32_t *out) {
+static int pick_distinct(uint64_t *rng, int range, int n, int32_t *out) {
     int32_t *all = malloc((size_t)range * sizeof *all);
     if (!all) return -1;
     for (int i = 0; i < range; i++) all[i] = i;
     for (int i = 0; i < n; i++) { /* the first steps of a Fisher-Yates shuffle */
-        int j = i + (int)(rng_next(r) % (uint64_t)(range - i));
+        int j = i + (int)(splitmix64_next(rng) % (uint64_t)(range - i));
         int32_t t = all[i];
         all[i] = all[j], all[j] = t;
         out[i] = all[i];
@@ -339,163 +302,28 @@ static int pick_distinct(Rng *r, int range, int n, int32_t *out) {
     return 0;
 }
 
-/* Writing billions of normal F16 values one Box-Muller at a time would take longer than the
- * benchmark; instead each value is one of 65536 pre-drawn N(0, std) halves, picked by 16
- * random bits. */
-typedef struct NormalTable {
-    uint16_t v[65536];
-} NormalTable;
-
-static void normal_table_init(NormalTable *t, double std, Rng *r) {
-    for (int i = 0; i < 65536; i++) t->v[i] = f32_to_f16((float)(std * rng_normal(r)));
-}
-
-static void fill_normal_f16(const NormalTable *t, Rng *r, uint16_t *out, size_t n) {
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        uint64_t b = rng_next(r);
-        out[i] = t->v[b & 0xffff], out[i + 1] = t->v[(b >> 16) & 0xffff];
-        out[i + 2] = t->v[(b >> 32) & 0xffff], out[i + 3] = t->v[b >> 48];
-    }
-    for (; i < n; i++) out[i] = t->v[rng_next(r) & 0xffff];
-}
-
-/* ---- memory measurements ----------------------------------------------------------- */
-
-/* A "VmHWM:" / "VmRSS:" figure of /proc/self/status in bytes; getrusage's peak if absent. */
-static long long proc_status_bytes(const char *key) {
-    FILE *f = fopen("/proc/self/status", "r");
-    long long kb = -1;
-    if (f) {
-        char line[256];
-        size_t klen = strlen(key);
-        while (fgets(line, sizeof line, f))
-            if (strncmp(line, key, klen) == 0 && sscanf(line + klen, "%lld", &kb) == 1) break;
-        fclose(f);
-    }
-    if (kb < 0) {
-        struct rusage ru;
-        if (getrusage(RUSAGE_SELF, &ru) == 0) kb = ru.ru_maxrss;
-    }
-    return kb < 0 ? -1 : kb * 1024;
-}
-
-/* Resets the peak-RSS counter (VmHWM) to the current RSS (Linux >= 4.0). */
-static bool reset_peak_rss(void) {
-    FILE *f = fopen("/proc/self/clear_refs", "w");
-    if (!f) return false;
-    bool ok = fputs("5", f) >= 0;
-    return fclose(f) == 0 && ok;
-}
-
-/* Removes the checkpoint's pages from this process's page tables (see the file comment).
- * Only inside read-only file mappings: on anonymous memory DONTNEED would zero the data. */
-static void drop_checkpoint_pages(const Checkpoint *ck) {
-    FILE *f = fopen("/proc/self/maps", "r");
-    if (!f) return;
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    char line[1024];
-    while (fgets(line, sizeof line, f)) {
-        unsigned long lo, hi, inode;
-        char perms[8];
-        if (sscanf(line, "%lx-%lx %7s %*s %*s %lu", &lo, &hi, perms, &inode) != 4) continue;
-        if (inode == 0 || perms[0] != 'r' || perms[1] != '-') continue;
-        for (size_t i = 0; i < checkpoint_count(ck); i++) {
-            const StTensor *t = checkpoint_tensor(ck, i);
-            uintptr_t b = (uintptr_t)t->data, e = b + t->nbytes;
-            if (b < lo || e > hi) continue;
-            b = (b + page - 1) & ~(page - 1);
-            e &= ~(page - 1);
-            if (e > b) madvise((void *)b, e - b, MADV_DONTNEED);
-        }
-    }
-    fclose(f);
-}
-
-/* ---- child processes --------------------------------------------------------------- */
-
-typedef struct BenchPlan BenchPlan;
-typedef int (*ChildFn)(const BenchPlan *p, const void *arg, void *out, Error *err);
-
-static int write_all(int fd, const void *buf, size_t n) {
-    const char *p = buf;
-    while (n > 0) {
-        ssize_t k = write(fd, p, n);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return -1;
-        p += k, n -= (size_t)k;
-    }
-    return 0;
-}
-
-static size_t read_all(int fd, void *buf, size_t n) {
-    char *p = buf;
-    size_t got = 0;
-    while (got < n) {
-        ssize_t k = read(fd, p + got, n - got);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) break;
-        got += (size_t)k;
-    }
-    return got;
-}
-
-/* Runs fn(p, arg, out) in a forked child and copies its Error or its `out` back. */
-static int run_in_child(const char *what, ChildFn fn, const BenchPlan *p, const void *arg, void *out,
-                        size_t out_size, Error *err) {
-    int fds[2];
-    if (pipe(fds)) return err_set(err, "%s: pipe: %s", what, strerror(errno));
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid < 0) {
-        close(fds[0]), close(fds[1]);
-        return err_set(err, "%s: fork: %s", what, strerror(errno));
-    }
-    if (pid == 0) {
-        close(fds[0]);
-        Error cerr;
-        cerr.msg[0] = 0;
-        int rc = fn(p, arg, out, &cerr);
-        int ok = write_all(fds[1], &rc, sizeof rc) == 0 && write_all(fds[1], &cerr, sizeof cerr) == 0 &&
-                 (rc != 0 || write_all(fds[1], out, out_size) == 0);
-        close(fds[1]);
-        _exit(ok && rc == 0 ? 0 : 1);
-    }
-    close(fds[1]);
-    int rc = -1;
-    Error cerr;
-    size_t got = read_all(fds[0], &rc, sizeof rc);
-    if (got == sizeof rc) got += read_all(fds[0], &cerr, sizeof cerr);
-    if (got == sizeof rc + sizeof cerr && rc == 0) got += read_all(fds[0], out, out_size);
-    close(fds[0]);
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) continue;
-    if (WIFSIGNALED(status))
-        return err_set(err, "%s: the benchmark process was killed by signal %d (%s)%s", what, WTERMSIG(status),
-                       strsignal(WTERMSIG(status)),
-                       WTERMSIG(status) == SIGKILL ? "; out of memory? try fewer --layers" : "");
-    if (got < sizeof rc + sizeof cerr) return err_set(err, "%s: the benchmark process exited early", what);
-    if (rc != 0) {
-        cerr.msg[sizeof cerr.msg - 1] = 0;
-        *err = cerr;
-        return -1;
-    }
-    if (got != sizeof rc + sizeof cerr + out_size) return err_set(err, "%s: incomplete result from the benchmark process", what);
-    return 0;
-}
-
 /* ---- the plan shared by every part ------------------------------------------------- */
 
-struct BenchPlan {
+typedef struct BenchPlan {
     BenchOptions o;
     const char *device;
     int threads;                 /* as given; <= 0: one per core */
     QuantConfig int8;            /* LLM.int8() with the chosen tau and outlier scope */
     const Checkpoint *ck;        /* the synthetic checkpoint (model part) */
-    int n_outlier_dims;          /* hidden dims with LayerNorm gain LN_OUTLIER_GAIN */
+    int n_outlier_dims;          /* hidden dims with LayerNorm gain BENCH_LN_OUTLIER_GAIN */
     int32_t outlier_dims[MAX_OUTLIER_DIMS];
-};
+} BenchPlan;
+
+/* What a child reports about the backend it ran on. */
+typedef struct BackendInfo {
+    char name[16];               /* Backend.name */
+    char kernels[128];           /* Backend.describe(): the kernels it selected */
+} BackendInfo;
+
+static void backend_info(Backend *bk, BackendInfo *info) {
+    snprintf(info->name, sizeof info->name, "%s", bk->name);
+    snprintf(info->kernels, sizeof info->kernels, "%s", bk->describe(bk));
+}
 
 /* ---- part 1: linear layers --------------------------------------------------------- */
 
@@ -510,7 +338,7 @@ typedef struct GemmCell {
 } GemmCell;
 
 typedef struct GemmReport {
-    char backend[16];
+    BackendInfo backend;
     int n;
     GemmCell cells[2 * MAX_TOKEN_COUNTS];
 } GemmReport;
@@ -545,27 +373,28 @@ static double time_linear(Backend *bk, const BkLinear *l, const float *x, int T,
 
 /* Input rows for the GEMM cells: N(0,1) clipped to +-5.5 (below tau) everywhere but the
  * outlier columns, which hold +-U(8, 20) in every row. */
-static void make_gemm_input(float *x, int T, int K, const int32_t *cols, int n_cols, Rng *r) {
+static void make_gemm_input(float *x, int T, int K, const int32_t *cols, int n_cols, uint64_t *rng) {
     for (size_t i = 0; i < (size_t)T * (size_t)K; i++) {
-        double v = rng_normal(r);
+        double v = splitmix64_normal(rng);
         x[i] = (float)(v > 5.5 ? 5.5 : v < -5.5 ? -5.5 : v);
     }
     for (int t = 0; t < T; t++)
         for (int c = 0; c < n_cols; c++) {
-            double m = 8.0 + 12.0 * rng_uniform(r);
-            x[(size_t)t * (size_t)K + (size_t)cols[c]] = (float)(rng_next(r) & 1 ? m : -m);
+            double m = 8.0 + 12.0 * splitmix64_unit(rng);
+            x[(size_t)t * (size_t)K + (size_t)cols[c]] = (float)(splitmix64_next(rng) & 1 ? m : -m);
         }
 }
 
-static int gemm_child(const BenchPlan *p, const void *arg, void *out, Error *err) {
+static int gemm_child(const void *plan, const void *arg, void *out, Error *err) {
     (void)arg;
+    const BenchPlan *p = plan;
     GemmReport *rep = out;
     const BenchOptions *o = &p->o;
     Backend *bk = cli_backend_create(p->device, p->threads, err);
     if (!bk) return -1;
-    snprintf(rep->backend, sizeof rep->backend, "%s", bk->name);
+    backend_info(bk, &rep->backend);
     rep->n = 0;
-    Rng rng = {12345};
+    uint64_t rng = 12345;
     int rc = 0;
     for (int shape = 0; shape < 2 && rc == 0; shape++) {
         int K = o->shape.hidden, N = shape == 0 ? o->shape.ffn : o->shape.hidden;
@@ -579,9 +408,9 @@ static int gemm_child(const BenchPlan *p, const void *arg, void *out, Error *err
         if (!w || !bias || !cols || !table || pick_distinct(&rng, K, n_cols, cols)) {
             rc = err_set(err, "out of memory for a %d x %d weight matrix", N, K);
         } else {
-            normal_table_init(table, WEIGHT_STD, &rng);
+            normal_table_init(table, BENCH_WEIGHT_STD, &rng);
             fill_normal_f16(table, &rng, w, (size_t)N * (size_t)K);
-            for (int i = 0; i < N; i++) bias[i] = (float)(WEIGHT_STD * rng_normal(&rng));
+            for (int i = 0; i < N; i++) bias[i] = (float)(BENCH_WEIGHT_STD * splitmix64_normal(&rng));
             HostMatrix hm = {.dtype = DT_F16, .rows = N, .cols = K, .data = w, .scb = NULL};
             QuantConfig q[N_VARIANTS] = {
                 {QUANT_FP16, 0.0f, p->int8.outliers},
@@ -618,266 +447,10 @@ static int gemm_child(const BenchPlan *p, const void *arg, void *out, Error *err
     return rc;
 }
 
-/* ---- part 2: a synthetic checkpoint ------------------------------------------------ */
-
-typedef enum Fill { FILL_NORMAL, FILL_ZERO, FILL_ONE, FILL_LN_GAIN } Fill;
-
-typedef struct TensorSpec {
-    char name[96];
-    int ndim;
-    int64_t shape[2];
-    Fill fill;
-} TensorSpec;
-
-typedef struct TensorList {
-    TensorSpec *t;
-    int n, cap;
-} TensorList;
-
-static void add_tensor(TensorList *l, Fill fill, int64_t rows, int64_t cols, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static void add_tensor(TensorList *l, Fill fill, int64_t rows, int64_t cols, const char *fmt, ...) {
-    if (l->n == l->cap) return; /* cap is computed exactly by list_tensors */
-    TensorSpec *s = &l->t[l->n++];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(s->name, sizeof s->name, fmt, ap);
-    va_end(ap);
-    s->ndim = cols ? 2 : 1;
-    s->shape[0] = rows, s->shape[1] = cols;
-    s->fill = fill;
-}
-
-/* A projection: weight [out, in] ~ N(0, 0.02), bias zero (as nn.Linear is initialised for OPT). */
-static void add_linear(TensorList *l, int64_t out, int64_t in, bool bias, const char *name) {
-    add_tensor(l, FILL_NORMAL, out, in, "%s.weight", name);
-    if (bias) add_tensor(l, FILL_ZERO, out, 0, "%s.bias", name);
-}
-
-static void add_layernorm(TensorList *l, int64_t dim, bool planted, const char *name) {
-    add_tensor(l, planted ? FILL_LN_GAIN : FILL_ONE, dim, 0, "%s.weight", name);
-    add_tensor(l, FILL_ZERO, dim, 0, "%s.bias", name);
-}
-
-/* Every tensor of the architecture, with the short names checkpoint.c looks for (SPEC §3). */
-static int list_tensors(const Shape *s, TensorList *l) {
-    l->cap = 8 + 16 * s->layers, l->n = 0;
-    if (!(l->t = calloc((size_t)l->cap, sizeof *l->t))) return -1;
-    int64_t D = s->hidden, F = s->ffn, V = s->vocab;
-    char name[80];
-    if (s->arch == ARCH_OPT) {
-        int64_t E = s->proj_dim ? s->proj_dim : D;
-        add_tensor(l, FILL_NORMAL, V, E, "decoder.embed_tokens.weight");
-        add_tensor(l, FILL_NORMAL, OPT_POSITIONS + 2, D, "decoder.embed_positions.weight");
-        if (E != D) {
-            add_linear(l, D, E, false, "decoder.project_in");
-            add_linear(l, E, D, false, "decoder.project_out");
-        }
-        if (!s->post_ln) add_layernorm(l, D, false, "decoder.final_layer_norm");
-        for (int i = 0; i < s->layers; i++) {
-            const char *proj[4] = {"q_proj", "k_proj", "v_proj", "out_proj"};
-            for (int j = 0; j < 4; j++) {
-                snprintf(name, sizeof name, "decoder.layers.%d.self_attn.%s", i, proj[j]);
-                add_linear(l, D, D, true, name);
-            }
-            snprintf(name, sizeof name, "decoder.layers.%d.self_attn_layer_norm", i);
-            add_layernorm(l, D, true, name);
-            snprintf(name, sizeof name, "decoder.layers.%d.fc1", i);
-            add_linear(l, F, D, true, name);
-            snprintf(name, sizeof name, "decoder.layers.%d.fc2", i);
-            add_linear(l, D, F, true, name);
-            snprintf(name, sizeof name, "decoder.layers.%d.final_layer_norm", i);
-            add_layernorm(l, D, true, name);
-        }
-    } else {
-        add_tensor(l, FILL_NORMAL, V, D, "word_embeddings.weight");
-        add_layernorm(l, D, false, "word_embeddings_layernorm");
-        for (int i = 0; i < s->layers; i++) {
-            snprintf(name, sizeof name, "h.%d.input_layernorm", i);
-            add_layernorm(l, D, true, name);
-            snprintf(name, sizeof name, "h.%d.self_attention.query_key_value", i);
-            add_linear(l, 3 * D, D, true, name);
-            snprintf(name, sizeof name, "h.%d.self_attention.dense", i);
-            add_linear(l, D, D, true, name);
-            snprintf(name, sizeof name, "h.%d.post_attention_layernorm", i);
-            add_layernorm(l, D, true, name);
-            snprintf(name, sizeof name, "h.%d.mlp.dense_h_to_4h", i);
-            add_linear(l, F, D, true, name);
-            snprintf(name, sizeof name, "h.%d.mlp.dense_4h_to_h", i);
-            add_linear(l, D, F, true, name);
-        }
-        add_layernorm(l, D, false, "ln_f");
-    }
-    return 0;
-}
-
-static int64_t tensor_numel(const TensorSpec *t) { return t->shape[0] * (t->ndim == 2 ? t->shape[1] : 1); }
-
-static int write_config(const char *path, const Shape *s, Error *err) {
-    FILE *f = fopen(path, "w");
-    if (!f) return err_set(err, "%s: %s", path, strerror(errno));
-    if (s->arch == ARCH_OPT)
-        fprintf(f,
-                "{\n  \"model_type\": \"opt\",\n  \"architectures\": [\"OPTForCausalLM\"],\n"
-                "  \"hidden_size\": %d,\n  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n"
-                "  \"ffn_dim\": %d,\n  \"vocab_size\": %d,\n  \"word_embed_proj_dim\": %d,\n"
-                "  \"max_position_embeddings\": %d,\n  \"do_layer_norm_before\": %s,\n"
-                "  \"_remove_final_layer_norm\": false,\n  \"activation_function\": \"relu\",\n"
-                "  \"enable_bias\": true,\n  \"layer_norm_elementwise_affine\": true,\n"
-                "  \"bos_token_id\": 2,\n  \"eos_token_id\": 2,\n  \"pad_token_id\": 1,\n"
-                "  \"torch_dtype\": \"float16\"\n}\n",
-                s->hidden, s->layers, s->heads, s->ffn, s->vocab, s->proj_dim ? s->proj_dim : s->hidden,
-                OPT_POSITIONS, s->post_ln ? "false" : "true");
-    else
-        fprintf(f,
-                "{\n  \"model_type\": \"bloom\",\n  \"architectures\": [\"BloomForCausalLM\"],\n"
-                "  \"hidden_size\": %d,\n  \"n_layer\": %d,\n  \"n_head\": %d,\n  \"vocab_size\": %d,\n"
-                "  \"layer_norm_epsilon\": 1e-05,\n  \"apply_residual_connection_post_layernorm\": false,\n"
-                "  \"bos_token_id\": 1,\n  \"eos_token_id\": 2,\n  \"pad_token_id\": 3,\n"
-                "  \"torch_dtype\": \"float16\"\n}\n",
-                s->hidden, s->layers, s->heads, s->vocab);
-    bool failed = ferror(f) != 0;
-    if (fclose(f) != 0) failed = true;
-    if (failed) return err_set(err, "%s: write error", path);
-    return 0;
-}
-
-/* Streams every tensor's F16 data into the writer, a chunk at a time. */
-static int write_tensors(StWriter *w, const TensorList *l, const BenchPlan *p, Rng *rng, Error *err) {
-    enum { CHUNK = 1 << 20 };
-    uint16_t *buf = malloc(CHUNK * sizeof *buf);
-    NormalTable *table = malloc(sizeof *table);
-    if (!buf || !table) {
-        free(buf), free(table);
-        return err_set(err, "out of memory");
-    }
-    normal_table_init(table, WEIGHT_STD, rng);
-    const uint16_t one = f32_to_f16(1.0f), gain = f32_to_f16(LN_OUTLIER_GAIN);
-    int rc = 0;
-    for (int i = 0; i < l->n && rc == 0; i++) {
-        const TensorSpec *t = &l->t[i];
-        int64_t n = tensor_numel(t);
-        for (int64_t done = 0; done < n && rc == 0;) {
-            size_t k = n - done < CHUNK ? (size_t)(n - done) : CHUNK;
-            switch (t->fill) {
-            case FILL_NORMAL: fill_normal_f16(table, rng, buf, k); break;
-            case FILL_ZERO: memset(buf, 0, k * sizeof *buf); break;
-            case FILL_ONE:
-            case FILL_LN_GAIN:
-                for (size_t j = 0; j < k; j++) buf[j] = one;
-                if (t->fill == FILL_LN_GAIN)
-                    for (int d = 0; d < p->n_outlier_dims; d++)
-                        if (p->outlier_dims[d] >= done && p->outlier_dims[d] < done + (int64_t)k)
-                            buf[p->outlier_dims[d] - done] = gain;
-                break;
-            }
-            rc = st_writer_write_data(w, buf, k * sizeof *buf, err);
-            done += (int64_t)k;
-        }
-    }
-    free(buf), free(table);
-    return rc;
-}
-
-/* The temporary checkpoint's paths, removed by the signal handler if the user interrupts
- * the (long) writing; after checkpoint_open they are removed at once. */
-static char tmp_dir[4000], tmp_files[2][4096]; /* the directory; config.json, model.safetensors */
-static volatile sig_atomic_t tmp_armed;
-
-static void remove_tmp_checkpoint(void) {
-    unlink(tmp_files[0]);
-    unlink(tmp_files[1]);
-    rmdir(tmp_dir);
-}
-
-static void on_signal(int sig) {
-    if (tmp_armed) remove_tmp_checkpoint();
-    signal(sig, SIG_DFL);
-    raise(sig);
-}
-
-static int64_t checkpoint_bytes(const TensorList *l) {
-    int64_t b = 0;
-    for (int i = 0; i < l->n; i++) b += 2 * tensor_numel(&l->t[i]);
-    return b;
-}
-
-/* Writes the synthetic checkpoint, opens it and deletes the files (the mapping keeps the data). */
-static int make_checkpoint(BenchPlan *p, Checkpoint **ck, Error *err) {
-    const Shape *s = &p->o.shape;
-    TensorList l = {0};
-    if (list_tensors(s, &l)) return err_set(err, "out of memory");
-    int64_t bytes = checkpoint_bytes(&l);
-
-    /* The page cache holds the whole file and fp16 runs from it: it must fit in memory. */
-    double ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
-    if (ram > 0 && (double)bytes > 0.8 * ram) {
-        free(l.t);
-        return err_set(err, "the synthetic %s weights take %.1f GB in fp16 but this machine has %.1f GB of memory; "
-                            "use --layers N for a smaller model of the same width, or --gemm-only",
-                       s->name, (double)bytes / 1e9, ram / 1e9);
-    }
-    const char *base = p->o.tmpdir ? p->o.tmpdir : getenv("TMPDIR");
-    if (!base || !*base) base = "/tmp";
-    struct statvfs vfs;
-    if (statvfs(base, &vfs) != 0) {
-        free(l.t);
-        return err_set(err, "--tmpdir %s: %s", base, strerror(errno));
-    }
-    double avail = (double)vfs.f_bavail * (double)vfs.f_frsize;
-    if (avail < (double)bytes + 64e6) {
-        free(l.t);
-        return err_set(err, "%s has %.1f GB free but the synthetic checkpoint needs %.1f GB; choose another --tmpdir",
-                       base, avail / 1e9, (double)bytes / 1e9);
-    }
-    if (snprintf(tmp_dir, sizeof tmp_dir, "%s/llmint8-bench-XXXXXX", base) >= (int)sizeof tmp_dir) {
-        free(l.t);
-        return err_set(err, "--tmpdir %.100s...: the path is too long", base);
-    }
-    if (!mkdtemp(tmp_dir)) {
-        free(l.t);
-        return err_set(err, "--tmpdir %s: cannot create a directory there (%s)", base, strerror(errno));
-    }
-    snprintf(tmp_files[0], sizeof tmp_files[0], "%s/config.json", tmp_dir);
-    snprintf(tmp_files[1], sizeof tmp_files[1], "%s/model.safetensors", tmp_dir);
-    struct sigaction sa = {0}, old[3];
-    const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    for (int i = 0; i < 3; i++) sigaction(sigs[i], &sa, &old[i]);
-    tmp_armed = 1;
-
-    if (!p->o.json)
-        fprintf(stderr, "llmint8 bench: writing a synthetic %s checkpoint (%.2f GB of F16) to %s\n", s->name,
-                (double)bytes / 1e9, tmp_dir);
-    double t0 = cli_now();
-    Rng rng = {2024};
-    int rc = write_config(tmp_files[0], s, err);
-    StWriter *w = NULL;
-    if (rc == 0) rc = st_writer_begin(tmp_files[1], &w, err);
-    for (int i = 0; i < l.n && rc == 0; i++)
-        rc = st_writer_declare(w, l.t[i].name, DT_F16, l.t[i].ndim, l.t[i].shape, err);
-    if (rc == 0) rc = st_writer_write_header(w, err);
-    if (rc == 0) rc = write_tensors(w, &l, p, &rng, err);
-    if (w) {
-        if (rc == 0) rc = st_writer_finish(w, err);
-        else st_writer_abort(w);
-    }
-    if (rc == 0) rc = checkpoint_open(tmp_dir, ck, err);
-    if (rc == 0 && !p->o.json)
-        fprintf(stderr, "llmint8 bench: written in %.1f s\n", cli_now() - t0);
-
-    remove_tmp_checkpoint();
-    tmp_armed = 0;
-    for (int i = 0; i < 3; i++) sigaction(sigs[i], &old[i], NULL);
-    free(l.t);
-    return rc;
-}
-
 /* ---- part 2: the whole model ------------------------------------------------------- */
 
 typedef struct ModelReport {
-    char backend[16];
+    BackendInfo backend;
     double load_s, prompt_s, ppl_s, decode_s;
     long long weight_bytes, kv_bytes;
     long long rss_load;          /* peak RSS while loading (the 16-bit pages int8 reads included) */
@@ -915,8 +488,8 @@ static void count_outliers(void *ctx, int layer, ProjKind kind, float *x, int T,
 
 /* The same random ids for every precision. */
 static void random_ids(int32_t *ids, int n, int vocab, uint64_t seed) {
-    Rng r = {seed};
-    for (int i = 0; i < n; i++) ids[i] = (int32_t)(rng_next(&r) % (uint64_t)vocab);
+    uint64_t rng = seed;
+    for (int i = 0; i < n; i++) ids[i] = (int32_t)(splitmix64_next(&rng) % (uint64_t)vocab);
 }
 
 /* Loads the model with a KV cache of ctx positions, then gets it ready to time: drops the
@@ -928,9 +501,9 @@ static int load_for_timing(const BenchPlan *p, Backend *bk, const QuantConfig *q
     double t0 = cli_now();
     if (model_load(p->ck, bk, &mo, m, err)) return -1;
     if (r->load_s == 0) r->load_s = cli_now() - t0;
-    if (r->rss_load == 0) r->rss_load = proc_status_bytes("VmHWM:");
-    drop_checkpoint_pages(p->ck);
-    r->rss_reset = reset_peak_rss();
+    if (r->rss_load == 0) r->rss_load = bench_proc_status_bytes("VmHWM:");
+    bench_drop_checkpoint_pages(p->ck);
+    r->rss_reset = bench_reset_peak_rss();
     int32_t ids[4];
     random_ids(ids, 4, (*m)->cfg.vocab_size, 7);
     int rc = model_forward_last(*m, ids, ctx < 4 ? ctx : 4, err) ? 0 : -1;
@@ -941,14 +514,15 @@ static int load_for_timing(const BenchPlan *p, Backend *bk, const QuantConfig *q
 /* Generation (prompt, then decoding) with a KV cache sized for it, as `generate` does (the
  * logits stay on the backend, only the chosen id comes back); then the scoring pass with a
  * cache sized for its window, as `ppl` does. */
-static int model_child(const BenchPlan *p, const void *arg, void *out, Error *err) {
+static int model_child(const void *plan, const void *arg, void *out, Error *err) {
+    const BenchPlan *p = plan;
     const QuantConfig *q = arg;
     ModelReport *r = out;
     const BenchOptions *o = &p->o;
     memset(r, 0, sizeof *r);
     Backend *bk = cli_backend_create(p->device, p->threads, err);
     if (!bk) return -1;
-    snprintf(r->backend, sizeof r->backend, "%s", bk->name);
+    backend_info(bk, &r->backend);
     const int gen_ctx = o->prompt_tokens + o->decode_tokens;
     const int n_ids = o->ppl_tokens > gen_ctx ? o->ppl_tokens : gen_ctx;
     Model *m = NULL;
@@ -980,7 +554,7 @@ static int model_child(const BenchPlan *p, const void *arg, void *out, Error *er
         rc = logits ? 0 : -1;
     }
     r->decode_s = cli_now() - t0;
-    r->rss_generate = proc_status_bytes("VmHWM:");
+    r->rss_generate = bench_proc_status_bytes("VmHWM:");
     /* Our device allocations only grow during a run (scratch buffers are kept), so after
      * decoding this is the generation's peak, plus the CUDA context's own. */
     r->device_mem = (long long)bk->device_memory_in_use(bk);
@@ -1009,7 +583,7 @@ static int model_child(const BenchPlan *p, const void *arg, void *out, Error *er
         t0 = cli_now();
         if (rc == 0) rc = model_score(m, ids, n, targets, nll, err);
         r->ppl_s = cli_now() - t0;
-        r->rss_ppl = proc_status_bytes("VmHWM:");
+        r->rss_ppl = bench_proc_status_bytes("VmHWM:");
         free(targets), free(nll);
         model_free(m);
     }
@@ -1028,6 +602,11 @@ typedef struct Results {
     int worst_cell;
     double busy;                 /* share of the CPUs busy just before the run */
 } Results;
+
+/* The backend the measurements ran on (every child creates the same one). */
+static const BackendInfo *ran_on(const Results *res) {
+    return res->have_gemm ? &res->gemm.backend : &res->model[0].backend;
+}
 
 typedef struct Target {
     const char *name, *what;
@@ -1064,7 +643,7 @@ static int make_targets(const BenchPlan *p, const Results *res, Target t[4]) {
     static char big_what[80];
     const BenchOptions *o = &p->o;
     const ModelReport *f = &res->model[0], *i8 = &res->model[1];
-    const bool gpu = strcmp(res->have_gemm ? res->gemm.backend : f->backend, "cuda") == 0;
+    const bool gpu = strcmp(ran_on(res)->name, "cuda") == 0;
     t[0] = (Target){"decode", gpu ? "int8 decode tokens/s >= 1.6x fp16" : "int8 decode tokens/s >= 1.7x fp16",
                     ratio(tps(o->decode_tokens, i8->decode_s), tps(o->decode_tokens, f->decode_s)), gpu ? 1.6 : 1.7,
                     true, res->have_model && o->decode_tokens > 0};
@@ -1093,49 +672,6 @@ static int make_targets(const BenchPlan *p, const Results *res, Target t[4]) {
 
 static bool target_pass(const Target *t) { return t->at_least ? t->value >= t->limit : t->value <= t->limit; }
 
-static void cpu_model_name(char *buf, size_t cap) {
-    snprintf(buf, cap, "unknown CPU");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f) return;
-    char line[512];
-    while (fgets(line, sizeof line, f)) {
-        if (strncmp(line, "model name", 10) != 0) continue;
-        char *v = strchr(line, ':');
-        if (!v) break;
-        v += 1 + strspn(v + 1, " \t");
-        v[strcspn(v, "\n")] = 0;
-        snprintf(buf, cap, "%s", v);
-        break;
-    }
-    fclose(f);
-}
-
-/* Jiffies the CPUs spent busy and in total so far (first line of /proc/stat). */
-static bool cpu_times(double *busy, double *total) {
-    FILE *f = fopen("/proc/stat", "r");
-    if (!f) return false;
-    unsigned long long v[8] = {0};
-    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
-                   &v[6], &v[7]);
-    fclose(f);
-    if (n < 4) return false;
-    *total = 0;
-    for (int i = 0; i < 8; i++) *total += (double)v[i];
-    *busy = *total - (double)v[3] - (double)v[4]; /* all but idle and iowait */
-    return true;
-}
-
-/* Share of the machine's CPU time that other processes used during 0.3 s before the run
- * (-1 if unknown): anything else running makes every timing unreliable. */
-static double cpu_busy_before(void) {
-    double b0, t0, b1, t1;
-    if (!cpu_times(&b0, &t0)) return -1;
-    struct timespec ts = {0, 300000000};
-    nanosleep(&ts, NULL);
-    if (!cpu_times(&b1, &t1) || t1 <= t0) return -1;
-    return (b1 - b0) / (t1 - t0);
-}
-
 /* A JSON string literal (the CPU name comes from the system: escape it). */
 static void json_string(const char *s) {
     putchar('"');
@@ -1152,7 +688,7 @@ static const char *shape_kind(int shape) { return shape == 0 ? "ffn" : "attn"; }
 
 static void print_json(const BenchPlan *p, const Results *res, const char *cpu, int threads) {
     const BenchOptions *o = &p->o;
-    const Shape *s = &o->shape;
+    const BenchShape *s = &o->shape;
     printf("{\"shape\": {\"name\": ");
     json_string(s->name);
     printf(", \"arch\": \"%s\", \"hidden\": %d, \"layers\": %d, \"heads\": %d, \"ffn\": %d, \"vocab\": %d, "
@@ -1160,11 +696,11 @@ static void print_json(const BenchPlan *p, const Results *res, const char *cpu, 
            arch_name(s->arch), s->hidden, s->layers, s->heads, s->ffn, s->vocab, o->dims_changed ? "true" : "false");
     printf(" \"machine\": {\"cpu\": ");
     json_string(cpu);
-    printf(", \"cores\": %ld, \"kernels\": \"%s\"},\n", sysconf(_SC_NPROCESSORS_ONLN),
-           cpu_has_avx2() ? "avx2+fma+f16c" : "portable C");
+    printf(", \"cores\": %ld, \"kernels\": ", sysconf(_SC_NPROCESSORS_ONLN));
+    json_string(ran_on(res)->kernels);
+    printf("},\n");
     printf(" \"device\": \"%s\", \"threads\": %d, \"threshold\": %g, \"outlier_frac\": %g, \"cpu_busy_before\": %.3f,\n",
-           res->have_gemm ? res->gemm.backend : res->model[0].backend, threads, (double)p->int8.threshold,
-           o->outlier_frac, res->busy);
+           ran_on(res)->name, threads, (double)p->int8.threshold, o->outlier_frac, res->busy);
     printf(" \"gemm\": [");
     for (int i = 0; res->have_gemm && i < res->gemm.n; i++) {
         const GemmCell *c = &res->gemm.cells[i];
@@ -1241,14 +777,13 @@ static void model_row(const char *label, double f, double q, double z, const Mod
 
 static void print_text(const BenchPlan *p, const Results *res, const char *cpu, int threads) {
     const BenchOptions *o = &p->o;
-    const Shape *s = &o->shape;
+    const BenchShape *s = &o->shape;
     printf("llmint8 bench: %s%s: %s, hidden %d, %d layers, %d heads, ffn %d, vocab %d (synthetic F16 weights)\n",
            s->name, o->dims_changed ? " (modified)" : "", arch_name(s->arch), s->hidden, s->layers, s->heads,
            s->ffn, s->vocab);
-    printf("machine: %s, %ld cores, %s kernels; device %s, %d threads; int8 tau = %g (%s outliers)\n", cpu,
-           sysconf(_SC_NPROCESSORS_ONLN), cpu_has_avx2() ? "avx2+fma+f16c" : "portable C",
-           res->have_gemm ? res->gemm.backend : res->model[0].backend, threads, (double)p->int8.threshold,
-           p->int8.outliers == OUTLIERS_PER_CALL ? "per-call" : "per-token");
+    printf("machine: %s, %ld cores; device %s, %d threads; int8 tau = %g (%s outliers)\nkernels: %s\n", cpu,
+           sysconf(_SC_NPROCESSORS_ONLN), ran_on(res)->name, threads, (double)p->int8.threshold,
+           p->int8.outliers == OUTLIERS_PER_CALL ? "per-call" : "per-token", ran_on(res)->kernels);
     if (o->dims_changed) printf("note: dimensions differ from the named shape; compare ratios with care\n");
     if (res->busy >= 0.1)
         printf("note: other processes kept %.0f%% of the CPUs busy just before the run: they compete with\n"
@@ -1274,7 +809,7 @@ static void print_text(const BenchPlan *p, const Results *res, const char *cpu, 
         printf("\nWhole model: prompt %d tokens (last logits), ppl %d tokens (all logits), decode %d tokens at batch 1;\n"
                "LayerNorm gain %.0f in %d of %d hidden dims; int8 saw %.1f outlier columns per projection call on the "
                "prompt (max %d)\n",
-               o->prompt_tokens, o->ppl_tokens, o->decode_tokens, (double)LN_OUTLIER_GAIN, p->n_outlier_dims, s->hidden,
+               o->prompt_tokens, o->ppl_tokens, o->decode_tokens, (double)BENCH_LN_OUTLIER_GAIN, p->n_outlier_dims, s->hidden,
                q->outlier_calls ? (double)q->outlier_cols_sum / (double)q->outlier_calls : 0.0, q->outlier_cols_max);
         const ModelReport *z = res->have_tau0 ? &res->model[2] : NULL;
         printf("%-28s %11s %11s %10s", "", "fp16", "int8", "int8/fp16");
@@ -1335,7 +870,7 @@ int cmd_bench(int argc, char **argv) {
     plan.int8 = (QuantConfig){QUANT_LLM_INT8, co.threshold_given ? co.quant.threshold : 6.0f, co.quant.outliers};
     int threads = co.threads > 0 ? co.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     char cpu[256];
-    cpu_model_name(cpu, sizeof cpu);
+    bench_cpu_model_name(cpu, sizeof cpu);
 
     Results *res = calloc(1, sizeof *res);
     if (!res) {
@@ -1343,12 +878,12 @@ int cmd_bench(int argc, char **argv) {
         err_set(&e, "out of memory");
         return cli_fail(&e);
     }
-    res->busy = cpu_busy_before();
+    res->busy = bench_cpu_busy_before();
     Error err;
     rc = 0;
     if (plan.o.gemm) {
         if (!plan.o.json) fprintf(stderr, "llmint8 bench: linear layers (fp16, int8, int8 + decomposition)\n");
-        rc = run_in_child("linear layers", gemm_child, &plan, NULL, &res->gemm, sizeof res->gemm, &err);
+        rc = bench_run_in_child("linear layers", gemm_child, &plan, NULL, &res->gemm, sizeof res->gemm, &err);
         res->have_gemm = rc == 0;
         if (rc == 0) { /* decomposition overhead: geometric mean over the cells, and the worst */
             double log_sum = 0, worst = -1;
@@ -1363,20 +898,22 @@ int cmd_bench(int argc, char **argv) {
     }
     Checkpoint *ck = NULL;
     if (rc == 0 && plan.o.model) {
-        Rng rng = {99};
-        const Shape *s = &plan.o.shape;
+        uint64_t rng = 99;
+        const BenchShape *s = &plan.o.shape;
         int n = s->hidden / 512;
         plan.n_outlier_dims = n < 2 ? 2 : n > MAX_OUTLIER_DIMS ? MAX_OUTLIER_DIMS : n;
         if (plan.n_outlier_dims > s->hidden) plan.n_outlier_dims = s->hidden;
         if (pick_distinct(&rng, s->hidden, plan.n_outlier_dims, plan.outlier_dims)) rc = err_set(&err, "out of memory");
-        if (rc == 0) rc = make_checkpoint(&plan, &ck, &err);
+        if (rc == 0)
+            rc = bench_checkpoint_create(s, plan.outlier_dims, plan.n_outlier_dims, plan.o.tmpdir, !plan.o.json,
+                                         &ck, &err);
         plan.ck = ck;
         const QuantConfig modes[3] = {
             {QUANT_FP16, 0.0f, plan.int8.outliers}, plan.int8, {QUANT_LLM_INT8, 0.0f, plan.int8.outliers}};
         const char *names[3] = {"fp16", "int8", "int8 with tau = 0"};
         for (int k = 0; k < (plan.o.model_tau0 ? 3 : 2) && rc == 0; k++) {
             if (!plan.o.json) fprintf(stderr, "llmint8 bench: whole model, %s\n", names[k]);
-            rc = run_in_child(names[k], model_child, &plan, &modes[k], &res->model[k], sizeof res->model[k], &err);
+            rc = bench_run_in_child(names[k], model_child, &plan, &modes[k], &res->model[k], sizeof res->model[k], &err);
         }
         res->have_model = rc == 0;
         res->have_tau0 = rc == 0 && plan.o.model_tau0;

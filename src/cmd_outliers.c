@@ -16,6 +16,7 @@
 #include "commands.h"
 #include "logits.h"
 #include "outliers.h"
+#include "rng.h"
 
 static const char HELP[] =
     "Usage: llmint8 outliers MODEL_DIR (-f FILE | --ids FILE) [options]\n"
@@ -179,13 +180,6 @@ static int run_text(Model *m, const Windows *w, OutlierProbe *probe, const char 
 
 /* ---- the control ablation's random dimensions ------------------------------------------ */
 
-static uint64_t splitmix64(uint64_t *state) {
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* Marks up to k dimensions drawn uniformly without replacement from those not in `exclude`
  * (partial Fisher-Yates); returns how many were marked. */
 static int choose_random(int hidden, const uint8_t *exclude, int k, uint64_t seed, uint8_t *chosen, Error *err) {
@@ -196,7 +190,7 @@ static int choose_random(int hidden, const uint8_t *exclude, int k, uint64_t see
     if (k > n) k = n;
     uint64_t state = seed;
     for (int i = 0; i < k; i++) {
-        int j = i + (int)(splitmix64(&state) % (uint64_t)(n - i));
+        int j = i + (int)(splitmix64_next(&state) % (uint64_t)(n - i));
         int t = pool[i];
         pool[i] = pool[j], pool[j] = t;
         chosen[pool[i]] = 1;

@@ -4,6 +4,8 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "rng.h"
+
 int sampler_init(Sampler *s, const SamplerConfig *cfg, int vocab) {
     s->cfg = *cfg;
     s->rng = cfg->seed ? cfg->seed : 0x9e3779b97f4a7c15ull; /* xorshift state must not be 0 */
@@ -24,13 +26,8 @@ void sampler_free(Sampler *s) {
     s->probs = NULL, s->order = NULL, s->row = NULL, s->seen = NULL;
 }
 
-/* xorshift64* (Vigna): 64-bit state, good enough for sampling; returns a float in [0,1). */
-static float random_unit(Sampler *s) {
-    s->rng ^= s->rng >> 12;
-    s->rng ^= s->rng << 25;
-    s->rng ^= s->rng >> 27;
-    return (float)((s->rng * 0x2545F4914F6CDD1Dull) >> 40) / 16777216.0f;
-}
+/* A float in [0,1) from the top 24 bits of xorshift64* (rng.h): good enough for sampling. */
+static float random_unit(Sampler *s) { return (float)(xorshift64star_next(&s->rng) >> 40) / 16777216.0f; }
 
 /* The distinct ids of the history, first occurrence first, into s->order; returns how many.
  * HF penalises a token once however often it was seen. */

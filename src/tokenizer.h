@@ -6,9 +6,10 @@
  *   tokenizer.json (HF `tokenizers` BPE with the BLOOM Split + ByteLevel pre-tokenizer).
  * Encoding: special tokens written literally in the text (e.g. "</s>") are split out
  * first and map to their ids; the rest goes through the pre-tokenizer regex
- * (SPEC §4.1 GPT-2 pattern, §4.2 BLOOM pattern; Unicode classes via PCRE2), the
+ * (GPT-2's pattern for OPT, BLOOM's Split pattern; Unicode classes via PCRE2), the
  * byte->unicode map, and BPE merges by rank. OPT prepends BOS (</s> = 2) when asked;
  * BLOOM adds nothing.
+ * docs/TOKENIZERS.md describes the formats and the algorithm.
  * Decoding is streaming-safe: TokenStream holds back the bytes of a UTF-8 character
  * split across tokens until it is complete; invalid bytes become U+FFFD. */
 #ifndef LLMINT8_TOKENIZER_H
@@ -23,7 +24,9 @@
 typedef struct Tokenizer Tokenizer;
 
 /* Returns 0 and *out, or -1 with a message naming the file and problem.
- * A directory with none of the files is an error that says which files were looked for. */
+ * A directory with none of the files is an error that says which files were looked for.
+ * Each file name is either absent or a regular file: anything else under that name (a
+ * directory, a FIFO, a symlink loop or a dangling symlink) is an error, never skipped. */
 int tokenizer_load(const char *dir, Tokenizer **out, Error *err);
 void tokenizer_free(Tokenizer *t);
 

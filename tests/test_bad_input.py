@@ -13,13 +13,14 @@ Prints "ok - NAME" or "not ok - NAME: WHY" per case; exits 1 if any failed.
 """
 import json
 import os
+import resource
 import shutil
 import struct
 import subprocess
 import sys
 import tempfile
 
-from clitest import check, finish, run
+from clitest import BIN, SANITIZER, check, finish, run
 FIX = "tests/data/fixtures"
 
 
@@ -370,6 +371,41 @@ d = fresh("bloom-tiny")
 edit_json(cfg_file(d), lambda c: {("n_embed" if k == "hidden_size" else "num_attention_heads" if k == "n_head" else k): v
                                   for k, v in c.items()})
 expect_ok("bloom legacy config names", d, same_ppl_as=os.path.join(FIX, "bloom-tiny"))
+
+# ---- files that are not what they should be: tokenizer files and the text input -----------
+# A model's or tokenizer's file must be a regular file (a FIFO would block a plain open());
+# errors give the system's reason (a symlink loop is not "not found"); "-" is standard input.
+MODEL = "models/opt-gutenberg-7m"
+tok = os.path.join(tmp_root, "tok")
+os.mkdir(tok)
+shutil.copy(os.path.join(MODEL, "vocab.json"), tok)
+os.mkfifo(os.path.join(tok, "merges.txt"))
+rc, out, err = run("tokenize", tok, "-p", "hi", timeout=20)
+check("a FIFO as merges.txt is refused at once", rc == 1 and "merges.txt: not a regular file (a FIFO)" in err,
+      f"exit {rc}: {err.strip()[-300:]!r}")
+os.remove(os.path.join(tok, "merges.txt"))
+shutil.copy(os.path.join(MODEL, "merges.txt"), tok)
+os.symlink("tokenizer.json", os.path.join(tok, "tokenizer.json"))
+rc, out, err = run("tokenize", tok, "-p", "hi", timeout=20)
+check("a symlink loop as tokenizer.json says so", rc == 1 and "tokenizer.json" in err
+      and "too many levels of symbolic links" in err.lower(), f"exit {rc}: {err.strip()[-300:]!r}")
+rc, out, err = run("tokenize", tok, "-f", os.path.join(tok, "tokenizer.json"), timeout=20)
+check("a symlink loop as the text file says so", rc == 1 and "too many levels of symbolic links" in err.lower(),
+      f"exit {rc}: {err.strip()[-300:]!r}")
+p = subprocess.run([BIN, "tokenize", MODEL, "-f", "-"], stdin=None, capture_output=True, timeout=60,
+                   preexec_fn=lambda: os.close(0))
+err = p.stderr.decode("utf-8", "replace")
+check("a closed standard input is named as such", p.returncode == 1 and "standard input" in err
+      and "-:" not in err, f"exit {p.returncode}: {err.strip()[-300:]!r}")
+if not SANITIZER:  # ASan reserves far more address space than the limit
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (128 << 20, 128 << 20))
+    p = subprocess.run([BIN, "tokenize", MODEL, "-f", "-"], input=b"a" * (150 << 20), capture_output=True,
+                       timeout=120, preexec_fn=limit_memory)
+    err = p.stderr.decode("utf-8", "replace")
+    check("standard input larger than the memory limit is an error, not a truncated text",
+          p.returncode == 1 and "standard input: out of memory" in err and not p.stdout,
+          f"exit {p.returncode}: {err.strip()[-300:]!r}, {len(p.stdout)} bytes out")
 
 shutil.rmtree(tmp_root, ignore_errors=True)
 finish()

@@ -1,0 +1,292 @@
+/* bench_checkpoint.c — the synthetic checkpoint of `llmint8 bench` (see bench_checkpoint.h):
+ * the list of tensors of the architecture, config.json, and the safetensors data streamed a
+ * chunk at a time. */
+#include "bench_checkpoint.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "dtype.h"
+#include "rng.h"
+#include "safetensors.h"
+
+/* ---- random F16 weights ------------------------------------------------------------ */
+
+void normal_table_init(NormalTable *t, double std, uint64_t *rng) {
+    for (int i = 0; i < 65536; i++) t->v[i] = f32_to_f16((float)(std * splitmix64_normal(rng)));
+}
+
+/* Four values from each 64-bit draw. */
+void fill_normal_f16(const NormalTable *t, uint64_t *rng, uint16_t *out, size_t n) {
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        uint64_t b = splitmix64_next(rng);
+        out[i] = t->v[b & 0xffff], out[i + 1] = t->v[(b >> 16) & 0xffff];
+        out[i + 2] = t->v[(b >> 32) & 0xffff], out[i + 3] = t->v[b >> 48];
+    }
+    for (; i < n; i++) out[i] = t->v[splitmix64_next(rng) & 0xffff];
+}
+
+/* ---- the tensors --------------------------------------------------------------------- */
+
+typedef enum Fill { FILL_NORMAL, FILL_ZERO, FILL_ONE, FILL_LN_GAIN } Fill;
+
+typedef struct TensorSpec {
+    char name[96];
+    int ndim;
+    int64_t shape[2];
+    Fill fill;
+} TensorSpec;
+
+typedef struct TensorList {
+    TensorSpec *t;
+    int n, cap;
+} TensorList;
+
+static void add_tensor(TensorList *l, Fill fill, int64_t rows, int64_t cols, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void add_tensor(TensorList *l, Fill fill, int64_t rows, int64_t cols, const char *fmt, ...) {
+    if (l->n == l->cap) return; /* cap is computed exactly by list_tensors */
+    TensorSpec *s = &l->t[l->n++];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->name, sizeof s->name, fmt, ap);
+    va_end(ap);
+    s->ndim = cols ? 2 : 1;
+    s->shape[0] = rows, s->shape[1] = cols;
+    s->fill = fill;
+}
+
+/* A projection: weight [out, in] ~ N(0, 0.02), bias zero (as nn.Linear is initialised for OPT). */
+static void add_linear(TensorList *l, int64_t out, int64_t in, bool bias, const char *name) {
+    add_tensor(l, FILL_NORMAL, out, in, "%s.weight", name);
+    if (bias) add_tensor(l, FILL_ZERO, out, 0, "%s.bias", name);
+}
+
+static void add_layernorm(TensorList *l, int64_t dim, bool planted, const char *name) {
+    add_tensor(l, planted ? FILL_LN_GAIN : FILL_ONE, dim, 0, "%s.weight", name);
+    add_tensor(l, FILL_ZERO, dim, 0, "%s.bias", name);
+}
+
+/* Every tensor of the architecture, with the short names checkpoint.c looks for (see checkpoint.h). */
+static int list_tensors(const BenchShape *s, TensorList *l) {
+    l->cap = 8 + 16 * s->layers, l->n = 0;
+    if (!(l->t = calloc((size_t)l->cap, sizeof *l->t))) return -1;
+    int64_t D = s->hidden, F = s->ffn, V = s->vocab;
+    char name[80];
+    if (s->arch == ARCH_OPT) {
+        int64_t E = s->proj_dim ? s->proj_dim : D;
+        add_tensor(l, FILL_NORMAL, V, E, "decoder.embed_tokens.weight");
+        add_tensor(l, FILL_NORMAL, BENCH_OPT_POSITIONS + 2, D, "decoder.embed_positions.weight");
+        if (E != D) {
+            add_linear(l, D, E, false, "decoder.project_in");
+            add_linear(l, E, D, false, "decoder.project_out");
+        }
+        if (!s->post_ln) add_layernorm(l, D, false, "decoder.final_layer_norm");
+        for (int i = 0; i < s->layers; i++) {
+            const char *proj[4] = {"q_proj", "k_proj", "v_proj", "out_proj"};
+            for (int j = 0; j < 4; j++) {
+                snprintf(name, sizeof name, "decoder.layers.%d.self_attn.%s", i, proj[j]);
+                add_linear(l, D, D, true, name);
+            }
+            snprintf(name, sizeof name, "decoder.layers.%d.self_attn_layer_norm", i);
+            add_layernorm(l, D, true, name);
+            snprintf(name, sizeof name, "decoder.layers.%d.fc1", i);
+            add_linear(l, F, D, true, name);
+            snprintf(name, sizeof name, "decoder.layers.%d.fc2", i);
+            add_linear(l, D, F, true, name);
+            snprintf(name, sizeof name, "decoder.layers.%d.final_layer_norm", i);
+            add_layernorm(l, D, true, name);
+        }
+    } else {
+        add_tensor(l, FILL_NORMAL, V, D, "word_embeddings.weight");
+        add_layernorm(l, D, false, "word_embeddings_layernorm");
+        for (int i = 0; i < s->layers; i++) {
+            snprintf(name, sizeof name, "h.%d.input_layernorm", i);
+            add_layernorm(l, D, true, name);
+            snprintf(name, sizeof name, "h.%d.self_attention.query_key_value", i);
+            add_linear(l, 3 * D, D, true, name);
+            snprintf(name, sizeof name, "h.%d.self_attention.dense", i);
+            add_linear(l, D, D, true, name);
+            snprintf(name, sizeof name, "h.%d.post_attention_layernorm", i);
+            add_layernorm(l, D, true, name);
+            snprintf(name, sizeof name, "h.%d.mlp.dense_h_to_4h", i);
+            add_linear(l, F, D, true, name);
+            snprintf(name, sizeof name, "h.%d.mlp.dense_4h_to_h", i);
+            add_linear(l, D, F, true, name);
+        }
+        add_layernorm(l, D, false, "ln_f");
+    }
+    return 0;
+}
+
+static int64_t tensor_numel(const TensorSpec *t) { return t->shape[0] * (t->ndim == 2 ? t->shape[1] : 1); }
+
+static int write_config(const char *path, const BenchShape *s, Error *err) {
+    FILE *f = fopen(path, "w");
+    if (!f) return err_set(err, "%s: %s", path, strerror(errno));
+    if (s->arch == ARCH_OPT)
+        fprintf(f,
+                "{\n  \"model_type\": \"opt\",\n  \"architectures\": [\"OPTForCausalLM\"],\n"
+                "  \"hidden_size\": %d,\n  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n"
+                "  \"ffn_dim\": %d,\n  \"vocab_size\": %d,\n  \"word_embed_proj_dim\": %d,\n"
+                "  \"max_position_embeddings\": %d,\n  \"do_layer_norm_before\": %s,\n"
+                "  \"_remove_final_layer_norm\": false,\n  \"activation_function\": \"relu\",\n"
+                "  \"enable_bias\": true,\n  \"layer_norm_elementwise_affine\": true,\n"
+                "  \"bos_token_id\": 2,\n  \"eos_token_id\": 2,\n  \"pad_token_id\": 1,\n"
+                "  \"torch_dtype\": \"float16\"\n}\n",
+                s->hidden, s->layers, s->heads, s->ffn, s->vocab, s->proj_dim ? s->proj_dim : s->hidden,
+                BENCH_OPT_POSITIONS, s->post_ln ? "false" : "true");
+    else
+        fprintf(f,
+                "{\n  \"model_type\": \"bloom\",\n  \"architectures\": [\"BloomForCausalLM\"],\n"
+                "  \"hidden_size\": %d,\n  \"n_layer\": %d,\n  \"n_head\": %d,\n  \"vocab_size\": %d,\n"
+                "  \"layer_norm_epsilon\": 1e-05,\n  \"apply_residual_connection_post_layernorm\": false,\n"
+                "  \"bos_token_id\": 1,\n  \"eos_token_id\": 2,\n  \"pad_token_id\": 3,\n"
+                "  \"torch_dtype\": \"float16\"\n}\n",
+                s->hidden, s->layers, s->heads, s->vocab);
+    bool failed = ferror(f) != 0;
+    if (fclose(f) != 0) failed = true;
+    if (failed) return err_set(err, "%s: write error", path);
+    return 0;
+}
+
+/* Streams every tensor's F16 data into the writer, a chunk at a time. */
+static int write_tensors(StWriter *w, const TensorList *l, const int32_t *gain_dims, int n_gain_dims, uint64_t *rng,
+                         Error *err) {
+    enum { CHUNK = 1 << 20 };
+    uint16_t *buf = malloc(CHUNK * sizeof *buf);
+    NormalTable *table = malloc(sizeof *table);
+    if (!buf || !table) {
+        free(buf), free(table);
+        return err_set(err, "out of memory");
+    }
+    normal_table_init(table, BENCH_WEIGHT_STD, rng);
+    const uint16_t one = f32_to_f16(1.0f), gain = f32_to_f16(BENCH_LN_OUTLIER_GAIN);
+    int rc = 0;
+    for (int i = 0; i < l->n && rc == 0; i++) {
+        const TensorSpec *t = &l->t[i];
+        int64_t n = tensor_numel(t);
+        for (int64_t done = 0; done < n && rc == 0;) {
+            size_t k = n - done < CHUNK ? (size_t)(n - done) : CHUNK;
+            switch (t->fill) {
+            case FILL_NORMAL: fill_normal_f16(table, rng, buf, k); break;
+            case FILL_ZERO: memset(buf, 0, k * sizeof *buf); break;
+            case FILL_ONE:
+            case FILL_LN_GAIN:
+                for (size_t j = 0; j < k; j++) buf[j] = one;
+                if (t->fill == FILL_LN_GAIN)
+                    for (int d = 0; d < n_gain_dims; d++)
+                        if (gain_dims[d] >= done && gain_dims[d] < done + (int64_t)k) buf[gain_dims[d] - done] = gain;
+                break;
+            }
+            rc = st_writer_write_data(w, buf, k * sizeof *buf, err);
+            done += (int64_t)k;
+        }
+    }
+    free(buf), free(table);
+    return rc;
+}
+
+/* The temporary checkpoint's paths, removed by the signal handler if the user interrupts
+ * the (long) writing; after checkpoint_open they are removed at once. */
+static char tmp_dir[4000], tmp_files[2][4096]; /* the directory; config.json, model.safetensors */
+static volatile sig_atomic_t tmp_armed;
+
+static void remove_tmp_checkpoint(void) {
+    unlink(tmp_files[0]);
+    unlink(tmp_files[1]);
+    rmdir(tmp_dir);
+}
+
+static void on_signal(int sig) {
+    if (tmp_armed) remove_tmp_checkpoint();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static int64_t checkpoint_bytes(const TensorList *l) {
+    int64_t b = 0;
+    for (int i = 0; i < l->n; i++) b += 2 * tensor_numel(&l->t[i]);
+    return b;
+}
+
+/* ---- the checkpoint ---------------------------------------------------------------- */
+
+int bench_checkpoint_create(const BenchShape *s, const int32_t *gain_dims, int n_gain_dims, const char *tmpdir,
+                            bool verbose, Checkpoint **ck, Error *err) {
+    TensorList l = {0};
+    if (list_tensors(s, &l)) return err_set(err, "out of memory");
+    int64_t bytes = checkpoint_bytes(&l);
+
+    /* The page cache holds the whole file and fp16 runs from it: it must fit in memory. */
+    double ram = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    if (ram > 0 && (double)bytes > 0.8 * ram) {
+        free(l.t);
+        return err_set(err, "the synthetic %s weights take %.1f GB in fp16 but this machine has %.1f GB of memory; "
+                            "use --layers N for a smaller model of the same width, or --gemm-only",
+                       s->name, (double)bytes / 1e9, ram / 1e9);
+    }
+    const char *base = tmpdir ? tmpdir : getenv("TMPDIR");
+    if (!base || !*base) base = "/tmp";
+    struct statvfs vfs;
+    if (statvfs(base, &vfs) != 0) {
+        free(l.t);
+        return err_set(err, "--tmpdir %s: %s", base, strerror(errno));
+    }
+    double avail = (double)vfs.f_bavail * (double)vfs.f_frsize;
+    if (avail < (double)bytes + 64e6) {
+        free(l.t);
+        return err_set(err, "%s has %.1f GB free but the synthetic checkpoint needs %.1f GB; choose another --tmpdir",
+                       base, avail / 1e9, (double)bytes / 1e9);
+    }
+    if (snprintf(tmp_dir, sizeof tmp_dir, "%s/llmint8-bench-XXXXXX", base) >= (int)sizeof tmp_dir) {
+        free(l.t);
+        return err_set(err, "--tmpdir %.100s...: the path is too long", base);
+    }
+    if (!mkdtemp(tmp_dir)) {
+        free(l.t);
+        return err_set(err, "--tmpdir %s: cannot create a directory there (%s)", base, strerror(errno));
+    }
+    snprintf(tmp_files[0], sizeof tmp_files[0], "%s/config.json", tmp_dir);
+    snprintf(tmp_files[1], sizeof tmp_files[1], "%s/model.safetensors", tmp_dir);
+    struct sigaction sa = {0}, old[3];
+    const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    for (int i = 0; i < 3; i++) sigaction(sigs[i], &sa, &old[i]);
+    tmp_armed = 1;
+
+    if (verbose)
+        fprintf(stderr, "llmint8 bench: writing a synthetic %s checkpoint (%.2f GB of F16) to %s\n", s->name,
+                (double)bytes / 1e9, tmp_dir);
+    double t0 = cli_now();
+    uint64_t rng = 2024;
+    int rc = write_config(tmp_files[0], s, err);
+    StWriter *w = NULL;
+    if (rc == 0) rc = st_writer_begin(tmp_files[1], &w, err);
+    for (int i = 0; i < l.n && rc == 0; i++)
+        rc = st_writer_declare(w, l.t[i].name, DT_F16, l.t[i].ndim, l.t[i].shape, err);
+    if (rc == 0) rc = st_writer_write_header(w, err);
+    if (rc == 0) rc = write_tensors(w, &l, gain_dims, n_gain_dims, &rng, err);
+    if (w) {
+        if (rc == 0) rc = st_writer_finish(w, err);
+        else st_writer_abort(w);
+    }
+    if (rc == 0) rc = checkpoint_open(tmp_dir, ck, err);
+    if (rc == 0 && verbose)
+        fprintf(stderr, "llmint8 bench: written in %.1f s\n", cli_now() - t0);
+
+    remove_tmp_checkpoint();
+    tmp_armed = 0;
+    for (int i = 0; i < 3; i++) sigaction(sigs[i], &old[i], NULL);
+    free(l.t);
+    return rc;
+}

@@ -21,6 +21,12 @@
  *     sizes it), perplexity-style throughput (all logits); weight bytes (what the backend
  *     objects hold) and peak resident memory.
  *
+ *  3. One core busy (--busy-core, instead of 1 and 2). The whole model in int8, four times:
+ *     with the thread count as given (the default: adaptive, cpu_pool.h) and with one
+ *     thread, first on the machine as it is, then while another process (bench_busy.h)
+ *     spins on one CPU. It shows whether the default copes with a core taken by another
+ *     program: it should never be much slower than one thread.
+ *
  * Every measurement runs in a forked child process (bench_proc.h). That gives each precision
  * its own peak-RSS counter (VmHWM is per process), and keeps OpenMP and GPU state out of the
  * parent, which would make fork unsafe. A child sends its result back through a pipe.
@@ -39,6 +45,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bench_busy.h"
 #include "bench_checkpoint.h"
 #include "bench_proc.h"
 #include "cli.h"
@@ -71,6 +78,9 @@ static const char HELP[] =
     "                         decomposition costs end to end\n"
     "  --tmpdir DIR           where the synthetic checkpoint is written (default $TMPDIR or /tmp;\n"
     "                         it is deleted as soon as it is opened)\n"
+    "  --busy-core            instead: the whole model in int8 with the thread count as given\n"
+    "                         (default: adaptive) and with --threads 1, idle and while another\n"
+    "                         process keeps one CPU busy\n"
     "  --json                 print one JSON object instead of tables\n"
     "\n"
     "  --threshold T sets tau of int8 (default 6), --outliers its outlier scope, --device and\n"
@@ -84,7 +94,7 @@ static const char HELP[] =
 enum {
     OPT_SHAPE = OPT_COMMAND_BASE, OPT_ARCH, OPT_HIDDEN, OPT_FFN, OPT_LAYERS, OPT_HEADS, OPT_VOCAB,
     OPT_TOKENS, OPT_OUTLIER_FRAC, OPT_ITERS, OPT_PROMPT_TOKENS, OPT_PPL_TOKENS, OPT_DECODE_TOKENS,
-    OPT_GEMM_ONLY, OPT_MODEL_ONLY, OPT_MODEL_TAU0, OPT_TMPDIR, OPT_JSON,
+    OPT_GEMM_ONLY, OPT_MODEL_ONLY, OPT_MODEL_TAU0, OPT_TMPDIR, OPT_JSON, OPT_BUSY_CORE,
 };
 
 /* ---- shapes ------------------------------------------------------------------------ */
@@ -122,6 +132,7 @@ typedef struct BenchOptions {
     int prompt_tokens, ppl_tokens, decode_tokens;
     bool gemm, model, json;
     bool model_tau0;                 /* also run the whole model with int8 tau = 0 */
+    bool busy_core;                  /* part 3 only: default vs one thread, idle and one CPU busy */
     const char *tmpdir;
 } BenchOptions;
 
@@ -174,6 +185,7 @@ static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo
         {"model-tau0", no_argument, NULL, OPT_MODEL_TAU0},
         {"tmpdir", required_argument, NULL, OPT_TMPDIR},
         {"json", no_argument, NULL, OPT_JSON},
+        {"busy-core", no_argument, NULL, OPT_BUSY_CORE},
         {NULL, 0, NULL, 0},
     };
     /* Explicit dimensions are applied after the loop, on top of the (possibly named) shape. */
@@ -222,6 +234,7 @@ static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo
         case OPT_MODEL_TAU0: bo->model_tau0 = true; break;
         case OPT_TMPDIR: bo->tmpdir = optarg; break;
         case OPT_JSON: bo->json = true; break;
+        case OPT_BUSY_CORE: bo->busy_core = true; break;
         case OPT_PRECISION: case OPT_QUANT: case OPT_TOKENIZER:
             return cli_usage_error("bench", "--precision, --quant and --tokenizer do not apply: bench compares "
                                             "fp16 and int8 (LLM.int8()) on synthetic weights");
@@ -240,7 +253,10 @@ static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo
         bo->tokens[0] = 1, bo->tokens[1] = 16, bo->tokens[2] = 256, bo->tokens[3] = 4096;
         bo->n_tokens = 4;
     }
-    bo->gemm = !model_only;
+    if (bo->busy_core && (gemm_only || model_only || bo->model_tau0))
+        return cli_usage_error("bench", "--busy-core runs only its own comparison: no --gemm-only, --model-only "
+                                        "or --model-tau0");
+    bo->gemm = !model_only && !bo->busy_core;
     bo->model = !gemm_only;
 
     const BenchShape *named = NULL;
@@ -856,6 +872,86 @@ static void print_text(const BenchPlan *p, const Results *res, const char *cpu, 
                100.0 * (ratio(res->model[1].decode_s, res->model[2].decode_s) - 1.0));
 }
 
+/* ---- part 3: one core busy (--busy-core) ------------------------------------------- */
+
+typedef struct BusyReport {
+    ModelReport run[2][2];       /* [idle, busy][threads as given, one thread] */
+    int cpu;                     /* the CPU the busy process was pinned to (-1: not pinned) */
+} BusyReport;
+
+/* The int8 whole-model measurement with the thread count as given and with one thread,
+ * idle, then with a spinner on one CPU (started before and stopped after both runs). */
+static int run_busy_core(const BenchPlan *plan, BusyReport *br, Error *err) {
+    const int threads[2] = {plan->threads, 1};
+    static const char *const what[2][2] = {{"threads as given, idle", "one thread, idle"},
+                                           {"threads as given, one CPU busy", "one thread, one CPU busy"}};
+    br->cpu = -1;
+    for (int busy = 0; busy < 2; busy++) {
+        pid_t spinner = 0;
+        if (busy && bench_busy_start(&spinner, &br->cpu, err)) return -1;
+        int rc = 0;
+        for (int k = 0; k < 2 && rc == 0; k++) {
+            if (!plan->o.json) fprintf(stderr, "llmint8 bench: whole model, int8, %s\n", what[busy][k]);
+            BenchPlan p = *plan;
+            p.threads = threads[k];
+            rc = bench_run_in_child(what[busy][k], model_child, &p, &plan->int8, &br->run[busy][k],
+                                    sizeof br->run[busy][k], err);
+        }
+        if (busy) bench_busy_stop(spinner);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static void print_busy(const BenchPlan *p, const BusyReport *br, const char *cpu, bool json) {
+    const BenchOptions *o = &p->o;
+    const BenchShape *s = &o->shape;
+    static const char *const cond[2] = {"idle", "busy"}, *const who[2] = {"given", "one"};
+    char given[32];
+    if (p->threads > 0) snprintf(given, sizeof given, "--threads %d", p->threads);
+    else snprintf(given, sizeof given, "default");
+    if (json) {
+        printf("{\"busy_core\": {\"shape\": ");
+        json_string(s->name);
+        printf(", \"hidden\": %d, \"layers\": %d, \"cpu\": ", s->hidden, s->layers);
+        json_string(cpu);
+        printf(", \"cores\": %ld, \"threads_given\": %d, \"busy_cpu\": %d", sysconf(_SC_NPROCESSORS_ONLN),
+               p->threads, br->cpu);
+        for (int b = 0; b < 2; b++) {
+            printf(",\n  \"%s\": {", cond[b]);
+            for (int k = 0; k < 2; k++) {
+                const ModelReport *r = &br->run[b][k];
+                printf("%s\"%s\": {\"prompt_tokens_per_second\": %.4g, \"ppl_tokens_per_second\": %.4g, "
+                       "\"decode_tokens_per_second\": %.4g}",
+                       k ? ", " : "", who[k], tps(o->prompt_tokens, r->prompt_s), tps(o->ppl_tokens, r->ppl_s),
+                       tps(o->decode_tokens, r->decode_s));
+            }
+            printf("}");
+        }
+        printf("}}\n");
+        return;
+    }
+    printf("llmint8 bench --busy-core: %s%s: hidden %d, %d layers; int8 (tau = %g), whole model\n", s->name,
+           o->dims_changed ? " (modified)" : "", s->hidden, s->layers, (double)p->int8.threshold);
+    printf("machine: %s, %ld cores; busy: a process spinning on CPU %d\n", cpu, sysconf(_SC_NPROCESSORS_ONLN),
+           br->cpu);
+    printf("tokens/s: prompt %d tokens, ppl %d tokens, decode %d tokens\n", o->prompt_tokens, o->ppl_tokens,
+           o->decode_tokens);
+    printf("%-6s %-12s %10s %10s %10s\n", "", "threads", "prompt", "ppl", "decode");
+    for (int b = 0; b < 2; b++)
+        for (int k = 0; k < 2; k++) {
+            const ModelReport *r = &br->run[b][k];
+            printf("%-6s %-12s %10.1f %10.1f %10.1f\n", cond[b], k ? "1" : given, tps(o->prompt_tokens, r->prompt_s),
+                   tps(o->ppl_tokens, r->ppl_s), tps(o->decode_tokens, r->decode_s));
+        }
+    for (int b = 0; b < 2; b++) {
+        const ModelReport *g = &br->run[b][0], *one = &br->run[b][1];
+        printf("%s: %s / 1 thread speed: prompt %.2f, ppl %.2f, decode %.2f%s\n", cond[b], given,
+               ratio(one->prompt_s, g->prompt_s), ratio(one->ppl_s, g->ppl_s), ratio(one->decode_s, g->decode_s),
+               b ? " (target with one CPU busy: >= 0.90 each)" : "");
+    }
+}
+
 /* ---- the command ------------------------------------------------------------------- */
 
 int cmd_bench(int argc, char **argv) {
@@ -911,14 +1007,20 @@ int cmd_bench(int argc, char **argv) {
         const QuantConfig modes[3] = {
             {QUANT_FP16, 0.0f, plan.int8.outliers}, plan.int8, {QUANT_LLM_INT8, 0.0f, plan.int8.outliers}};
         const char *names[3] = {"fp16", "int8", "int8 with tau = 0"};
-        for (int k = 0; k < (plan.o.model_tau0 ? 3 : 2) && rc == 0; k++) {
+        if (rc == 0 && plan.o.busy_core) {
+            BusyReport *br = calloc(1, sizeof *br);
+            rc = br ? run_busy_core(&plan, br, &err) : err_set(&err, "out of memory");
+            if (rc == 0) print_busy(&plan, br, cpu, plan.o.json);
+            free(br);
+        }
+        for (int k = 0; k < (plan.o.model_tau0 ? 3 : 2) && rc == 0 && !plan.o.busy_core; k++) {
             if (!plan.o.json) fprintf(stderr, "llmint8 bench: whole model, %s\n", names[k]);
             rc = bench_run_in_child(names[k], model_child, &plan, &modes[k], &res->model[k], sizeof res->model[k], &err);
         }
         res->have_model = rc == 0;
         res->have_tau0 = rc == 0 && plan.o.model_tau0;
     }
-    if (rc == 0) {
+    if (rc == 0 && !plan.o.busy_core) {
         if (plan.o.json) print_json(&plan, res, cpu, threads);
         else print_text(&plan, res, cpu, threads);
     }

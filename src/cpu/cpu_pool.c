@@ -23,8 +23,10 @@
  *    uses cpu_threads_for_load(cpus, cpus, others_busy) threads: one less for every CPU
  *    that other processes keep at least CPU_POOL_BUSY_SHARE busy, at least one. A thread on
  *    a CPU that it shares with a busy process would still cost more than it brings (a piece
- *    it holds when descheduled keeps the caller waiting for milliseconds). Workers not in
- *    use sleep until the choice changes. --threads N bypasses all of this: N threads.
+ *    it holds when descheduled keeps the caller waiting for milliseconds). Until the first
+ *    measurement (SAMPLE_S after the thread count is set) the choice comes from the threads
+ *    of other processes runnable at that moment (/proc/loadavg). Workers not in use sleep
+ *    until the choice changes. --threads N bypasses all of this: N threads.
  *
  * Results never depend on the thread count: every piece is computed by exactly one thread
  * with the same code, and the loop bodies of the backend write only their own piece's
@@ -275,6 +277,21 @@ static int read_load(double *busy_s, double *own_s) {
     return 0;
 }
 
+/* Threads of other processes that are runnable right now: the 4th field of /proc/loadavg
+ * ("running/total", all CPUs) less this thread and our workers that may be awake; -1 if
+ * unknown. A snapshot, so only a first guess until a measurement over time replaces it. */
+static double running_now(void) {
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (!f) return -1.0;
+    double l1, l5, l15;
+    int running = 0;
+    int got = fscanf(f, "%lf %lf %lf %d/", &l1, &l5, &l15, &running);
+    fclose(f);
+    if (got != 4 || running < 1) return -1.0;
+    int ours = 1 + (P.n_workers < atomic_load(&P.in_use) - 1 ? P.n_workers : atomic_load(&P.in_use) - 1);
+    return running > ours ? (double)(running - ours) : 0.0;
+}
+
 /* Adaptive only: a new load sample when the last is SAMPLE_S old, and the choice it gives. */
 static void adapt(void) {
     double wall = now_s();
@@ -296,10 +313,14 @@ static void apply_threads(int threads) {
     P.threads = P.adaptive ? P.cpus : threads;
     if (P.threads > MAX_THREADS) P.threads = MAX_THREADS;
     P.have_sample = false;
-    if (P.adaptive && P.assumed_load >= 0.0)
+    if (P.adaptive && P.assumed_load >= 0.0) {
         set_in_use(cpu_threads_for_load(P.cpus, P.threads, P.assumed_load));
-    else
-        set_in_use(P.threads); /* adaptive: all until the first measurement says otherwise */
+    } else if (P.adaptive) { /* until the first measurement: what runs right now */
+        double others = running_now();
+        set_in_use(others >= 0.0 ? cpu_threads_for_load(P.cpus, P.threads, others) : P.threads);
+    } else {
+        set_in_use(P.threads);
+    }
 }
 
 /* After fork() only the calling thread exists in the child: start workers afresh there. */

@@ -22,6 +22,8 @@
 
 #include "model_internal.h"
 
+#define MODEL_TYPE "bloom" /* config.json's model_type */
+
 #define TRAINED_CONTEXT 2048 /* sequence length BLOOM was trained with; ALiBi sets no limit */
 
 /* ---- tensors ------------------------------------------------------------------------ */
@@ -94,7 +96,7 @@ static int write_config(const ModelConfig *c, cJSON *o) {
         cJSON_Delete(classes);
         return -1;
     }
-    bool ok = cJSON_AddStringToObject(o, "model_type", "bloom") &&
+    bool ok = cJSON_AddStringToObject(o, "model_type", MODEL_TYPE) &&
               cJSON_AddNumberToObject(o, "vocab_size", c->vocab_size) &&
               cJSON_AddNumberToObject(o, "hidden_size", c->hidden) &&
               cJSON_AddNumberToObject(o, "n_layer", c->n_layers) &&
@@ -175,7 +177,7 @@ static const float *finish(Model *m, int T) {
 }
 
 const Architecture arch_bloom = {
-    .model_type = "bloom",
+    .model_type = MODEL_TYPE,
     .prefix = "transformer.",
     .dim_labels = {
         [DIM_VOCAB] = "vocab_size", [DIM_HIDDEN] = "hidden_size", [DIM_FFN] = "4*hidden_size",

@@ -23,6 +23,8 @@
 
 #include "model_internal.h"
 
+#define MODEL_TYPE "opt" /* config.json's model_type */
+
 #define POSITION_OFFSET 2 /* OPTLearnedPositionalEmbedding.offset */
 
 /* ---- tensors ------------------------------------------------------------------------ */
@@ -100,7 +102,7 @@ static int write_config(const ModelConfig *c, cJSON *o) {
         cJSON_Delete(classes);
         return -1;
     }
-    bool ok = cJSON_AddStringToObject(o, "model_type", "opt") &&
+    bool ok = cJSON_AddStringToObject(o, "model_type", MODEL_TYPE) &&
               cJSON_AddNumberToObject(o, "vocab_size", c->vocab_size) &&
               cJSON_AddNumberToObject(o, "hidden_size", c->hidden) &&
               cJSON_AddNumberToObject(o, "num_hidden_layers", c->n_layers) &&
@@ -187,7 +189,7 @@ static const float *finish(Model *m, int T) {
 }
 
 const Architecture arch_opt = {
-    .model_type = "opt",
+    .model_type = MODEL_TYPE,
     .prefix = "model.",
     .dim_labels = {
         [DIM_VOCAB] = "vocab_size", [DIM_HIDDEN] = "hidden_size", [DIM_FFN] = "ffn_dim",

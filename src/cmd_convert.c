@@ -30,7 +30,6 @@
 
 #include <cjson/cJSON.h>
 
-#include "arch.h"
 #include "cli.h"
 #include "commands.h"
 

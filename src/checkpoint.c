@@ -1,11 +1,13 @@
 /* checkpoint.c — a checkpoint directory: config.json plus one safetensors file or an
- * index and its shards, with tensors looked up by their short name (SPEC §3).
+ * index and its shards, with tensors looked up by their short name (docs/MODELS.md).
  *
  * Hub checkpoints disagree on prefixes: OPT-125m stores "model.decoder.…", OPT-350m
  * "decoder.…"; BLOOM shards store "h.0.…" while HF-saved copies store
- * "transformer.h.0.…". Every tensor is indexed under its name without the prefix,
- * so the model code asks for one spelling only. */
+ * "transformer.h.0.…". Every tensor is indexed under its name without the prefix its
+ * architecture's table gives, so the model code asks for one spelling only. */
 #include "checkpoint.h"
+
+#include "arch.h"
 
 #include "fileio.h"
 
@@ -42,7 +44,7 @@ size_t checkpoint_count(const Checkpoint *c) { return c->n_all; }
 const StTensor *checkpoint_tensor(const Checkpoint *c, size_t i) { return i < c->n_all ? c->all[i] : NULL; }
 
 const char *checkpoint_short_name(const Checkpoint *c, const char *name) {
-    const char *prefix = c->cfg.arch == ARCH_OPT ? "model." : "transformer.";
+    const char *prefix = arch_of(&c->cfg)->prefix;
     size_t len = strlen(prefix);
     return strncmp(name, prefix, len) == 0 && name[len] ? name + len : name;
 }
@@ -263,24 +265,16 @@ static void shape_str(const int64_t *shape, int ndim, char *buf, size_t cap) {
 }
 
 /* Says which config fields an expected shape came from, e.g. "ffn_dim 256, hidden_size 64",
- * by matching each dimension against the config's sizes. */
+ * by matching each dimension against the sizes the architecture's table labels. */
 static void shape_origin(const ModelConfig *m, const int64_t *shape, int ndim, char *buf, size_t cap) {
-    const struct { const char *name; int64_t value; } known[] = {
-        {"vocab_size", m->vocab_size},
-        {"hidden_size", m->hidden},
-        {"ffn_dim", m->arch == ARCH_OPT ? m->ffn_dim : 0},
-        {"4*hidden_size", m->arch == ARCH_BLOOM ? m->ffn_dim : 0},
-        {"3*hidden_size", 3 * (int64_t)m->hidden},
-        {"word_embed_proj_dim", m->arch == ARCH_OPT ? m->word_embed_proj_dim : 0},
-        {"max_position_embeddings+2", m->arch == ARCH_OPT ? m->max_positions + 2 : 0},
-    };
+    const Architecture *a = arch_of(m);
     buf[0] = 0;
     for (int d = 0; d < ndim; d++) {
-        for (size_t k = 0; k < sizeof known / sizeof known[0]; k++) {
-            if (known[k].value != shape[d]) continue;
+        for (int k = 0; k < DIM_COUNT; k++) {
+            if (!a->dim_labels[k] || arch_dim(m, (ArchDim)k) != shape[d]) continue;
             bool dup = false; /* don't repeat a field already named */
             for (int e = 0; e < d; e++) dup |= shape[e] == shape[d];
-            if (!dup) append(buf, cap, "%s%s %lld", buf[0] ? ", " : "", known[k].name, (long long)shape[d]);
+            if (!dup) append(buf, cap, "%s%s %lld", buf[0] ? ", " : "", a->dim_labels[k], (long long)shape[d]);
             break;
         }
     }

@@ -1,8 +1,9 @@
 /* cmd_convert.c — `llmint8 convert`: a 16/32-bit Hugging Face checkpoint → the 8-bit
- * layout that transformers + bitsandbytes save and load (SPEC §2, checklist §8).
+ * layout that transformers + bitsandbytes save and load (docs/MODELS.md, "8-bit checkpoints").
  *
- * Per projection P (OPT q/k/v/out_proj, fc1, fc2, project_in/out; BLOOM query_key_value,
- * dense, dense_h_to_4h, dense_4h_to_h):
+ * Per projection P (every TENSOR_PROJECTION of the architecture's table, arch.h: OPT
+ * q/k/v/out_proj, fc1, fc2, project_in/out; BLOOM query_key_value, dense, dense_h_to_4h,
+ * dense_4h_to_h):
  *   P.weight         I8  [out, in]   CB = rne(fp16(W) * 127 / SCB)   (quant_weight_rowwise)
  *   P.SCB            F32 [out]       per-row fp16 absmax
  *   P.weight_format  U8  []          0 = row-major
@@ -10,7 +11,7 @@
  * Everything else (embeddings, positions, LayerNorms) is written as F16; the tied
  * lm_head is omitted. Names get the *ForCausalLM prefix ("model." OPT, "transformer."
  * BLOOM). config.json gains "torch_dtype": "float16" and the quantization_config block
- * of §2.3.
+ * transformers writes (docs/MODELS.md).
  *
  * The output appears atomically: everything is written into OUT_DIR.tmp-XXXXXX next to
  * OUT_DIR and renamed at the end; an error or SIGINT/SIGTERM removes the temporary
@@ -153,7 +154,7 @@ static int plan_layernorm(Plan *p, const char *module, int64_t dim, Error *err) 
     return plan_f16(p, key, 1, dim, 0, err);
 }
 
-/* A projection: weight → CB + SCB + weight_format (SPEC §2.1), bias as F16. */
+/* A projection: weight → CB + SCB + weight_format (docs/MODELS.md), bias as F16. */
 static int plan_linear(Plan *p, const char *module, int64_t out, int64_t in, bool bias, Error *err) {
     char key[256], name[256];
     const StTensor *w;
@@ -185,77 +186,50 @@ static int plan_linear(Plan *p, const char *module, int64_t out, int64_t in, boo
     return plan_f16(p, key, 1, out, 0, err);
 }
 
-static int plan_opt(Plan *p, const ModelConfig *c, Error *err) {
-    int64_t D = c->hidden, E = c->word_embed_proj_dim, F = c->ffn_dim;
-    char m[200];
-    if (plan_f16(p, "decoder.embed_tokens.weight", 2, c->vocab_size, E, err) ||
-        plan_f16(p, "decoder.embed_positions.weight", 2, (int64_t)c->max_positions + 2, D, err))
-        return -1;
-    if (E != D && (plan_linear(p, "decoder.project_in", D, E, false, err) ||
-                   plan_linear(p, "decoder.project_out", E, D, false, err)))
-        return -1;
-    if (c->do_layer_norm_before && !c->remove_final_layer_norm && c->ln_elementwise_affine &&
-        plan_layernorm(p, "decoder.final_layer_norm", D, err))
-        return -1;
-    static const char *const attn[4] = {"q_proj", "k_proj", "v_proj", "out_proj"};
-    for (int l = 0; l < c->n_layers; l++) {
-        for (int i = 0; i < 4; i++) {
-            snprintf(m, sizeof m, "decoder.layers.%d.self_attn.%s", l, attn[i]);
-            if (plan_linear(p, m, D, D, c->enable_bias, err)) return -1;
-        }
-        snprintf(m, sizeof m, "decoder.layers.%d.fc1", l);
-        if (plan_linear(p, m, F, D, c->enable_bias, err)) return -1;
-        snprintf(m, sizeof m, "decoder.layers.%d.fc2", l);
-        if (plan_linear(p, m, D, F, c->enable_bias, err)) return -1;
-        if (c->ln_elementwise_affine) {
-            snprintf(m, sizeof m, "decoder.layers.%d.self_attn_layer_norm", l);
-            if (plan_layernorm(p, m, D, err)) return -1;
-            snprintf(m, sizeof m, "decoder.layers.%d.final_layer_norm", l);
-            if (plan_layernorm(p, m, D, err)) return -1;
-        }
-    }
-    return 0;
-}
-
-static int plan_bloom(Plan *p, const ModelConfig *c, Error *err) {
-    int64_t D = c->hidden, F = c->ffn_dim;
-    char m[200];
-    if (plan_f16(p, "word_embeddings.weight", 2, c->vocab_size, D, err) ||
-        plan_layernorm(p, "word_embeddings_layernorm", D, err))
-        return -1;
-    for (int l = 0; l < c->n_layers; l++) {
-        snprintf(m, sizeof m, "h.%d.input_layernorm", l);
-        if (plan_layernorm(p, m, D, err)) return -1;
-        snprintf(m, sizeof m, "h.%d.self_attention.query_key_value", l);
-        if (plan_linear(p, m, 3 * D, D, true, err)) return -1;
-        snprintf(m, sizeof m, "h.%d.self_attention.dense", l);
-        if (plan_linear(p, m, D, D, true, err)) return -1;
-        snprintf(m, sizeof m, "h.%d.post_attention_layernorm", l);
-        if (plan_layernorm(p, m, D, err)) return -1;
-        snprintf(m, sizeof m, "h.%d.mlp.dense_h_to_4h", l);
-        if (plan_linear(p, m, F, D, true, err)) return -1;
-        snprintf(m, sizeof m, "h.%d.mlp.dense_4h_to_h", l);
-        if (plan_linear(p, m, D, F, true, err)) return -1;
-    }
-    return plan_layernorm(p, "ln_f", D, err);
-}
-
-/* lm_head.weight is normally not stored (tied to the embedding, SPEC §2.2). A stored copy
- * equal to the embedding is dropped; a different one is kept, as F16, under its own name. */
-static int plan_lm_head(Plan *p, const ModelConfig *c, Error *err) {
-    const StTensor *lm = checkpoint_find(p->ck, "lm_head.weight");
+/* lm_head.weight is normally not stored (tied to the embedding, docs/MODELS.md). A stored
+ * copy equal to the token embedding is dropped; a different one is kept, as F16, under its
+ * own name (outside the prefix, as transformers saves it). */
+static int plan_lm_head(Plan *p, const ArchTensor *t, const StTensor *emb, Error *err) {
+    char key[256];
+    snprintf(key, sizeof key, "%s.weight", t->name);
+    const StTensor *lm = checkpoint_find(p->ck, key);
     if (!lm) return 0;
-    const StTensor *emb = p->t[0].src; /* the embedding is always planned first */
-    int64_t shape[2] = {c->vocab_size, c->word_embed_proj_dim};
-    if (checkpoint_require(p->ck, "lm_head.weight", 2, shape, DT_FLOAT_MASK, &lm, err)) return -1;
-    if (lm->dtype == emb->dtype && lm->nbytes == emb->nbytes && memcmp(lm->data, emb->data, lm->nbytes) == 0) {
+    int64_t shape[2] = {t->rows, t->cols};
+    if (checkpoint_require(p->ck, key, 2, shape, DT_FLOAT_MASK, &lm, err)) return -1;
+    if (emb && lm->dtype == emb->dtype && lm->nbytes == emb->nbytes && memcmp(lm->data, emb->data, lm->nbytes) == 0) {
         p->tied_lm_head = lm;
         return 0;
     }
-    OutTensor *o = plan_add(p, "lm_head.weight", OUT_F16, DT_F16, 2, shape[0], shape[1], err);
+    OutTensor *o = plan_add(p, key, OUT_F16, DT_F16, 2, shape[0], shape[1], err);
     if (!o) return -1;
     o->src = lm;
     return 0;
+}
+
+/* Every module of the architecture's tensor list, in its order: projections to int8,
+ * the rest to F16. */
+static int plan_tensors(Plan *p, const ModelConfig *c, Error *err) {
+    ArchTensor *list;
+    size_t n;
+    if (arch_tensors(c, &list, &n, err)) return -1;
+    const StTensor *token_embed = NULL; /* the first embedding, which a stored lm_head may repeat */
+    char key[256];
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const ArchTensor *t = &list[i];
+        switch (t->role) {
+        case TENSOR_PROJECTION: rc = plan_linear(p, t->name, t->rows, t->cols, t->bias, err); break;
+        case TENSOR_NORM: rc = plan_layernorm(p, t->name, t->rows, err); break;
+        case TENSOR_EMBEDDING:
+            snprintf(key, sizeof key, "%s.weight", t->name);
+            rc = plan_f16(p, key, 2, t->rows, t->cols, err);
+            if (rc == 0 && !token_embed) token_embed = p->t[p->n - 1].src;
+            break;
+        case TENSOR_LM_HEAD: rc = plan_lm_head(p, t, token_embed, err); break;
+        }
+    }
+    free(list);
+    return rc;
 }
 
 static int cmp_ptr(const void *a, const void *b) {
@@ -461,7 +435,8 @@ static void float_literal(float v, char *buf, size_t cap) {
     if (!strpbrk(buf, ".eEn")) strncat(buf, ".0", cap - strlen(buf) - 1);
 }
 
-/* config.json: the original object, "torch_dtype": "float16", and SPEC §2.3's block. */
+/* config.json: the original object, "torch_dtype": "float16", and the quantization_config
+ * block of an 8-bit model (docs/MODELS.md). */
 static int write_config(const Checkpoint *ck, const char *dir, float threshold, Error *err) {
     char src[PATH_MAX], dst[PATH_MAX], thr[32];
     if (path_join(src, checkpoint_dir(ck), "config.json", err) || path_join(dst, dir, "config.json", err))
@@ -651,10 +626,10 @@ static int check_not_int8(const Checkpoint *ck, Error *err) {
 /* Everything between the checks and the rename: fills `tmp`. */
 static int convert_into(const ConvertOptions *o, const Checkpoint *ck, const char *tmp, Error *err) {
     const ModelConfig *c = checkpoint_config(ck);
-    Plan p = {.ck = ck, .prefix = c->arch == ARCH_OPT ? "model." : "transformer."};
+    Plan p = {.ck = ck, .prefix = arch_of(c)->prefix};
     Writer wr = {0};
     int rc = -1;
-    if ((c->arch == ARCH_OPT ? plan_opt : plan_bloom)(&p, c, err) || plan_lm_head(&p, c, err)) goto done;
+    if (plan_tensors(&p, c, err)) goto done;
     if (warn_unused(&p, err)) goto done;
     assign_shards(&p, o->shard_bytes);
 

@@ -188,7 +188,7 @@ int cmd_generate(int argc, char **argv) {
     }
 
     /* Fit prompt + new tokens into the model's positions. */
-    long native = cfg->arch == ARCH_OPT ? cfg->max_positions : 2048;
+    long native = arch_native_context(cfg);
     if ((long)n_prompt >= native) {
         if (!go.truncate) {
             err_set(&err, "the prompt has %zu tokens but the model has %ld positions (use --truncate to keep its end)",

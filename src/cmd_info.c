@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "arch.h"
 #include "cli.h"
 #include "commands.h"
 
@@ -16,24 +17,35 @@ static const char HELP[] =
 
 enum { OPT_JSON = OPT_COMMAND_BASE };
 
-/* Parameters in projections (quantized by int8) and in everything else (kept 16-bit). */
-static void count_params(const Checkpoint *ck, int64_t *proj, int64_t *other, int64_t *stored_bytes,
-                         unsigned *dtypes) {
+/* Parameters in projections (quantized by int8) and in everything else (kept 16-bit), from
+ * the architecture's tensor list (the lm_head is the tied embedding: not counted again);
+ * bytes and dtypes as stored. */
+static int count_params(const Checkpoint *ck, int64_t *proj, int64_t *other, int64_t *stored_bytes, unsigned *dtypes,
+                        Error *err) {
     *proj = *other = *stored_bytes = 0;
     *dtypes = 0;
     for (size_t i = 0; i < checkpoint_count(ck); i++) {
         const StTensor *t = checkpoint_tensor(ck, i);
-        const char *name = checkpoint_short_name(ck, t->name);
-        size_t len = strlen(name);
         *stored_bytes += (int64_t)t->nbytes;
         *dtypes |= DT_MASK(t->dtype);
-        if (strcmp(name, "lm_head.weight") == 0) continue; /* tied to the embedding */
-        if (len > 4 && (strcmp(name + len - 4, ".SCB") == 0 || strstr(name, "weight_format"))) continue;
-        bool is_proj = len > 7 && strcmp(name + len - 7, ".weight") == 0 && t->ndim == 2 &&
-                       !strstr(name, "embed") && !strstr(name, "word_embeddings");
-        if (is_proj) *proj += t->numel;
-        else *other += t->numel;
     }
+    ArchTensor *list;
+    size_t n;
+    if (arch_tensors(checkpoint_config(ck), &list, &n, err)) return -1;
+    for (size_t i = 0; i < n; i++) {
+        const ArchTensor *t = &list[i];
+        switch (t->role) {
+        case TENSOR_PROJECTION:
+            *proj += t->rows * t->cols;
+            if (t->bias) *other += t->rows;
+            break;
+        case TENSOR_EMBEDDING: *other += t->rows * t->cols; break;
+        case TENSOR_NORM: *other += 2 * t->rows; break;
+        case TENSOR_LM_HEAD: break;
+        }
+    }
+    free(list);
+    return 0;
 }
 
 int cmd_info(int argc, char **argv) {
@@ -70,7 +82,10 @@ int cmd_info(int argc, char **argv) {
     const ModelConfig *m = checkpoint_config(s.ck);
     int64_t proj, other, stored;
     unsigned dtypes;
-    count_params(s.ck, &proj, &other, &stored, &dtypes);
+    if (count_params(s.ck, &proj, &other, &stored, &dtypes, &err)) {
+        cli_session_close(&s);
+        return cli_fail(&err);
+    }
     char dt[64] = "";
     for (int t = 0; t < DT_COUNT; t++)
         if (dtypes & DT_MASK(t)) {
@@ -80,7 +95,7 @@ int cmd_info(int argc, char **argv) {
     /* fp16: 2 bytes per parameter; int8: 1 byte per projection weight plus a 4-byte scale per
      * output row (ignored here: < 0.1%), 16-bit for the rest. */
     double fp16_mb = 2.0 * (double)(proj + other) / 1e6, int8_mb = ((double)proj + 2.0 * (double)other) / 1e6;
-    long native = m->arch == ARCH_OPT ? m->max_positions : 2048;
+    long native = arch_native_context(m);
     if (json) {
         printf("{\"architecture\": \"%s\", \"layers\": %d, \"hidden\": %d, \"heads\": %d, \"ffn\": %d, "
                "\"vocab\": %d, \"positions\": %ld, \"parameters\": %lld, \"projection_parameters\": %lld, "
@@ -93,11 +108,9 @@ int cmd_info(int argc, char **argv) {
         printf("model:        %s\n", co.model_dir);
         printf("architecture: %s, %d layers, hidden %d, %d heads of %d, ffn %d, vocab %d\n", arch_name(m->arch),
                m->n_layers, m->hidden, m->n_heads, m->head_dim, m->ffn_dim, m->vocab_size);
-        if (m->arch == ARCH_OPT)
-            printf("              %s-LayerNorm, %d positions%s\n", m->do_layer_norm_before ? "pre" : "post",
-                   m->max_positions, m->word_embed_proj_dim != m->hidden ? ", project_in/out" : "");
-        else
-            printf("              ALiBi positions (2048 by default)\n");
+        char summary[128];
+        arch_of(m)->summary(m, summary, sizeof summary);
+        printf("              %s\n", summary);
         printf("parameters:   %.2f M (%.2f M in projections, quantized by int8)\n", (double)(proj + other) / 1e6,
                (double)proj / 1e6);
         printf("stored:       %s, %.1f MB in %zu tensors%s\n", dt, (double)stored / 1e6, checkpoint_count(s.ck),

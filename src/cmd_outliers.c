@@ -144,7 +144,7 @@ static int run_text(Model *m, const Windows *w, OutlierProbe *probe, const char 
     /* Logits of at most `chunk` rows at a time (a window may be 2048 x 250880 floats). */
     long chunk = (32L << 20) / vocab;
     if (chunk < 16) chunk = 16;
-    if (chunk > m->rs.capacity) chunk = m->rs.capacity;
+    if (chunk > model_capacity(m)) chunk = model_capacity(m);
     int32_t *win = malloc((size_t)w->ctx * sizeof *win);
     float *logits = malloc((size_t)chunk * (size_t)vocab * sizeof *logits);
     if (!win || !logits) {
@@ -498,9 +498,9 @@ int cmd_outliers(int argc, char **argv) {
     if (rc == 0 && n_ids == 0) rc = err_set(&err, "%s: the text has no tokens", source);
     if (rc) goto done;
 
-    long native = cfg->arch == ARCH_OPT ? cfg->max_positions : 2048;
+    long native = arch_native_context(cfg);
     long ctx = po.text.ctx ? po.text.ctx : (native < 2048 ? native : 2048);
-    if (cfg->arch == ARCH_OPT && ctx > native) {
+    if (arch_max_context(cfg) > 0 && ctx > arch_max_context(cfg)) {
         rc = err_set(&err, "--ctx %ld exceeds the model's %ld positions", ctx, native);
         goto done;
     }

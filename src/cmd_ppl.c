@@ -160,9 +160,9 @@ int cmd_ppl(int argc, char **argv) {
                      po.text.text_file ? po.text.text_file : po.text.ids_file, n_ids);
     if (rc) goto done;
 
-    long native = cfg->arch == ARCH_OPT ? cfg->max_positions : 2048;
+    long native = arch_native_context(cfg);
     long ctx = po.text.ctx ? po.text.ctx : native;
-    if (cfg->arch == ARCH_OPT && ctx > native) {
+    if (arch_max_context(cfg) > 0 && ctx > arch_max_context(cfg)) {
         rc = err_set(&err, "--ctx %ld exceeds the model's %ld positions", ctx, native);
         goto done;
     }

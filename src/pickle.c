@@ -39,10 +39,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define NODES_PER_BLOCK 1024
+/* Nodes live in blocks of growing size: 32, 64, ... up to 4096 (small pickles stay cheap). */
+static size_t block_nodes(size_t b) { return b < 7 ? (size_t)32 << b : 4096; }
 
 struct PickleDoc {
-    PickleValue **blocks;   /* NODES_PER_BLOCK nodes each; the last one filled to `in_last` */
+    PickleValue **blocks;   /* block b holds block_nodes(b); the last one is filled to `in_last` */
     size_t n_blocks, in_last;
     size_t n_values;
     const PickleValue *root;
@@ -142,11 +143,11 @@ static PickleValue *new_value(Vm *vm, PickleKind kind) {
         fail(vm, "more than %u values (not a state_dict this reader can take)", PICKLE_MAX_VALUES);
         return NULL;
     }
-    if (d->n_blocks == 0 || d->in_last == NODES_PER_BLOCK) {
+    if (d->n_blocks == 0 || d->in_last == block_nodes(d->n_blocks - 1)) {
         PickleValue **blocks = realloc(d->blocks, (d->n_blocks + 1) * sizeof *blocks);
         if (!blocks) goto oom;
         d->blocks = blocks;
-        if (!(d->blocks[d->n_blocks] = calloc(NODES_PER_BLOCK, sizeof(PickleValue)))) goto oom;
+        if (!(d->blocks[d->n_blocks] = calloc(block_nodes(d->n_blocks), sizeof(PickleValue)))) goto oom;
         d->n_blocks++;
         d->in_last = 0;
     }
@@ -516,7 +517,7 @@ const PickleValue *pickle_root(const PickleDoc *doc) { return doc->root; }
 void pickle_free(PickleDoc *doc) {
     if (!doc) return;
     for (size_t b = 0; b < doc->n_blocks; b++) {
-        size_t used = b + 1 == doc->n_blocks ? doc->in_last : NODES_PER_BLOCK;
+        size_t used = b + 1 == doc->n_blocks ? doc->in_last : block_nodes(b);
         for (size_t i = 0; i < used; i++) {
             free(doc->blocks[b][i].items);
             free((char *)doc->blocks[b][i].str);

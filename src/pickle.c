@@ -362,11 +362,11 @@ static int fill(Vm *vm, size_t first, bool pairs) {
     size_t n = vm->sp - first;
     if (pairs) {
         if (c->kind != PK_DICT && c->kind != PK_OBJECT)
-            return fail(vm, "SETITEM on a %s (only a dict or an object built by a call takes items)",
+            return fail(vm, "SETITEM on something that is not a dict (found: %s)",
                         pickle_kind_name(c->kind));
         if (n % 2) return fail(vm, "SETITEMS with an odd number of values");
     } else if (c->kind != PK_LIST) {
-        return fail(vm, "APPEND on a %s", pickle_kind_name(c->kind));
+        return fail(vm, "APPEND on something that is not a list (found: %s)", pickle_kind_name(c->kind));
     }
     for (size_t i = first; i < vm->sp; i++)
         if (add_item(vm, c, vm->stack[i])) return -1;
@@ -456,9 +456,10 @@ static int step(Vm *vm) {
     case OP_REDUCE: {
         PickleValue *args = pop(vm), *fn = args ? pop(vm) : NULL;
         if (!fn) return -1;
-        if (fn->kind != PK_GLOBAL) return fail(vm, "REDUCE calls a %s, not a global", pickle_kind_name(fn->kind));
-        if (args->kind != PK_TUPLE) return fail(vm, "REDUCE arguments are a %s, not a tuple",
-                                                pickle_kind_name(args->kind));
+        if (fn->kind != PK_GLOBAL)
+            return fail(vm, "REDUCE calls something that is not a global (found: %s)", pickle_kind_name(fn->kind));
+        if (args->kind != PK_TUPLE)
+            return fail(vm, "REDUCE arguments are not a tuple (found: %s)", pickle_kind_name(args->kind));
         PickleValue *o = new_value(vm, PK_OBJECT);
         if (!o) return -1;
         o->callable = fn;
@@ -469,8 +470,8 @@ static int step(Vm *vm) {
         PickleValue *state = pop(vm), *o = state ? top(vm) : NULL;
         if (!o) return -1;
         if (o->kind != PK_OBJECT || o->state)
-            return fail(vm, "BUILD on a %s", o->kind == PK_OBJECT ? "object that already has a state"
-                                                                   : pickle_kind_name(o->kind));
+            return fail(vm, "BUILD on something other than an object without state (found: %s)",
+                        pickle_kind_name(o->kind));
         o->state = state;
         return 0;
     }

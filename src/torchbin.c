@@ -464,7 +464,7 @@ static bool is_call(const PickleValue *v, const char *global) {
 /* One state_dict entry: name → tensor (a Parameter is unwrapped first). */
 static int add_entry(Reader *r, const PickleValue *key, const PickleValue *value) {
     if (key->kind != PK_STR)
-        return err_set(r->err, "%s: a state_dict key is a %s, not a string", r->path, pickle_kind_name(key->kind));
+        return err_set(r->err, "%s: a state_dict key is not a string (found: %s)", r->path, pickle_kind_name(key->kind));
     if (key->len == 0 || key->len > TORCHBIN_MAX_NAME || strlen(key->str) != key->len)
         return err_set(r->err, "%s: a tensor name is empty, longer than %d bytes or contains a NUL byte", r->path,
                        TORCHBIN_MAX_NAME);
@@ -474,7 +474,7 @@ static int add_entry(Reader *r, const PickleValue *key, const PickleValue *value
          wraps++)
         if (value->args->n < 1 || !(value = value->args->items[0])) break;
     if (!is_call(value, "torch._utils._rebuild_tensor_v2"))
-        return err_set(r->err, "%s: state_dict entry '%s' is a %s%s%s, not a tensor", r->path, name,
+        return err_set(r->err, "%s: state_dict entry '%s' is not a tensor (found: %s%s%s)", r->path, name,
                        pickle_kind_name(value->kind), value->kind == PK_OBJECT ? " built by " : "",
                        value->kind == PK_OBJECT ? value->callable->str : "");
     if (r->n == r->cap) {
@@ -498,7 +498,7 @@ static int add_entry(Reader *r, const PickleValue *key, const PickleValue *value
 /* The pickle's value: a dict, or OrderedDict() with items set on it. */
 static int add_state_dict(Reader *r, const PickleValue *root) {
     if (!(root->kind == PK_DICT || (is_call(root, "collections.OrderedDict") && root->args->n == 0)))
-        return err_set(r->err, "%s: data.pkl holds a %s, not a state_dict (a dict of tensors)", r->path,
+        return err_set(r->err, "%s: data.pkl holds no state_dict, i.e. no dict of tensors (found: %s)", r->path,
                        root->kind == PK_OBJECT ? root->callable->str : pickle_kind_name(root->kind));
     if (root->n == 0) return err_set(r->err, "%s: the state_dict holds no tensors", r->path);
     for (size_t i = 0; i + 1 < root->n; i += 2)

@@ -7,7 +7,9 @@
  *                         or collections.OrderedDict mapping tensor names to tensors
  *   ARCHIVE/data/KEY      the raw bytes of one storage (a flat, typed array), little-endian,
  *                         stored without compression and aligned to 64 bytes in the file
- *   ARCHIVE/version, ARCHIVE/byteorder, ...   small text members, not needed here
+ *   ARCHIVE/byteorder     "little" or "big" (PyTorch >= 2.1; older files are little-endian);
+ *                         only "little" is read, since the kernels read elements natively
+ *   ARCHIVE/version, ...  small text members, not needed here
  *
  * In the pickle a tensor is the call
  *
@@ -265,6 +267,21 @@ static int read_pickle(Reader *r, zip_uint64_t index, unsigned char **out, size_
     return 0;
 }
 
+/* A "byteorder" member, where present, must say "little". */
+static int check_byteorder(Reader *r) {
+    char name[300];
+    snprintf(name, sizeof name, "%s/byteorder", r->prefix);
+    zip_int64_t idx = zip_name_locate(r->zip, name, ZIP_FL_ENC_RAW);
+    if (idx < 0) return 0;
+    char text[16] = {0};
+    zip_file_t *zf = zip_fopen_index(r->zip, (zip_uint64_t)idx, 0);
+    zip_int64_t got = zf ? zip_fread(zf, text, sizeof text - 1) : -1;
+    if (zf) zip_fclose(zf);
+    if (got == 6 && memcmp(text, "little", 6) == 0) return 0;
+    return err_set(r->err, "%s: %s does not say \"little\": only little-endian checkpoints are read", r->path,
+                   name);
+}
+
 /* ---- step 4: storages ------------------------------------------------------------------------ */
 
 /* Where a stored member's bytes start in the mapping (see the top of the file). */
@@ -514,7 +531,8 @@ int torchbin_open(const char *path, StFile **out, Error *err) {
     PickleDoc *doc = NULL;
     zip_uint64_t pkl_index = 0;
     int rc = -1;
-    if (map_file(&r) || open_archive(&r) || find_pickle(&r, &pkl_index) || read_pickle(&r, pkl_index, &pkl, &pkl_len))
+    if (map_file(&r) || open_archive(&r) || find_pickle(&r, &pkl_index) || check_byteorder(&r) ||
+        read_pickle(&r, pkl_index, &pkl, &pkl_len))
         goto done;
     if (pickle_load(pkl, pkl_len, ALLOWED_GLOBALS, &doc, err)) {
         err_prefix(err, "%s: %s/data.pkl", path, r.prefix);

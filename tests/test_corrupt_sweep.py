@@ -783,6 +783,9 @@ def bin_cases(root):
     def no_pkl(d, p):
         with zipfile.ZipFile(p, "w") as z:
             z.writestr("archive/data/0", bytes(16))
+    bin_sweep(root, "byteorder big", archive(extra_members=[("archive/byteorder", b"big")]),
+              names=("pytorch_model.bin", "little-endian"))
+    bin_sweep(root, "byteorder little", archive(extra_members=[("archive/byteorder", b"little")]), may_load=True)
     bin_sweep(root, "no data.pkl", no_pkl, names=("pytorch_model.bin", "data.pkl"))
     bin_sweep(root, "an empty zip archive", lambda d, p: open(p, "wb").write(b"PK\x05\x06" + bytes(18)),
               names=("pytorch_model.bin",))

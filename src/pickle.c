@@ -42,9 +42,18 @@
 /* Nodes live in blocks of growing size: 32, 64, ... up to 4096 (small pickles stay cheap). */
 static size_t block_nodes(size_t b) { return b < 7 ? (size_t)32 << b : 4096; }
 
+/* Strings and tuples never change size, so their bytes come from an arena of chunks freed
+ * together (one malloc per chunk instead of one per value). */
+typedef struct Chunk {
+    struct Chunk *next;
+    size_t used, cap;
+    max_align_t bytes[]; /* cap bytes */
+} Chunk;
+
 struct PickleDoc {
     PickleValue **blocks;   /* block b holds block_nodes(b); the last one is filled to `in_last` */
     size_t n_blocks, in_last;
+    Chunk *chunks;          /* newest first */
     size_t n_values;
     const PickleValue *root;
 };
@@ -160,6 +169,29 @@ oom:
     return NULL;
 }
 
+/* n bytes from the arena, aligned for pointers. */
+static void *arena_alloc(Vm *vm, size_t n) {
+    PickleDoc *d = vm->doc;
+    n = (n + sizeof(max_align_t) - 1) / sizeof(max_align_t) * sizeof(max_align_t);
+    Chunk *c = d->chunks;
+    if (!c || c->cap - c->used < n) {
+        size_t cap = c ? 2 * c->cap : 4096;
+        if (cap > (1u << 20)) cap = 1u << 20;
+        if (cap < n) cap = n;
+        if (!(c = malloc(sizeof *c + cap))) {
+            fail(vm, "out of memory");
+            return NULL;
+        }
+        c->cap = cap;
+        c->used = 0;
+        c->next = d->chunks;
+        d->chunks = c;
+    }
+    void *p = (char *)c->bytes + c->used;
+    c->used += n;
+    return p;
+}
+
 /* Appends x to a container's items. */
 static int add_item(Vm *vm, PickleValue *c, PickleValue *x) {
     if (c->n == c->cap) {
@@ -240,11 +272,8 @@ static PickleValue *make_int(Vm *vm, int64_t i) {
 static PickleValue *make_str(Vm *vm, PickleKind kind, const void *b, size_t n) {
     PickleValue *v = new_value(vm, kind);
     if (!v) return NULL;
-    char *s = malloc(n + 1);
-    if (!s) {
-        fail(vm, "out of memory");
-        return NULL;
-    }
+    char *s = arena_alloc(vm, n + 1);
+    if (!s) return NULL;
     memcpy(s, b, n);
     s[n] = 0;
     v->str = s;
@@ -341,7 +370,7 @@ static int build_tuple(Vm *vm, size_t first) {
     if (!t) return -1;
     size_t n = vm->sp - first;
     if (n) {
-        if (!(t->items = malloc(n * sizeof *t->items))) return fail(vm, "out of memory");
+        if (!(t->items = arena_alloc(vm, n * sizeof *t->items))) return -1;
         memcpy(t->items, vm->stack + first, n * sizeof *t->items);
         t->n = t->cap = n;
     }
@@ -520,11 +549,15 @@ void pickle_free(PickleDoc *doc) {
     for (size_t b = 0; b < doc->n_blocks; b++) {
         size_t used = b + 1 == doc->n_blocks ? doc->in_last : block_nodes(b);
         for (size_t i = 0; i < used; i++) {
-            free(doc->blocks[b][i].items);
-            free((char *)doc->blocks[b][i].str);
+            if (doc->blocks[b][i].kind != PK_TUPLE) free(doc->blocks[b][i].items); /* tuples: arena */
         }
         free(doc->blocks[b]);
     }
     free(doc->blocks);
+    while (doc->chunks) {
+        Chunk *next = doc->chunks->next;
+        free(doc->chunks);
+        doc->chunks = next;
+    }
     free(doc);
 }

@@ -360,6 +360,39 @@ fail:
     return -1;
 }
 
+int st_adopt(const char *path, StTensor *tensors, size_t n, void *map, size_t map_size, void **buffers,
+             size_t n_buffers, StFile **out, Error *err) {
+    *out = NULL;
+    StFile *f = calloc(1, sizeof *f);
+    if (f) {
+        f->tensors = tensors, f->n = n, f->map = map, f->map_size = map_size;
+        f->copies = buffers, f->n_copies = n_buffers;
+    }
+    if (!f || !(f->path = dup_str(path)) || !(f->by_name = calloc(n + 1, sizeof *f->by_name))) {
+        if (f) st_close(f);
+        else {
+            for (size_t i = 0; i < n; i++) free((char *)tensors[i].name);
+            for (size_t i = 0; i < n_buffers; i++) free(buffers[i]);
+            free(tensors), free(buffers);
+            if (map) munmap(map, map_size);
+        }
+        return err_set(err, "%s: out of memory", path);
+    }
+    for (size_t i = 0; i < n; i++) {
+        f->tensors[i].file = f->path;
+        f->by_name[i] = &f->tensors[i];
+    }
+    qsort(f->by_name, f->n, sizeof *f->by_name, cmp_by_name);
+    for (size_t i = 1; i < f->n; i++)
+        if (strcmp(f->by_name[i - 1]->name, f->by_name[i]->name) == 0) {
+            err_set(err, "%s: tensor '%s' appears twice", path, f->by_name[i]->name);
+            st_close(f);
+            return -1;
+        }
+    *out = f;
+    return 0;
+}
+
 size_t st_count(const StFile *f) { return f->n; }
 
 const StTensor *st_tensor(const StFile *f, size_t i) { return i < f->n ? &f->tensors[i] : NULL; }

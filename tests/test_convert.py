@@ -238,6 +238,18 @@ results = {}
 for fx in ("opt-tiny", "opt-tiny-postln", "opt-tiny-sharded", "bloom-tiny", "bloom-tiny-bf16"):
     results[fx] = check_conversion(fx)
 
+# PyTorch .bin twins (tests/data/fixtures-bin: the same weights as torch.save wrote them, with
+# views, shared storages and shards) convert to exactly the same files as their safetensors twin.
+for bin_fx, twin in (("opt-tiny-bin", "opt-tiny"), ("opt-tiny-noprefix-bin", "opt-tiny"),
+                     ("opt-tiny-views-bin", "opt-tiny"), ("opt-tiny-sharded-bin", "opt-tiny"),
+                     ("opt-tiny-postln-bin", "opt-tiny-postln"), ("bloom-tiny-bin", "bloom-tiny"),
+                     ("bloom-tiny-bf16-bin", "bloom-tiny-bf16")):
+    out = os.path.join(tmp_root, bin_fx + "-int8")
+    rc, _, err = run("convert", os.path.join("tests/data/fixtures-bin", bin_fx), "-o", out)
+    same = rc == 0 and results.get(twin) and load_dir(out) == load_dir(results[twin]) and \
+        open(os.path.join(out, "config.json")).read() == open(os.path.join(results[twin], "config.json")).read()
+    check(f"{bin_fx}: convert gives the same int8 checkpoint as {twin}", same, err.strip()[-300:])
+
 # The converted model runs exactly like quantize-on-load (same int8 weights, same 16-bit rest;
 # BF16 inputs differ in their 16-bit tensors, which become F16).
 for fx in ("opt-tiny", "opt-tiny-postln", "opt-tiny-sharded", "bloom-tiny"):

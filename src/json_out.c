@@ -103,6 +103,19 @@ void json_add_number(JsonOut *j, cJSON *parent, const char *name, double value, 
     attach(j, parent, key, cJSON_CreateString(why));
 }
 
+void json_add_float(JsonOut *j, cJSON *parent, const char *name, float value, const char *why_not_finite) {
+    double shortest = value;
+    char text[32];
+    for (int digits = 1; isfinite(value) && digits <= 9; digits++) { /* 9 digits always read back */
+        snprintf(text, sizeof text, "%.*g", digits, (double)value);
+        if (strtof(text, NULL) == value) {
+            shortest = strtod(text, NULL); /* the double nearest that decimal: cJSON prints it as such */
+            break;
+        }
+    }
+    json_add_number(j, parent, name, shortest, why_not_finite);
+}
+
 cJSON *json_append_object(JsonOut *j, cJSON *array) { return attach(j, array, NULL, cJSON_CreateObject()); }
 
 void json_append_int(JsonOut *j, cJSON *array, int64_t value) {
@@ -117,7 +130,12 @@ int json_out_print(JsonOut *j, FILE *out, bool pretty, Error *err) {
     char *text = j->failed ? NULL : pretty ? cJSON_Print(j->root) : cJSON_PrintUnformatted(j->root);
     json_out_free(j);
     if (!text) return err_set(err, "out of memory building the JSON output");
-    fputs(text, out);
+    /* cJSON indents with tabs and puts one after each ':'; two spaces and one space read
+     * better. A tab is never inside a string (cJSON writes it as \t), so each one is layout. */
+    for (const char *p = text; *p; p++) {
+        if (*p != '\t') fputc(*p, out);
+        else fputs(p > text && p[-1] == ':' ? " " : "  ", out);
+    }
     fputc('\n', out);
     free(text);
     return 0;

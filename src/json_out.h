@@ -41,6 +41,9 @@ void json_add_uint(JsonOut *j, cJSON *parent, const char *name, uint64_t value);
 /* value, or null and "<name>_null_reason": why_not_finite (e.g. "exp(nll_mean) overflows a
  * double") when value is NaN or infinite. */
 void json_add_number(JsonOut *j, cJSON *parent, const char *name, double value, const char *why_not_finite);
+/* A float32 value, written with the fewest digits that read back as the same float (6.9f
+ * as 6.9, not 6.8999996185302734); null and the reason as above when it is not finite. */
+void json_add_float(JsonOut *j, cJSON *parent, const char *name, float value, const char *why_not_finite);
 cJSON *json_append_object(JsonOut *j, cJSON *array);
 void json_append_int(JsonOut *j, cJSON *array, int64_t value);
 void json_append_string(JsonOut *j, cJSON *array, const char *value);

@@ -194,7 +194,7 @@ int cmd_generate(int argc, char **argv) {
         }
         long keep = native - (go.max_new < native / 2 ? go.max_new : native / 2);
         if (keep < 1) keep = 1;
-        fprintf(stderr, "llmint8: warning: prompt truncated from %zu to its last %ld tokens\n", n_prompt, keep);
+        cli_warn("prompt truncated from %zu to its last %ld tokens", n_prompt, keep);
         memmove(ids, ids + n_prompt - (size_t)keep, (size_t)keep * sizeof *ids);
         n_prompt = (size_t)keep;
         free(prompt_text);
@@ -202,8 +202,7 @@ int cmd_generate(int argc, char **argv) {
     }
     long total = (long)n_prompt + go.max_new;
     if (total > native) {
-        fprintf(stderr, "llmint8: note: stopping after %ld new tokens, at the model's %ld positions\n",
-                native - (long)n_prompt, native);
+        cli_note("note: stopping after %ld new tokens, at the model's %ld positions", native - (long)n_prompt, native);
         total = native;
     }
     ModelOptions mo = {.ctx = (int)total, .batch_tokens = 512};

@@ -21,6 +21,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "json_in.h"
+
 /* A single dimension may not exceed 2^40 elements: far above any real tensor, and small
  * enough that a product of checked dimensions is easy to keep from overflowing. */
 #define ST_MAX_DIM ((int64_t)1 << 40)
@@ -209,19 +211,12 @@ static int parse_header(StFile *f, Error *err) {
         return err_set(err, "%s: header length %llu runs past the end of the file (%llu bytes): truncated or "
                        "not a safetensors file", f->path, (unsigned long long)hlen, (unsigned long long)size);
 
-    /* cJSON wants a NUL-terminated string; a NUL inside the header would end it early
-     * and hide whatever follows, so reject one. */
-    char *text = malloc((size_t)hlen + 1);
-    if (!text) return err_set(err, "%s: out of memory reading a %llu-byte header", f->path, (unsigned long long)hlen);
-    memcpy(text, base + 8, (size_t)hlen);
-    text[hlen] = 0;
-    if (strlen(text) != hlen) {
-        free(text);
-        return err_set(err, "%s: header contains a NUL byte (corrupt file)", f->path);
-    }
-    cJSON *root = cJSON_ParseWithOpts(text, NULL, 1);
-    free(text);
-    if (!root) return err_set(err, "%s: header is not valid JSON (corrupt or not a safetensors file)", f->path);
+    /* json_parse refuses a NUL in the header, raw or as \u0000: cJSON's C strings would end
+     * there, so "x\u0000evil" would name a tensor "x". */
+    Error jerr;
+    cJSON *root = json_parse(f->path, (const char *)base + 8, (size_t)hlen, &jerr);
+    if (!root)
+        return err_set(err, "%s (the header: corrupt or not a safetensors file)", jerr.msg);
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return err_set(err, "%s: header is not a JSON object", f->path);

@@ -247,9 +247,9 @@ int cmd_generate(int argc, char **argv) {
     while (rc == 0 && !out_failed && (long)n < total) {
         int32_t next = sampler_pick(&sampler, s.bk, logits, ids, n);
         if (next < 0) {
-            rc = err_set(&err, "the model's logits for position %zu (the %s token) hold a NaN or an infinity: the "
-                         "forward pass overflowed; stopping without a token from them", n,
-                         n == n_prompt ? "first new" : "next");
+            rc = err_set(&err, "the logits at position %zu (counting from 0; the %s token) hold a NaN or an "
+                         "infinity: the forward pass overflowed, or the weights are not finite; no token was chosen "
+                         "from them", n, n == n_prompt ? "first new" : "next");
             break;
         }
         ids[n++] = next;

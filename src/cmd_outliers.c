@@ -171,8 +171,9 @@ static int run_text(Model *m, const Windows *w, OutlierProbe *probe, const char 
             rc = model_forward(m, win + off, (int)rows, true, logits, err);
             for (long i = off; rc == 0 && i < off + rows && i + 1 < n; i++)
                 if (!score_row(logits + (size_t)(i - off) * (size_t)vocab, vocab, win[i + 1], sc))
-                    rc = err_set(err, "%s: the forward pass gave non-finite logits at position %ld of window %ld "
-                                 "(text token %ld): the model overflowed", label, i, wi + 1, begin + i + 1 - b);
+                    rc = err_set(err, "%s: the NLL of text token %ld (counting from 0; window %ld, position %ld) is "
+                                 "not finite: the logits hold a NaN or an infinity (the forward pass overflowed, or "
+                                 "the weights are not finite)", label, begin + i + 1 - b, wi + 1, i + 1);
         }
         if (probe->stats) outlier_stats_end_window(probe->stats);
         progress_update(&prog, wi + 1);

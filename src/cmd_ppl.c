@@ -122,9 +122,9 @@ static int evaluate(Session *s, const int32_t *text, long n_text, int32_t bos, l
             /* An NLL is finite whenever the logits are: a NaN or infinity means the forward
              * pass overflowed, and no perplexity can be made of it. */
             if (!isfinite(nll[i])) {
-                rc = err_set(err, "the forward pass gave a non-finite NLL (%g) for text token %ld (position %ld of "
-                             "window %ld): the model's logits overflowed; no perplexity", nll[i], i + 1 - b + begin,
-                             i + 1, r->windows + 1);
+                rc = err_set(err, "the NLL of text token %ld (counting from 0; window %ld, position %ld) is %g: the "
+                             "logits hold a NaN or an infinity (the forward pass overflowed, or the weights are not "
+                             "finite); no perplexity", i + 1 - b + begin, r->windows + 1, i + 1, nll[i]);
                 break;
             }
             r->nll_sum += nll[i];

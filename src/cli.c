@@ -378,14 +378,11 @@ int cli_text_option(const char *cmd, int code, const char *arg, TextOptions *t) 
     case 'f': t->text_file = arg; return 1;
     case OPT_IDS: t->ids_file = arg; return 1;
     case OPT_CTX:
-        if (cli_parse_int(arg, 2, 1 << 20, &t->ctx)) {
-            cli_usage_error(cmd, "--ctx '%s': expected a whole number from 2 to %d", arg, 1 << 20);
-            return -1;
-        }
-        return 1;
+        return cli_int_option(cmd, "--ctx", arg, 2, 1 << 20, &t->ctx) ? -1 : 1;
     case OPT_MAX_TOKENS:
         if (cli_parse_int(arg, 0, 1L << 40, &t->max_tokens) || t->max_tokens == 1) {
-            cli_usage_error(cmd, "--max-tokens '%s': expected 0 (the whole text) or a whole number >= 2", arg);
+            cli_usage_error(cmd, "--max-tokens '%s': expected 0 (the whole text) or a whole number from 2 to %ld", arg,
+                            1L << 40);
             return -1;
         }
         return 1;

@@ -12,6 +12,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -213,10 +214,11 @@ static int parse_header(StFile *f, Error *err) {
 
     /* json_parse refuses a NUL in the header, raw or as \u0000: cJSON's C strings would end
      * there, so "x\u0000evil" would name a tensor "x". */
+    char source[PATH_MAX + 16];
+    snprintf(source, sizeof source, "%s: header", f->path);
     Error jerr;
-    cJSON *root = json_parse(f->path, (const char *)base + 8, (size_t)hlen, &jerr);
-    if (!root)
-        return err_set(err, "%s (the header: corrupt or not a safetensors file)", jerr.msg);
+    cJSON *root = json_parse(source, (const char *)base + 8, (size_t)hlen, &jerr);
+    if (!root) return err_set(err, "%s; corrupt or not a safetensors file", jerr.msg);
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return err_set(err, "%s: header is not a JSON object", f->path);

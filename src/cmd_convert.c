@@ -16,7 +16,7 @@
  * OUT_DIR and renamed at the end; an error or SIGINT/SIGTERM removes the temporary
  * directory. Tensors are streamed in chunks, so memory stays small whatever the model.
  * --force replaces an existing OUT_DIR only if it is a checkpoint directory by its contents,
- * and deletes of the old copy only the checkpoint files (see check_replaceable). */
+ * and of the old copy deletes only the checkpoint files (see check_replaceable). */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -324,18 +324,8 @@ typedef struct Writer {
  * bitsandbytes quantizes it), so each must hold only values float16 can: a NaN or infinity,
  * or a finite value beyond 65504 (it would become infinity), is an error naming the tensor,
  * the element and the value. (A NaN would otherwise be written as int8 0, an infinity make
- * its row's scale infinite.) The same rule as loading in an int8 mode. */
-static int check_values(const StTensor *t, Error *err) {
-    int64_t i = dtype_first_beyond_f16(t->dtype, t->data, (size_t)t->numel);
-    if (i < 0) return 0;
-    float v = dtype_load_f32(t->dtype, t->data, (size_t)i);
-    char where[64] = "";
-    if (t->ndim == 2) snprintf(where, sizeof where, " (row %lld, column %lld)", (long long)(i / t->shape[1]),
-                               (long long)(i % t->shape[1]));
-    return err_set(err, "%s: tensor '%s': element %lld%s is %g, %s", t->file, t->name, (long long)i, where, (double)v,
-                   isfinite(v) ? "beyond float16's largest value 65504; it cannot be converted"
-                               : "not a finite number; the checkpoint is damaged");
-}
+ * its row's scale infinite.) Loading in an int8 mode applies the same rule. */
+static int check_values(const StTensor *t, Error *err) { return st_check_values(t, true, err); }
 
 /* Any float tensor → F16, chunk by chunk. */
 static int write_f16(Writer *wr, const OutTensor *o, Error *err) {

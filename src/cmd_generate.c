@@ -240,16 +240,16 @@ int cmd_generate(int argc, char **argv) {
     double t0 = cli_now();
     /* The logits stay in backend memory: the sampler brings back the chosen id only. */
     float *logits = out_failed ? NULL : model_forward_last(s.model, ids, (int)n_prompt, &err);
-    rc = out_failed || logits ? 0 : -1;
+    rc = (out_failed || logits) ? 0 : -1;
     double t_prompt = cli_now() - t0, t_decode = 0;
     size_t n = n_prompt;
     int decode_steps = 0;
     while (rc == 0 && !out_failed && (long)n < total) {
         int32_t next = sampler_pick(&sampler, s.bk, logits, ids, n);
         if (next < 0) {
-            rc = err_set(&err, "the logits at position %zu (counting from 0; the %s token) hold a NaN or an "
-                         "infinity: the forward pass overflowed, or the weights are not finite; no token was chosen "
-                         "from them", n, n == n_prompt ? "first new" : "next");
+            rc = err_set(&err, "the logits for the token at position %zu (counting from 0; the %s token) hold a NaN "
+                         "or an infinity: the forward pass overflowed, or the weights are not finite; no token was "
+                         "chosen from them", n, n == n_prompt ? "first new" : "next");
             break;
         }
         ids[n++] = next;

@@ -200,6 +200,20 @@ static int parse_metadata(StFile *f, const cJSON *meta, Error *err) {
     return 0;
 }
 
+int st_check_values(const StTensor *t, bool fit_f16, Error *err) {
+    size_t n = (size_t)t->numel;
+    int64_t i = fit_f16 ? dtype_first_beyond_f16(t->dtype, t->data, n) : dtype_first_nonfinite(t->dtype, t->data, n);
+    if (i < 0) return 0;
+    float v = dtype_load_f32(t->dtype, t->data, (size_t)i);
+    char where[64] = "";
+    if (t->ndim == 2 && t->shape[1] > 0)
+        snprintf(where, sizeof where, " (row %lld, column %lld)", (long long)(i / t->shape[1]),
+                 (long long)(i % t->shape[1]));
+    return err_set(err, "%s: tensor '%s': element %lld%s is %g, %s", t->file, t->name, (long long)i, where, (double)v,
+                   isfinite(v) ? "beyond float16's largest value 65504"
+                               : "not a finite number; the checkpoint is damaged");
+}
+
 /* Everything after mapping: parse the header and validate each tensor. */
 static int parse_header(StFile *f, Error *err) {
     const unsigned char *base = f->map;

@@ -114,14 +114,15 @@ int32_t sampler_pick(Sampler *s, Backend *bk, float *logits, const int32_t *hist
     double nll_top;
     bk->token_nll(bk, logits, 1, V, &top, &nll_top);
     if (!isfinite(nll_top)) return -1;
+    const bool greedy = c->greedy || c->temperature <= 0.0f;
     if (c->repetition_penalty != 1.0f) {
         int n = distinct_history(s, history, n_history);
         if (n) {
             bk->penalize(bk, logits, s->order, n, c->repetition_penalty);
-            top = bk->argmax(bk, logits, V);
+            if (greedy) top = bk->argmax(bk, logits, V);
         }
     }
-    if (c->greedy || c->temperature <= 0.0f) return top;
+    if (greedy) return top;
 
     /* The same candidates as choose_on_host, when the backend can give them all. */
     if ((c->top_k > 0 && c->top_k < V) || c->top_p < 1.0f) {

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# tools/interop/run.sh — llmint8 against transformers + bitsandbytes on the CPU (docs/TESTING.md,
+# "Interop"). Needs a build (tools/build.sh) and PyPI.
+#
+#   tools/interop/run.sh [--check-only] [--shape NAME] [--layers N] [--versions "4.57.6 5.25.0"]
+#
+# 1. For each transformers version: a virtualenv .venv-interop-<major> (tools/interop/setup.sh),
+#    then `interop.py check`: convert -> from_pretrained and load_in_8bit + save_pretrained ->
+#    llmint8, logits, perplexity and greedy ids compared (report in build-interop/).
+# 2. Unless --check-only: the synthetic checkpoint of `llmint8 bench --shape NAME` (default
+#    opt-125m) written to disk (synth_checkpoint.py), converted to int8 by llmint8, and timed in
+#    the same run: transformers + bitsandbytes (interop.py bench) and llmint8 generate on that
+#    same int8 directory, then `llmint8 bench` on the same shape for its own figures.
+#
+# Exit status: 0 all comparisons within tolerance; 1 a mismatch (or llmint8 failed); 77 skipped
+# (no build, or nothing could be installed from PyPI), after a line "interop: skipped (why)".
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+check_only=0 shape=opt-125m layers="" versions="${INTEROP_VERSIONS:-4.57.6 5.25.0}"
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --check-only) check_only=1 ;;
+    --shape) shape=$2; shift ;;
+    --layers) layers=$2; shift ;;
+    --versions) versions=$2; shift ;;
+    *) echo "usage: $0 [--check-only] [--shape NAME] [--layers N] [--versions \"V1 V2\"]" >&2; exit 2 ;;
+  esac
+  shift
+done
+build=${BUILD_DIR:-build}
+out=build-interop
+threads=$(nproc)
+skip() { echo "interop: skipped ($*)"; exit 77; }
+
+[[ -x $build/llmint8 && -f $build/libllmint8.a ]] || skip "no $build/llmint8 or $build/libllmint8.a: run tools/build.sh first"
+mkdir -p "$out"
+# The logits helper, against the library of the build (tools/interop/dump_logits.c).
+cc -std=c11 -O2 -Wall -Wextra -Werror -D_GNU_SOURCE -Isrc tools/interop/dump_logits.c "$build/libllmint8.a" \
+   -o "$out/dump_logits" $(pkg-config --libs libcjson libpcre2-8) -fopenmp -lm -lpthread \
+   || { echo "interop: dump_logits did not build"; exit 1; }
+
+status=0 venvs=()
+for v in $versions; do
+  venv=.venv-interop-${v%%.*}
+  if ! tools/interop/setup.sh "$venv" "$v"; then
+    echo "interop: transformers $v: install from PyPI failed, not checked"
+    continue
+  fi
+  venvs+=("$venv")
+  "$venv/bin/python" tools/interop/interop.py check --root . --llmint8 "$build/llmint8" --dump "$out/dump_logits" \
+      --work "$out/work-$v" --report "$out/check-$v.json" --threads "$threads" || status=1
+done
+[[ ${#venvs[@]} -gt 0 ]] || skip "transformers + bitsandbytes could not be installed from PyPI"
+[[ $check_only == 1 ]] && exit $status
+
+# ---- timing: the same synthetic checkpoint, both sides, one run -----------------------------
+fp16=$out/synth-$shape${layers:+-L$layers} int8=$out/synth-$shape${layers:+-L$layers}-int8
+py=${venvs[-1]}/bin/python
+if [[ ! -f $fp16/model.safetensors ]]; then
+  $py tools/interop/synth_checkpoint.py "$fp16" --shape "$shape" ${layers:+--layers $layers} || exit 1
+fi
+"$build/llmint8" convert "$fp16" -o "$int8" --force >/dev/null || { echo "interop: llmint8 convert failed"; exit 1; }
+$py - "$out/bench.ids" <<'PY'
+import sys, numpy as np
+np.savetxt(sys.argv[1], np.random.default_rng(42).integers(4, 1000, 160)[None], fmt="%d")
+PY
+timing=$out/timing-$shape.jsonl
+: > "$timing"
+for venv in "${venvs[@]}"; do
+  echo "interop: timing transformers + bitsandbytes ($venv) on $int8" >&2
+  "$venv/bin/python" tools/interop/interop.py bench --model "$int8" --ids "$out/bench.ids" --threads "$threads" \
+      | sed "s/^/{\"who\": \"$venv\", \"r\": /; s/\$/}/" >> "$timing" || status=1
+done
+echo "interop: timing llmint8 generate on $int8" >&2
+$py tools/interop/interop.py time-llmint8 --llmint8 "$build/llmint8" --model "$int8" --ids "$out/bench.ids" \
+    --threads "$threads" | sed 's/^/{"who": "llmint8 generate", "r": /; s/$/}/' >> "$timing" || status=1
+echo "interop: llmint8 bench --shape $shape" >&2
+"$build/llmint8" bench --shape "$shape" ${layers:+--layers $layers} --model-only --ppl-tokens 0 --json \
+    --threads "$threads" --tmpdir "$out" | tr -d '\n' | sed 's/^/{"who": "llmint8 bench", "r": /; s/$/}\n/' >> "$timing" \
+    || status=1
+$py - "$timing" "$shape" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print(f"\n| {sys.argv[2]} (synthetic, int8 LLM.int8()) | prompt tok/s | decode tok/s | peak RSS (MiB) |")
+print("|---|---:|---:|---:|")
+for row in rows:
+    who, r = row["who"], row["r"]
+    if who == "llmint8 bench":
+        for k in ("int8", "fp16"):
+            m = r["model"][k]
+            print(f"| llmint8 bench, {k} (peak after load) | {m['prompt_tokens_per_second']:.1f} | "
+                  f"{m['decode_tokens_per_second']:.2f} | {m['peak_rss_generate_bytes'] / 2**20:.0f} |")
+    elif who == "llmint8 generate":
+        print(f"| llmint8 generate, int8 checkpoint (whole process) | {r['prompt_tokens_per_second']:.1f} | "
+              f"{r['decode_tokens_per_second']:.2f} | {r['peak_rss_bytes'] / 2**20:.0f} |")
+    else:
+        v = r["versions"]
+        print(f"| transformers {v['transformers']} + bitsandbytes {v['bitsandbytes']} (whole process) | "
+              f"{r['prompt_tokens_per_second']:.1f} | {r['decode_tokens_per_second']:.2f} | "
+              f"{r['peak_rss_load_bytes'] / 2**20:.0f} |")
+        print(f"| ... the same, peak after load | | | {r['peak_rss_generate_bytes'] / 2**20:.0f} |")
+PY
+exit $status

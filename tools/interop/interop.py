@@ -123,6 +123,17 @@ def hf_load(model_dir, quantize):
         kw["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=6.0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kw)
     model.eval()
+    # transformers 5.x, given a pre-quantized 8-bit directory whose 16-bit tensors are stored as
+    # float16 (llmint8 convert's, and its own save_pretrained of a float16 model alike), keeps
+    # some of them (LayerNorm weights, embeddings) in float16 although dtype=float32 was asked,
+    # and the first LayerNorm then fails ("expected scalar type Half but found Float"). Those
+    # parameters are upcast here, which is what 4.x does while loading.
+    upcast = 0
+    for p in model.parameters():
+        if p.dtype in (torch.float16, torch.bfloat16):
+            p.data = p.data.float()
+            upcast += 1
+    model.interop_upcast = upcast
     return model
 
 
@@ -294,6 +305,7 @@ def check_one(a, name, src, ids, prompt, gold):
         c = compare(hf_logits(model, ids), llmint8_logits(a.dump, conv, ids, a.work, name + "-A"), ids, g_hf, margins,
                     llmint8_greedy(a.llmint8, conv, prompt, 16, a.work, name + "-A"), TOL_AS_SHIPPED)
         c["bnb_int8_linears"] = int8_linear_count(model)
+        c["float16_parameters_upcast_after_load"] = model.interop_upcast
         res["convert_to_transformers"] = c
         del model
     except Exception as e:  # noqa: BLE001 - reported, and counted as a failure

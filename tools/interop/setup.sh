@@ -6,7 +6,7 @@
 # torch: PyPI serves only the CUDA build for Linux x86-64 (no CPU-only wheel there; the CPU
 # wheels live on PyTorch's own index, which this project's machines cannot reach). The CUDA
 # build's libraries link against the NVIDIA runtime packages it depends on, so `import torch`
-# fails without them: the whole dependency set is installed (about 3.5 GB downloaded, 5.4 GB
+# fails without them: the whole dependency set is installed (about 3.1 GB downloaded, 5.7 GB
 # on disk) and then used on the CPU only.
 set -euo pipefail
 venv=${1:?usage: setup.sh VENV TRANSFORMERS_VERSION}

@@ -99,13 +99,17 @@ def hf_versions():
 
 
 def quiet():
-    """bitsandbytes warns once per call that it casts float32 inputs to float16; said once in
-    the report instead."""
+    """bitsandbytes warns at every call that it casts float32 inputs to float16 (docs/TESTING.md
+    says it once), and transformers draws progress bars: neither goes to the log."""
     import logging
     import warnings
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
 
 
 def hf_load(model_dir, quantize):

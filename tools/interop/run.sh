@@ -83,23 +83,26 @@ echo "interop: llmint8 bench --shape $shape" >&2
 $py - "$timing" "$shape" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print(f"\n| {sys.argv[2]} (synthetic, int8 LLM.int8()) | prompt tok/s | decode tok/s | peak RSS (MiB) |")
-print("|---|---:|---:|---:|")
+mib = lambda b: f"{b / 2**20:.0f}"
+print(f"\n| {sys.argv[2]} (synthetic), int8 LLM.int8() | prompt tok/s | decode tok/s | peak RSS, generation (MiB) | peak RSS, whole process (MiB) |")
+print("|---|---:|---:|---:|---:|")
 for row in rows:
     who, r = row["who"], row["r"]
-    if who == "llmint8 bench":
+    if who == "transformers":
+        v = r["versions"]
+        print(f"| transformers {v['transformers']} + bitsandbytes {v['bitsandbytes']}, int8 checkpoint | "
+              f"{r['prompt_tokens_per_second']:.1f} | {r['decode_tokens_per_second']:.2f} | "
+              f"{mib(r['peak_rss_generate_bytes'])} | {mib(max(r['peak_rss_load_bytes'], r['peak_rss_generate_bytes']))} |")
+    elif who == "llmint8 generate":
+        print(f"| llmint8 generate, same int8 checkpoint | {r['prompt_tokens_per_second']:.1f} | "
+              f"{r['decode_tokens_per_second']:.2f} | | {mib(r['peak_rss_bytes'])} |")
+    else:
         for k in ("int8", "fp16"):
             m = r["model"][k]
-            print(f"| llmint8 bench, {k} (peak after load) | {m['prompt_tokens_per_second']:.1f} | "
-                  f"{m['decode_tokens_per_second']:.2f} | {m['peak_rss_generate_bytes'] / 2**20:.0f} |")
-    elif who == "llmint8 generate":
-        print(f"| llmint8 generate, int8 checkpoint (whole process) | {r['prompt_tokens_per_second']:.1f} | "
-              f"{r['decode_tokens_per_second']:.2f} | {r['peak_rss_bytes'] / 2**20:.0f} |")
-    else:
-        v = r["versions"]
-        print(f"| transformers {v['transformers']} + bitsandbytes {v['bitsandbytes']} (whole process) | "
-              f"{r['prompt_tokens_per_second']:.1f} | {r['decode_tokens_per_second']:.2f} | "
-              f"{r['peak_rss_load_bytes'] / 2**20:.0f} |")
-        print(f"| ... the same, peak after load | | | {r['peak_rss_generate_bytes'] / 2**20:.0f} |")
+            what = "int8 (16-bit checkpoint quantized on load)" if k == "int8" else "fp16"
+            print(f"| llmint8 bench, {what} | {m['prompt_tokens_per_second']:.1f} | "
+                  f"{m['decode_tokens_per_second']:.2f} | {mib(m['peak_rss_generate_bytes'])} | "
+                  f"{mib(max(m['peak_rss_load_bytes'], m['peak_rss_generate_bytes']))} |")
+        print(f"\n(bench: cpu_busy_before {r['cpu_busy_before']}: other processes' share of the CPUs just before)")
 PY
 exit $status

@@ -1,7 +1,7 @@
 """interop.py — llmint8 against transformers + bitsandbytes themselves, on the CPU.
 
 Runs inside a virtualenv made by tools/interop/setup.sh (torch, transformers, bitsandbytes,
-accelerate, safetensors, numpy); tools/interop/run.sh calls it. Two subcommands:
+accelerate, safetensors, numpy); tools/interop/run.sh calls it. Three subcommands:
 
 check   For each model (the fixtures in tests/data/fixtures and models/opt-gutenberg-7m):
         A. `llmint8 convert` writes an 8-bit directory; transformers loads it with
@@ -10,6 +10,10 @@ check   For each model (the fixtures in tests/data/fixtures and models/opt-guten
         B. transformers loads the 16-bit checkpoint with load_in_8bit (bitsandbytes quantizes
            it) and writes it with save_pretrained; llmint8 loads that directory; the same
            comparison, plus its int8 weights (CB) and scales (SCB) against convert's.
+        C. The model of B run with Fp32Activations: bitsandbytes then quantizes the float32
+           activations it is given instead of casting them to float16 first, as llmint8 (and
+           the fixtures' int8 goldens) do. That removes the one difference by design; what is
+           left is rounding.
         Reported per comparison: max |delta logit| over all positions and the whole vocabulary,
         perplexity of the T ids both ways, positions whose argmax agree, and 16 greedy tokens
         after an 8-token prompt both ways (llmint8 `generate --greedy --print-ids`, transformers
@@ -19,10 +23,7 @@ check   For each model (the fixtures in tests/data/fixtures and models/opt-guten
 bench   Times transformers + bitsandbytes LLM.int8() on a checkpoint directory (prompt tokens/s,
         decode tokens/s, peak RSS) in this process, and prints one JSON object.
 
-C. (inside B) The same transformers model run with Fp32Activations: bitsandbytes then quantizes
-   the float32 activations it is given instead of casting them to float16 first, which is what
-   llmint8 (and the fixtures' int8 goldens) do. That removes the one difference by design; what
-   is left is rounding.
+time-llmint8  The same timing of `llmint8 generate` on the same ids, as one JSON object.
 
 Tolerances. Whole-model int8 logits are chaotic: one activation rounding that flips (a 1e-6
 relative difference in a LayerNorm or in the order of a sum) moves a logit by 0.02-0.1

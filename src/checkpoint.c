@@ -1,13 +1,17 @@
 /* checkpoint.c — a checkpoint directory: config.json plus one safetensors file or an
- * index and its shards, with tensors looked up by their short name (SPEC §3).
+ * index and its shards, with tensors looked up by their short name (docs/MODELS.md).
  *
  * Hub checkpoints disagree on prefixes: OPT-125m stores "model.decoder.…", OPT-350m
  * "decoder.…"; BLOOM shards store "h.0.…" while HF-saved copies store
- * "transformer.h.0.…". Every tensor is indexed under its name without the prefix,
- * so the model code asks for one spelling only. */
+ * "transformer.h.0.…". Every tensor is indexed under its name without the prefix its
+ * architecture's table gives, so the model code asks for one spelling only. */
 #include "checkpoint.h"
 
+#include "arch.h"
+
 #include "fileio.h"
+#include "json_in.h"
+#include "torchbin.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -19,6 +23,8 @@
 
 #define INDEX_NAME "model.safetensors.index.json"
 #define SINGLE_NAME "model.safetensors"
+#define BIN_INDEX_NAME "pytorch_model.bin.index.json"
+#define BIN_SINGLE_NAME "pytorch_model.bin"
 #define INDEX_MAX_BYTES (100u * 1000u * 1000u)
 
 typedef struct Entry {
@@ -42,7 +48,7 @@ size_t checkpoint_count(const Checkpoint *c) { return c->n_all; }
 const StTensor *checkpoint_tensor(const Checkpoint *c, size_t i) { return i < c->n_all ? c->all[i] : NULL; }
 
 const char *checkpoint_short_name(const Checkpoint *c, const char *name) {
-    const char *prefix = c->cfg.arch == ARCH_OPT ? "model." : "transformer.";
+    const char *prefix = arch_of(&c->cfg)->prefix;
     size_t len = strlen(prefix);
     return strncmp(name, prefix, len) == 0 && name[len] ? name + len : name;
 }
@@ -78,7 +84,9 @@ static int add_file(Checkpoint *c, const char *name, Error *err) {
         return err_set(err, "out of memory");
     }
     c->files = files;
-    int rc = st_open(path, &c->files[c->n_files], err);
+    size_t len = strlen(name);
+    bool torch_bin = len >= 4 && strcmp(name + len - 4, ".bin") == 0; /* PyTorch's format */
+    int rc = (torch_bin ? torchbin_open : st_open)(path, &c->files[c->n_files], err);
     free(path);
     if (rc == 0) c->n_files++;
     return rc;
@@ -99,10 +107,12 @@ static int open_sharded(Checkpoint *c, const char *index_path, Error *err) {
     char *text;
     size_t len;
     if (read_small_file(index_path, INDEX_MAX_BYTES, &text, &len, err)) return -1;
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    const char *index_name = strrchr(index_path, '/') ? strrchr(index_path, '/') + 1 : index_path;
+    cJSON *root = json_parse(index_path, text, len, err);   /* refuses \u0000 and trailing text */
     free(text);
+    if (!root) return -1;
     const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
-    if (!root || !cJSON_IsObject(root) || !cJSON_IsObject(map)) {
+    if (!cJSON_IsObject(root) || !cJSON_IsObject(map)) {
         cJSON_Delete(root);
         return err_set(err, "%s: not valid JSON with a \"weight_map\" object", index_path);
     }
@@ -143,7 +153,7 @@ static int open_sharded(Checkpoint *c, const char *index_path, Error *err) {
         bool exists = p && file_exists(p);
         free(p);
         if (!exists) {
-            err_set(err, "%s: shard '%s' named in %s does not exist", c->dir, shards[i], INDEX_NAME);
+            err_set(err, "%s: shard '%s' named in %s does not exist", c->dir, shards[i], index_name);
             goto done;
         }
         if (add_file(c, shards[i], err)) goto done;
@@ -153,7 +163,7 @@ static int open_sharded(Checkpoint *c, const char *index_path, Error *err) {
         const StFile *f = c->files[hit - shards];
         if (!st_find(f, item->string)) {
             err_set(err, "%s: tensor '%s' is listed in %s but the shard does not contain it", st_path(f),
-                    item->string, INDEX_NAME);
+                    item->string, index_name);
             goto done;
         }
     }
@@ -161,6 +171,22 @@ static int open_sharded(Checkpoint *c, const char *index_path, Error *err) {
 done:
     free(shards);
     cJSON_Delete(root);
+    return rc;
+}
+
+/* PyTorch's own format, for repositories without safetensors: pytorch_model.bin, or the
+ * shards listed in pytorch_model.bin.index.json (the same "weight_map" layout; add_file picks
+ * the reader by the .bin suffix). *found is false when the directory has neither. */
+static int open_torch_bin(Checkpoint *c, bool *found, Error *err) {
+    char *single = join(c->dir, BIN_SINGLE_NAME), *index = join(c->dir, BIN_INDEX_NAME);
+    int rc = 0;
+    *found = true;
+    if (!single || !index) rc = err_set(err, "out of memory");
+    else if (file_exists(single)) rc = add_file(c, BIN_SINGLE_NAME, err);
+    else if (file_exists(index)) rc = open_sharded(c, index, err);
+    else *found = false;
+    free(single);
+    free(index);
     return rc;
 }
 
@@ -223,8 +249,13 @@ int checkpoint_open(const char *dir, Checkpoint **out, Error *err) {
     } else if (file_exists(index)) {
         if (open_sharded(c, index, err)) goto done;
     } else {
-        err_set(err, "%s: no weights found (looked for %s and %s)", c->dir, SINGLE_NAME, INDEX_NAME);
-        goto done;
+        bool found;
+        if (open_torch_bin(c, &found, err)) goto done;
+        if (!found) {
+            err_set(err, "%s: no weights found (looked for %s, %s, %s and %s)", c->dir, SINGLE_NAME, INDEX_NAME,
+                    BIN_SINGLE_NAME, BIN_INDEX_NAME);
+            goto done;
+        }
     }
     if (build_index(c, err)) goto done;
     rc = 0;
@@ -263,24 +294,16 @@ static void shape_str(const int64_t *shape, int ndim, char *buf, size_t cap) {
 }
 
 /* Says which config fields an expected shape came from, e.g. "ffn_dim 256, hidden_size 64",
- * by matching each dimension against the config's sizes. */
+ * by matching each dimension against the sizes the architecture's table labels. */
 static void shape_origin(const ModelConfig *m, const int64_t *shape, int ndim, char *buf, size_t cap) {
-    const struct { const char *name; int64_t value; } known[] = {
-        {"vocab_size", m->vocab_size},
-        {"hidden_size", m->hidden},
-        {"ffn_dim", m->arch == ARCH_OPT ? m->ffn_dim : 0},
-        {"4*hidden_size", m->arch == ARCH_BLOOM ? m->ffn_dim : 0},
-        {"3*hidden_size", 3 * (int64_t)m->hidden},
-        {"word_embed_proj_dim", m->arch == ARCH_OPT ? m->word_embed_proj_dim : 0},
-        {"max_position_embeddings+2", m->arch == ARCH_OPT ? m->max_positions + 2 : 0},
-    };
+    const Architecture *a = arch_of(m);
     buf[0] = 0;
     for (int d = 0; d < ndim; d++) {
-        for (size_t k = 0; k < sizeof known / sizeof known[0]; k++) {
-            if (known[k].value != shape[d]) continue;
+        for (int k = 0; k < DIM_COUNT; k++) {
+            if (!a->dim_labels[k] || arch_dim(m, (ArchDim)k) != shape[d]) continue;
             bool dup = false; /* don't repeat a field already named */
             for (int e = 0; e < d; e++) dup |= shape[e] == shape[d];
-            if (!dup) append(buf, cap, "%s%s %lld", buf[0] ? ", " : "", known[k].name, (long long)shape[d]);
+            if (!dup) append(buf, cap, "%s%s %lld", buf[0] ? ", " : "", a->dim_labels[k], (long long)shape[d]);
             break;
         }
     }
@@ -292,9 +315,9 @@ int checkpoint_require(const Checkpoint *c, const char *short_name, int ndim, co
     const StTensor *t = checkpoint_find(c, short_name);
     if (!t) {
         if (c->n_files == 1)
-            return err_set(err, "%s: tensor '%s' is missing (looked in %s)", c->dir, short_name, SINGLE_NAME);
-        return err_set(err, "%s: tensor '%s' is missing (looked in the %zu shards listed in %s)", c->dir,
-                       short_name, c->n_files, INDEX_NAME);
+            return err_set(err, "%s: tensor '%s' is missing (looked in %s)", c->dir, short_name, st_path(c->files[0]));
+        return err_set(err, "%s: tensor '%s' is missing (looked in the %zu shards listed in the index)", c->dir,
+                       short_name, c->n_files);
     }
     bool same = t->ndim == ndim;
     for (int d = 0; same && d < ndim; d++) same = t->shape[d] == shape[d];

@@ -2,9 +2,10 @@
  *
  * Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`
  * (every shard named in the index must exist, every tensor the index names must be
- * in the shard it names), and looks tensors up by their *short* name: the name
- * without the "model." (OPT) or "transformer." (BLOOM) prefix that some
- * checkpoints carry and others do not (SPEC §3). */
+ * in the shard it names); when there are none, PyTorch's `pytorch_model.bin` or its
+ * shards and `pytorch_model.bin.index.json` the same way (torchbin.h), and looks tensors up by their *short* name: the name
+ * without the architecture's prefix ("model." OPT, "transformer." BLOOM: arch.h) that
+ * some checkpoints carry and others do not (docs/MODELS.md). */
 #ifndef LLMINT8_CHECKPOINT_H
 #define LLMINT8_CHECKPOINT_H
 
@@ -35,7 +36,7 @@ int checkpoint_require(const Checkpoint *c, const char *short_name, int ndim, co
 /* All tensors of all shards, for `info` and `convert`. */
 size_t checkpoint_count(const Checkpoint *c);
 const StTensor *checkpoint_tensor(const Checkpoint *c, size_t i);
-/* Strips the arch prefix from a stored name (returns a pointer into `name`). */
+/* Strips the architecture's prefix from a stored name (returns a pointer into `name`). */
 const char *checkpoint_short_name(const Checkpoint *c, const char *name);
 
 #define DT_MASK(t) (1u << (t))

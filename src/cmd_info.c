@@ -1,11 +1,14 @@
 /* cmd_info.c — `llmint8 info`: what a checkpoint holds, and what it costs in memory.
  * Loading the model here (16-bit, used in place from the mapping: cheap) checks that every
  * tensor the architecture needs is present with the right shape. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "arch.h"
 #include "cli.h"
 #include "commands.h"
+#include "json_out.h"
 
 static const char HELP[] =
     "Usage: llmint8 info MODEL_DIR [--json]\n"
@@ -16,24 +19,35 @@ static const char HELP[] =
 
 enum { OPT_JSON = OPT_COMMAND_BASE };
 
-/* Parameters in projections (quantized by int8) and in everything else (kept 16-bit). */
-static void count_params(const Checkpoint *ck, int64_t *proj, int64_t *other, int64_t *stored_bytes,
-                         unsigned *dtypes) {
+/* Parameters in projections (quantized by int8) and in everything else (kept 16-bit), from
+ * the architecture's tensor list (the lm_head is the tied embedding: not counted again);
+ * bytes and dtypes as stored. */
+static int count_params(const Checkpoint *ck, int64_t *proj, int64_t *other, int64_t *stored_bytes, unsigned *dtypes,
+                        Error *err) {
     *proj = *other = *stored_bytes = 0;
     *dtypes = 0;
     for (size_t i = 0; i < checkpoint_count(ck); i++) {
         const StTensor *t = checkpoint_tensor(ck, i);
-        const char *name = checkpoint_short_name(ck, t->name);
-        size_t len = strlen(name);
         *stored_bytes += (int64_t)t->nbytes;
         *dtypes |= DT_MASK(t->dtype);
-        if (strcmp(name, "lm_head.weight") == 0) continue; /* tied to the embedding */
-        if (len > 4 && (strcmp(name + len - 4, ".SCB") == 0 || strstr(name, "weight_format"))) continue;
-        bool is_proj = len > 7 && strcmp(name + len - 7, ".weight") == 0 && t->ndim == 2 &&
-                       !strstr(name, "embed") && !strstr(name, "word_embeddings");
-        if (is_proj) *proj += t->numel;
-        else *other += t->numel;
     }
+    ArchTensor *list;
+    size_t n;
+    if (arch_tensors(checkpoint_config(ck), &list, &n, err)) return -1;
+    for (size_t i = 0; i < n; i++) {
+        const ArchTensor *t = &list[i];
+        switch (t->role) {
+        case TENSOR_PROJECTION:
+            *proj += t->rows * t->cols;
+            if (t->bias) *other += t->rows;
+            break;
+        case TENSOR_EMBEDDING: *other += t->rows * t->cols; break;
+        case TENSOR_NORM: *other += 2 * t->rows; break;
+        case TENSOR_LM_HEAD: break;
+        }
+    }
+    free(list);
+    return 0;
 }
 
 int cmd_info(int argc, char **argv) {
@@ -70,7 +84,10 @@ int cmd_info(int argc, char **argv) {
     const ModelConfig *m = checkpoint_config(s.ck);
     int64_t proj, other, stored;
     unsigned dtypes;
-    count_params(s.ck, &proj, &other, &stored, &dtypes);
+    if (count_params(s.ck, &proj, &other, &stored, &dtypes, &err)) {
+        cli_session_close(&s);
+        return cli_fail(&err);
+    }
     char dt[64] = "";
     for (int t = 0; t < DT_COUNT; t++)
         if (dtypes & DT_MASK(t)) {
@@ -80,24 +97,34 @@ int cmd_info(int argc, char **argv) {
     /* fp16: 2 bytes per parameter; int8: 1 byte per projection weight plus a 4-byte scale per
      * output row (ignored here: < 0.1%), 16-bit for the rest. */
     double fp16_mb = 2.0 * (double)(proj + other) / 1e6, int8_mb = ((double)proj + 2.0 * (double)other) / 1e6;
-    long native = m->arch == ARCH_OPT ? m->max_positions : 2048;
+    long native = arch_native_context(m);
+    int rc = 0;
     if (json) {
-        printf("{\"architecture\": \"%s\", \"layers\": %d, \"hidden\": %d, \"heads\": %d, \"ffn\": %d, "
-               "\"vocab\": %d, \"positions\": %ld, \"parameters\": %lld, \"projection_parameters\": %lld, "
-               "\"stored_dtype\": \"%s\", \"int8_checkpoint\": %s, \"stored_bytes\": %lld, "
-               "\"fp16_megabytes\": %.1f, \"int8_megabytes\": %.1f, \"tokenizer\": %s}\n",
-               arch_name(m->arch), m->n_layers, m->hidden, m->n_heads, m->ffn_dim, m->vocab_size, native,
-               (long long)(proj + other), (long long)proj, dt, m->load_in_8bit ? "true" : "false",
-               (long long)stored, fp16_mb, int8_mb, s.tok ? "true" : "false");
+        JsonOut j;
+        json_out_begin(&j);
+        json_add_string(&j, j.root, "architecture", arch_name(m->arch));
+        json_add_int(&j, j.root, "layers", m->n_layers);
+        json_add_int(&j, j.root, "hidden", m->hidden);
+        json_add_int(&j, j.root, "heads", m->n_heads);
+        json_add_int(&j, j.root, "ffn", m->ffn_dim);
+        json_add_int(&j, j.root, "vocab", m->vocab_size);
+        json_add_int(&j, j.root, "positions", native);
+        json_add_int(&j, j.root, "parameters", proj + other);
+        json_add_int(&j, j.root, "projection_parameters", proj);
+        json_add_string(&j, j.root, "stored_dtype", dt);
+        json_add_bool(&j, j.root, "int8_checkpoint", m->load_in_8bit);
+        json_add_int(&j, j.root, "stored_bytes", stored);
+        json_add_number(&j, j.root, "fp16_megabytes", round(fp16_mb * 10) / 10, NULL);
+        json_add_number(&j, j.root, "int8_megabytes", round(int8_mb * 10) / 10, NULL);
+        json_add_bool(&j, j.root, "tokenizer", s.tok != NULL);
+        rc = json_out_print(&j, stdout, false, &err);
     } else {
         printf("model:        %s\n", co.model_dir);
         printf("architecture: %s, %d layers, hidden %d, %d heads of %d, ffn %d, vocab %d\n", arch_name(m->arch),
                m->n_layers, m->hidden, m->n_heads, m->head_dim, m->ffn_dim, m->vocab_size);
-        if (m->arch == ARCH_OPT)
-            printf("              %s-LayerNorm, %d positions%s\n", m->do_layer_norm_before ? "pre" : "post",
-                   m->max_positions, m->word_embed_proj_dim != m->hidden ? ", project_in/out" : "");
-        else
-            printf("              ALiBi positions (2048 by default)\n");
+        char summary[128];
+        arch_of(m)->summary(m, summary, sizeof summary);
+        printf("              %s\n", summary);
         printf("parameters:   %.2f M (%.2f M in projections, quantized by int8)\n", (double)(proj + other) / 1e6,
                (double)proj / 1e6);
         printf("stored:       %s, %.1f MB in %zu tensors%s\n", dt, (double)stored / 1e6, checkpoint_count(s.ck),
@@ -106,5 +133,5 @@ int cmd_info(int argc, char **argv) {
         printf("tokenizer:    %s\n", s.tok ? "found" : "none in MODEL_DIR (use --tokenizer DIR for text)");
     }
     cli_session_close(&s);
-    return 0;
+    return rc ? cli_fail(&err) : 0;
 }

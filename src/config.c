@@ -1,12 +1,16 @@
-/* config.c — config.json → ModelConfig (SPEC §3.1 OPT, §3.2 BLOOM, §2.3 quantization_config).
+/* config.c — config.json → ModelConfig: the readers every architecture's parse_config
+ * uses, the fields all families share, and quantization_config (docs/MODELS.md).
  *
- * The dimensions are required and range-checked here so that every later size
- * computation (vocab * hidden, layers * ctx * hidden, ...) fits comfortably in
- * 64 bits; booleans and the rest fall back to the defaults of the transformers
- * config classes when absent. */
+ * The dimensions are required and range-checked by the readers so that every later size
+ * computation (vocab * hidden, layers * ctx * hidden, ...) fits comfortably in 64 bits;
+ * booleans and the rest fall back to the defaults of the transformers config classes
+ * when absent. */
 #include "config.h"
 
+#include "arch.h"
+
 #include "fileio.h"
+#include "json_in.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -18,17 +22,11 @@
 /* config.json files are a few KB; anything much larger is not a config. */
 #define CONFIG_MAX_BYTES (16u * 1000u * 1000u)
 
-const char *arch_name(Arch a) { return a == ARCH_BLOOM ? "bloom" : "opt"; }
-
 /* ---- field readers ----------------------------------------------------------------
  * Each takes the list of accepted spellings of a field (aliases), uses the first one
  * present and non-null, and reports errors naming that spelling and the file. */
 
-typedef struct Ctx {
-    const char *path;
-    const cJSON *root;
-    Error *err;
-} Ctx;
+typedef ConfigReader Ctx;
 
 /* The first alias present with a non-null value (its name in *which), or NULL. If two
  * aliases are both present with different values, that is an error (*conflict set). */
@@ -52,7 +50,7 @@ static const cJSON *find_field(const Ctx *c, const char *const *names, const cha
 }
 
 /* An integer field in [lo, hi]. Absent: *out = dflt if !required, else an error. */
-static int get_int(const Ctx *c, const char *const *names, bool required, long dflt, long lo, long hi, int *out) {
+int config_get_int(const Ctx *c, const char *const *names, bool required, long dflt, long lo, long hi, int *out) {
     const char *which = names[0];
     bool conflict;
     const cJSON *v = find_field(c, names, &which, &conflict);
@@ -77,7 +75,7 @@ static int get_int(const Ctx *c, const char *const *names, bool required, long d
     return 0;
 }
 
-static int get_bool(const Ctx *c, const char *name, bool dflt, bool *out) {
+int config_get_bool(const Ctx *c, const char *name, bool dflt, bool *out) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(c->root, name);
     if (!v || cJSON_IsNull(v)) {
         *out = dflt;
@@ -88,13 +86,22 @@ static int get_bool(const Ctx *c, const char *name, bool dflt, bool *out) {
     return 0;
 }
 
-/* A string field; NULL when absent or null. */
-static int get_string(const Ctx *c, const char *name, const char **out) {
+int config_get_string(const Ctx *c, const char *name, const char **out) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(c->root, name);
     *out = NULL;
     if (!v || cJSON_IsNull(v)) return 0;
     if (!cJSON_IsString(v)) return err_set(c->err, "%s: field '%s' must be a string", c->path, name);
     *out = v->valuestring;
+    return 0;
+}
+
+int config_get_float(const Ctx *c, const char *name, float dflt, double lo, double hi, float *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c->root, name);
+    *out = dflt;
+    if (!v || cJSON_IsNull(v)) return 0;
+    if (!cJSON_IsNumber(v) || !(v->valuedouble > lo && v->valuedouble < hi))
+        return err_set(c->err, "%s: field '%s' must be a number between %g and %g", c->path, name, lo, hi);
+    *out = (float)v->valuedouble;
     return 0;
 }
 
@@ -104,7 +111,7 @@ static int get_string(const Ctx *c, const char *name, const char **out) {
 static int get_token_id(const Ctx *c, const char *name, int vocab, int *out) {
     const char *names[] = {name, NULL};
     int id;
-    if (get_int(c, names, false, -1, -((long)1 << 30), (long)1 << 30, &id)) return -1;
+    if (config_get_int(c, names, false, -1, -((long)1 << 30), (long)1 << 30, &id)) return -1;
     *out = id >= 0 && id < vocab ? id : -1;
     return 0;
 }
@@ -130,72 +137,14 @@ static int check_unique_keys(const cJSON *obj, const char *where, Error *err) {
     return rc;
 }
 
-/* ---- the two architectures ------------------------------------------------------- */
-
-#define NAMES(...) ((const char *const[]){__VA_ARGS__, NULL})
-
-static int check_heads(const Ctx *c, const ModelConfig *cfg, const char *heads_name, const char *hidden_name) {
+int config_check_heads(const Ctx *c, const ModelConfig *cfg, const char *heads_name, const char *hidden_name) {
     if (cfg->n_heads > cfg->hidden || cfg->hidden % cfg->n_heads != 0)
         return err_set(c->err, "%s: field '%s' (%d) must divide '%s' (%d)", c->path, heads_name, cfg->n_heads,
                        hidden_name, cfg->hidden);
     return 0;
 }
 
-static int load_opt(const Ctx *c, ModelConfig *cfg) {
-    if (get_int(c, NAMES("vocab_size"), true, 0, 1, 1 << 24, &cfg->vocab_size) ||
-        get_int(c, NAMES("hidden_size", "d_model"), true, 0, 1, 1 << 17, &cfg->hidden) ||
-        get_int(c, NAMES("num_hidden_layers"), true, 0, 1, 1 << 12, &cfg->n_layers) ||
-        get_int(c, NAMES("num_attention_heads"), true, 0, 1, 1 << 17, &cfg->n_heads) ||
-        get_int(c, NAMES("ffn_dim"), true, 0, 1, 1 << 20, &cfg->ffn_dim) ||
-        get_int(c, NAMES("max_position_embeddings"), true, 0, 1, 1 << 20, &cfg->max_positions) ||
-        get_int(c, NAMES("word_embed_proj_dim"), false, cfg->hidden, 1, 1 << 17, &cfg->word_embed_proj_dim))
-        return -1;
-    if (check_heads(c, cfg, "num_attention_heads", "hidden_size")) return -1;
-
-    if (get_bool(c, "do_layer_norm_before", true, &cfg->do_layer_norm_before) ||
-        get_bool(c, "_remove_final_layer_norm", false, &cfg->remove_final_layer_norm) ||
-        get_bool(c, "enable_bias", true, &cfg->enable_bias) ||
-        get_bool(c, "layer_norm_elementwise_affine", true, &cfg->ln_elementwise_affine))
-        return -1;
-
-    const char *act;
-    if (get_string(c, "activation_function", &act)) return -1;
-    if (!act || strcmp(act, "relu") == 0) cfg->activation = ACT_RELU;
-    else if (strcmp(act, "gelu") == 0 || strcmp(act, "gelu_new") == 0 || strcmp(act, "gelu_pytorch_tanh") == 0)
-        cfg->activation = ACT_GELU_TANH;
-    else
-        return err_set(c->err, "%s: activation_function '%s' is not supported (relu, gelu, gelu_new, gelu_pytorch_tanh)", c->path, act);
-    cfg->ln_eps = 1e-5f; /* OPT's LayerNorms always use torch's default */
-    return 0;
-}
-
-static int load_bloom(const Ctx *c, ModelConfig *cfg) {
-    if (get_int(c, NAMES("vocab_size"), true, 0, 1, 1 << 24, &cfg->vocab_size) ||
-        get_int(c, NAMES("hidden_size", "n_embed"), true, 0, 1, 1 << 17, &cfg->hidden) ||
-        get_int(c, NAMES("n_layer", "num_hidden_layers"), true, 0, 1, 1 << 12, &cfg->n_layers) ||
-        get_int(c, NAMES("n_head", "num_attention_heads"), true, 0, 1, 1 << 17, &cfg->n_heads))
-        return -1;
-    if (check_heads(c, cfg, "n_head", "hidden_size")) return -1;
-    cfg->ffn_dim = 4 * cfg->hidden; /* hard-coded in BloomMLP */
-    cfg->max_positions = 0;         /* ALiBi: no position table */
-    cfg->word_embed_proj_dim = cfg->hidden;
-    cfg->activation = ACT_GELU_TANH;
-    cfg->do_layer_norm_before = true;
-    cfg->enable_bias = true;
-    cfg->ln_elementwise_affine = true;
-    if (get_bool(c, "apply_residual_connection_post_layernorm", false, &cfg->residual_post_ln)) return -1;
-
-    const cJSON *eps = cJSON_GetObjectItemCaseSensitive(c->root, "layer_norm_epsilon");
-    cfg->ln_eps = 1e-5f;
-    if (eps && !cJSON_IsNull(eps)) {
-        if (!cJSON_IsNumber(eps) || !(eps->valuedouble > 0.0 && eps->valuedouble < 1.0))
-            return err_set(c->err, "%s: field 'layer_norm_epsilon' must be a number between 0 and 1", c->path);
-        cfg->ln_eps = (float)eps->valuedouble;
-    }
-    return 0;
-}
-
-/* quantization_config (SPEC §2.3): only bitsandbytes 8-bit is understood. Configs from
+/* quantization_config (docs/MODELS.md): only bitsandbytes 8-bit is understood. Configs from
  * before quant_method existed carry just load_in_8bit; transformers treats those as
  * bitsandbytes too. */
 static int load_quantization(const Ctx *outer, ModelConfig *cfg) {
@@ -209,9 +158,9 @@ static int load_quantization(const Ctx *outer, ModelConfig *cfg) {
     if (check_unique_keys(q, where, c.err)) return -1;
     const char *method;
     bool b8 = false, b8_ = false, b4 = false, b4_ = false;
-    if (get_string(&c, "quant_method", &method) || get_bool(&c, "load_in_8bit", false, &b8) ||
-        get_bool(&c, "_load_in_8bit", false, &b8_) || get_bool(&c, "load_in_4bit", false, &b4) ||
-        get_bool(&c, "_load_in_4bit", false, &b4_))
+    if (config_get_string(&c, "quant_method", &method) || config_get_bool(&c, "load_in_8bit", false, &b8) ||
+        config_get_bool(&c, "_load_in_8bit", false, &b8_) || config_get_bool(&c, "load_in_4bit", false, &b4) ||
+        config_get_bool(&c, "_load_in_4bit", false, &b4_))
         return -1;
     if (method && strcmp(method, "bitsandbytes") != 0)
         return err_set(c.err, "%s: quant_method '%s' is not supported (only bitsandbytes 8-bit)", where, method);
@@ -234,35 +183,30 @@ int config_load(const char *path, ModelConfig *cfg, Error *err) {
     char *text = NULL;
     size_t len = 0;
     if (read_small_file(path, CONFIG_MAX_BYTES, &text, &len, err)) return -1;
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
-    /* Anything but whitespace after the object means a damaged file. */
-    bool trailing = false;
-    if (root)
-        for (const char *p = end; p < text + len; p++)
-            if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t') trailing = true;
+    cJSON *root = json_parse(path, text, len, err);   /* refuses \u0000 and trailing text */
     free(text);
-    if (!root || trailing || !cJSON_IsObject(root)) {
+    if (!root) return -1;
+    if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
-        return err_set(err, "%s: not valid JSON (expected a JSON object)", path);
+        return err_set(err, "%s: not a JSON object", path);
     }
 
     Ctx c = {path, root, err};
     int rc = -1;
     if (check_unique_keys(root, path, err)) goto done;
     const char *type;
-    if (get_string(&c, "model_type", &type)) goto done;
+    if (config_get_string(&c, "model_type", &type)) goto done;
     if (!type) {
-        err_set(err, "%s: field 'model_type' is missing (supported: \"opt\", \"bloom\")", path);
+        err_set(err, "%s: field 'model_type' is missing (supported: %s)", path, arch_supported());
         goto done;
     }
-    if (strcmp(type, "opt") == 0) cfg->arch = ARCH_OPT;
-    else if (strcmp(type, "bloom") == 0) cfg->arch = ARCH_BLOOM;
-    else {
-        err_set(err, "%s: model_type '%s' is not supported (supported: \"opt\", \"bloom\")", path, type);
+    const Architecture *arch = arch_find(type);
+    if (!arch) {
+        err_set(err, "%s: model_type '%s' is not supported (supported: %s)", path, type, arch_supported());
         goto done;
     }
-    if ((cfg->arch == ARCH_OPT ? load_opt : load_bloom)(&c, cfg)) goto done;
+    cfg->arch = arch_id(arch);
+    if (arch->parse_config(&c, cfg)) goto done;
     cfg->head_dim = cfg->hidden / cfg->n_heads;
 
     if (get_token_id(&c, "bos_token_id", cfg->vocab_size, &cfg->bos_id) ||
@@ -272,8 +216,8 @@ int config_load(const char *path, ModelConfig *cfg, Error *err) {
     if (load_quantization(&c, cfg)) goto done;
 
     const char *dt;
-    if (get_string(&c, "torch_dtype", &dt)) goto done;
-    if (!dt && get_string(&c, "dtype", &dt)) goto done;
+    if (config_get_string(&c, "torch_dtype", &dt)) goto done;
+    if (!dt && config_get_string(&c, "dtype", &dt)) goto done;
     if (dt) snprintf(cfg->torch_dtype, sizeof cfg->torch_dtype, "%s", dt);
     rc = 0;
 done:

@@ -1,11 +1,11 @@
 /* config.h — the numbers that define a network, read from config.json.
  *
- * Covers OPT (model_type "opt") and BLOOM ("bloom") with the field names and
- * aliases of docs/SPEC.md §3, the defaults for fields older configs lack, and the
- * bitsandbytes "quantization_config" block of an 8-bit checkpoint (§2.3).
- * config_load() checks that every dimension is positive, not absurdly large
- * (so that later size computations cannot overflow) and consistent (heads
- * divide hidden), and names the field in every error. */
+ * config_load() finds the architecture by "model_type" in the registry (arch.h), lets
+ * its table read the family's fields (names, aliases and defaults: docs/MODELS.md), and
+ * reads what every family shares: special token ids, torch_dtype, and the bitsandbytes
+ * "quantization_config" block of an 8-bit checkpoint (docs/MODELS.md). Every dimension is
+ * checked to be positive, not absurdly large (so that later size computations cannot
+ * overflow) and consistent (heads divide hidden), and every error names the field. */
 #ifndef LLMINT8_CONFIG_H
 #define LLMINT8_CONFIG_H
 
@@ -13,12 +13,14 @@
 
 #include "error.h"
 
+/* An architecture's place in arch.c's registry; the table itself is arch_of(cfg). The
+ * first two are named for tests and bench; a new architecture needs no name here. */
 typedef enum Arch { ARCH_OPT, ARCH_BLOOM } Arch;
 
 typedef enum Activation { ACT_RELU, ACT_GELU_TANH } Activation;
 
 typedef struct ModelConfig {
-    Arch arch;
+    Arch arch;             /* which table of arch.h describes the network */
     int vocab_size;
     int hidden;            /* hidden_size (OPT d_model, BLOOM n_embed) */
     int n_layers;
@@ -51,7 +53,33 @@ typedef struct ModelConfig {
 /* Parses MODEL_DIR/config.json (path given in full). */
 int config_load(const char *path, ModelConfig *cfg, Error *err);
 
-/* "opt" or "bloom". */
+/* The model_type of an architecture: "opt" or "bloom". */
 const char *arch_name(Arch a);
+
+/* ---- readers for the architectures' parse_config (arch_*.c) ------------------------
+ * Each reports errors naming the file and the field. A field given as a NAMES list takes
+ * the first spelling present and non-null; two present with different values is an error. */
+
+struct cJSON;
+typedef struct ConfigReader {
+    const char *path;          /* for messages */
+    const struct cJSON *root;  /* the object read */
+    Error *err;
+} ConfigReader;
+
+#define CONFIG_NAMES(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+/* An integer in [lo, hi]; absent: an error when required, else dflt. */
+int config_get_int(const ConfigReader *r, const char *const *names, bool required, long dflt, long lo, long hi,
+                   int *out);
+/* true/false; absent or null: dflt. */
+int config_get_bool(const ConfigReader *r, const char *name, bool dflt, bool *out);
+/* A string, or NULL when absent or null (pointing into r->root). */
+int config_get_string(const ConfigReader *r, const char *name, const char **out);
+/* A number strictly between lo and hi; absent or null: dflt. */
+int config_get_float(const ConfigReader *r, const char *name, float dflt, double lo, double hi, float *out);
+/* That cfg->n_heads divides cfg->hidden (the fields named as in this config). */
+int config_check_heads(const ConfigReader *r, const ModelConfig *cfg, const char *heads_name,
+                       const char *hidden_name);
 
 #endif

@@ -1,8 +1,11 @@
-/* main.c — `llmint8 COMMAND ...`: finds the command and hands it the arguments. */
+/* main.c — `llmint8 COMMAND ...`: finds the command and hands it the arguments, and checks
+ * when the program ends that everything it printed reached standard output. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "backend.h"
+#include "cli.h"
 #include "commands.h"
 
 #ifndef LLMINT8_VERSION
@@ -29,17 +32,10 @@ static const struct {
 static int print_version(void) {
     Error err = {{0}};
     Backend *cpu = cpu_backend_create(0, &err);
-    if (!cpu) {
-        fprintf(stderr, "llmint8: %s\n", err.msg);
-        return 1;
-    }
+    if (!cpu) return cli_fail(&err);
     printf("llmint8 %s\nbackends: %s\n%s\n", LLMINT8_VERSION, backend_compiled_list(), cpu->describe(cpu));
     cpu->destroy(cpu);
-    if (fflush(stdout) != 0 || ferror(stdout)) {
-        fprintf(stderr, "llmint8: cannot write to standard output\n");
-        return 1;
-    }
-    return 0;
+    return 0;   /* a failed write is reported by cli_close_stdout at exit */
 }
 
 static void usage(FILE *out) {
@@ -57,6 +53,7 @@ static void usage(FILE *out) {
 }
 
 int main(int argc, char **argv) {
+    atexit(cli_close_stdout); /* every command's output is checked once it is done */
     if (argc < 2) {
         usage(stderr);
         return 2;
@@ -69,7 +66,9 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) return print_version();
     for (size_t i = 0; i < N_COMMANDS; i++)
         if (strcmp(cmd, COMMANDS[i].name) == 0) return COMMANDS[i].run(argc - 1, argv + 1);
-    fprintf(stderr, "llmint8: '%s' is not a command.\n\n", cmd);
+    fputs("llmint8: '", stderr);
+    cli_write_escaped(stderr, cmd, strlen(cmd), 0);
+    fputs("' is not a command.\n\n", stderr);
     usage(stderr);
     return 2;
 }

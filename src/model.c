@@ -1,14 +1,17 @@
-/* model.c — what OPT and BLOOM share: loading weights into backend objects, the KV
- * cache and scratch buffers, and the outer forward loop that turns final hidden states
- * into logits. The networks themselves are in opt.c and bloom.c. */
-#include "model.h"
+/* model.c — what every architecture shares: loading the tensors of its table into
+ * backend objects, the KV cache and scratch buffers, the blocks layers are built of
+ * (attention, MLP, LayerNorm, residual add), and the forward loop that runs an
+ * architecture's stages and turns final hidden states into logits. The networks
+ * themselves are in arch_*.c. */
+#include "model_internal.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- loading helpers ------------------------------------------------------------ */
+/* ---- loading ---------------------------------------------------------------------- */
 
 /* Reads a float-typed tensor (F16/BF16/F32) of exactly n elements into a new float array. */
 static float *read_floats(const StTensor *t, int64_t n) {
@@ -18,8 +21,8 @@ static float *read_floats(const StTensor *t, int64_t n) {
     return v;
 }
 
-int model_load_vector(Model *m, const Checkpoint *ck, const char *name, int64_t dim, float **out,
-                      Error *err) {
+/* A float vector [dim] (LayerNorm weight or bias) as a backend buffer. */
+static int load_vector(Model *m, const Checkpoint *ck, const char *name, int64_t dim, float **out, Error *err) {
     const StTensor *t;
     int64_t shape[1] = {dim};
     if (checkpoint_require(ck, name, 1, shape, DT_FLOAT_MASK, &t, err)) return -1;
@@ -36,8 +39,18 @@ int model_load_vector(Model *m, const Checkpoint *ck, const char *name, int64_t 
     return 0;
 }
 
-int model_load_matrix(Model *m, const Checkpoint *ck, const char *name, int64_t rows, int64_t cols,
-                      BkMatrix **out, Error *err) {
+/* A LayerNorm module's NAME.weight and NAME.bias [dim]. */
+static int load_norm(Model *m, const Checkpoint *ck, const char *module, int64_t dim, Norm *n, Error *err) {
+    char key[128];
+    snprintf(key, sizeof key, "%s.weight", module);
+    if (load_vector(m, ck, key, dim, &n->w, err)) return -1;
+    snprintf(key, sizeof key, "%s.bias", module);
+    return load_vector(m, ck, key, dim, &n->b, err);
+}
+
+/* A 16-bit matrix [rows, cols] kept as stored. */
+static int load_matrix(Model *m, const Checkpoint *ck, const char *name, int64_t rows, int64_t cols, BkMatrix **out,
+                       Error *err) {
     const StTensor *t;
     int64_t shape[2] = {rows, cols};
     if (checkpoint_require(ck, name, 2, shape, DT_FLOAT_MASK, &t, err)) return -1;
@@ -48,7 +61,7 @@ int model_load_matrix(Model *m, const Checkpoint *ck, const char *name, int64_t 
     return 0;
 }
 
-/* In an 8-bit checkpoint (SPEC §2.1) a projection is `weight` I8 [out,in] + `SCB` F32 [out]
+/* In an 8-bit checkpoint (docs/MODELS.md) a projection is `weight` I8 [out,in] + `SCB` F32 [out]
  * + an optional `weight_format` U8 scalar that must be 0 ("row"); 1-3 were tiled layouts of
  * bitsandbytes < 0.45 that we do not read. */
 static int read_int8_weight(const Checkpoint *ck, const char *name, int64_t out, int64_t in,
@@ -89,7 +102,7 @@ static int read_int8_weight(const Checkpoint *ck, const char *name, int64_t out,
     return 0;
 }
 
-int model_load_linear(Model *m, const Checkpoint *ck, const char *name, int64_t out, int64_t in,
+static int load_linear(Model *m, const Checkpoint *ck, const char *name, int64_t out, int64_t in,
                       bool has_bias, Linear *l, Error *err) {
     char key[256];
     HostMatrix hm;
@@ -119,20 +132,117 @@ int model_load_linear(Model *m, const Checkpoint *ck, const char *name, int64_t 
     return 0;
 }
 
+/* The lm_head (docs/MODELS.md): normally absent, and then tied to the token embedding; if
+ * stored, it must have the embedding's shape, and is used as its own matrix only when its
+ * bytes differ from the embedding's. */
+static int load_lm_head(Model *m, const Checkpoint *ck, const ArchTensor *t, const char *embed_name, Error *err) {
+    ModelWeights *w = m->w;
+    char key[128];
+    snprintf(key, sizeof key, "%s.weight", t->name);
+    const StTensor *lm = checkpoint_find(ck, key);
+    const StTensor *emb = embed_name ? checkpoint_find(ck, embed_name) : NULL;
+    w->lm_head = w->embed;
+    if (!lm) return 0;
+    int64_t shape[2] = {t->rows, t->cols};
+    const StTensor *st;
+    if (checkpoint_require(ck, key, 2, shape, DT_FLOAT_MASK, &st, err)) return -1;
+    if (emb && emb->dtype == st->dtype && emb->nbytes == st->nbytes && memcmp(emb->data, st->data, st->nbytes) == 0)
+        return 0;
+    HostMatrix hm = {.dtype = st->dtype, .rows = shape[0], .cols = shape[1], .data = st->data};
+    w->lm_head = m->bk->matrix_create(m->bk, &hm, err);
+    if (!w->lm_head) {
+        w->lm_head = w->embed;
+        return err_prefix(err, "%s", key);
+    }
+    m->weight_bytes += m->bk->matrix_bytes(w->lm_head);
+    return 0;
+}
+
+int model_load_tensors(Model *m, const Checkpoint *ck, Error *err) {
+    ArchTensor *list;
+    size_t n;
+    if (arch_tensors(&m->cfg, &list, &n, err)) return -1;
+    char token_embed[128] = ""; /* NAME.weight of the first embedding: the one the lm_head ties to */
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const ArchTensor *t = &list[i];
+        char *base = t->layer >= 0 ? (char *)&m->w->layers[t->layer] : (char *)m->w;
+        void *dest = base + t->field;
+        char key[128];
+        switch (t->role) {
+        case TENSOR_PROJECTION: rc = load_linear(m, ck, t->name, t->rows, t->cols, t->bias, dest, err); break;
+        case TENSOR_NORM: rc = load_norm(m, ck, t->name, t->rows, dest, err); break;
+        case TENSOR_EMBEDDING:
+            snprintf(key, sizeof key, "%s.weight", t->name);
+            if (!token_embed[0]) snprintf(token_embed, sizeof token_embed, "%s", key);
+            rc = load_matrix(m, ck, key, t->rows, t->cols, dest, err);
+            break;
+        case TENSOR_LM_HEAD: rc = load_lm_head(m, ck, t, token_embed[0] ? token_embed : NULL, err); break;
+        }
+    }
+    free(list);
+    return rc;
+}
+
+/* ---- the blocks --------------------------------------------------------------------- */
+
 void model_linear(Model *m, int layer, ProjKind kind, const Linear *l, const float *x, int T, float *y) {
     if (m->observer) {
         Backend *bk = m->bk;
         size_t n = (size_t)T * (size_t)l->in;
-        if (strcmp(bk->name, "cpu") == 0) {
-            /* CPU buffers are host memory: the observer sees (and may edit) x in place. */
+        if (bk->host_memory) {
+            /* Host buffers: the observer sees (and may edit) x in place. */
             m->observer(m->observer_ctx, layer, kind, (float *)x, T, (int)l->in);
         } else {
-            bk->download(bk, m->rs.observe, x, n);
-            m->observer(m->observer_ctx, layer, kind, m->rs.observe, T, (int)l->in);
-            bk->upload(bk, (float *)x, m->rs.observe, n);
+            bk->download(bk, m->rs->observe, x, n);
+            m->observer(m->observer_ctx, layer, kind, m->rs->observe, T, (int)l->in);
+            bk->upload(bk, (float *)x, m->rs->observe, n);
         }
     }
     m->bk->linear(m->bk, l->bk, x, T, y);
+}
+
+void model_norm(Model *m, const Norm *n, const float *x, int T, float *y) {
+    m->bk->layernorm(m->bk, x, n->w, n->b, m->cfg.ln_eps, T, m->cfg.hidden, y);
+}
+
+void model_add(Model *m, float *h, const float *x, int T) {
+    m->bk->add(m->bk, h, x, (size_t)T * (size_t)m->cfg.hidden);
+}
+
+void model_attention(Model *m, int l, const float *x, int T, float *out) {
+    const ModelConfig *c = &m->cfg;
+    const Layer *L = &m->w->layers[l];
+    RunState *s = m->rs;
+    Backend *bk = m->bk;
+    /* This chunk's keys and values go straight into the cache after the n_past cached ones. */
+    float *k_new = s->k_cache[l] + (size_t)m->n_past * (size_t)c->hidden;
+    float *v_new = s->v_cache[l] + (size_t)m->n_past * (size_t)c->hidden;
+    if (L->qkv.bk) {
+        model_linear(m, l, PROJ_QKV, &L->qkv, x, T, s->qkv);
+        bk->split_qkv(bk, s->qkv, T, c->n_heads, c->head_dim, s->q, k_new, v_new);
+    } else {
+        model_linear(m, l, PROJ_Q, &L->q, x, T, s->q);
+        model_linear(m, l, PROJ_K, &L->k, x, T, k_new);
+        model_linear(m, l, PROJ_V, &L->v, x, T, v_new);
+    }
+    AttentionArgs a = {
+        .q = s->q, .k = s->k_cache[l], .v = s->v_cache[l], .out = s->attn,
+        .T = T, .n_past = m->n_past, .heads = c->n_heads, .head_dim = c->head_dim,
+        .scale = 1.0f / sqrtf((float)c->head_dim), .alibi = m->w->alibi,
+    };
+    bk->attention(bk, &a);
+    model_linear(m, l, PROJ_OUT, &L->out, s->attn, T, out);
+}
+
+void model_mlp(Model *m, int l, const float *x, int T, float *out) {
+    const Layer *L = &m->w->layers[l];
+    RunState *s = m->rs;
+    size_t n = (size_t)T * (size_t)m->cfg.ffn_dim;
+    model_linear(m, l, PROJ_FC1, &L->fc1, x, T, s->ffn);
+    if (m->cfg.activation == ACT_RELU) m->bk->relu(m->bk, s->ffn, n);
+    else m->bk->gelu_tanh(m->bk, s->ffn, n);
+    model_linear(m, l, PROJ_FC2, &L->fc2, s->ffn, T, out);
 }
 
 /* ---- buffers ------------------------------------------------------------------------ */
@@ -143,31 +253,35 @@ static float *alloc_or_fail(Model *m, size_t n, bool *ok) {
     return p;
 }
 
+static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
+
 static int alloc_state(Model *m, Error *err) {
     const ModelConfig *c = &m->cfg;
-    RunState *s = &m->rs;
+    RunState *s = m->rs;
     size_t cap = (size_t)s->capacity, D = (size_t)c->hidden;
     size_t E = (size_t)c->word_embed_proj_dim, F = (size_t)c->ffn_dim;
+    bool fused_qkv = c->n_layers > 0 && m->w->layers[0].qkv.bk;
     bool ok = true;
-    s->h = alloc_or_fail(m, cap * D, &ok);
-    s->x = alloc_or_fail(m, cap * (D > E ? D : E), &ok);
+    s->residual = alloc_or_fail(m, cap * D, &ok);
+    s->normed = alloc_or_fail(m, cap * max_size(D, E), &ok);
     s->q = alloc_or_fail(m, cap * D, &ok);
+    s->qkv = fused_qkv ? alloc_or_fail(m, cap * 3 * D, &ok) : NULL;
     s->attn = alloc_or_fail(m, cap * D, &ok);
-    s->qkv = c->arch == ARCH_BLOOM ? alloc_or_fail(m, cap * 3 * D, &ok) : NULL;
     s->ffn = alloc_or_fail(m, cap * F, &ok);
-    s->emb = alloc_or_fail(m, cap * E, &ok);
+    s->block_out = alloc_or_fail(m, cap * D, &ok);
+    s->embed = alloc_or_fail(m, cap * E, &ok);
     s->logits = alloc_or_fail(m, (size_t)MODEL_LOGIT_ROWS * (size_t)c->vocab_size, &ok);
     s->pos = malloc(cap * sizeof *s->pos);
-    size_t widest = F > 3 * D ? F : 3 * D;
+    size_t widest = max_size(max_size(F, 3 * D), E); /* the widest projection input */
     s->observe = malloc(cap * widest * sizeof *s->observe);
     if (!s->pos || !s->observe) ok = false;
 
-    m->k_cache = calloc((size_t)c->n_layers, sizeof *m->k_cache);
-    m->v_cache = calloc((size_t)c->n_layers, sizeof *m->v_cache);
-    if (!m->k_cache || !m->v_cache) ok = false;
+    s->k_cache = calloc((size_t)c->n_layers, sizeof *s->k_cache);
+    s->v_cache = calloc((size_t)c->n_layers, sizeof *s->v_cache);
+    if (!s->k_cache || !s->v_cache) ok = false;
     for (int l = 0; ok && l < c->n_layers; l++) {
-        m->k_cache[l] = alloc_or_fail(m, (size_t)m->ctx * D, &ok);
-        m->v_cache[l] = alloc_or_fail(m, (size_t)m->ctx * D, &ok);
+        s->k_cache[l] = alloc_or_fail(m, (size_t)m->ctx * D, &ok);
+        s->v_cache[l] = alloc_or_fail(m, (size_t)m->ctx * D, &ok);
     }
     if (!ok)
         return err_set(err, "out of memory allocating activations and the KV cache (%d positions x %d layers)",
@@ -184,63 +298,44 @@ static void linear_free(Model *m, Linear *l) {
     l->bk = NULL;
 }
 
+static void norm_free(Model *m, Norm *n) { release(m, n->w), release(m, n->b); }
+
 void model_free(Model *m) {
     if (!m) return;
     Backend *bk = m->bk;
     const ModelConfig *c = &m->cfg;
-    if (m->layers) {
-        for (int l = 0; l < c->n_layers; l++) {
-            Layer *L = &m->layers[l];
-            release(m, L->ln_attn_w), release(m, L->ln_attn_b);
-            release(m, L->ln_ffn_w), release(m, L->ln_ffn_b);
+    ModelWeights *w = m->w;
+    if (w) {
+        for (int l = 0; w->layers && l < c->n_layers; l++) {
+            Layer *L = &w->layers[l];
+            norm_free(m, &L->attn_norm), norm_free(m, &L->ffn_norm);
             linear_free(m, &L->q), linear_free(m, &L->k), linear_free(m, &L->v);
             linear_free(m, &L->qkv), linear_free(m, &L->out);
             linear_free(m, &L->fc1), linear_free(m, &L->fc2);
         }
-        free(m->layers);
+        free(w->layers);
+        if (w->lm_head && w->lm_head != w->embed) bk->matrix_free(bk, w->lm_head);
+        if (w->embed) bk->matrix_free(bk, w->embed);
+        if (w->positions) bk->matrix_free(bk, w->positions);
+        linear_free(m, &w->project_in), linear_free(m, &w->project_out);
+        norm_free(m, &w->embed_norm), norm_free(m, &w->final_norm);
+        release(m, w->alibi);
+        free(w);
     }
-    if (m->lm_head && m->lm_head != m->embed) bk->matrix_free(bk, m->lm_head);
-    if (m->embed) bk->matrix_free(bk, m->embed);
-    if (m->positions) bk->matrix_free(bk, m->positions);
-    linear_free(m, &m->project_in), linear_free(m, &m->project_out);
-    release(m, m->emb_ln_w), release(m, m->emb_ln_b);
-    release(m, m->final_ln_w), release(m, m->final_ln_b);
-    release(m, m->alibi);
-    for (int l = 0; l < c->n_layers; l++) {
-        if (m->k_cache) release(m, m->k_cache[l]);
-        if (m->v_cache) release(m, m->v_cache[l]);
+    RunState *s = m->rs;
+    if (s) {
+        for (int l = 0; l < c->n_layers; l++) {
+            if (s->k_cache) release(m, s->k_cache[l]);
+            if (s->v_cache) release(m, s->v_cache[l]);
+        }
+        free(s->k_cache), free(s->v_cache);
+        release(m, s->residual), release(m, s->normed), release(m, s->q), release(m, s->qkv);
+        release(m, s->attn), release(m, s->ffn), release(m, s->block_out), release(m, s->embed);
+        release(m, s->logits);
+        free(s->pos), free(s->observe);
+        free(s);
     }
-    free(m->k_cache), free(m->v_cache);
-    RunState *s = &m->rs;
-    release(m, s->h), release(m, s->x), release(m, s->q), release(m, s->attn);
-    release(m, s->qkv), release(m, s->ffn), release(m, s->emb), release(m, s->logits);
-    free(s->pos), free(s->observe);
     free(m);
-}
-
-/* ---- loading ---------------------------------------------------------------------- */
-
-/* The tied lm_head (SPEC §2.2): normally absent; if stored, it must have the embedding's
- * shape, and is used as its own matrix only when its bytes differ from the embedding. */
-static int load_lm_head(Model *m, const Checkpoint *ck, Error *err) {
-    const StTensor *lm = checkpoint_find(ck, "lm_head.weight");
-    const char *emb_name = m->cfg.arch == ARCH_OPT ? "decoder.embed_tokens.weight" : "word_embeddings.weight";
-    const StTensor *emb = checkpoint_find(ck, emb_name);
-    m->lm_head = m->embed;
-    if (!lm) return 0;
-    int64_t shape[2] = {m->cfg.vocab_size, m->cfg.word_embed_proj_dim};
-    const StTensor *t;
-    if (checkpoint_require(ck, "lm_head.weight", 2, shape, DT_FLOAT_MASK, &t, err)) return -1;
-    if (emb && emb->dtype == t->dtype && emb->nbytes == t->nbytes && memcmp(emb->data, t->data, t->nbytes) == 0)
-        return 0;
-    HostMatrix hm = {.dtype = t->dtype, .rows = shape[0], .cols = shape[1], .data = t->data};
-    m->lm_head = m->bk->matrix_create(m->bk, &hm, err);
-    if (!m->lm_head) {
-        m->lm_head = m->embed;
-        return err_prefix(err, "lm_head.weight");
-    }
-    m->weight_bytes += m->bk->matrix_bytes(m->lm_head);
-    return 0;
 }
 
 int model_load(const Checkpoint *ck, Backend *bk, const ModelOptions *opt, Model **out, Error *err) {
@@ -251,27 +346,27 @@ int model_load(const Checkpoint *ck, Backend *bk, const ModelOptions *opt, Model
     m->quant = opt->quant;
     const ModelConfig *c = &m->cfg;
 
-    /* OPT's learned position table bounds the context; BLOOM's ALiBi does not, and 2048 is
-     * the length it was trained on. */
-    int native = c->arch == ARCH_OPT ? c->max_positions : 2048;
-    m->ctx = opt->ctx > 0 ? opt->ctx : native;
-    if (c->arch == ARCH_OPT && m->ctx > c->max_positions) {
+    m->ctx = opt->ctx > 0 ? opt->ctx : arch_native_context(c);
+    int max_ctx = arch_max_context(c);
+    if (max_ctx > 0 && m->ctx > max_ctx) {
         err_set(err, "context of %d tokens exceeds the model's %d positions (max_position_embeddings)", m->ctx,
-                c->max_positions);
+                max_ctx);
         free(m);
         return -1;
     }
-    int cap = opt->batch_tokens > 0 ? opt->batch_tokens : 512;
-    m->rs.capacity = cap < m->ctx ? cap : m->ctx;
-
-    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
-    if (!m->layers) {
-        free(m);
+    m->w = calloc(1, sizeof *m->w);
+    m->rs = calloc(1, sizeof *m->rs);
+    if (m->w) m->w->layers = calloc((size_t)c->n_layers, sizeof *m->w->layers);
+    if (!m->w || !m->rs || !m->w->layers) {
+        model_free(m);
         return err_set(err, "out of memory");
     }
-    int rc = c->arch == ARCH_OPT ? opt_load(m, ck, err) : bloom_load(m, ck, err);
-    if (rc == 0) rc = load_lm_head(m, ck, err);
+    int cap = opt->batch_tokens > 0 ? opt->batch_tokens : 512;
+    m->rs->capacity = cap < m->ctx ? cap : m->ctx;
+
+    int rc = arch_of(c)->load(m, ck, err);
     if (rc == 0) rc = alloc_state(m, err);
+    if (rc == 0) rc = bk->sync(bk, err);
     if (rc) {
         model_free(m);
         return -1;
@@ -284,11 +379,20 @@ void model_reset(Model *m) { m->n_past = 0; }
 
 /* ---- forward ----------------------------------------------------------------------- */
 
+/* One chunk of T <= capacity tokens through the architecture's stages: returns the final
+ * hidden states [T, word_embed_proj_dim]. */
+static const float *run_chunk(Model *m, const int32_t *ids, int T) {
+    const Architecture *a = arch_of(&m->cfg);
+    a->embed(m, ids, T);
+    for (int l = 0; l < m->cfg.n_layers; l++) a->layer(m, l, T);
+    return a->finish(m, T);
+}
+
 /* What a forward pass hands back. */
 typedef enum {
     OUT_LAST_HOST,      /* the last token's logits, downloaded */
     OUT_ALL_HOST,       /* every token's logits, downloaded */
-    OUT_LAST_BACKEND,   /* the last token's logits, left in rs.logits */
+    OUT_LAST_BACKEND,   /* the last token's logits, left in rs->logits */
     OUT_NLL,            /* every token's -log p(target), only those numbers downloaded */
 } Readout;
 
@@ -299,32 +403,43 @@ typedef struct ForwardOut {
     double *nll;              /* OUT_NLL: host [T] */
 } ForwardOut;
 
-/* Reads out rows first..first+n-1 of this call's final hidden states (token `start` of the
+/* Reads out rows first..first+n-1 of this chunk's final hidden states (token `start` of the
  * whole forward is row 0): logits = hidden x lm_head^T, MODEL_LOGIT_ROWS rows at a time. */
 static void read_out(Model *m, const float *hidden, int first, int n, int start, const ForwardOut *o) {
     Backend *bk = m->bk;
+    float *logits = m->rs->logits;
     size_t E = (size_t)m->cfg.word_embed_proj_dim, V = (size_t)m->cfg.vocab_size;
     for (int r = 0; r < n; r += MODEL_LOGIT_ROWS) {
         int rows = n - r < MODEL_LOGIT_ROWS ? n - r : MODEL_LOGIT_ROWS;
-        bk->matmul(bk, m->lm_head, hidden + (size_t)(first + r) * E, rows, m->rs.logits);
+        bk->matmul(bk, m->w->lm_head, hidden + (size_t)(first + r) * E, rows, logits);
         size_t t = (size_t)start + (size_t)first + (size_t)r; /* token index in the whole call */
         switch (o->kind) {
-        case OUT_LAST_HOST: bk->download(bk, o->logits, m->rs.logits, V); break;
-        case OUT_ALL_HOST: bk->download(bk, o->logits + t * V, m->rs.logits, (size_t)rows * V); break;
+        case OUT_LAST_HOST: bk->download(bk, o->logits, logits, V); break;
+        case OUT_ALL_HOST: bk->download(bk, o->logits + t * V, logits, (size_t)rows * V); break;
         case OUT_LAST_BACKEND: break;
-        case OUT_NLL: bk->token_nll(bk, m->rs.logits, rows, (int)V, o->targets + t, o->nll + t); break;
+        case OUT_NLL: bk->token_nll(bk, logits, rows, (int)V, o->targets + t, o->nll + t); break;
         }
     }
 }
 
-static int forward(Model *m, const int32_t *ids, int T, const ForwardOut *o, Error *err) {
-    const ModelConfig *c = &m->cfg;
+static int check_ids(const Model *m, const int32_t *ids, int T, Error *err) {
+    const int V = m->cfg.vocab_size;
+    for (int t = 0; t < T; t++)
+        if (ids[t] < 0 || ids[t] >= V)
+            return err_set(err, "token id %d is outside the vocabulary (0..%d)", ids[t], V - 1);
+    return 0;
+}
+
+static int check_room(const Model *m, int T, Error *err) {
     if (T <= 0) return err_set(err, "nothing to run: no tokens");
     if (T > m->ctx - m->n_past)
         return err_set(err, "%d tokens do not fit: %d of the %d positions are used", T, m->n_past, m->ctx);
-    for (int t = 0; t < T; t++)
-        if (ids[t] < 0 || ids[t] >= c->vocab_size)
-            return err_set(err, "token id %d is outside the vocabulary (0..%d)", ids[t], c->vocab_size - 1);
+    return 0;
+}
+
+static int forward(Model *m, const int32_t *ids, int T, const ForwardOut *o, Error *err) {
+    const ModelConfig *c = &m->cfg;
+    if (check_room(m, T, err) || check_ids(m, ids, T, err)) return -1;
     if (o->kind == OUT_NLL)
         for (int t = 0; t < T; t++)
             if (o->targets[t] < -1 || o->targets[t] >= c->vocab_size)
@@ -332,17 +447,17 @@ static int forward(Model *m, const int32_t *ids, int T, const ForwardOut *o, Err
                                c->vocab_size - 1);
 
     bool all = o->kind == OUT_ALL_HOST || o->kind == OUT_NLL;
-    for (int start = 0; start < T; start += m->rs.capacity) {
-        int n = T - start < m->rs.capacity ? T - start : m->rs.capacity;
-        const float *hidden = c->arch == ARCH_OPT ? opt_forward(m, ids + start, n)
-                                                  : bloom_forward(m, ids + start, n);
+    int capacity = m->rs->capacity;
+    for (int start = 0; start < T; start += capacity) {
+        int n = T - start < capacity ? T - start : capacity;
+        const float *hidden = run_chunk(m, ids + start, n);
         m->n_past += n;
         if (all)
             read_out(m, hidden, 0, n, start, o);
         else if (start + n == T)
             read_out(m, hidden, n - 1, 1, start, o);
     }
-    return 0;
+    return m->bk->sync(m->bk, err);
 }
 
 int model_forward(Model *m, const int32_t *ids, int T, bool all_logits, float *logits, Error *err) {
@@ -352,10 +467,58 @@ int model_forward(Model *m, const int32_t *ids, int T, bool all_logits, float *l
 
 float *model_forward_last(Model *m, const int32_t *ids, int T, Error *err) {
     ForwardOut o = {.kind = OUT_LAST_BACKEND};
-    return forward(m, ids, T, &o, err) ? NULL : m->rs.logits;
+    return forward(m, ids, T, &o, err) ? NULL : m->rs->logits;
 }
 
 int model_score(Model *m, const int32_t *ids, int T, const int32_t *targets, double *nll, Error *err) {
     ForwardOut o = {.kind = OUT_NLL, .targets = targets, .nll = nll};
     return forward(m, ids, T, &o, err);
+}
+
+/* ---- the stages, one at a time -------------------------------------------------------- */
+
+int model_capacity(const Model *m) { return m->rs->capacity; }
+
+float *model_residual(Model *m) { return m->rs->residual; }
+
+static int check_chunk(const Model *m, int T, Error *err) {
+    if (check_room(m, T, err)) return -1;
+    if (T > m->rs->capacity)
+        return err_set(err, "%d tokens exceed the %d a stage takes at a time", T, m->rs->capacity);
+    return 0;
+}
+
+int model_embed(Model *m, const int32_t *ids, int T, Error *err) {
+    if (check_chunk(m, T, err) || check_ids(m, ids, T, err)) return -1;
+    arch_of(&m->cfg)->embed(m, ids, T);
+    return m->bk->sync(m->bk, err);
+}
+
+int model_run_layers(Model *m, int first, int last, int T, Error *err) {
+    if (check_chunk(m, T, err)) return -1;
+    if (first < 0 || first > last || last > m->cfg.n_layers)
+        return err_set(err, "layers %d..%d: the model has layers 0..%d", first, last - 1, m->cfg.n_layers - 1);
+    const Architecture *a = arch_of(&m->cfg);
+    for (int l = first; l < last; l++) a->layer(m, l, T);
+    return m->bk->sync(m->bk, err);
+}
+
+int model_finish(Model *m, int T, const float **hidden, Error *err) {
+    if (check_chunk(m, T, err)) return -1;
+    *hidden = arch_of(&m->cfg)->finish(m, T);
+    return m->bk->sync(m->bk, err);
+}
+
+int model_logits(Model *m, const float *hidden, int rows, float **logits, Error *err) {
+    if (rows <= 0 || rows > MODEL_LOGIT_ROWS)
+        return err_set(err, "%d rows of logits: from 1 to %d at a time", rows, MODEL_LOGIT_ROWS);
+    m->bk->matmul(m->bk, m->w->lm_head, hidden, rows, m->rs->logits);
+    *logits = m->rs->logits;
+    return m->bk->sync(m->bk, err);
+}
+
+int model_advance(Model *m, int T, Error *err) {
+    if (check_room(m, T, err)) return -1;
+    m->n_past += T;
+    return m->bk->sync(m->bk, err);
 }

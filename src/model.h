@@ -1,17 +1,22 @@
-/* model.h — a loaded network (OPT or BLOOM) and its forward pass.
+/* model.h — a loaded network and its forward pass, for the commands.
  *
- * model_load() reads the checkpoint's tensors into backend objects: every projection
- * becomes a BkLinear (quantized on load for int8 modes), embeddings and the tied lm_head
- * stay 16-bit as stored, LayerNorm weights and biases become float32 vectors.
- * model_forward() runs T new tokens through the network at positions n_past.., appending
- * their keys and values to the KV cache, and returns logits. The per-architecture code
- * lives in opt.c and bloom.c; this file's implementation (model.c) holds what they share. */
+ * model_load() reads the checkpoint's tensors (the list of its architecture's table,
+ * arch.h) into backend objects: every projection becomes a BkLinear (quantized on load
+ * for int8 modes), embeddings and the tied lm_head stay 16-bit as stored, LayerNorm
+ * weights and biases become float32 vectors. model_forward() runs T new tokens through
+ * the network at positions n_past.., appending their keys and values to the KV cache, and
+ * returns logits. Every call that runs the network ends by waiting for the backend
+ * (bk->sync), so a backend failure comes back here as an Error.
+ *
+ * What the architecture files share (weights, scratch buffers, the attention and MLP
+ * blocks) is in model_internal.h; no command needs it. */
 #ifndef LLMINT8_MODEL_H
 #define LLMINT8_MODEL_H
 
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "arch.h"
 #include "backend.h"
 #include "checkpoint.h"
 #include "config.h"
@@ -23,70 +28,34 @@ typedef enum ProjKind {
 } ProjKind;
 
 /* Optional hook called with the input of every projection before it runs (for
- * `llmint8 outliers`). x[T, dim] is a host array the hook may read and modify. */
+ * `llmint8 outliers`). x[T, dim] is a host array the hook may read and modify. Layer is
+ * -1 for a projection before the layers (project_in), n_layers for one after them. */
 typedef void (*ProjObserver)(void *ctx, int layer, ProjKind kind, float *x, int T, int dim);
 
-typedef struct Linear {
-    BkLinear *bk;
-    int64_t in, out;
-} Linear;
-
-typedef struct Layer {
-    /* LayerNorms (backend buffers [hidden]; NULL weight/bias when not affine) */
-    float *ln_attn_w, *ln_attn_b;     /* OPT self_attn_layer_norm, BLOOM input_layernorm */
-    float *ln_ffn_w, *ln_ffn_b;       /* OPT final_layer_norm, BLOOM post_attention_layernorm */
-    /* attention: OPT q,k,v,out; BLOOM qkv (fused) and out (dense) */
-    Linear q, k, v, qkv, out;
-    /* MLP: OPT fc1/fc2, BLOOM dense_h_to_4h/dense_4h_to_h */
-    Linear fc1, fc2;
-} Layer;
-
-typedef struct RunState {
-    int capacity;            /* max tokens per forward call (rows of the scratch buffers) */
-    float *h;                /* residual stream [cap, hidden] */
-    float *x;                /* normalised input of a block [cap, hidden] */
-    float *q, *attn;         /* [cap, hidden] */
-    float *qkv;              /* BLOOM fused output [cap, 3*hidden] */
-    float *ffn;              /* [cap, ffn_dim] */
-    float *emb;              /* [cap, word_embed_proj_dim] (OPT project_in/out) */
-    float *logits;           /* [MODEL_LOGIT_ROWS, vocab] */
-    int32_t *pos;            /* host [cap]: position ids of the current call */
-    float *observe;          /* host [cap, max dim] copy for observers on non-CPU backends */
-} RunState;
-
-/* Logits are computed this many rows at a time to bound memory for big vocabularies. */
-#define MODEL_LOGIT_ROWS 64
+/* The weights, KV cache and scratch buffers (model_internal.h). */
+struct ModelWeights;
+struct RunState;
 
 typedef struct Model {
     ModelConfig cfg;
     Backend *bk;
     QuantConfig quant;
 
-    BkMatrix *embed;         /* token embeddings [vocab, word_embed_proj_dim]; also the tied lm_head */
-    BkMatrix *lm_head;       /* == embed unless the checkpoint stores a different lm_head */
-    BkMatrix *positions;     /* OPT learned positions [max_pos + 2, hidden]; NULL for BLOOM */
-    Linear project_in, project_out;   /* OPT-350m style; bk == NULL when absent */
-    float *emb_ln_w, *emb_ln_b;       /* BLOOM word_embeddings_layernorm */
-    float *final_ln_w, *final_ln_b;   /* OPT decoder.final_layer_norm / BLOOM ln_f; NULL if none */
-    float *alibi;                     /* BLOOM slopes [heads] (backend buffer) */
-    Layer *layers;
-
-    /* KV cache: per layer [ctx, hidden] */
-    int ctx;                 /* positions the cache holds */
-    float **k_cache, **v_cache;
+    int ctx;                 /* positions the KV cache holds */
     int n_past;              /* tokens already in the cache */
 
-    RunState rs;
-
-    ProjObserver observer;
+    ProjObserver observer;   /* set and cleared by the caller; NULL: none */
     void *observer_ctx;
 
     size_t weight_bytes;     /* backend memory held by weights */
+
+    struct ModelWeights *w;
+    struct RunState *rs;
 } Model;
 
 typedef struct ModelOptions {
     QuantConfig quant;
-    int ctx;                 /* KV-cache length; <= 0: the model's max positions (2048 for ALiBi) */
+    int ctx;                 /* KV-cache length; <= 0: arch_native_context() */
     int batch_tokens;        /* max tokens per forward call (scratch rows); <= 0: 512 */
 } ModelOptions;
 
@@ -113,29 +82,37 @@ float *model_forward_last(Model *m, const int32_t *ids, int T, Error *err);
  * ids[t + 1]). Logits stay on the backend; only these T numbers come back. */
 int model_score(Model *m, const int32_t *ids, int T, const int32_t *targets, double *nll, Error *err);
 
-/* ---- for the architecture files (opt.c, bloom.c) ---------------------------------- */
+/* ---- the forward pass in stages ----------------------------------------------------
+ * What model_forward does for one chunk of T <= model_capacity() tokens, exposed so that
+ * a pipeline in which a process (or device) holds only layers [first, last) can run its
+ * part and hand the residual stream on:
+ *     model_embed(m, ids, T)                    → residual [T, hidden]
+ *     model_run_layers(m, first, last, T)       residual → residual, KV of those layers
+ *     model_finish(m, T) then model_logits(...) → logits
+ *     model_advance(m, T)                       the tokens now count as past
+ * Every stage works at positions n_past..n_past+T-1 and checks its arguments (-1 with a
+ * message), and ends with the backend's sync. Between processes, the residual stream is
+ * model_residual(m) (a backend buffer [capacity, hidden]): download it after the last
+ * layer a process runs, upload it before the first. */
 
-/* Per-architecture parts, called by model.c. *_load fills the Model's weights;
- * *_forward runs T <= rs.capacity tokens at positions n_past.. and returns the final
- * hidden states [T, word_embed_proj_dim] (a RunState buffer), ready for the lm_head. */
-int opt_load(Model *m, const Checkpoint *ck, Error *err);
-const float *opt_forward(Model *m, const int32_t *ids, int T);
-int bloom_load(Model *m, const Checkpoint *ck, Error *err);
-const float *bloom_forward(Model *m, const int32_t *ids, int T);
+/* Most tokens one stage call takes (the scratch rows). */
+int model_capacity(const Model *m);
+/* The residual stream, [capacity, hidden], a backend buffer. */
+float *model_residual(Model *m);
+/* Token (and position) embeddings of ids[0..T) into the residual stream. */
+int model_embed(Model *m, const int32_t *ids, int T, Error *err);
+/* Layers first..last-1 on the residual stream's first T rows. */
+int model_run_layers(Model *m, int first, int last, int T, Error *err);
+/* The final norm (and projection) of the residual stream: the hidden states the lm_head
+ * reads, [T, word_embed_proj_dim], a backend buffer, in *hidden. */
+int model_finish(Model *m, int T, const float **hidden, Error *err);
+/* logits = hidden[0..rows) lm_head^T for rows <= MODEL_LOGIT_ROWS: a backend buffer
+ * [rows, vocab] valid until the next call, in *logits. */
+int model_logits(Model *m, const float *hidden, int rows, float **logits, Error *err);
+/* Marks the T tokens just run as cached (n_past += T). */
+int model_advance(Model *m, int T, Error *err);
 
-/* Loading helpers shared by the architectures. `name` is the short tensor name without
- * ".weight"/".bias" (e.g. "decoder.layers.0.fc1"). A projection is read as 16-bit, or as
- * int8 weight + SCB when the checkpoint is an 8-bit one, and created with m->quant. */
-int model_load_linear(Model *m, const Checkpoint *ck, const char *name, int64_t out, int64_t in,
-                      bool has_bias, Linear *l, Error *err);
-/* A 16-bit matrix [rows, cols] kept as stored. */
-int model_load_matrix(Model *m, const Checkpoint *ck, const char *name, int64_t rows, int64_t cols,
-                      BkMatrix **out, Error *err);
-/* A float vector [dim] (LayerNorm weight or bias) as a backend buffer. */
-int model_load_vector(Model *m, const Checkpoint *ck, const char *name, int64_t dim, float **out,
-                      Error *err);
-
-/* Runs a projection, first showing its input to the observer if there is one. */
-void model_linear(Model *m, int layer, ProjKind kind, const Linear *l, const float *x, int T, float *y);
+/* Logits are computed this many rows at a time to bound memory for big vocabularies. */
+#define MODEL_LOGIT_ROWS 64
 
 #endif

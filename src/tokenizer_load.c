@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 
 #include "fileio.h"
+#include "json_in.h"
 
 /* ---- limits: everything read from files is checked against these -------------- */
 
@@ -97,11 +98,9 @@ static int read_json(const char *path, cJSON **out, Error *err) {
     char *buf;
     size_t len;
     if (read_small_file(path, MAX_FILE_BYTES, &buf, &len, err)) return -1;
-    const char *end = NULL;
-    cJSON *j = cJSON_ParseWithLengthOpts(buf, len, &end, false);
-    size_t at = end && end >= buf && end <= buf + len ? (size_t)(end - buf) : 0;
+    cJSON *j = json_parse(path, buf, len, err);   /* refuses \u0000 and trailing text */
     free(buf);
-    if (!j) return err_set(err, "%s: not valid JSON (error near byte %zu)", path, at);
+    if (!j) return -1;
     *out = j;
     return 0;
 }
@@ -633,6 +632,11 @@ static int build_tables(Loader *L, bool gpt2_files, Error *err) {
         int32_t id = loader_lookup(L, L->extra[i]);
         if (id >= 0 && add_special(t, L->extra[i], id)) return err_set(err, "%s: out of memory", L->vocab_file);
     }
+    /* A BOS the configs name and the encoder would prepend must exist: dropping it silently
+     * would change every sequence the model sees. */
+    if (gpt2_files && L->add_bos != 0 && L->name[NAME_BOS] && L->name[NAME_BOS][0] && name_id[NAME_BOS] < 0)
+        return err_set(err, "%s: the BOS token '%.80s' named in the tokenizer config is not in the vocabulary",
+                       L->vocab_file, L->name[NAME_BOS]);
     t->bos_id = name_id[NAME_BOS];
     t->eos_id = name_id[NAME_EOS];
     t->unk_id = name_id[NAME_UNK];

@@ -13,10 +13,20 @@
  *   int8 path (where golden.json has "int8"): LLM.int8() with threshold 6 — ppl within 2% of
  *               int8.nll.ppl, argmax agreement with the int8 golden, greedy tokens reported.
  * Whole-model int8 logits are chaotic at the 1e-6 level (the fixtures' README), so int8 is
- * compared loosely, as the README advises. */
+ * compared loosely, as the README advises.
+ * Both paths: the forward run stage by stage (model.h's staged API, split between two
+ * "processes" that hand the residual stream on) gives bit for bit the logits of
+ * model_forward. And per fixture, the architecture's table (arch.h): every tensor it lists
+ * is in the checkpoint with its shape, and write_config() writes a config.json that
+ * config_load() reads back to the same numbers. */
 #include <cJSON.h>
 #include <math.h>
 
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "arch.h"
 #include "backend.h"
 #include "checkpoint.h"
 #include "model.h"
@@ -25,6 +35,10 @@
 
 static const char *const FIXTURES[] = {
     "opt-tiny", "opt-tiny-postln", "opt-tiny-sharded", "opt-tiny-v50272", "bloom-tiny", "bloom-tiny-bf16",
+    /* PyTorch .bin twins (tests/data/fixtures-bin/README.md): the same models, the same goldens. */
+    "../fixtures-bin/opt-tiny-bin", "../fixtures-bin/opt-tiny-postln-bin", "../fixtures-bin/opt-tiny-sharded-bin",
+    "../fixtures-bin/opt-tiny-noprefix-bin", "../fixtures-bin/opt-tiny-views-bin", "../fixtures-bin/bloom-tiny-bin",
+    "../fixtures-bin/bloom-tiny-bf16-bin",
 };
 
 static double worst_logit_err, worst_ppl_rel;
@@ -81,6 +95,92 @@ typedef struct Golden {
     int n_prompt, n_new;
 } Golden;
 
+/* The 32 ids again, stage by stage: layers [0, split) in one "process", the residual
+ * stream downloaded and uploaded, layers [split, n) in the next; the logits must be those
+ * of model_forward bit for bit (the same operations on the same numbers). */
+static void check_staged(const char *name, const char *tag, Model *m, const int32_t *ids, const float *want) {
+    const int V = m->cfg.vocab_size, D = m->cfg.hidden, L = m->cfg.n_layers, split = L / 2;
+    float *host = malloc((size_t)32 * D * sizeof *host), *got = malloc((size_t)32 * V * sizeof *got);
+    const float *hidden = NULL;
+    float *logits = NULL;
+    Error err;
+    model_reset(m);
+    int rc = model_embed(m, ids, 32, &err);
+    if (rc == 0) rc = model_run_layers(m, 0, split, 32, &err);
+    if (rc == 0) {
+        m->bk->download(m->bk, host, model_residual(m), (size_t)32 * D);
+        m->bk->upload(m->bk, model_residual(m), host, (size_t)32 * D);
+        rc = model_run_layers(m, split, L, 32, &err);
+    }
+    if (rc == 0) rc = model_finish(m, 32, &hidden, &err);
+    if (rc == 0) rc = model_logits(m, hidden, 32, &logits, &err);
+    if (rc == 0) {
+        m->bk->download(m->bk, got, logits, (size_t)32 * V);
+        rc = model_advance(m, 32, &err);
+    }
+    CHECK(rc == 0, "%s %s: staged forward: %s", name, tag, err.msg);
+    CHECK(rc != 0 || memcmp(got, want, (size_t)32 * V * sizeof *got) == 0,
+          "%s %s: the staged forward's logits differ from model_forward's", name, tag);
+    CHECK(m->n_past == 32, "%s %s: model_advance leaves n_past %d", name, tag, m->n_past);
+    CHECK(model_run_layers(m, 0, L + 1, 1, &err) != 0, "%s: model_run_layers past the last layer accepted", name);
+    model_reset(m);
+    free(host), free(got);
+}
+
+/* write_config() writes a config.json that config_load() reads back to the same numbers. */
+static void check_config_roundtrip(const char *name, const ModelConfig *cfg) {
+    const Architecture *a = arch_of(cfg);
+    Error err;
+    char path[] = "/tmp/llmint8-test-config-XXXXXX";
+    int fd = mkstemp(path);
+    cJSON *o = cJSON_CreateObject();
+    char *text = NULL;
+    CHECK(fd >= 0 && o && a->write_config(cfg, o) == 0 && (text = cJSON_Print(o)), "%s: write_config", name);
+    if (fd >= 0 && text) {
+        FILE *f = fdopen(fd, "w");
+        CHECK(f && fputs(text, f) >= 0 && fclose(f) == 0, "%s: writing %s", name, path);
+        ModelConfig back;
+        CHECK(config_load(path, &back, &err) == 0, "%s: config_load of write_config's JSON: %s", name, err.msg);
+        CHECK(back.arch == cfg->arch && back.vocab_size == cfg->vocab_size && back.hidden == cfg->hidden &&
+                  back.n_layers == cfg->n_layers && back.n_heads == cfg->n_heads && back.ffn_dim == cfg->ffn_dim &&
+                  back.max_positions == cfg->max_positions && back.word_embed_proj_dim == cfg->word_embed_proj_dim &&
+                  back.do_layer_norm_before == cfg->do_layer_norm_before && back.ln_eps == cfg->ln_eps &&
+                  back.activation == cfg->activation && back.enable_bias == cfg->enable_bias &&
+                  back.residual_post_ln == cfg->residual_post_ln && back.bos_id == cfg->bos_id &&
+                  back.eos_id == cfg->eos_id && back.pad_id == cfg->pad_id,
+              "%s: write_config then config_load changes the config", name);
+    } else if (fd >= 0) {
+        close(fd);
+    }
+    unlink(path);
+    free(text);
+    cJSON_Delete(o);
+}
+
+
+/* The table's tensors are all in the checkpoint (checkpoint_require checks the shapes), and
+ * write_config() round-trips through config_load(). */
+static void check_table(const char *name, const Checkpoint *ck) {
+    const ModelConfig *cfg = checkpoint_config(ck);
+    Error err;
+    ArchTensor *list;
+    size_t n;
+    CHECK(arch_tensors(cfg, &list, &n, &err) == 0 && n > 0, "%s: arch_tensors", name);
+    for (size_t i = 0; i < n; i++) {
+        const ArchTensor *t = &list[i];
+        if (t->optional) continue;
+        char key[128];
+        const StTensor *st;
+        int64_t shape[2] = {t->rows, t->cols};
+        snprintf(key, sizeof key, "%s.weight", t->name);
+        CHECK(checkpoint_require(ck, key, t->role == TENSOR_NORM ? 1 : 2, shape, ~0u, &st, &err) == 0, "%s: %s",
+              name, err.msg);
+    }
+    free(list);
+
+    check_config_roundtrip(name, cfg);
+}
+
 /* Runs one precision of one fixture against its golden block (root for fp16, "int8" for int8). */
 static void run_case(const char *name, const Checkpoint *ck, Backend *bk, const cJSON *g, bool int8) {
     const ModelConfig *cfg = checkpoint_config(ck);
@@ -114,6 +214,7 @@ static void run_case(const char *name, const Checkpoint *ck, Backend *bk, const 
     double ppl = ppl_of(logits, gd.ids, 32, V);
     double gold_ppl = path(blk, "nll", "ppl", NULL)->valuedouble;
     double rel = fabs(ppl / gold_ppl - 1.0);
+    check_staged(name, tag, m, gd.ids, logits);
 
     /* The same perplexity scored on the backend (model_score: only the NLLs come back). */
     int32_t targets[32];
@@ -217,6 +318,21 @@ int main(int argc, char **argv) {
     const bool on_cuda = strcmp(bk->name, "cuda") == 0;
     tol = on_cuda ? CUDA_TOL : CPU_TOL;
     fprintf(stderr, "test_fixtures on %s\n", bk->name);
+    /* A synthetic config as bench makes one: the defaults with other dimensions. */
+    const char *const TYPES[] = {"opt", "bloom"};
+    for (int i = 0; i < 2; i++) {
+        ModelConfig c;
+        const Architecture *a = arch_find(TYPES[i]);
+        CHECK(a && strcmp(arch_name(arch_id(a)), TYPES[i]) == 0, "arch_find(\"%s\")", TYPES[i]);
+        if (!a) continue;
+        arch_config_defaults(a, &c);
+        c.hidden = 96, c.n_heads = 6, c.n_layers = 3, c.vocab_size = 500;
+        c.ffn_dim = i == 0 ? 200 : 0;
+        arch_config_finish(&c);
+        CHECK(c.head_dim == 16 && c.word_embed_proj_dim == 96 && c.ffn_dim == (i == 0 ? 200 : 384),
+              "%s: arch_config_finish", TYPES[i]);
+        check_config_roundtrip(TYPES[i], &c);
+    }
     for (size_t i = 0; i < sizeof FIXTURES / sizeof FIXTURES[0]; i++) {
         const char *name = FIXTURES[i];
         char dir[256], gpath[300];
@@ -233,11 +349,18 @@ int main(int argc, char **argv) {
             cJSON_Delete(g);
             continue;
         }
+        check_table(name, ck);
         run_case(name, ck, bk, g, false);
         if (cJSON_GetObjectItemCaseSensitive(g, "int8")) run_case(name, ck, bk, g, true);
         checkpoint_close(ck);
         cJSON_Delete(g);
     }
+    /* The pre-1.6 (non-zip) format is refused, with a message that says so. */
+    Checkpoint *legacy = NULL;
+    CHECK(checkpoint_open("tests/data/fixtures-bin/opt-tiny-legacy-bin", &legacy, &err) != 0 &&
+              strstr(err.msg, "legacy (pre-1.6)") && strstr(err.msg, "pytorch_model.bin"),
+          "legacy .bin: expected a clear refusal, got %s", legacy ? "a checkpoint" : err.msg);
+    checkpoint_close(legacy);
     bk->destroy(bk);
     fprintf(stderr, "worst fp16 logit error %.3g, worst fp16 ppl relative error %.3g\n", worst_logit_err,
             worst_ppl_rel);

@@ -28,7 +28,7 @@
  *     program: it should never be much slower than one thread.
  *
  * Every measurement runs in a forked child process (bench_proc.h). That gives each precision
- * its own peak-RSS counter (VmHWM is per process), and keeps OpenMP and GPU state out of the
+ * its own peak-RSS counter (VmHWM is per process), and keeps worker threads and GPU state out of the
  * parent, which would make fork unsafe. A child sends its result back through a pipe.
  *
  * Peak RSS: after loading, the child drops its page-table entries for the checkpoint mapping

@@ -18,7 +18,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #define INDEX_NAME "model.safetensors.index.json"
 #define SINGLE_NAME "model.safetensors"
@@ -67,11 +66,6 @@ static char *join(const char *dir, const char *name) {
     char *p = malloc(n);
     if (p) snprintf(p, n, "%s/%s", dir, name);
     return p;
-}
-
-static bool file_exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0;
 }
 
 static int add_file(Checkpoint *c, const char *name, Error *err) {
@@ -148,9 +142,10 @@ static int open_sharded(Checkpoint *c, const char *index_path, Error *err) {
     /* Open each shard once; c->files[i] is shards[i]. */
     for (size_t i = 0; i < n_shards; i++) {
         char *p = join(c->dir, shards[i]);
-        bool exists = p && file_exists(p);
+        int present = p ? file_present(p, err) : err_set(err, "out of memory");
         free(p);
-        if (!exists) {
+        if (present < 0) goto done;
+        if (present == 0) {
             err_set(err, "%s: shard '%s' named in %s does not exist", c->dir, shards[i], index_name);
             goto done;
         }
@@ -177,11 +172,13 @@ done:
  * the reader by the .bin suffix). *found is false when the directory has neither. */
 static int open_torch_bin(Checkpoint *c, bool *found, Error *err) {
     char *single = join(c->dir, BIN_SINGLE_NAME), *index = join(c->dir, BIN_INDEX_NAME);
-    int rc = 0;
+    int rc = 0, has_single = 0, has_index = 0;
     *found = true;
     if (!single || !index) rc = err_set(err, "out of memory");
-    else if (file_exists(single)) rc = add_file(c, BIN_SINGLE_NAME, err);
-    else if (file_exists(index)) rc = open_sharded(c, index, err);
+    else if ((has_single = file_present(single, err)) < 0) rc = -1;
+    else if (has_single) rc = add_file(c, BIN_SINGLE_NAME, err);
+    else if ((has_index = file_present(index, err)) < 0) rc = -1;
+    else if (has_index) rc = open_sharded(c, index, err);
     else *found = false;
     free(single);
     free(index);
@@ -236,15 +233,20 @@ int checkpoint_open(const char *dir, Checkpoint **out, Error *err) {
         err_set(err, "out of memory");
         goto done;
     }
-    if (!file_exists(cfg_path)) {
+    /* file_present tells "absent" from a loop, a dangling link, a FIFO, a directory. */
+    int present = file_present(cfg_path, err);
+    if (present < 0) goto done;
+    if (present == 0) {
         err_set(err, "%s: config.json not found (not a Hugging Face checkpoint directory?)", c->dir);
         goto done;
     }
     if (config_load(cfg_path, &c->cfg, err)) goto done;
     /* Like transformers: a single file wins over an index when both are present. */
-    if (file_exists(single)) {
+    int has_single = file_present(single, err), has_index = has_single ? 0 : file_present(index, err);
+    if (has_single < 0 || has_index < 0) goto done;
+    if (has_single) {
         if (add_file(c, SINGLE_NAME, err)) goto done;
-    } else if (file_exists(index)) {
+    } else if (has_index) {
         if (open_sharded(c, index, err)) goto done;
     } else {
         bool found;

@@ -127,9 +127,19 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) {
     return 2;
 }
 
-static bool is_dir(const char *path) {
+/* MODEL_DIR must be a directory (symlinks followed). What it is otherwise is said as it is:
+ * absent, a dangling symlink, a symlink loop ("too many levels of symbolic links"), a file. */
+static int check_model_dir(const char *path, Error *err) {
     struct stat st;
-    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+    if (stat(path, &st) == 0) {
+        if (S_ISDIR(st.st_mode)) return 0;
+        return err_set(err, "%s: not a directory (expected a checkpoint directory)", path);
+    }
+    int e = errno;
+    if (e == ENOENT && lstat(path, &st) == 0 && S_ISLNK(st.st_mode))
+        return err_set(err, "%s: a symbolic link to nothing (its target does not exist)", path);
+    if (e == ENOENT) return err_set(err, "%s: no such directory (expected a checkpoint directory)", path);
+    return err_set(err, "%s: %s", path, strerror(e));
 }
 
 Backend *cli_backend_create(const char *device, int threads, Error *err) {
@@ -142,8 +152,7 @@ Backend *cli_backend_create(const char *device, int threads, Error *err) {
 int cli_session_open(const CommonOptions *o, bool need_tokenizer, bool want_tokenizer, Session *s,
                      Error *err) {
     memset(s, 0, sizeof *s);
-    if (!is_dir(o->model_dir))
-        return err_set(err, "%s: not a directory (expected a checkpoint directory)", o->model_dir);
+    if (check_model_dir(o->model_dir, err)) return -1;
     if (checkpoint_open(o->model_dir, &s->ck, err)) return -1;
 
     if (need_tokenizer || want_tokenizer) {

@@ -89,15 +89,9 @@ static int read_int8_weight(const Checkpoint *ck, const char *name, int64_t out,
                            fmt->file, key, v,
                            v == 1 ? "col32" : v == 2 ? "col_turing" : v == 3 ? "col_ampere" : "unknown");
     }
-    /* Scales must be finite and non-negative: they multiply every output. */
-    const float *s = scb->data;
-    for (int64_t i = 0; i < out; i++) {
-        float v;
-        memcpy(&v, s + i, sizeof v);
-        if (!(v >= 0.0f && v <= 65504.0f))
-            return err_set(err, "%s: tensor '%s.SCB' has an invalid scale %g at row %lld", scb->file,
-                           name, (double)v, (long long)i);
-    }
+    /* Scales in [0, 65504] (they multiply every output of their row), codes in [-127, 127]. */
+    if (quant_check_int8_source(DT_I8, w->data, scb->data, out, in, err))
+        return err_prefix(err, "%s: '%s.weight' / '%s.SCB'", w->file, name, name);
     *hm = (HostMatrix){.dtype = DT_I8, .rows = out, .cols = in, .data = w->data, .scb = scb->data};
     return 0;
 }

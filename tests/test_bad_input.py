@@ -407,5 +407,28 @@ if not SANITIZER:  # ASan reserves far more address space than the limit
           p.returncode == 1 and "standard input: out of memory" in err and not p.stdout,
           f"exit {p.returncode}: {err.strip()[-300:]!r}, {len(p.stdout)} bytes out")
 
+# -- the checkpoint's own files: a symlink loop, a dangling link, a FIFO are named as such ---------
+d = fresh("opt-tiny")
+os.remove(cfg_file(d))
+os.symlink("config.json", cfg_file(d))
+expect_fail("config.json a symlink loop", d, ["config.json", "oo many levels of symbolic links"])
+os.remove(cfg_file(d))
+os.symlink("gone.json", cfg_file(d))
+expect_fail("config.json a dangling symlink", d, ["config.json", "symbolic link to nothing"])
+os.remove(cfg_file(d))
+os.mkfifo(cfg_file(d))
+expect_fail("config.json a FIFO", d, ["config.json", "not a regular file (a FIFO)"])
+d = fresh("opt-tiny")
+os.remove(model_file(d))
+os.symlink("model.safetensors", model_file(d))
+expect_fail("model.safetensors a symlink loop", d, ["model.safetensors", "oo many levels of symbolic links"])
+loop_dir = os.path.join(tmp_root, "loop-dir")
+os.symlink("loop-dir", loop_dir)
+expect_fail("a symlink-loop model directory", loop_dir, ["loop-dir", "oo many levels of symbolic links"])
+dangling_dir = os.path.join(tmp_root, "dangling-dir")
+os.symlink("no-such-dir", dangling_dir)
+expect_fail("a dangling-symlink model directory", dangling_dir, ["dangling-dir", "symbolic link to nothing"])
+expect_fail("a regular file as the model directory", ids_file, ["ids.txt", "not a directory"])
+
 shutil.rmtree(tmp_root, ignore_errors=True)
 finish()

@@ -48,6 +48,47 @@ static int count_params(const Checkpoint *ck, int64_t *proj, int64_t *other, int
     return 0;
 }
 
+/* In an 8-bit checkpoint, which projections are stored as int8 (I8 + SCB) and which as
+ * float: those llm_int8_skip_modules keeps in 16-bit, and the rest, quantized on load
+ * (docs/MODELS.md, "8-bit checkpoints"). One line each; at most a few names, then the count. */
+static int print_int8_projections(const Checkpoint *ck, Error *err) {
+    enum { NAMES_SHOWN = 6 };
+    const ModelConfig *cfg = checkpoint_config(ck);
+    ArchTensor *list;
+    size_t n;
+    if (arch_tensors(cfg, &list, &n, err)) return -1;
+    size_t total = 0, int8 = 0, n_skipped = 0, n_onload = 0;
+    char skipped[512] = "", onload[512] = "";
+    for (size_t i = 0; i < n; i++) {
+        if (list[i].role != TENSOR_PROJECTION) continue;
+        total++;
+        char key[128];
+        snprintf(key, sizeof key, "%s.weight", list[i].name);
+        const StTensor *w = checkpoint_find(ck, key);
+        if (w && w->dtype == DT_I8) {
+            int8++;
+            continue;
+        }
+        bool skip = config_int8_skips(cfg, list[i].name);
+        size_t *count = skip ? &n_skipped : &n_onload;
+        char *names = skip ? skipped : onload;
+        if ((*count)++ < NAMES_SHOWN) {
+            size_t len = strlen(names);
+            snprintf(names + len, 512 - len, "%s%s (%s)", len ? ", " : "", list[i].name,
+                     w ? dtype_name(w->dtype) : "?");
+        }
+    }
+    free(list);
+    printf("int8:         %zu of %zu projections stored as int8\n", int8, total);
+    if (n_skipped)
+        printf("              16-bit, kept out of int8 by llm_int8_skip_modules: %s%s\n", skipped,
+               n_skipped > NAMES_SHOWN ? ", ..." : "");
+    if (n_onload)
+        printf("              float, quantized on load (--quant): %s%s\n", onload,
+               n_onload > NAMES_SHOWN ? ", ..." : "");
+    return 0;
+}
+
 int cmd_info(int argc, char **argv) {
     static const struct option longopts[] = {
         CLI_COMMON_OPTIONS,
@@ -115,6 +156,10 @@ int cmd_info(int argc, char **argv) {
                (double)proj / 1e6);
         printf("stored:       %s, %.1f MB in %zu tensors%s\n", dt, (double)stored / 1e6, checkpoint_count(s.ck),
                m->load_in_8bit ? " (8-bit bitsandbytes checkpoint)" : "");
+        if (m->load_in_8bit && print_int8_projections(s.ck, &err)) {
+            cli_session_close(&s);
+            return cli_fail(&err);
+        }
         printf("memory:       fp16 %.1f MB, int8 %.1f MB (%.2fx)\n", fp16_mb, int8_mb, int8_mb / fp16_mb);
         printf("tokenizer:    %s\n", s.tok ? "found" : "none in MODEL_DIR (use --tokenizer DIR for text)");
     }

@@ -96,11 +96,40 @@ static int read_int8_weight(const Checkpoint *ck, const char *name, int64_t out,
     return 0;
 }
 
+/* How one projection of the checkpoint is stored and will run (docs/MODELS.md, "8-bit
+ * checkpoints"): in an 8-bit checkpoint each projection decides by its stored weight, as in
+ * transformers: I8 + SCB is a bitsandbytes int8 weight; a float weight is a module that
+ * llm_int8_skip_modules kept as a float nn.Linear (it runs unquantized), or one saved with
+ * llm_int8_has_fp16_weight or kept in float32 by llm_int8_enable_fp32_cpu_offload
+ * (quantized on load with the user's --quant, as bitsandbytes quantizes it when it loads). */
+static int linear_source(const Model *m, const Checkpoint *ck, const char *name, LinearSource *src, Error *err) {
+    char key[256];
+    snprintf(key, sizeof key, "%s.weight", name);
+    const StTensor *w = checkpoint_find(ck, key);
+    bool skipped = m->cfg.load_in_8bit && config_int8_skips(&m->cfg, name);
+    if (!m->cfg.load_in_8bit || (w && w->dtype != DT_I8)) {
+        snprintf(key, sizeof key, "%s.SCB", name);
+        const StTensor *scb = m->cfg.load_in_8bit ? checkpoint_find(ck, key) : NULL;
+        if (scb)
+            return err_set(err, "%s: '%s.weight' is %s but '%s' (int8 row scales) is stored too: an int8 weight "
+                           "belongs with it", scb->file, name, dtype_name(w->dtype), key);
+        *src = skipped ? LINEAR_SKIPPED : LINEAR_FLOAT;
+        return 0;
+    }
+    if (w && skipped)
+        return err_set(err, "%s: '%s.weight' is int8, but llm_int8_skip_modules in config.json keeps '%s' in "
+                       "16-bit", w->file, name, name);
+    *src = LINEAR_INT8;
+    return 0;
+}
+
 static int load_linear(Model *m, const Checkpoint *ck, const char *name, int64_t out, int64_t in,
                       bool has_bias, Linear *l, Error *err) {
     char key[256];
     HostMatrix hm;
-    if (m->cfg.load_in_8bit) {
+    LinearSource src;
+    if (linear_source(m, ck, name, &src, err)) return -1;
+    if (src == LINEAR_INT8) {
         if (read_int8_weight(ck, name, out, in, &hm, err)) return -1;
     } else {
         const StTensor *w;
@@ -117,11 +146,14 @@ static int load_linear(Model *m, const Checkpoint *ck, const char *name, int64_t
         if (checkpoint_require(ck, key, 1, shape, DT_FLOAT_MASK, &b, err)) return -1;
         if (!(bias = read_floats(b, out))) return err_set(err, "out of memory loading '%s'", key);
     }
-    l->bk = m->bk->linear_create(m->bk, &hm, bias, &m->quant, err);
+    /* A skipped module is a float nn.Linear in transformers: no quantization, whatever --quant. */
+    QuantConfig unquantized = {.mode = QUANT_FP16};
+    l->bk = m->bk->linear_create(m->bk, &hm, bias, src == LINEAR_SKIPPED ? &unquantized : &m->quant, err);
     free(bias);
     if (!l->bk) return err_prefix(err, "%s", name);
     l->in = in;
     l->out = out;
+    l->source = src;
     m->weight_bytes += m->bk->linear_bytes(l->bk);
     return 0;
 }

@@ -59,6 +59,15 @@ const char *st_metadata(const StFile *f, const char *key);
 int st_adopt(const char *path, StTensor *tensors, size_t n, void *map, size_t map_size, void **buffers,
              size_t n_buffers, StFile **out, Error *err);
 
+/* Refuses a float tensor holding a value a model must not use: a NaN or an infinity, and with
+ * fit_f16 also a finite value beyond float16's range (|x| >= 65520, which float16 rounds to
+ * infinity). fit_f16 is the rule for every tensor that becomes float16 or int8 — all of them
+ * in `convert`, and in an int8 mode when loading (bitsandbytes quantizes the float16 copy);
+ * without it, the rule for a tensor used as stored. One scan at memory speed (dtype.h).
+ * Returns 0, or -1 with "FILE: tensor 'NAME': element I (row R, column C) is V, <why>".
+ * Integer tensors always pass. */
+int st_check_values(const StTensor *t, bool fit_f16, Error *err);
+
 /* ---- writing -------------------------------------------------------------
  * The writer needs the whole header before the data, so callers first declare
  * every tensor (name, dtype, shape), then stream each tensor's bytes in the same

@@ -71,7 +71,7 @@ static int print_int8_projections(const Checkpoint *ck, Error *err) {
             int8++;
             continue;
         }
-        bool skip = config_int8_skips(cfg, list[i].name);
+        bool skip = config_int8_skips(cfg, list[i].name); /* else quantized on load (model.c) */
         size_t *count = skip ? &n_skipped : &n_onload;
         char *names = skip ? skipped : onload;
         if ((*count)++ < NAMES_SHOWN) {

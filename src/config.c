@@ -166,6 +166,9 @@ static int load_quantization(const Ctx *outer, ModelConfig *cfg) {
     if (b4 || b4_) return err_set(c.err, "%s: 4-bit checkpoints are not supported (only 8-bit)", where);
     if (!(b8 || b8_)) return 0; /* e.g. a bitsandbytes block that quantizes nothing */
     cfg->load_in_8bit = true;
+    if (config_get_bool(&c, "llm_int8_has_fp16_weight", false, &cfg->int8_has_fp16_weight) ||
+        config_get_bool(&c, "llm_int8_enable_fp32_cpu_offload", false, &cfg->int8_fp32_cpu_offload))
+        return -1;
     const cJSON *skip = cJSON_GetObjectItemCaseSensitive(q, "llm_int8_skip_modules");
     if (skip && !cJSON_IsNull(skip)) {
         if (!cJSON_IsArray(skip))

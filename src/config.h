@@ -54,6 +54,9 @@ typedef struct ModelConfig {
     /* llm_int8_skip_modules: the modules transformers left as float nn.Linear (matched by
      * config_int8_skips(), docs/MODELS.md "8-bit checkpoints"); none when absent or null. */
     int n_int8_skip;
+    /* llm_int8_has_fp16_weight, llm_int8_enable_fp32_cpu_offload: either one explains float
+     * weights of projections that are not skipped (quantized on load). */
+    bool int8_has_fp16_weight, int8_fp32_cpu_offload;
     char int8_skip[CONFIG_MAX_INT8_SKIP][CONFIG_MAX_INT8_SKIP_LEN];
 
     char torch_dtype[32];          /* as written, or "" */

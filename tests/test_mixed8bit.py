@@ -160,9 +160,9 @@ for fixture in ("opt-tiny", "bloom-tiny"):
     # 3. Float weights that are not skipped (llm_int8_has_fp16_weight; fp32 offload saves) are
     #    quantized on load: the same numbers as the int8 checkpoint (fp16 values, the same
     #    row-wise quantization), in F16 and in F32.
-    for dtype in ("F16", "F32"):
+    for dtype, flag in (("F16", "llm_int8_has_fp16_weight"), ("F32", "llm_int8_enable_fp32_cpu_offload")):
         d = mixed(fixture, converted, tmp, f"fp16-weights-{dtype}", proj, dtype=dtype, skip=None,
-                  quant_extra={"llm_int8_has_fp16_weight": True})
+                  quant_extra={flag: True})
         p, why = ppl(d, ids_file)
         check(f"{fixture}: all {dtype} weights, none skipped: quantized on load = the int8 checkpoint",
               p is not None and p == all_int8, f"{p} vs {all_int8} {why}")
@@ -170,12 +170,17 @@ for fixture in ("opt-tiny", "bloom-tiny"):
         check(f"{fixture}: info ({dtype}): 0 int8, quantized on load",
               rc == 0 and "quantized on load" in out and f"0 of {len(proj)}" in out, out + err)
 
-    # 4. Contradictions are errors that name the tensor.
+    # 4. Contradictions are errors that name the tensor. A float weight that neither the skip
+    #    list nor one of the two flags explains: the config promises int8.
+    d = mixed(fixture, converted, tmp, "float-unexplained", [proj[2]])
+    rc, out, err = run("ppl", d, "--ids", ids_file)
+    check(f"{fixture}: a float weight no flag explains is an error (F16, expected I8)",
+          rc == 1 and proj[2][len(PREFIX[fixture]):] in err and "F16" in err and "I8" in err, err)
     d = mixed(fixture, converted, tmp, "int8-but-skipped", [], skip=[proj[0].rsplit(".", 1)[1]])
     rc, out, err = run("ppl", d, "--ids", ids_file)
     check(f"{fixture}: an int8 weight of a skipped module is an error",
           rc == 1 and "llm_int8_skip_modules" in err and proj[0][len(PREFIX[fixture]):] in err, err)
-    d = mixed(fixture, converted, tmp, "float-with-scb", [proj[1]])
+    d = mixed(fixture, converted, tmp, "float-with-scb", [proj[1]], quant_extra={"llm_int8_has_fp16_weight": True})
     t = tensors_of(os.path.join(d, "model.safetensors"))
     t[proj[1] + ".SCB"] = tensors_of(os.path.join(converted, "model.safetensors"))[proj[1] + ".SCB"]
     write_st(os.path.join(d, "model.safetensors"), t)

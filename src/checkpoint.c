@@ -38,6 +38,8 @@ struct Checkpoint {
     const StTensor **all;     /* every tensor, file by file */
     size_t n_all;
     Entry *by_short;          /* sorted by short name */
+    const StTensor **unused;  /* tensors the config's model does not read, by short name */
+    size_t n_unused;
 };
 
 const ModelConfig *checkpoint_config(const Checkpoint *c) { return &c->cfg; }
@@ -57,6 +59,7 @@ void checkpoint_close(Checkpoint *c) {
     free(c->files);
     free(c->all);
     free(c->by_short);
+    free(c->unused);
     free(c->dir);
     free(c);
 }
@@ -213,6 +216,81 @@ static int build_index(Checkpoint *c, Error *err) {
     return 0;
 }
 
+/* ---- tensors the config does not use ------------------------------------------------ */
+
+/* Marks the stored tensor `short_name` (if any) as used. */
+static void mark_used(const Checkpoint *c, bool *used, const char *module, const char *suffix) {
+    char name[160];
+    snprintf(name, sizeof name, "%s.%s", module, suffix);
+    Entry key = {name, NULL};
+    const Entry *e = bsearch(&key, c->by_short, c->n_all, sizeof key, cmp_entry);
+    if (e) used[e - c->by_short] = true;
+}
+
+/* The layer a short name belongs to by the table's per-layer names ("decoder.layers.%d...":
+ * "decoder.layers.7.fc1.weight" is layer 7), or -1 for a name outside the layers. */
+static long layer_of(const Architecture *a, const char *name) {
+    for (size_t i = 0; i < a->n_tensors; i++) {
+        const char *tmpl = a->tensors[i].name, *at = a->tensors[i].per_layer ? strstr(tmpl, "%d") : NULL;
+        if (!at || strncmp(name, tmpl, (size_t)(at - tmpl)) != 0) continue;
+        const char *digits = name + (at - tmpl);
+        char *end;
+        if (*digits < '0' || *digits > '9') continue;
+        errno = 0;
+        long layer = strtol(digits, &end, 10);
+        if (*end == '.' && errno == 0) return layer;
+    }
+    return -1;
+}
+
+/* Walks the architecture's tensor list for this config (arch_tensors) against the stored
+ * tensors: a stored tensor of a layer at or beyond num_hidden_layers is an error (the config
+ * would silently run a shallower model); any other tensor nobody reads is kept in c->unused
+ * for `info` and the other commands' warning. What is read: NAME.weight of every module,
+ * NAME.bias of norms and of projections with a bias, and in an 8-bit checkpoint NAME.SCB and
+ * NAME.weight_format of projections. */
+static int find_unused(Checkpoint *c, Error *err) {
+    ArchTensor *list;
+    size_t n;
+    if (arch_tensors(&c->cfg, &list, &n, err)) return -1;
+    bool *used = calloc(c->n_all + 1, sizeof *used);
+    c->unused = calloc(c->n_all + 1, sizeof *c->unused);
+    if (!used || !c->unused) {
+        free(list), free(used);
+        return err_set(err, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        const ArchTensor *t = &list[i];
+        mark_used(c, used, t->name, "weight");
+        if (t->role == TENSOR_NORM || (t->role == TENSOR_PROJECTION && t->bias)) mark_used(c, used, t->name, "bias");
+        if (t->role == TENSOR_PROJECTION && c->cfg.load_in_8bit) {
+            mark_used(c, used, t->name, "SCB");
+            mark_used(c, used, t->name, "weight_format");
+        }
+    }
+    free(list);
+    const Architecture *a = arch_of(&c->cfg);
+    int rc = 0;
+    for (size_t i = 0; i < c->n_all && rc == 0; i++) {
+        if (used[i]) continue;
+        const Entry *e = &c->by_short[i];
+        long layer = layer_of(a, e->short_name);
+        if (layer >= c->cfg.n_layers)
+            rc = err_set(err,
+                         "%s: tensor '%s' belongs to layer %ld, but config.json says the model has %d layers "
+                         "(num_hidden_layers or its alias): the config does not fit this checkpoint",
+                         e->tensor->file, e->tensor->name, layer, c->cfg.n_layers);
+        else
+            c->unused[c->n_unused++] = e->tensor;
+    }
+    free(used);
+    return rc;
+}
+
+size_t checkpoint_unused_count(const Checkpoint *c) { return c->n_unused; }
+
+const StTensor *checkpoint_unused(const Checkpoint *c, size_t i) { return i < c->n_unused ? c->unused[i] : NULL; }
+
 int checkpoint_open(const char *dir, Checkpoint **out, Error *err) {
     *out = NULL;
     Checkpoint *c = calloc(1, sizeof *c);
@@ -257,7 +335,7 @@ int checkpoint_open(const char *dir, Checkpoint **out, Error *err) {
             goto done;
         }
     }
-    if (build_index(c, err)) goto done;
+    if (build_index(c, err) || find_unused(c, err)) goto done;
     rc = 0;
 done:
     free(cfg_path);

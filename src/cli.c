@@ -255,11 +255,27 @@ Backend *cli_backend_create(const char *device, int threads, Error *err) {
     return bk;
 }
 
+/* One line for the tensors the config does not use (checkpoint_unused): the first few by
+ * name and the count. */
+static void warn_unused(const Checkpoint *ck) {
+    enum { NAMES_SHOWN = 3 };
+    size_t n = checkpoint_unused_count(ck);
+    if (n == 0) return;
+    char names[512] = "";
+    for (size_t i = 0; i < n && i < NAMES_SHOWN; i++) {
+        size_t len = strlen(names);
+        snprintf(names + len, sizeof names - len, "%s'%s'", i ? ", " : "", checkpoint_unused(ck, i)->name);
+    }
+    cli_warn("%s: %zu stored tensor%s not used by this config, ignored: %s%s (llmint8 info lists them)",
+             checkpoint_dir(ck), n, n == 1 ? " is" : "s are", names, n > NAMES_SHOWN ? ", ..." : "");
+}
+
 int cli_session_open(const CommonOptions *o, bool need_tokenizer, bool want_tokenizer, Session *s,
                      Error *err) {
     memset(s, 0, sizeof *s);
     if (check_model_dir(o->model_dir, err)) return -1;
     if (checkpoint_open(o->model_dir, &s->ck, err)) return -1;
+    if (!o->lists_unused) warn_unused(s->ck);
 
     if (need_tokenizer || want_tokenizer) {
         const char *dir = o->tokenizer_dir ? o->tokenizer_dir : o->model_dir;

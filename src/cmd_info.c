@@ -13,7 +13,8 @@
 static const char HELP[] =
     "Usage: llmint8 info MODEL_DIR [--json]\n"
     "Prints the architecture, parameter count, stored dtype and the memory the weights take in\n"
-    "16-bit and in int8. Every tensor is checked against the config.\n\n"
+    "16-bit and in int8. Every tensor is checked against the config; stored tensors the config\n"
+    "does not use are listed (a layer beyond its layer count is an error).\n\n"
     "\n%s\nExample:\n"
     "  llmint8 info models/opt-gutenberg-7m\n";
 
@@ -91,6 +92,20 @@ static int print_int8_projections(const Checkpoint *ck, Error *err) {
     return 0;
 }
 
+/* The stored tensors this config's model does not read (checkpoint_unused), one per line,
+ * names escaped: they come from the file. */
+static void print_unused(const Checkpoint *ck) {
+    size_t n = checkpoint_unused_count(ck);
+    if (n == 0) return;
+    printf("unused:       %zu stored tensor%s not read with this config:\n", n, n == 1 ? "" : "s");
+    for (size_t i = 0; i < n; i++) {
+        const char *name = checkpoint_unused(ck, i)->name;
+        fputs("              ", stdout);
+        cli_write_escaped(stdout, name, strlen(name), 0);
+        fputc('\n', stdout);
+    }
+}
+
 int cmd_info(int argc, char **argv) {
     static const struct option longopts[] = {
         CLI_COMMON_OPTIONS,
@@ -115,6 +130,7 @@ int cmd_info(int argc, char **argv) {
 
     Error err;
     Session s;
+    co.lists_unused = true; /* listed below instead of warned about */
     if (cli_session_open(&co, false, true, &s, &err)) return cli_fail(&err);
     co.quant.mode = QUANT_FP16;
     ModelOptions mo = {.ctx = 2, .batch_tokens = 1};
@@ -158,6 +174,9 @@ int cmd_info(int argc, char **argv) {
         json_add_number(&j, j.root, "fp16_megabytes", round(fp16_mb * 10) / 10, NULL);
         json_add_number(&j, j.root, "int8_megabytes", round(int8_mb * 10) / 10, NULL);
         json_add_bool(&j, j.root, "tokenizer", s.tok != NULL);
+        cJSON *unused = json_add_array(&j, j.root, "unused_tensors");
+        for (size_t i = 0; i < checkpoint_unused_count(s.ck); i++)
+            json_append_string(&j, unused, checkpoint_unused(s.ck, i)->name);
         rc = json_out_print(&j, stdout, false, &err);
     } else {
         printf("model:        %s\n", co.model_dir);
@@ -176,6 +195,7 @@ int cmd_info(int argc, char **argv) {
         }
         printf("memory:       fp16 %.1f MB, int8 %.1f MB (%.2fx)\n", fp16_mb, int8_mb, int8_mb / fp16_mb);
         printf("tokenizer:    %s\n", s.tok ? "found" : "none in MODEL_DIR (use --tokenizer DIR for text)");
+        print_unused(s.ck);
     }
     cli_session_close(&s);
     return rc ? cli_fail(&err) : 0;

@@ -430,6 +430,51 @@ os.symlink("no-such-dir", dangling_dir)
 expect_fail("a dangling-symlink model directory", dangling_dir, ["dangling-dir", "symbolic link to nothing"])
 expect_fail("a regular file as the model directory", ids_file, ["ids.txt", "not a directory"])
 
+# -- config and checkpoint that disagree: layers beyond the config's count, unused tensors ---------
+for fixture, key in (("opt-tiny", "num_hidden_layers"), ("bloom-tiny", "n_layer")):
+    d = fresh(fixture)
+    edit_json(cfg_file(d), set_cfg(**{key: 1}))
+    layer1 = "model.decoder.layers.1." if fixture == "opt-tiny" else "transformer.h.1."
+    expect_fail(f"{fixture}: config with 1 layer over a 2-layer checkpoint", d,
+                [layer1, "layer 1", "1 layers", "num_hidden_layers"], commands=("info", "ppl"))
+    rc, out, err = run("convert", d, "-o", os.path.join(tmp_root, f"conv-1layer-{fixture}"))
+    check(f"{fixture}: convert refuses the 1-layer config too", rc == 1 and layer1 in err, f"exit {rc}: {err[-300:]!r}")
+
+
+def add_tensors(*names):
+    def fn(h):
+        _, data = read_st(model_file(d))
+        for name in names:
+            h[name] = {"dtype": "F16", "shape": [4], "data_offsets": [len(data), len(data) + 8]}
+            data += struct.pack("<4e", 1, 2, 3, 4)
+        return h, data
+    return fn
+
+
+d = fresh("opt-tiny")
+extras = ["model.decoder.extra.weight", "model.decoder.layers.0.adapter.weight", "rotary.inv_freq",
+          "model.decoder.layers.1.fc1.lora_A"]
+edit_st(model_file(d), add_tensors(*extras))
+rc, out, err = run("info", d)
+check("unused tensors: info lists every one of them, exit 0, no warning",
+      rc == 0 and "4 stored tensors not read" in out and all(e in out for e in extras) and "warning" not in err,
+      f"exit {rc}: {out[-600:]!r} {err[-300:]!r}")
+rc, out, err = run("info", d, "--json")
+try:
+    listed = json.loads(out).get("unused_tensors")
+except ValueError:
+    listed = None
+check("unused tensors: info --json lists them", rc == 0 and sorted(listed or []) == sorted(extras), out[-400:])
+mine, why = nll_mean(d)
+theirs, why2 = nll_mean(os.path.join(FIX, "opt-tiny"))
+check("unused tensors: ppl is unchanged", mine is not None and mine == theirs, f"{mine} vs {theirs} {why} {why2}")
+rc, out, err = run("ppl", d, "--ids", ids_file, "--quant", "all")
+warnings = [line for line in err.splitlines() if "warning" in line]
+check("unused tensors: ppl (--quant all: several loads) warns once, one line with the count and the first names",
+      rc == 0 and len(warnings) == 1 and "4 stored tensors are not used" in warnings[0]
+      and "model.decoder.extra.weight" in warnings[0] and "..." in warnings[0],
+      f"exit {rc}: {warnings!r} {err[-300:]!r}")
+
 # -- non-finite weights: the loader names the tensor, the element and the value, in every mode ------
 DEMO = "models/opt-gutenberg-7m-outliers"
 

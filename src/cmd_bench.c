@@ -43,6 +43,7 @@
 #include "bench_proc.h"
 #include "cli.h"
 #include "commands.h"
+#include "json_out.h"
 #include "rng.h"
 
 static const char HELP[] =
@@ -672,92 +673,118 @@ static int make_targets(const BenchPlan *p, const Results *res, Target t[4]) {
 
 static bool target_pass(const Target *t) { return t->at_least ? t->value >= t->limit : t->value <= t->limit; }
 
-/* A JSON string literal (the CPU name comes from the system: escape it). */
-static void json_string(const char *s) {
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') printf("\\%c", ch);
-        else if (ch < 0x20) printf("\\u%04x", ch);
-        else putchar(ch);
-    }
-    putchar('"');
-}
-
 static const char *shape_kind(int shape) { return shape == 0 ? "ffn" : "attn"; }
 
-static void print_json(const BenchPlan *p, const Results *res, const char *cpu, int threads) {
+/* The report as one JSON object, through the program's one JSON writer (json_out.h): a
+ * ratio or speed that is not finite (a time of 0) becomes null with a reason. */
+static int print_json(const BenchPlan *p, const Results *res, const char *cpu, int threads, Error *err) {
+    static const char NOT_TIMED[] = "a time of zero or an untimed run";
     const BenchOptions *o = &p->o;
     const BenchShape *s = &o->shape;
-    printf("{\"shape\": {\"name\": ");
-    json_string(s->name);
-    printf(", \"arch\": \"%s\", \"hidden\": %d, \"layers\": %d, \"heads\": %d, \"ffn\": %d, \"vocab\": %d, "
-           "\"modified\": %s},\n",
-           arch_name(s->arch), s->hidden, s->layers, s->heads, s->ffn, s->vocab, o->dims_changed ? "true" : "false");
-    printf(" \"machine\": {\"cpu\": ");
-    json_string(cpu);
-    printf(", \"cores\": %ld, \"kernels\": ", sysconf(_SC_NPROCESSORS_ONLN));
-    json_string(ran_on(res)->kernels);
-    printf("},\n");
-    printf(" \"device\": \"%s\", \"threads\": %d, \"threshold\": %g, \"outlier_frac\": %g, \"cpu_busy_before\": %.3f,\n",
-           ran_on(res)->name, threads, (double)p->int8.threshold, o->outlier_frac, res->busy);
-    printf(" \"gemm\": [");
+    JsonOut j;
+    json_out_begin(&j);
+    cJSON *shape = json_add_object(&j, j.root, "shape");
+    json_add_string(&j, shape, "name", s->name);
+    json_add_string(&j, shape, "arch", arch_name(s->arch));
+    json_add_int(&j, shape, "hidden", s->hidden);
+    json_add_int(&j, shape, "layers", s->layers);
+    json_add_int(&j, shape, "heads", s->heads);
+    json_add_int(&j, shape, "ffn", s->ffn);
+    json_add_int(&j, shape, "vocab", s->vocab);
+    json_add_bool(&j, shape, "modified", o->dims_changed);
+    cJSON *machine = json_add_object(&j, j.root, "machine");
+    json_add_string(&j, machine, "cpu", cpu);
+    json_add_int(&j, machine, "cores", sysconf(_SC_NPROCESSORS_ONLN));
+    json_add_string(&j, machine, "kernels", ran_on(res)->kernels);
+    json_add_string(&j, j.root, "device", ran_on(res)->name);
+    json_add_int(&j, j.root, "threads", threads);
+    json_add_float(&j, j.root, "threshold", p->int8.threshold, NULL);
+    json_add_number(&j, j.root, "outlier_frac", o->outlier_frac, NULL);
+    json_add_number(&j, j.root, "cpu_busy_before", res->busy, NULL);
+
+    cJSON *gemm = json_add_array(&j, j.root, "gemm");
     for (int i = 0; res->have_gemm && i < res->gemm.n; i++) {
         const GemmCell *c = &res->gemm.cells[i];
-        printf("%s\n  {\"shape\": \"%s\", \"K\": %d, \"N\": %d, \"tokens\": %d, \"outlier_cols\": %d", i ? "," : "",
-               shape_kind(c->shape), c->K, c->N, c->T, c->outlier_cols);
-        for (int v = 0; v < N_VARIANTS; v++)
-            printf(", \"%s_gops\": %.4g, \"%s_ms\": %.5g, \"%s_calls\": %d", VARIANT_NAMES[v], gops(c, v),
-                   VARIANT_NAMES[v], 1e3 * c->seconds[v], VARIANT_NAMES[v], c->calls[v]);
-        printf("}");
+        cJSON *cell = json_append_object(&j, gemm);
+        json_add_string(&j, cell, "shape", shape_kind(c->shape));
+        json_add_int(&j, cell, "K", c->K);
+        json_add_int(&j, cell, "N", c->N);
+        json_add_int(&j, cell, "tokens", c->T);
+        json_add_int(&j, cell, "outlier_cols", c->outlier_cols);
+        for (int v = 0; v < N_VARIANTS; v++) {
+            char key[64];
+            snprintf(key, sizeof key, "%s_gops", VARIANT_NAMES[v]);
+            json_add_number(&j, cell, key, gops(c, v), NOT_TIMED);
+            snprintf(key, sizeof key, "%s_ms", VARIANT_NAMES[v]);
+            json_add_number(&j, cell, key, 1e3 * c->seconds[v], NULL);
+            snprintf(key, sizeof key, "%s_calls", VARIANT_NAMES[v]);
+            json_add_int(&j, cell, key, c->calls[v]);
+        }
     }
-    printf("],\n \"model\": ");
+
     if (!res->have_model) {
-        printf("null");
+        cJSON_AddNullToObject(j.root, "model");
     } else {
-        printf("{\"prompt_tokens\": %d, \"ppl_tokens\": %d, \"decode_tokens\": %d, \"outlier_dims\": %d",
-               o->prompt_tokens, o->ppl_tokens, o->decode_tokens, p->n_outlier_dims);
+        cJSON *model = json_add_object(&j, j.root, "model");
+        json_add_int(&j, model, "prompt_tokens", o->prompt_tokens);
+        json_add_int(&j, model, "ppl_tokens", o->ppl_tokens);
+        json_add_int(&j, model, "decode_tokens", o->decode_tokens);
+        json_add_int(&j, model, "outlier_dims", p->n_outlier_dims);
         const char *names[3] = {"fp16", "int8", "int8_tau0"};
         for (int k = 0; k < (res->have_tau0 ? 3 : 2); k++) {
             const ModelReport *r = &res->model[k];
-            printf(",\n  \"%s\": {\"load_seconds\": %.3f, \"prompt_tokens_per_second\": %.4g, "
-                   "\"ppl_tokens_per_second\": %.4g, \"decode_tokens_per_second\": %.4g, \"weight_bytes\": %lld, "
-                   "\"kv_cache_bytes\": %lld, \"ctx\": %d, \"peak_rss_load_bytes\": %lld, "
-                   "\"peak_rss_generate_bytes\": %lld, \"peak_rss_ppl_bytes\": %lld, \"peak_rss_after_load\": %s, "
-                   "\"device_memory_bytes\": %lld",
-                   names[k], r->load_s, tps(o->prompt_tokens, r->prompt_s), tps(o->ppl_tokens, r->ppl_s),
-                   tps(o->decode_tokens, r->decode_s), r->weight_bytes, r->kv_bytes, r->ctx, r->rss_load,
-                   r->rss_generate, r->rss_ppl, r->rss_reset ? "true" : "false", r->device_mem);
-            if (k == 1)
-                printf(", \"outlier_cols_mean\": %.3g, \"outlier_cols_max\": %d",
-                       r->outlier_calls ? (double)r->outlier_cols_sum / (double)r->outlier_calls : 0.0,
-                       r->outlier_cols_max);
-            printf("}");
+            cJSON *m = json_add_object(&j, model, names[k]);
+            json_add_number(&j, m, "load_seconds", r->load_s, NULL);
+            json_add_number(&j, m, "prompt_tokens_per_second", tps(o->prompt_tokens, r->prompt_s), NOT_TIMED);
+            json_add_number(&j, m, "ppl_tokens_per_second", tps(o->ppl_tokens, r->ppl_s), NOT_TIMED);
+            json_add_number(&j, m, "decode_tokens_per_second", tps(o->decode_tokens, r->decode_s), NOT_TIMED);
+            json_add_int(&j, m, "weight_bytes", r->weight_bytes);
+            json_add_int(&j, m, "kv_cache_bytes", r->kv_bytes);
+            json_add_int(&j, m, "ctx", r->ctx);
+            json_add_int(&j, m, "peak_rss_load_bytes", r->rss_load);
+            json_add_int(&j, m, "peak_rss_generate_bytes", r->rss_generate);
+            json_add_int(&j, m, "peak_rss_ppl_bytes", r->rss_ppl);
+            json_add_bool(&j, m, "peak_rss_after_load", r->rss_reset);
+            json_add_int(&j, m, "device_memory_bytes", r->device_mem);
+            if (k == 1) {
+                json_add_number(&j, m, "outlier_cols_mean",
+                                r->outlier_calls ? (double)r->outlier_cols_sum / (double)r->outlier_calls : 0.0, NULL);
+                json_add_int(&j, m, "outlier_cols_max", r->outlier_cols_max);
+            }
         }
-        printf("}");
     }
+
     Target t[4];
     int nt = make_targets(p, res, t);
-    printf(",\n \"ratios\": {");
+    cJSON *ratios = json_add_object(&j, j.root, "ratios");
     for (int i = 0; i < nt; i++) {
-        printf("%s\"%s\": ", i ? ", " : "", t[i].name);
-        if (t[i].known) printf("%.4g", t[i].value);
-        else printf("null");
+        if (t[i].known) json_add_number(&j, ratios, t[i].name, t[i].value, NOT_TIMED);
+        else cJSON_AddNullToObject(ratios, t[i].name);
     }
-    if (res->have_model)
-        printf(", \"ppl\": %.4g, \"weights\": %.4g",
-               ratio(tps(o->ppl_tokens, res->model[1].ppl_s), tps(o->ppl_tokens, res->model[0].ppl_s)),
-               ratio((double)res->model[1].weight_bytes, (double)res->model[0].weight_bytes));
-    if (res->have_tau0) /* tau = 6 time / tau = 0 time - 1 */
-        printf(", \"decomp_overhead_prompt\": %.4g, \"decomp_overhead_decode\": %.4g",
-               ratio(res->model[1].prompt_s, res->model[2].prompt_s) - 1.0,
-               ratio(res->model[1].decode_s, res->model[2].decode_s) - 1.0);
-    printf("},\n \"targets\": [");
-    for (int i = 0; i < nt; i++)
-        printf("%s\n  {\"name\": \"%s\", \"target\": \"%s\", \"limit\": %g, \"value\": %.4g, \"pass\": %s}", i ? "," : "",
-               t[i].name, t[i].what, t[i].limit, t[i].value,
-               !t[i].known ? "null" : target_pass(&t[i]) ? "true" : "false");
-    printf("]}\n");
+    if (res->have_model) {
+        json_add_number(&j, ratios, "ppl",
+                        ratio(tps(o->ppl_tokens, res->model[1].ppl_s), tps(o->ppl_tokens, res->model[0].ppl_s)),
+                        NOT_TIMED);
+        json_add_number(&j, ratios, "weights",
+                        ratio((double)res->model[1].weight_bytes, (double)res->model[0].weight_bytes), NULL);
+    }
+    if (res->have_tau0) { /* tau = 6 time / tau = 0 time - 1 */
+        json_add_number(&j, ratios, "decomp_overhead_prompt", ratio(res->model[1].prompt_s, res->model[2].prompt_s) - 1.0,
+                        NOT_TIMED);
+        json_add_number(&j, ratios, "decomp_overhead_decode", ratio(res->model[1].decode_s, res->model[2].decode_s) - 1.0,
+                        NOT_TIMED);
+    }
+    cJSON *targets = json_add_array(&j, j.root, "targets");
+    for (int i = 0; i < nt; i++) {
+        cJSON *tj = json_append_object(&j, targets);
+        json_add_string(&j, tj, "name", t[i].name);
+        json_add_string(&j, tj, "target", t[i].what);
+        json_add_number(&j, tj, "limit", t[i].limit, NULL);
+        json_add_number(&j, tj, "value", t[i].value, NOT_TIMED);
+        if (t[i].known) json_add_bool(&j, tj, "pass", target_pass(&t[i]));
+        else cJSON_AddNullToObject(tj, "pass");
+    }
+    return json_out_print(&j, stdout, true, err);
 }
 
 /* One row of the whole-model table: fp16, int8, (their ratio), and with --model-tau0 the
@@ -919,7 +946,7 @@ int cmd_bench(int argc, char **argv) {
         res->have_tau0 = rc == 0 && plan.o.model_tau0;
     }
     if (rc == 0) {
-        if (plan.o.json) print_json(&plan, res, cpu, threads);
+        if (plan.o.json) rc = print_json(&plan, res, cpu, threads, &err);
         else print_text(&plan, res, cpu, threads);
     }
     if (ck) checkpoint_close(ck);

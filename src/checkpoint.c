@@ -19,7 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #define INDEX_NAME "model.safetensors.index.json"
 #define SINGLE_NAME "model.safetensors"
@@ -40,6 +39,8 @@ struct Checkpoint {
     const StTensor **all;     /* every tensor, file by file */
     size_t n_all;
     Entry *by_short;          /* sorted by short name */
+    const StTensor **unused;  /* tensors the config's model does not read, by short name */
+    size_t n_unused;
 };
 
 const ModelConfig *checkpoint_config(const Checkpoint *c) { return &c->cfg; }
@@ -59,6 +60,7 @@ void checkpoint_close(Checkpoint *c) {
     free(c->files);
     free(c->all);
     free(c->by_short);
+    free(c->unused);
     free(c->dir);
     free(c);
 }
@@ -68,11 +70,6 @@ static char *join(const char *dir, const char *name) {
     char *p = malloc(n);
     if (p) snprintf(p, n, "%s/%s", dir, name);
     return p;
-}
-
-static bool file_exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0;
 }
 
 static int add_file(Checkpoint *c, const char *name, Error *err) {
@@ -150,9 +147,10 @@ static int open_sharded(Checkpoint *c, const char *index_path, Error *err) {
     /* Open each shard once; c->files[i] is shards[i]. */
     for (size_t i = 0; i < n_shards; i++) {
         char *p = join(c->dir, shards[i]);
-        bool exists = p && file_exists(p);
+        int present = p ? file_present(p, err) : err_set(err, "out of memory");
         free(p);
-        if (!exists) {
+        if (present < 0) goto done;
+        if (present == 0) {
             err_set(err, "%s: shard '%s' named in %s does not exist", c->dir, shards[i], index_name);
             goto done;
         }
@@ -179,11 +177,13 @@ done:
  * the reader by the .bin suffix). *found is false when the directory has neither. */
 static int open_torch_bin(Checkpoint *c, bool *found, Error *err) {
     char *single = join(c->dir, BIN_SINGLE_NAME), *index = join(c->dir, BIN_INDEX_NAME);
-    int rc = 0;
+    int rc = 0, has_single = 0, has_index = 0;
     *found = true;
     if (!single || !index) rc = err_set(err, "out of memory");
-    else if (file_exists(single)) rc = add_file(c, BIN_SINGLE_NAME, err);
-    else if (file_exists(index)) rc = open_sharded(c, index, err);
+    else if ((has_single = file_present(single, err)) < 0) rc = -1;
+    else if (has_single) rc = add_file(c, BIN_SINGLE_NAME, err);
+    else if ((has_index = file_present(index, err)) < 0) rc = -1;
+    else if (has_index) rc = open_sharded(c, index, err);
     else *found = false;
     free(single);
     free(index);
@@ -218,6 +218,81 @@ static int build_index(Checkpoint *c, Error *err) {
     return 0;
 }
 
+/* ---- tensors the config does not use ------------------------------------------------ */
+
+/* Marks the stored tensor `short_name` (if any) as used. */
+static void mark_used(const Checkpoint *c, bool *used, const char *module, const char *suffix) {
+    char name[160];
+    snprintf(name, sizeof name, "%s.%s", module, suffix);
+    Entry key = {name, NULL};
+    const Entry *e = bsearch(&key, c->by_short, c->n_all, sizeof key, cmp_entry);
+    if (e) used[e - c->by_short] = true;
+}
+
+/* The layer a short name belongs to by the table's per-layer names ("decoder.layers.%d...":
+ * "decoder.layers.7.fc1.weight" is layer 7), or -1 for a name outside the layers. */
+static long layer_of(const Architecture *a, const char *name) {
+    for (size_t i = 0; i < a->n_tensors; i++) {
+        const char *tmpl = a->tensors[i].name, *at = a->tensors[i].per_layer ? strstr(tmpl, "%d") : NULL;
+        if (!at || strncmp(name, tmpl, (size_t)(at - tmpl)) != 0) continue;
+        const char *digits = name + (at - tmpl);
+        char *end;
+        if (*digits < '0' || *digits > '9') continue;
+        errno = 0;
+        long layer = strtol(digits, &end, 10);
+        if (*end == '.' && errno == 0) return layer;
+    }
+    return -1;
+}
+
+/* Walks the architecture's tensor list for this config (arch_tensors) against the stored
+ * tensors: a stored tensor of a layer at or beyond num_hidden_layers is an error (the config
+ * would silently run a shallower model); any other tensor nobody reads is kept in c->unused
+ * for `info` and the other commands' warning. What is read: NAME.weight of every module,
+ * NAME.bias of norms and of projections with a bias, and in an 8-bit checkpoint NAME.SCB and
+ * NAME.weight_format of projections. */
+static int find_unused(Checkpoint *c, Error *err) {
+    ArchTensor *list;
+    size_t n;
+    if (arch_tensors(&c->cfg, &list, &n, err)) return -1;
+    bool *used = calloc(c->n_all + 1, sizeof *used);
+    c->unused = calloc(c->n_all + 1, sizeof *c->unused);
+    if (!used || !c->unused) {
+        free(list), free(used);
+        return err_set(err, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        const ArchTensor *t = &list[i];
+        mark_used(c, used, t->name, "weight");
+        if (t->role == TENSOR_NORM || (t->role == TENSOR_PROJECTION && t->bias)) mark_used(c, used, t->name, "bias");
+        if (t->role == TENSOR_PROJECTION && c->cfg.load_in_8bit) {
+            mark_used(c, used, t->name, "SCB");
+            mark_used(c, used, t->name, "weight_format");
+        }
+    }
+    free(list);
+    const Architecture *a = arch_of(&c->cfg);
+    int rc = 0;
+    for (size_t i = 0; i < c->n_all && rc == 0; i++) {
+        if (used[i]) continue;
+        const Entry *e = &c->by_short[i];
+        long layer = layer_of(a, e->short_name);
+        if (layer >= c->cfg.n_layers)
+            rc = err_set(err,
+                         "%s: tensor '%s' belongs to layer %ld, but config.json says the model has %d layers "
+                         "(num_hidden_layers or its alias): the config does not fit this checkpoint",
+                         e->tensor->file, e->tensor->name, layer, c->cfg.n_layers);
+        else
+            c->unused[c->n_unused++] = e->tensor;
+    }
+    free(used);
+    return rc;
+}
+
+size_t checkpoint_unused_count(const Checkpoint *c) { return c->n_unused; }
+
+const StTensor *checkpoint_unused(const Checkpoint *c, size_t i) { return i < c->n_unused ? c->unused[i] : NULL; }
+
 int checkpoint_open(const char *dir, Checkpoint **out, Error *err) {
     *out = NULL;
     Checkpoint *c = calloc(1, sizeof *c);
@@ -238,15 +313,20 @@ int checkpoint_open(const char *dir, Checkpoint **out, Error *err) {
         err_set(err, "out of memory");
         goto done;
     }
-    if (!file_exists(cfg_path)) {
+    /* file_present tells "absent" from a loop, a dangling link, a FIFO, a directory. */
+    int present = file_present(cfg_path, err);
+    if (present < 0) goto done;
+    if (present == 0) {
         err_set(err, "%s: config.json not found (not a Hugging Face checkpoint directory?)", c->dir);
         goto done;
     }
     if (config_load(cfg_path, &c->cfg, err)) goto done;
     /* Like transformers: a single file wins over an index when both are present. */
-    if (file_exists(single)) {
+    int has_single = file_present(single, err), has_index = has_single ? 0 : file_present(index, err);
+    if (has_single < 0 || has_index < 0) goto done;
+    if (has_single) {
         if (add_file(c, SINGLE_NAME, err)) goto done;
-    } else if (file_exists(index)) {
+    } else if (has_index) {
         if (open_sharded(c, index, err)) goto done;
     } else {
         bool found;
@@ -257,7 +337,7 @@ int checkpoint_open(const char *dir, Checkpoint **out, Error *err) {
             goto done;
         }
     }
-    if (build_index(c, err)) goto done;
+    if (build_index(c, err) || find_unused(c, err)) goto done;
     rc = 0;
 done:
     free(cfg_path);

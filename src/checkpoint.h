@@ -36,6 +36,11 @@ int checkpoint_require(const Checkpoint *c, const char *short_name, int ndim, co
 /* All tensors of all shards, for `info` and `convert`. */
 size_t checkpoint_count(const Checkpoint *c);
 const StTensor *checkpoint_tensor(const Checkpoint *c, size_t i);
+/* Stored tensors that the model of this config does not read (sorted by short name): what
+ * arch_tensors() lists is read; a tensor of a layer beyond the config's layer count makes
+ * checkpoint_open fail instead. `info` lists them; the other commands warn once (cli.c). */
+size_t checkpoint_unused_count(const Checkpoint *c);
+const StTensor *checkpoint_unused(const Checkpoint *c, size_t i);
 /* Strips the architecture's prefix from a stored name (returns a pointer into `name`). */
 const char *checkpoint_short_name(const Checkpoint *c, const char *name);
 

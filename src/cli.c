@@ -233,9 +233,19 @@ void cli_close_stdout(void) {
     _exit(1);
 }
 
-static bool is_dir(const char *path) {
+/* MODEL_DIR must be a directory (symlinks followed). What it is otherwise is said as it is:
+ * absent, a dangling symlink, a symlink loop ("too many levels of symbolic links"), a file. */
+static int check_model_dir(const char *path, Error *err) {
     struct stat st;
-    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+    if (stat(path, &st) == 0) {
+        if (S_ISDIR(st.st_mode)) return 0;
+        return err_set(err, "%s: not a directory (expected a checkpoint directory)", path);
+    }
+    int e = errno;
+    if (e == ENOENT && lstat(path, &st) == 0 && S_ISLNK(st.st_mode))
+        return err_set(err, "%s: a symbolic link to nothing (its target does not exist)", path);
+    if (e == ENOENT) return err_set(err, "%s: no such directory (expected a checkpoint directory)", path);
+    return err_set(err, "%s: %s", path, strerror(e));
 }
 
 Backend *cli_backend_create(const char *device, int threads, Error *err) {
@@ -245,12 +255,27 @@ Backend *cli_backend_create(const char *device, int threads, Error *err) {
     return bk;
 }
 
+/* One line for the tensors the config does not use (checkpoint_unused): the first few by
+ * name and the count. */
+static void warn_unused(const Checkpoint *ck) {
+    enum { NAMES_SHOWN = 3 };
+    size_t n = checkpoint_unused_count(ck);
+    if (n == 0) return;
+    char names[512] = "";
+    for (size_t i = 0; i < n && i < NAMES_SHOWN; i++) {
+        size_t len = strlen(names);
+        snprintf(names + len, sizeof names - len, "%s'%s'", i ? ", " : "", checkpoint_unused(ck, i)->name);
+    }
+    cli_warn("%s: %zu stored tensor%s not used by this config, ignored: %s%s (llmint8 info lists them)",
+             checkpoint_dir(ck), n, n == 1 ? " is" : "s are", names, n > NAMES_SHOWN ? ", ..." : "");
+}
+
 int cli_session_open(const CommonOptions *o, bool need_tokenizer, bool want_tokenizer, Session *s,
                      Error *err) {
     memset(s, 0, sizeof *s);
-    if (!is_dir(o->model_dir))
-        return err_set(err, "%s: not a directory (expected a checkpoint directory)", o->model_dir);
+    if (check_model_dir(o->model_dir, err)) return -1;
     if (checkpoint_open(o->model_dir, &s->ck, err)) return -1;
+    if (!o->lists_unused) warn_unused(s->ck);
 
     if (need_tokenizer || want_tokenizer) {
         const char *dir = o->tokenizer_dir ? o->tokenizer_dir : o->model_dir;

@@ -49,6 +49,8 @@ typedef struct CommonOptions {
     bool quant_given;
     const char *device;         /* --device cpu|cuda|auto (default cpu) */
     int threads;                /* --threads, <= 0: one per core */
+    bool lists_unused;          /* the command prints the checkpoint's unused tensors itself
+                                 * (info); others get one warning line from cli_session_open */
 } CommonOptions;
 
 void cli_common_defaults(CommonOptions *o);

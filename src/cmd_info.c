@@ -13,7 +13,8 @@
 static const char HELP[] =
     "Usage: llmint8 info MODEL_DIR [--json]\n"
     "Prints the architecture, parameter count, stored dtype and the memory the weights take in\n"
-    "16-bit and in int8. Every tensor is checked against the config.\n\n"
+    "16-bit and in int8. Every tensor is checked against the config; stored tensors the config\n"
+    "does not use are listed (a layer beyond its layer count is an error).\n\n"
     "\n%s\nExample:\n"
     "  llmint8 info models/opt-gutenberg-7m\n";
 
@@ -50,6 +51,61 @@ static int count_params(const Checkpoint *ck, int64_t *proj, int64_t *other, int
     return 0;
 }
 
+/* In an 8-bit checkpoint, which projections are stored as int8 (I8 + SCB) and which as
+ * float: those llm_int8_skip_modules keeps in 16-bit, and the rest, quantized on load
+ * (docs/MODELS.md, "8-bit checkpoints"). One line each; at most a few names, then the count. */
+static int print_int8_projections(const Checkpoint *ck, Error *err) {
+    enum { NAMES_SHOWN = 6 };
+    const ModelConfig *cfg = checkpoint_config(ck);
+    ArchTensor *list;
+    size_t n;
+    if (arch_tensors(cfg, &list, &n, err)) return -1;
+    size_t total = 0, int8 = 0, n_skipped = 0, n_onload = 0;
+    char skipped[512] = "", onload[512] = "";
+    for (size_t i = 0; i < n; i++) {
+        if (list[i].role != TENSOR_PROJECTION) continue;
+        total++;
+        char key[128];
+        snprintf(key, sizeof key, "%s.weight", list[i].name);
+        const StTensor *w = checkpoint_find(ck, key);
+        if (w && w->dtype == DT_I8) {
+            int8++;
+            continue;
+        }
+        bool skip = config_int8_skips(cfg, list[i].name); /* else quantized on load (model.c) */
+        size_t *count = skip ? &n_skipped : &n_onload;
+        char *names = skip ? skipped : onload;
+        if ((*count)++ < NAMES_SHOWN) {
+            size_t len = strlen(names);
+            snprintf(names + len, 512 - len, "%s%s (%s)", len ? ", " : "", list[i].name,
+                     w ? dtype_name(w->dtype) : "?");
+        }
+    }
+    free(list);
+    printf("int8:         %zu of %zu projections stored as int8\n", int8, total);
+    if (n_skipped)
+        printf("              16-bit, kept out of int8 by llm_int8_skip_modules: %s%s\n", skipped,
+               n_skipped > NAMES_SHOWN ? ", ..." : "");
+    if (n_onload)
+        printf("              float, quantized on load (--quant): %s%s\n", onload,
+               n_onload > NAMES_SHOWN ? ", ..." : "");
+    return 0;
+}
+
+/* The stored tensors this config's model does not read (checkpoint_unused), one per line,
+ * names escaped: they come from the file. */
+static void print_unused(const Checkpoint *ck) {
+    size_t n = checkpoint_unused_count(ck);
+    if (n == 0) return;
+    printf("unused:       %zu stored tensor%s not read with this config:\n", n, n == 1 ? "" : "s");
+    for (size_t i = 0; i < n; i++) {
+        const char *name = checkpoint_unused(ck, i)->name;
+        fputs("              ", stdout);
+        cli_write_escaped(stdout, name, strlen(name), 0);
+        fputc('\n', stdout);
+    }
+}
+
 int cmd_info(int argc, char **argv) {
     static const struct option longopts[] = {
         CLI_COMMON_OPTIONS,
@@ -74,6 +130,7 @@ int cmd_info(int argc, char **argv) {
 
     Error err;
     Session s;
+    co.lists_unused = true; /* listed below instead of warned about */
     if (cli_session_open(&co, false, true, &s, &err)) return cli_fail(&err);
     co.quant.mode = QUANT_FP16;
     ModelOptions mo = {.ctx = 2, .batch_tokens = 1};
@@ -117,6 +174,9 @@ int cmd_info(int argc, char **argv) {
         json_add_number(&j, j.root, "fp16_megabytes", round(fp16_mb * 10) / 10, NULL);
         json_add_number(&j, j.root, "int8_megabytes", round(int8_mb * 10) / 10, NULL);
         json_add_bool(&j, j.root, "tokenizer", s.tok != NULL);
+        cJSON *unused = json_add_array(&j, j.root, "unused_tensors");
+        for (size_t i = 0; i < checkpoint_unused_count(s.ck); i++)
+            json_append_string(&j, unused, checkpoint_unused(s.ck, i)->name);
         rc = json_out_print(&j, stdout, false, &err);
     } else {
         printf("model:        %s\n", co.model_dir);
@@ -129,8 +189,13 @@ int cmd_info(int argc, char **argv) {
                (double)proj / 1e6);
         printf("stored:       %s, %.1f MB in %zu tensors%s\n", dt, (double)stored / 1e6, checkpoint_count(s.ck),
                m->load_in_8bit ? " (8-bit bitsandbytes checkpoint)" : "");
+        if (m->load_in_8bit && print_int8_projections(s.ck, &err)) {
+            cli_session_close(&s);
+            return cli_fail(&err);
+        }
         printf("memory:       fp16 %.1f MB, int8 %.1f MB (%.2fx)\n", fp16_mb, int8_mb, int8_mb / fp16_mb);
         printf("tokenizer:    %s\n", s.tok ? "found" : "none in MODEL_DIR (use --tokenizer DIR for text)");
+        print_unused(s.ck);
     }
     cli_session_close(&s);
     return rc ? cli_fail(&err) : 0;

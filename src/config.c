@@ -167,6 +167,25 @@ static int load_quantization(const Ctx *outer, ModelConfig *cfg) {
     if (b4 || b4_) return err_set(c.err, "%s: 4-bit checkpoints are not supported (only 8-bit)", where);
     if (!(b8 || b8_)) return 0; /* e.g. a bitsandbytes block that quantizes nothing */
     cfg->load_in_8bit = true;
+    if (config_get_bool(&c, "llm_int8_has_fp16_weight", false, &cfg->int8_has_fp16_weight) ||
+        config_get_bool(&c, "llm_int8_enable_fp32_cpu_offload", false, &cfg->int8_fp32_cpu_offload))
+        return -1;
+    const cJSON *skip = cJSON_GetObjectItemCaseSensitive(q, "llm_int8_skip_modules");
+    if (skip && !cJSON_IsNull(skip)) {
+        if (!cJSON_IsArray(skip))
+            return err_set(c.err, "%s: 'llm_int8_skip_modules' must be a list of module names", where);
+        const cJSON *e;
+        cJSON_ArrayForEach(e, skip) {
+            if (!cJSON_IsString(e) || !e->valuestring[0] ||
+                strlen(e->valuestring) >= CONFIG_MAX_INT8_SKIP_LEN)
+                return err_set(c.err, "%s: 'llm_int8_skip_modules' entries must be module names of 1 to %d bytes",
+                               where, CONFIG_MAX_INT8_SKIP_LEN - 1);
+            if (cfg->n_int8_skip == CONFIG_MAX_INT8_SKIP)
+                return err_set(c.err, "%s: 'llm_int8_skip_modules' has more than %d entries", where,
+                               CONFIG_MAX_INT8_SKIP);
+            strcpy(cfg->int8_skip[cfg->n_int8_skip++], e->valuestring);
+        }
+    }
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(q, "llm_int8_threshold");
     if (t && !cJSON_IsNull(t)) {
         if (!cJSON_IsNumber(t) || !(t->valuedouble >= 0.0 && t->valuedouble <= 65504.0))
@@ -174,6 +193,27 @@ static int load_quantization(const Ctx *outer, ModelConfig *cfg) {
         cfg->int8_threshold = (float)t->valuedouble;
     }
     return 0;
+}
+
+/* Whether `key` occurs in `name` as a run of whole dotted components starting at `at`. */
+static bool components_at(const char *name, size_t at, const char *key) {
+    size_t k = strlen(key);
+    if (strncmp(name + at, key, k) != 0) return false;
+    bool starts = at == 0 || name[at - 1] == '.';
+    bool ends = name[at + k] == '\0' || name[at + k] == '.';
+    return starts && ends;
+}
+
+bool config_int8_skips(const ModelConfig *cfg, const char *short_name) {
+    if (cfg->n_int8_skip == 0) return false;
+    /* transformers matches against the module's path in the *ForCausalLM model: with the prefix. */
+    char full[256];
+    snprintf(full, sizeof full, "%s%s", arch_of(cfg)->prefix, short_name);
+    size_t n = strlen(full);
+    for (int i = 0; i < cfg->n_int8_skip; i++)
+        for (size_t at = 0; at < n; at++)
+            if (components_at(full, at, cfg->int8_skip[i])) return true;
+    return false;
 }
 
 /* ---- entry point ------------------------------------------------------------------ */

@@ -19,6 +19,11 @@ typedef enum Arch { ARCH_OPT, ARCH_BLOOM } Arch;
 
 typedef enum Activation { ACT_RELU, ACT_GELU_TANH } Activation;
 
+/* llm_int8_skip_modules: at most this many entries of at most this many bytes (each a
+ * module name: real configs list a handful). */
+#define CONFIG_MAX_INT8_SKIP 64
+#define CONFIG_MAX_INT8_SKIP_LEN 128
+
 typedef struct ModelConfig {
     Arch arch;             /* which table of arch.h describes the network */
     int vocab_size;
@@ -46,9 +51,22 @@ typedef struct ModelConfig {
     /* 8-bit checkpoint (quantization_config with quant_method "bitsandbytes" and load_in_8bit) */
     bool load_in_8bit;
     float int8_threshold;          /* llm_int8_threshold, default 6.0 */
+    /* llm_int8_skip_modules: the modules transformers left as float nn.Linear (matched by
+     * config_int8_skips(), docs/MODELS.md "8-bit checkpoints"); none when absent or null. */
+    int n_int8_skip;
+    /* llm_int8_has_fp16_weight, llm_int8_enable_fp32_cpu_offload: either one explains float
+     * weights of projections that are not skipped (quantized on load). */
+    bool int8_has_fp16_weight, int8_fp32_cpu_offload;
+    char int8_skip[CONFIG_MAX_INT8_SKIP][CONFIG_MAX_INT8_SKIP_LEN];
 
     char torch_dtype[32];          /* as written, or "" */
 } ModelConfig;
+
+/* Whether the projection with this short module name ("decoder.layers.0.fc1") is one that
+ * llm_int8_skip_modules kept out of 8-bit: an entry equal to the full name (the arch's
+ * prefix + short name), to its last dotted components, or to a leading or inner run of
+ * whole components ("decoder.layers.0" skips every projection of layer 0). */
+bool config_int8_skips(const ModelConfig *cfg, const char *short_name);
 
 /* Parses MODEL_DIR/config.json (path given in full). */
 int config_load(const char *path, ModelConfig *cfg, Error *err);

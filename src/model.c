@@ -21,11 +21,19 @@ static float *read_floats(const StTensor *t, int64_t n) {
     return v;
 }
 
+/* Every float tensor is checked as it is loaded, with the rule `convert` uses
+ * (st_check_values): no NaN or infinity anywhere, and for a weight that becomes int8 also no
+ * value beyond float16's range. The error names the tensor, the element and the value. One
+ * scan of the stored bytes per tensor; int8 codes pass (their scales are checked with them). */
+static int check_values(const StTensor *t, bool becomes_int8, Error *err) {
+    return st_check_values(t, becomes_int8, err);
+}
+
 /* A float vector [dim] (LayerNorm weight or bias) as a backend buffer. */
 static int load_vector(Model *m, const Checkpoint *ck, const char *name, int64_t dim, float **out, Error *err) {
     const StTensor *t;
     int64_t shape[1] = {dim};
-    if (checkpoint_require(ck, name, 1, shape, DT_FLOAT_MASK, &t, err)) return -1;
+    if (checkpoint_require(ck, name, 1, shape, DT_FLOAT_MASK, &t, err) || check_values(t, false, err)) return -1;
     float *host = read_floats(t, dim);
     float *dev = m->bk->alloc(m->bk, (size_t)dim);
     if (!host || !dev) {
@@ -53,7 +61,7 @@ static int load_matrix(Model *m, const Checkpoint *ck, const char *name, int64_t
                        Error *err) {
     const StTensor *t;
     int64_t shape[2] = {rows, cols};
-    if (checkpoint_require(ck, name, 2, shape, DT_FLOAT_MASK, &t, err)) return -1;
+    if (checkpoint_require(ck, name, 2, shape, DT_FLOAT_MASK, &t, err) || check_values(t, false, err)) return -1;
     HostMatrix hm = {.dtype = t->dtype, .rows = rows, .cols = cols, .data = t->data, .scb = NULL};
     *out = m->bk->matrix_create(m->bk, &hm, err);
     if (!*out) return err_prefix(err, "%s", name);
@@ -89,16 +97,40 @@ static int read_int8_weight(const Checkpoint *ck, const char *name, int64_t out,
                            fmt->file, key, v,
                            v == 1 ? "col32" : v == 2 ? "col_turing" : v == 3 ? "col_ampere" : "unknown");
     }
-    /* Scales must be finite and non-negative: they multiply every output. */
-    const float *s = scb->data;
-    for (int64_t i = 0; i < out; i++) {
-        float v;
-        memcpy(&v, s + i, sizeof v);
-        if (!(v >= 0.0f && v <= 65504.0f))
-            return err_set(err, "%s: tensor '%s.SCB' has an invalid scale %g at row %lld", scb->file,
-                           name, (double)v, (long long)i);
-    }
+    /* Scales in [0, 65504] (they multiply every output of their row), codes in [-127, 127]. */
+    if (quant_check_int8_source(DT_I8, w->data, scb->data, out, in, err))
+        return err_prefix(err, "%s: '%s.weight' / '%s.SCB'", w->file, name, name);
     *hm = (HostMatrix){.dtype = DT_I8, .rows = out, .cols = in, .data = w->data, .scb = scb->data};
+    return 0;
+}
+
+/* How one projection of the checkpoint is stored and will run (docs/MODELS.md, "8-bit
+ * checkpoints"): in an 8-bit checkpoint each projection decides by its stored weight, as in
+ * transformers: I8 + SCB is a bitsandbytes int8 weight; a float weight is a module that
+ * llm_int8_skip_modules kept as a float nn.Linear (it runs unquantized), or one saved with
+ * llm_int8_has_fp16_weight or kept in float32 by llm_int8_enable_fp32_cpu_offload
+ * (quantized on load with the user's --quant, as bitsandbytes quantizes it when it loads).
+ * A float weight that none of the three explains is read as int8, which refuses its dtype. */
+static int linear_source(const Model *m, const Checkpoint *ck, const char *name, LinearSource *src, Error *err) {
+    char key[256];
+    snprintf(key, sizeof key, "%s.weight", name);
+    const StTensor *w = checkpoint_find(ck, key);
+    const ModelConfig *c = &m->cfg;
+    bool skipped = c->load_in_8bit && config_int8_skips(c, name);
+    bool float_allowed = skipped || c->int8_has_fp16_weight || c->int8_fp32_cpu_offload;
+    if (!c->load_in_8bit || (w && w->dtype != DT_I8 && float_allowed)) {
+        snprintf(key, sizeof key, "%s.SCB", name);
+        const StTensor *scb = c->load_in_8bit ? checkpoint_find(ck, key) : NULL;
+        if (scb)
+            return err_set(err, "%s: '%s.weight' is %s but '%s' (int8 row scales) is stored too: an int8 weight "
+                           "belongs with it", scb->file, name, dtype_name(w->dtype), key);
+        *src = skipped ? LINEAR_SKIPPED : LINEAR_FLOAT;
+        return 0;
+    }
+    if (w && skipped)
+        return err_set(err, "%s: '%s.weight' is int8, but llm_int8_skip_modules in config.json keeps '%s' in "
+                       "16-bit", w->file, name, name);
+    *src = LINEAR_INT8;
     return 0;
 }
 
@@ -106,13 +138,18 @@ static int load_linear(Model *m, const Checkpoint *ck, const char *name, int64_t
                       bool has_bias, Linear *l, Error *err) {
     char key[256];
     HostMatrix hm;
-    if (m->cfg.load_in_8bit) {
+    LinearSource src;
+    if (linear_source(m, ck, name, &src, err)) return -1;
+    if (src == LINEAR_INT8) {
         if (read_int8_weight(ck, name, out, in, &hm, err)) return -1;
     } else {
         const StTensor *w;
         int64_t shape[2] = {out, in};
         snprintf(key, sizeof key, "%s.weight", name);
-        if (checkpoint_require(ck, key, 2, shape, DT_FLOAT_MASK, &w, err)) return -1;
+        /* Quantized on load: bitsandbytes quantizes the float16 copy, so it must fit float16. */
+        bool quantized = src == LINEAR_FLOAT && m->quant.mode != QUANT_FP16;
+        if (checkpoint_require(ck, key, 2, shape, DT_FLOAT_MASK, &w, err) || check_values(w, quantized, err))
+            return -1;
         hm = (HostMatrix){.dtype = w->dtype, .rows = out, .cols = in, .data = w->data, .scb = NULL};
     }
     float *bias = NULL;
@@ -120,14 +157,17 @@ static int load_linear(Model *m, const Checkpoint *ck, const char *name, int64_t
         const StTensor *b;
         int64_t shape[1] = {out};
         snprintf(key, sizeof key, "%s.bias", name);
-        if (checkpoint_require(ck, key, 1, shape, DT_FLOAT_MASK, &b, err)) return -1;
+        if (checkpoint_require(ck, key, 1, shape, DT_FLOAT_MASK, &b, err) || check_values(b, false, err)) return -1;
         if (!(bias = read_floats(b, out))) return err_set(err, "out of memory loading '%s'", key);
     }
-    l->bk = m->bk->linear_create(m->bk, &hm, bias, &m->quant, err);
+    /* A skipped module is a float nn.Linear in transformers: no quantization, whatever --quant. */
+    QuantConfig unquantized = {.mode = QUANT_FP16};
+    l->bk = m->bk->linear_create(m->bk, &hm, bias, src == LINEAR_SKIPPED ? &unquantized : &m->quant, err);
     free(bias);
     if (!l->bk) return err_prefix(err, "%s", name);
     l->in = in;
     l->out = out;
+    l->source = src;
     m->weight_bytes += m->bk->linear_bytes(l->bk);
     return 0;
 }
@@ -148,6 +188,7 @@ static int load_lm_head(Model *m, const Checkpoint *ck, const ArchTensor *t, con
     if (checkpoint_require(ck, key, 2, shape, DT_FLOAT_MASK, &st, err)) return -1;
     if (emb && emb->dtype == st->dtype && emb->nbytes == st->nbytes && memcmp(emb->data, st->data, st->nbytes) == 0)
         return 0;
+    if (check_values(st, false, err)) return -1;
     HostMatrix hm = {.dtype = st->dtype, .rows = shape[0], .cols = shape[1], .data = st->data};
     w->lm_head = m->bk->matrix_create(m->bk, &hm, err);
     if (!w->lm_head) {

@@ -14,10 +14,18 @@
 #include "arch.h"
 #include "model.h"
 
+/* Where a projection's weight came from (model.c: linear_source). */
+typedef enum LinearSource {
+    LINEAR_FLOAT,            /* a float weight, run with the model's quantization */
+    LINEAR_INT8,             /* an 8-bit checkpoint's I8 weight + SCB */
+    LINEAR_SKIPPED,          /* a float weight that llm_int8_skip_modules keeps unquantized */
+} LinearSource;
+
 /* A projection y = x W^T + b. */
 typedef struct Linear {
     BkLinear *bk;            /* NULL when the model has no such projection */
     int64_t in, out;
+    LinearSource source;
 } Linear;
 
 /* A LayerNorm's affine parameters, backend buffers [hidden]; both NULL when the model's

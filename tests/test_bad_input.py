@@ -407,5 +407,143 @@ if not SANITIZER:  # ASan reserves far more address space than the limit
           p.returncode == 1 and "standard input: out of memory" in err and not p.stdout,
           f"exit {p.returncode}: {err.strip()[-300:]!r}, {len(p.stdout)} bytes out")
 
+# -- the checkpoint's own files: a symlink loop, a dangling link, a FIFO are named as such ---------
+d = fresh("opt-tiny")
+os.remove(cfg_file(d))
+os.symlink("config.json", cfg_file(d))
+expect_fail("config.json a symlink loop", d, ["config.json", "oo many levels of symbolic links"])
+os.remove(cfg_file(d))
+os.symlink("gone.json", cfg_file(d))
+expect_fail("config.json a dangling symlink", d, ["config.json", "symbolic link to nothing"])
+os.remove(cfg_file(d))
+os.mkfifo(cfg_file(d))
+expect_fail("config.json a FIFO", d, ["config.json", "not a regular file (a FIFO)"])
+d = fresh("opt-tiny")
+os.remove(model_file(d))
+os.symlink("model.safetensors", model_file(d))
+expect_fail("model.safetensors a symlink loop", d, ["model.safetensors", "oo many levels of symbolic links"])
+loop_dir = os.path.join(tmp_root, "loop-dir")
+os.symlink("loop-dir", loop_dir)
+expect_fail("a symlink-loop model directory", loop_dir, ["loop-dir", "oo many levels of symbolic links"])
+dangling_dir = os.path.join(tmp_root, "dangling-dir")
+os.symlink("no-such-dir", dangling_dir)
+expect_fail("a dangling-symlink model directory", dangling_dir, ["dangling-dir", "symbolic link to nothing"])
+expect_fail("a regular file as the model directory", ids_file, ["ids.txt", "not a directory"])
+
+# -- config and checkpoint that disagree: layers beyond the config's count, unused tensors ---------
+for fixture, key in (("opt-tiny", "num_hidden_layers"), ("bloom-tiny", "n_layer")):
+    d = fresh(fixture)
+    edit_json(cfg_file(d), set_cfg(**{key: 1}))
+    layer1 = "model.decoder.layers.1." if fixture == "opt-tiny" else "transformer.h.1."
+    expect_fail(f"{fixture}: config with 1 layer over a 2-layer checkpoint", d,
+                [layer1, "layer 1", "1 layers", "num_hidden_layers"], commands=("info", "ppl"))
+    rc, out, err = run("convert", d, "-o", os.path.join(tmp_root, f"conv-1layer-{fixture}"))
+    check(f"{fixture}: convert refuses the 1-layer config too", rc == 1 and layer1 in err, f"exit {rc}: {err[-300:]!r}")
+
+
+def add_tensors(*names):
+    def fn(h):
+        _, data = read_st(model_file(d))
+        for name in names:
+            h[name] = {"dtype": "F16", "shape": [4], "data_offsets": [len(data), len(data) + 8]}
+            data += struct.pack("<4e", 1, 2, 3, 4)
+        return h, data
+    return fn
+
+
+d = fresh("opt-tiny")
+extras = ["model.decoder.extra.weight", "model.decoder.layers.0.adapter.weight", "rotary.inv_freq",
+          "model.decoder.layers.1.fc1.lora_A"]
+edit_st(model_file(d), add_tensors(*extras))
+rc, out, err = run("info", d)
+check("unused tensors: info lists every one of them, exit 0, no warning",
+      rc == 0 and "4 stored tensors not read" in out and all(e in out for e in extras) and "warning" not in err,
+      f"exit {rc}: {out[-600:]!r} {err[-300:]!r}")
+rc, out, err = run("info", d, "--json")
+try:
+    listed = json.loads(out).get("unused_tensors")
+except ValueError:
+    listed = None
+check("unused tensors: info --json lists them", rc == 0 and sorted(listed or []) == sorted(extras), out[-400:])
+mine, why = nll_mean(d)
+theirs, why2 = nll_mean(os.path.join(FIX, "opt-tiny"))
+check("unused tensors: ppl is unchanged", mine is not None and mine == theirs, f"{mine} vs {theirs} {why} {why2}")
+rc, out, err = run("ppl", d, "--ids", ids_file, "--quant", "all")
+warnings = [line for line in err.splitlines() if "warning" in line]
+check("unused tensors: ppl (--quant all: several loads) warns once, one line with the count and the first names",
+      rc == 0 and len(warnings) == 1 and "4 stored tensors are not used" in warnings[0]
+      and "model.decoder.extra.weight" in warnings[0] and "..." in warnings[0],
+      f"exit {rc}: {warnings!r} {err[-300:]!r}")
+
+# -- non-finite weights: the loader names the tensor, the element and the value, in every mode ------
+DEMO = "models/opt-gutenberg-7m-outliers"
+
+
+def poke_f16(d, name, index, value):
+    """Sets element `index` of the F16 tensor `name` in d's model.safetensors."""
+    path = model_file(d)
+    with open(path, "r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        e = json.loads(f.read(n))[name]
+        assert e["dtype"] == "F16"
+        f.seek(8 + n + e["data_offsets"][0] + 2 * index)
+        f.write(struct.pack("<e", value))
+
+
+def demo_copy(label):
+    d = os.path.join(tmp_root, "demo-" + label)
+    os.mkdir(d)
+    for f in os.listdir(DEMO):
+        if f == "model.safetensors":
+            shutil.copy(os.path.join(DEMO, f), d)
+        else:
+            os.symlink(os.path.abspath(os.path.join(DEMO, f)), os.path.join(d, f))
+    return d
+
+
+demo_ids = os.path.join(tmp_root, "demo-ids.txt")
+with open(demo_ids, "w") as f:
+    f.write("2 31 415 92 65 35 89 79 323 84 626 433 83 279 502 88 1000 2000 3000 4000\n")
+FC1 = "model.decoder.layers.0.fc1.weight"
+for label, value, shown in (("inf", float("inf"), "is inf"), ("NaN", float("nan"), "is nan")):
+    d = demo_copy(label)
+    poke_f16(d, FC1, 12345, value)
+    expected = f"tensor '{FC1}': element 12345 (row 48, column 57) {shown}, not a finite number"
+    messages = []
+    for args in (["ppl", d, "--ids", demo_ids], ["ppl", d, "--ids", demo_ids, "--precision", "fp16"],
+                 ["generate", d, "--ids", demo_ids, "-n", "3", "--greedy", "--print-ids"],
+                 ["generate", d, "--ids", demo_ids, "-n", "3", "--greedy", "--print-ids", "--precision", "fp16"]):
+        rc, out, err = run(*args)
+        line = err.strip().splitlines()[-1] if err.strip() else ""
+        messages.append(line)
+        check(f"an {label} fp16 weight: {' '.join(a for a in args[2:] if not a.startswith(tmp_root))} fails naming "
+              "tensor, element and value", rc == 1 and expected in err and out.strip() == "",
+              f"exit {rc}: {out[-200:]!r} {err[-400:]!r}")
+    check(f"an {label} fp16 weight: int8 ppl, fp16 ppl and generate give the same message",
+          len(set(messages)) == 1, repr(messages))
+d = demo_copy("inf-embedding")
+poke_f16(d, "model.decoder.embed_tokens.weight", 31 * 256 + 7, float("inf"))
+for precision in ("int8", "fp16"):
+    rc, out, err = run("generate", d, "--ids", demo_ids, "-n", "3", "--greedy", "--print-ids", "--precision",
+                       precision)
+    check(f"an inf in an embedding row ({precision}): an error naming it, no ids",
+          rc == 1 and out.strip() == "" and "embed_tokens.weight': element 7943 (row 31, column 7) is inf" in err,
+          f"exit {rc}: {out[-200:]!r} {err[-300:]!r}")
+d = fresh("opt-tiny")
+h, data = read_st(model_file(d))
+e = h["model.decoder.layers.1.fc2.weight"]
+b, end = e["data_offsets"]
+vals = list(struct.unpack(f"<{(end - b) // 2}e", data[b:end]))
+vals[70] = 1e5
+raw32 = struct.pack(f"<{len(vals)}f", *vals)
+h["model.decoder.layers.1.fc2.weight"] = {"dtype": "F32", "shape": e["shape"],
+                                          "data_offsets": [len(data), len(data) + len(raw32)]}
+write_st(model_file(d), h, data + raw32)
+rc, out, err = run("ppl", d, "--ids", ids_file)
+check("an F32 projection weight of 1e5: int8 ppl refuses it as convert does (beyond float16)",
+      rc == 1 and "fc2.weight': element 70" in err and "65504" in err, f"exit {rc}: {err[-300:]!r}")
+rc, out, err = run("ppl", d, "--ids", ids_file, "--precision", "fp16")
+check("an F32 projection weight of 1e5: fp16 ppl uses it as stored", rc == 0, f"exit {rc}: {err[-300:]!r}")
+
 shutil.rmtree(tmp_root, ignore_errors=True)
 finish()

@@ -16,7 +16,7 @@
 #include "commands.h"
 #include "json_out.h"
 #include "logits.h"
-#include "outliers.h"
+#include "outlier_analysis.h"
 #include "rng.h"
 
 static const char HELP[] =

@@ -1,6 +1,7 @@
-/* outliers.c — emergent outlier features: statistics, criteria, ablation hook, heatmap
- * (see outliers.h; definitions in docs/OUTLIERS.md). */
-#include "outliers.h"
+/* outlier_analysis.c — measuring emergent outlier features (the paper's analysis, not the
+ * decomposition): statistics, criteria, ablation hook, heatmap (see outlier_analysis.h;
+ * definitions in docs/OUTLIERS.md). */
+#include "outlier_analysis.h"
 
 #include <errno.h>
 #include <math.h>

@@ -1,4 +1,6 @@
-/* outliers.h — emergent outlier features (LLM.int8() paper, arXiv 2208.07339 §4.1).
+/* outlier_analysis.h — measuring emergent outlier features (LLM.int8() paper, arXiv
+ * 2208.07339 §4.1): the paper's analysis behind `llmint8 outliers`, not the decomposition
+ * (which is in quant.h and the backends).
  *
  * The paper calls hidden dimension d an *outlier feature* when, at the inputs of the
  * attention projections and of the first FFN layer, |x_d| reaches 6.0 on at least 6% of the
@@ -13,8 +15,8 @@
  *   - outlier_write_svg(): the heatmap picture (layers x hidden dimensions).
  *
  * The definitions, and how to read the output, are in docs/OUTLIERS.md. */
-#ifndef LLMINT8_OUTLIERS_H
-#define LLMINT8_OUTLIERS_H
+#ifndef LLMINT8_OUTLIER_ANALYSIS_H
+#define LLMINT8_OUTLIER_ANALYSIS_H
 
 #include <stdbool.h>
 #include <stdint.h>

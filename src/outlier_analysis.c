@@ -62,7 +62,7 @@ void outlier_stats_record(OutlierStats *s, int layer, OutlierSite site, const fl
 }
 
 /* LLM.int8() keeps in 16-bit every column (hidden dimension) of a matmul's input in which any
- * row reaches the threshold (SPEC §1.3): over a window that is in_window's columns, all rows. */
+ * row reaches the threshold (docs/QUANT.md): over a window that is in_window's columns, all rows. */
 void outlier_stats_end_window(OutlierStats *s) {
     const size_t D = (size_t)s->hidden;
     for (size_t at = 0; at < (size_t)s->n_layers * SITE_COUNT; at++) {

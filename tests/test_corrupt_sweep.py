@@ -185,7 +185,7 @@ def edit_config(**changes):
 DELETE = object()
 
 
-# ---- an 8-bit checkpoint made from opt-tiny (SPEC §2.1: weight I8 [out,in], SCB F32 [out],
+# ---- an 8-bit checkpoint made from opt-tiny (docs/MODELS.md, 8-bit checkpoints: weight I8 [out,in], SCB F32 [out],
 # weight_format U8 scalar) ---------------------------------------------------------------------
 
 PROJ = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2")

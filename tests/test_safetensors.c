@@ -454,7 +454,7 @@ static void test_config(void) {
     expect_cfg_error("not an object", "[1,2]%s", "", "JSON", NULL);
     expect_cfg_error("empty file", "%s", "", "JSON", NULL);
 
-    /* quantization_config (SPEC §2.3) */
+    /* quantization_config (docs/MODELS.md, 8-bit checkpoints) */
     CHECK(load_cfg(OPT_CFG, ",\"quantization_config\":{\"quant_method\":\"bitsandbytes\",\"load_in_8bit\":true,"
                             "\"load_in_4bit\":false,\"llm_int8_threshold\":4.5}",
                    &c, &err) == 0 && c.load_in_8bit && c.int8_threshold == 4.5f, "8-bit config: %s", err.msg);

@@ -14,8 +14,8 @@ RowDistance compare_rows(const float *ref, const float *q, int n) {
     for (int i = 0; i < n; i++) {
         double delta = (double)ref[i] - (double)q[i];
         kl += exp((double)ref[i] - lse_ref) * (delta - lse_gap);
-        /* written so that a NaN delta makes the maximum NaN instead of being skipped */
-        if (!(fabs(delta) <= max_delta)) max_delta = fabs(delta);
+        /* a NaN delta makes the maximum NaN, and it stays NaN */
+        if (!isnan(max_delta) && !(fabs(delta) <= max_delta)) max_delta = fabs(delta);
     }
     d.kl = kl;
     d.max_abs_delta = max_delta;
@@ -34,7 +34,7 @@ int compare_stats_add_distance(CompareStats *s, const RowDistance *d) {
     s->kl[s->count++] = d->kl;
     s->kl_sum += d->kl;
     if (d->same_top) s->same_top++;
-    if (!(d->max_abs_delta <= s->max_abs_delta)) s->max_abs_delta = d->max_abs_delta;
+    if (!isnan(s->max_abs_delta) && !(d->max_abs_delta <= s->max_abs_delta)) s->max_abs_delta = d->max_abs_delta;
     return 0;
 }
 

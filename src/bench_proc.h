@@ -1,5 +1,5 @@
 /* bench_proc.h — what `llmint8 bench` measures about its own processes: it runs each
- * measurement in a forked child (its own peak-RSS counter, and OpenMP / GPU state kept out of
+ * measurement in a forked child (its own peak-RSS counter, and worker-thread / GPU state kept out of
  * the parent, which would make fork unsafe), reads memory figures from /proc/self, and
  * samples how busy the machine was before the run. Linux; degrades to "unknown" elsewhere. */
 #ifndef LLMINT8_BENCH_PROC_H

@@ -18,6 +18,7 @@
 
 #include "cpu_avx2.h"
 #include "cpu_internal.h"
+#include "cpu_pool.h"
 
 enum { ATT_CHUNK = 256 };
 
@@ -214,42 +215,58 @@ enum { ATT_QUERIES = 64 };
  * heads*head_dim floats apart, a power of two for most models, so all of them fall into the
  * same few cache sets and evict one another before the next query can reuse them (3x
  * slower, measured). A single query reads each row once, and uses the cache as it is. */
-void cpu_attention(const AttentionArgs *a) {
-    if (a->T <= 0 || a->heads <= 0 || a->head_dim <= 0 || a->n_past < 0) return;
-    const bool simd = cpu_has_avx2();
-    const int hd = a->head_dim, len = a->n_past + a->T;
-    const int64_t stride = (int64_t)a->heads * hd;
-    const int nblocks = (a->T + ATT_QUERIES - 1) / ATT_QUERIES, items = a->heads * nblocks;
-    const bool par = items > 1 && (int64_t)a->T * len * stride >= CPU_PAR_MIN;
+typedef struct AttentionJob {
+    const AttentionArgs *a;
+    int nblocks;
+    bool simd;
+    float **kv;      /* per thread slot: a copy of one head's keys (rows 0..len-1) then values,
+                      * made on first use; NULL when out of memory (the cache is read in place) */
+} AttentionJob;
 
-#pragma omp parallel if (par)
-    {
-        /* this thread's copy of one head's keys (rows 0..len-1) then values; NULL (T < 4, or
-         * out of memory): no copies, the cache is read in place, as for a single query */
-        float *kv = a->T >= 4 ? malloc((size_t)len * (size_t)hd * 2 * sizeof(float)) : NULL;
-#pragma omp for schedule(dynamic, 1)
-        for (int i = 0; i < items; i++) {
-            /* the last blocks (the most keys) first, so that the threads finish together */
-            const int h = i % a->heads, blk = nblocks - 1 - i / a->heads;
-            const int t0 = blk * ATT_QUERIES, t1 = t0 + ATT_QUERIES < a->T ? t0 + ATT_QUERIES : a->T;
-            HeadView hv = {.k = a->k + (int64_t)h * hd, .v = a->v + (int64_t)h * hd, .stride = stride,
-                           .hd = hd, .scale = a->scale, .slope = a->alibi ? a->alibi[h] : 0.0f};
-            if (kv && t1 - t0 >= 4) {
+static void attention_units(void *ctx, int64_t i0, int64_t i1, int slot) {
+    const AttentionJob *j = ctx;
+    const AttentionArgs *a = j->a;
+    const int hd = a->head_dim, len = a->n_past + a->T, nblocks = j->nblocks;
+    const int64_t stride = (int64_t)a->heads * hd;
+    for (int64_t i = i0; i < i1; i++) {
+        /* the last blocks (the most keys) first, so that the threads finish together */
+        const int h = (int)(i % a->heads), blk = nblocks - 1 - (int)(i / a->heads);
+        const int t0 = blk * ATT_QUERIES, t1 = t0 + ATT_QUERIES < a->T ? t0 + ATT_QUERIES : a->T;
+        HeadView hv = {.k = a->k + (int64_t)h * hd, .v = a->v + (int64_t)h * hd, .stride = stride,
+                       .hd = hd, .scale = a->scale, .slope = a->alibi ? a->alibi[h] : 0.0f};
+        if (j->kv && t1 - t0 >= 4) {
+            if (!j->kv[slot]) j->kv[slot] = malloc((size_t)len * (size_t)hd * 2 * sizeof(float));
+            float *kv = j->kv[slot];
+            if (kv) {
                 const int n = a->n_past + t1; /* the keys the block's last query sees */
                 float *kc = kv, *vc = kv + (size_t)len * hd;
-                for (int j = 0; j < n; j++) {
-                    memcpy(kc + (size_t)j * hd, hv.k + j * stride, (size_t)hd * sizeof(float));
-                    memcpy(vc + (size_t)j * hd, hv.v + j * stride, (size_t)hd * sizeof(float));
+                for (int r = 0; r < n; r++) {
+                    memcpy(kc + (size_t)r * hd, hv.k + r * stride, (size_t)hd * sizeof(float));
+                    memcpy(vc + (size_t)r * hd, hv.v + r * stride, (size_t)hd * sizeof(float));
                 }
                 hv.k = kc, hv.v = vc, hv.stride = hd;
             }
-            for (int t = t0; t < t1; t++) {
-                hv.q = a->q + t * stride + (int64_t)h * hd;
-                hv.out = a->out + t * stride + (int64_t)h * hd;
-                attend_one(&hv, a->n_past + t + 1, simd);
-            }
         }
-        free(kv);
+        for (int t = t0; t < t1; t++) {
+            hv.q = a->q + t * stride + (int64_t)h * hd;
+            hv.out = a->out + t * stride + (int64_t)h * hd;
+            attend_one(&hv, a->n_past + t + 1, j->simd);
+        }
     }
 }
 
+void cpu_attention(const AttentionArgs *a) {
+    if (a->T <= 0 || a->heads <= 0 || a->head_dim <= 0 || a->n_past < 0) return;
+    const int len = a->n_past + a->T;
+    const int64_t stride = (int64_t)a->heads * a->head_dim;
+    const int nblocks = (a->T + ATT_QUERIES - 1) / ATT_QUERIES, items = a->heads * nblocks;
+    const bool par = items > 1 && (int64_t)a->T * len * stride >= CPU_PAR_MIN;
+    const int slots = cpu_pool_slots();
+    /* copies only pay off for blocks of several queries (T >= 4) */
+    AttentionJob j = {.a = a, .nblocks = nblocks, .simd = cpu_has_avx2(),
+                      .kv = a->T >= 4 ? calloc((size_t)slots, sizeof(float *)) : NULL};
+    cpu_parallel_for(items, 1, par, attention_units, &j);
+    if (j.kv)
+        for (int s = 0; s < slots; s++) free(j.kv[s]);
+    free(j.kv);
+}

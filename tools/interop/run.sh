@@ -39,7 +39,7 @@ skip() { echo "interop: skipped ($*)"; exit 77; }
 mkdir -p "$out"
 # The logits helper, against the library of the build (tools/interop/dump_logits.c).
 cc -std=c11 -O2 -Wall -Wextra -Werror -D_GNU_SOURCE -Isrc tools/interop/dump_logits.c "$build/libllmint8.a" \
-   -o "$out/dump_logits" $(pkg-config --libs libcjson libpcre2-8) -fopenmp -lm -lpthread \
+   -o "$out/dump_logits" $(pkg-config --libs libcjson libpcre2-8 libzip) -lm -lpthread \
    || { echo "interop: dump_logits did not build"; exit 1; }
 
 status=0 venvs=()

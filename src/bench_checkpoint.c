@@ -1,17 +1,19 @@
 /* bench_checkpoint.c — the synthetic checkpoint of `llmint8 bench` (see bench_checkpoint.h):
- * the list of tensors of the architecture, config.json, and the safetensors data streamed a
- * chunk at a time. */
+ * the tensors and config.json from the architecture's table (arch.h), and the safetensors
+ * data streamed a chunk at a time. */
 #include "bench_checkpoint.h"
 
 #include <errno.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
+#include "arch.h"
 #include "cli.h"
 #include "dtype.h"
 #include "rng.h"
@@ -38,8 +40,9 @@ void fill_normal_f16(const NormalTable *t, uint64_t *rng, uint16_t *out, size_t 
 
 typedef enum Fill { FILL_NORMAL, FILL_ZERO, FILL_ONE, FILL_LN_GAIN } Fill;
 
+/* One stored tensor: NAME.weight or NAME.bias of a module of the architecture's table. */
 typedef struct TensorSpec {
-    char name[96];
+    char name[104];
     int ndim;
     int64_t shape[2];
     Fill fill;
@@ -50,109 +53,77 @@ typedef struct TensorList {
     int n, cap;
 } TensorList;
 
-static void add_tensor(TensorList *l, Fill fill, int64_t rows, int64_t cols, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static void add_tensor(TensorList *l, Fill fill, int64_t rows, int64_t cols, const char *fmt, ...) {
-    if (l->n == l->cap) return; /* cap is computed exactly by list_tensors */
-    TensorSpec *s = &l->t[l->n++];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(s->name, sizeof s->name, fmt, ap);
-    va_end(ap);
-    s->ndim = cols ? 2 : 1;
-    s->shape[0] = rows, s->shape[1] = cols;
+static void add_tensor(TensorList *l, const ArchTensor *m, const char *suffix, int ndim, Fill fill) {
+    TensorSpec *s = &l->t[l->n++]; /* cap: two per module, counted by list_tensors */
+    snprintf(s->name, sizeof s->name, "%s.%s", m->name, suffix);
+    s->ndim = ndim;
+    s->shape[0] = m->rows, s->shape[1] = ndim == 2 ? m->cols : 0;
     s->fill = fill;
 }
 
-/* A projection: weight [out, in] ~ N(0, 0.02), bias zero (as nn.Linear is initialised for OPT). */
-static void add_linear(TensorList *l, int64_t out, int64_t in, bool bias, const char *name) {
-    add_tensor(l, FILL_NORMAL, out, in, "%s.weight", name);
-    if (bias) add_tensor(l, FILL_ZERO, out, 0, "%s.bias", name);
-}
-
-static void add_layernorm(TensorList *l, int64_t dim, bool planted, const char *name) {
-    add_tensor(l, planted ? FILL_LN_GAIN : FILL_ONE, dim, 0, "%s.weight", name);
-    add_tensor(l, FILL_ZERO, dim, 0, "%s.bias", name);
-}
-
-/* Every tensor of the architecture, with the short names checkpoint.c looks for (see checkpoint.h). */
-static int list_tensors(const BenchShape *s, TensorList *l) {
-    l->cap = 8 + 16 * s->layers, l->n = 0;
-    if (!(l->t = calloc((size_t)l->cap, sizeof *l->t))) return -1;
-    int64_t D = s->hidden, F = s->ffn, V = s->vocab;
-    char name[80];
+/* The synthetic model's config: the family's defaults (arch.h) with the shape's dimensions. */
+static void shape_config(const BenchShape *s, ModelConfig *c) {
+    ModelConfig family = {.arch = s->arch};
+    arch_config_defaults(arch_of(&family), c);
+    c->hidden = s->hidden, c->n_layers = s->layers, c->n_heads = s->heads, c->vocab_size = s->vocab;
+    c->ffn_dim = s->ffn;
     if (s->arch == ARCH_OPT) {
-        int64_t E = s->proj_dim ? s->proj_dim : D;
-        add_tensor(l, FILL_NORMAL, V, E, "decoder.embed_tokens.weight");
-        add_tensor(l, FILL_NORMAL, BENCH_OPT_POSITIONS + 2, D, "decoder.embed_positions.weight");
-        if (E != D) {
-            add_linear(l, D, E, false, "decoder.project_in");
-            add_linear(l, E, D, false, "decoder.project_out");
-        }
-        if (!s->post_ln) add_layernorm(l, D, false, "decoder.final_layer_norm");
-        for (int i = 0; i < s->layers; i++) {
-            const char *proj[4] = {"q_proj", "k_proj", "v_proj", "out_proj"};
-            for (int j = 0; j < 4; j++) {
-                snprintf(name, sizeof name, "decoder.layers.%d.self_attn.%s", i, proj[j]);
-                add_linear(l, D, D, true, name);
-            }
-            snprintf(name, sizeof name, "decoder.layers.%d.self_attn_layer_norm", i);
-            add_layernorm(l, D, true, name);
-            snprintf(name, sizeof name, "decoder.layers.%d.fc1", i);
-            add_linear(l, F, D, true, name);
-            snprintf(name, sizeof name, "decoder.layers.%d.fc2", i);
-            add_linear(l, D, F, true, name);
-            snprintf(name, sizeof name, "decoder.layers.%d.final_layer_norm", i);
-            add_layernorm(l, D, true, name);
-        }
-    } else {
-        add_tensor(l, FILL_NORMAL, V, D, "word_embeddings.weight");
-        add_layernorm(l, D, false, "word_embeddings_layernorm");
-        for (int i = 0; i < s->layers; i++) {
-            snprintf(name, sizeof name, "h.%d.input_layernorm", i);
-            add_layernorm(l, D, true, name);
-            snprintf(name, sizeof name, "h.%d.self_attention.query_key_value", i);
-            add_linear(l, 3 * D, D, true, name);
-            snprintf(name, sizeof name, "h.%d.self_attention.dense", i);
-            add_linear(l, D, D, true, name);
-            snprintf(name, sizeof name, "h.%d.post_attention_layernorm", i);
-            add_layernorm(l, D, true, name);
-            snprintf(name, sizeof name, "h.%d.mlp.dense_h_to_4h", i);
-            add_linear(l, F, D, true, name);
-            snprintf(name, sizeof name, "h.%d.mlp.dense_4h_to_h", i);
-            add_linear(l, D, F, true, name);
-        }
-        add_layernorm(l, D, false, "ln_f");
+        c->max_positions = BENCH_OPT_POSITIONS;
+        c->word_embed_proj_dim = s->proj_dim; /* 0: = hidden */
+        c->do_layer_norm_before = !s->post_ln;
     }
+    arch_config_finish(c);
+}
+
+/* Every stored tensor of the architecture's table (arch_tensors), in table order, filled by
+ * role: projection weights and embeddings N(0, BENCH_WEIGHT_STD), biases 0; LayerNorm
+ * weights 1, or the planted gain for the norms inside the layers (those feeding
+ * projections), LayerNorm biases 0. The lm_head is tied (not stored). */
+static int list_tensors(const ModelConfig *c, TensorList *l, Error *err) {
+    ArchTensor *modules;
+    size_t n;
+    if (arch_tensors(c, &modules, &n, err)) return -1;
+    l->cap = 2 * (int)n, l->n = 0;
+    if (!(l->t = calloc((size_t)l->cap + 1, sizeof *l->t))) {
+        free(modules);
+        return err_set(err, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        const ArchTensor *m = &modules[i];
+        switch (m->role) {
+        case TENSOR_PROJECTION:
+            add_tensor(l, m, "weight", 2, FILL_NORMAL);
+            if (m->bias) add_tensor(l, m, "bias", 1, FILL_ZERO);
+            break;
+        case TENSOR_EMBEDDING: add_tensor(l, m, "weight", 2, FILL_NORMAL); break;
+        case TENSOR_NORM:
+            add_tensor(l, m, "weight", 1, m->layer >= 0 ? FILL_LN_GAIN : FILL_ONE);
+            add_tensor(l, m, "bias", 1, FILL_ZERO);
+            break;
+        case TENSOR_LM_HEAD: break;
+        }
+    }
+    free(modules);
     return 0;
 }
 
 static int64_t tensor_numel(const TensorSpec *t) { return t->shape[0] * (t->ndim == 2 ? t->shape[1] : 1); }
 
-static int write_config(const char *path, const BenchShape *s, Error *err) {
+/* config.json: the architecture's own writer (arch.h) and "torch_dtype": "float16". */
+static int write_config(const char *path, const ModelConfig *c, Error *err) {
+    cJSON *root = cJSON_CreateObject();
+    bool ok = root && arch_of(c)->write_config(c, root) == 0 &&
+              cJSON_AddStringToObject(root, "torch_dtype", "float16") != NULL;
+    char *text = ok ? cJSON_Print(root) : NULL;
+    cJSON_Delete(root);
+    if (!text) return err_set(err, "out of memory writing %s", path);
     FILE *f = fopen(path, "w");
-    if (!f) return err_set(err, "%s: %s", path, strerror(errno));
-    if (s->arch == ARCH_OPT)
-        fprintf(f,
-                "{\n  \"model_type\": \"opt\",\n  \"architectures\": [\"OPTForCausalLM\"],\n"
-                "  \"hidden_size\": %d,\n  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n"
-                "  \"ffn_dim\": %d,\n  \"vocab_size\": %d,\n  \"word_embed_proj_dim\": %d,\n"
-                "  \"max_position_embeddings\": %d,\n  \"do_layer_norm_before\": %s,\n"
-                "  \"_remove_final_layer_norm\": false,\n  \"activation_function\": \"relu\",\n"
-                "  \"enable_bias\": true,\n  \"layer_norm_elementwise_affine\": true,\n"
-                "  \"bos_token_id\": 2,\n  \"eos_token_id\": 2,\n  \"pad_token_id\": 1,\n"
-                "  \"torch_dtype\": \"float16\"\n}\n",
-                s->hidden, s->layers, s->heads, s->ffn, s->vocab, s->proj_dim ? s->proj_dim : s->hidden,
-                BENCH_OPT_POSITIONS, s->post_ln ? "false" : "true");
-    else
-        fprintf(f,
-                "{\n  \"model_type\": \"bloom\",\n  \"architectures\": [\"BloomForCausalLM\"],\n"
-                "  \"hidden_size\": %d,\n  \"n_layer\": %d,\n  \"n_head\": %d,\n  \"vocab_size\": %d,\n"
-                "  \"layer_norm_epsilon\": 1e-05,\n  \"apply_residual_connection_post_layernorm\": false,\n"
-                "  \"bos_token_id\": 1,\n  \"eos_token_id\": 2,\n  \"pad_token_id\": 3,\n"
-                "  \"torch_dtype\": \"float16\"\n}\n",
-                s->hidden, s->layers, s->heads, s->vocab);
-    bool failed = ferror(f) != 0;
+    if (!f) {
+        free(text);
+        return err_set(err, "%s: %s", path, strerror(errno));
+    }
+    bool failed = fputs(text, f) == EOF || fputc('\n', f) == EOF;
+    free(text);
     if (fclose(f) != 0) failed = true;
     if (failed) return err_set(err, "%s: write error", path);
     return 0;
@@ -222,8 +193,10 @@ static int64_t checkpoint_bytes(const TensorList *l) {
 
 int bench_checkpoint_create(const BenchShape *s, const int32_t *gain_dims, int n_gain_dims, const char *tmpdir,
                             bool verbose, Checkpoint **ck, Error *err) {
+    ModelConfig cfg;
+    shape_config(s, &cfg);
     TensorList l = {0};
-    if (list_tensors(s, &l)) return err_set(err, "out of memory");
+    if (list_tensors(&cfg, &l, err)) return -1;
     int64_t bytes = checkpoint_bytes(&l);
 
     /* The page cache holds the whole file and fp16 runs from it: it must fit in memory. */
@@ -269,7 +242,7 @@ int bench_checkpoint_create(const BenchShape *s, const int32_t *gain_dims, int n
                 (double)bytes / 1e9, tmp_dir);
     double t0 = cli_now();
     uint64_t rng = 2024;
-    int rc = write_config(tmp_files[0], s, err);
+    int rc = write_config(tmp_files[0], &cfg, err);
     StWriter *w = NULL;
     if (rc == 0) rc = st_writer_begin(tmp_files[1], &w, err);
     for (int i = 0; i < l.n && rc == 0; i++)

@@ -10,8 +10,9 @@
  *   P.bias           F16 [out]
  * Everything else (embeddings, positions, LayerNorms) is written as F16; the tied
  * lm_head is omitted. Names get the *ForCausalLM prefix ("model." OPT, "transformer."
- * BLOOM). config.json gains "torch_dtype": "float16" and the quantization_config block
- * transformers writes (docs/MODELS.md).
+ * BLOOM). config.json is the source's text with the dtype set to "float16" and the
+ * quantization_config block transformers writes (docs/MODELS.md); every other value keeps
+ * its bytes (see write_config).
  *
  * The output appears atomically: everything is written into OUT_DIR.tmp-XXXXXX next to
  * OUT_DIR and renamed at the end; an error or SIGINT/SIGTERM removes the temporary
@@ -35,6 +36,7 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "json_in.h"
 
 static const char HELP[] =
     "Usage: llmint8 convert MODEL_DIR -o OUT_DIR [options]\n"
@@ -436,8 +438,190 @@ static void float_literal(float v, char *buf, size_t cap) {
     if (!strpbrk(buf, ".eEn")) strncat(buf, ".0", cap - strlen(buf) - 1);
 }
 
-/* config.json: the original object, "torch_dtype": "float16", and the quantization_config
- * block of an 8-bit model (docs/MODELS.md). */
+/* ---- config.json ------------------------------------------------------------------------
+ * The source's text with as few changes as an 8-bit save makes: every value keeps the bytes
+ * it was written with (re-printing through cJSON would turn "dropout": 0.0 into 0, which
+ * transformers 5 can refuse for a float field), and only these change:
+ *   - the dtype key: "torch_dtype" (transformers < 4.56) and/or "dtype" (4.56 and later,
+ *     transformers 5) get the value "float16" where present; with neither, "torch_dtype" is
+ *     added (every transformers version reads it);
+ *   - "quantization_config": its value is replaced by the 8-bit block (docs/MODELS.md), or
+ *     the member is added.
+ * The text is checked by json_parse first; the scanner below then only finds where each
+ * top-level member's key and value begin and end. */
+
+/* Where a top-level member sits in the text: key = text[key_begin, key_end) including the
+ * quotes, value = text[value_begin, value_end). */
+typedef struct ConfigMember {
+    size_t key_begin, key_end, value_begin, value_end;
+} ConfigMember;
+
+static size_t skip_space(const char *t, size_t i, size_t n) {
+    while (i < n && (t[i] == ' ' || t[i] == '\t' || t[i] == '\n' || t[i] == '\r')) i++;
+    return i;
+}
+
+/* t[i] is the opening quote; returns the index after the closing one (n if there is none). */
+static size_t skip_string(const char *t, size_t i, size_t n) {
+    for (i++; i < n; i++) {
+        if (t[i] == '\\') i++;
+        else if (t[i] == '"') return i + 1;
+    }
+    return n;
+}
+
+/* Returns the index after the JSON value starting at t[i]. */
+static size_t skip_value(const char *t, size_t i, size_t n) {
+    if (i < n && t[i] == '"') return skip_string(t, i, n);
+    if (i < n && (t[i] == '{' || t[i] == '[')) {
+        int depth = 0;
+        while (i < n) {
+            char c = t[i];
+            if (c == '"') {
+                i = skip_string(t, i, n);
+                continue;
+            }
+            if (c == '{' || c == '[') depth++;
+            if ((c == '}' || c == ']') && --depth == 0) return i + 1;
+            i++;
+        }
+        return n;
+    }
+    while (i < n && !strchr(",}] \t\r\n", t[i])) i++; /* a number, true, false or null */
+    return i;
+}
+
+/* Finds the top-level members of the object in t[0..n) (already checked to be one). Returns
+ * their count (members[] gets the first `cap`), or -1 when the text does not have the
+ * expected shape. */
+static long scan_members(const char *t, size_t n, ConfigMember *members, size_t cap) {
+    size_t i = skip_space(t, 0, n);
+    if (i >= n || t[i] != '{') return -1;
+    i = skip_space(t, i + 1, n);
+    long count = 0;
+    while (i < n && t[i] != '}') {
+        ConfigMember m;
+        if (t[i] != '"') return -1;
+        m.key_begin = i;
+        m.key_end = i = skip_string(t, i, n);
+        i = skip_space(t, i, n);
+        if (i >= n || t[i] != ':') return -1;
+        m.value_begin = i = skip_space(t, i + 1, n);
+        m.value_end = i = skip_value(t, i, n);
+        if (m.value_end == m.value_begin) return -1;
+        if ((size_t)count < cap) members[count] = m;
+        count++;
+        i = skip_space(t, i, n);
+        if (i < n && t[i] == ',') i = skip_space(t, i + 1, n);
+    }
+    return i < n ? count : -1;
+}
+
+/* Whether the key text (with its quotes and any escapes) names `name`. */
+static bool key_is(const char *t, const ConfigMember *m, const char *name) {
+    cJSON *k = cJSON_ParseWithLength(t + m->key_begin, m->key_end - m->key_begin);
+    bool same = cJSON_IsString(k) && strcmp(k->valuestring, name) == 0;
+    cJSON_Delete(k);
+    return same;
+}
+
+/* The quantization_config block of an 8-bit model, as transformers writes it (keys sorted,
+ * two-space indentation at the top level's depth). */
+static void quant_block(char *buf, size_t cap, const char *threshold) {
+    snprintf(buf, cap,
+             "{\n"
+             "    \"_load_in_4bit\": false,\n"
+             "    \"_load_in_8bit\": true,\n"
+             "    \"bnb_4bit_compute_dtype\": \"float32\",\n"
+             "    \"bnb_4bit_quant_storage\": \"uint8\",\n"
+             "    \"bnb_4bit_quant_type\": \"fp4\",\n"
+             "    \"bnb_4bit_use_double_quant\": false,\n"
+             "    \"llm_int8_enable_fp32_cpu_offload\": false,\n"
+             "    \"llm_int8_has_fp16_weight\": false,\n"
+             "    \"llm_int8_skip_modules\": null,\n"
+             "    \"llm_int8_threshold\": %s,\n"
+             "    \"load_in_4bit\": false,\n"
+             "    \"load_in_8bit\": true,\n"
+             "    \"quant_method\": \"bitsandbytes\"\n"
+             "  }",
+             threshold);
+}
+
+/* A growing output text; a failed allocation is remembered and checked once at the end. */
+typedef struct TextOut {
+    char *p;
+    size_t len, cap;
+    bool failed;
+} TextOut;
+
+static void text_add(TextOut *o, const char *s, size_t n) {
+    if (o->failed) return;
+    if (o->len + n + 1 > o->cap) {
+        size_t cap = (o->len + n + 1) * 2;
+        char *p = realloc(o->p, cap);
+        if (!p) {
+            o->failed = true;
+            return;
+        }
+        o->p = p, o->cap = cap;
+    }
+    memcpy(o->p + o->len, s, n);
+    o->len += n;
+    o->p[o->len] = 0;
+}
+
+static void text_add_str(TextOut *o, const char *s) { text_add(o, s, strlen(s)); }
+
+/* The converted config.json's text from the source's t[0..n) (see the section comment). */
+static int config_text(const char *src, const char *t, size_t n, const char *threshold, TextOut *o, Error *err) {
+    long count = scan_members(t, n, NULL, 0);
+    ConfigMember *members = count > 0 ? malloc((size_t)count * sizeof *members) : NULL;
+    if (count > 0 && !members) return err_set(err, "out of memory writing config.json");
+    if (count < 0 || scan_members(t, n, members, (size_t)count) != count) {
+        free(members);
+        return err_set(err, "%s: not a JSON object", src);
+    }
+    char block[1024];
+    quant_block(block, sizeof block, threshold);
+    bool has_dtype = false, has_quant = false;
+    size_t done = 0; /* t[0..done) is in the output */
+    for (long i = 0; i < count; i++) {
+        const ConfigMember *m = &members[i];
+        const char *value = NULL;
+        if (key_is(t, m, "torch_dtype") || key_is(t, m, "dtype")) {
+            value = "\"float16\"";
+            has_dtype = true;
+        } else if (key_is(t, m, "quantization_config")) {
+            value = block;
+            has_quant = true;
+        }
+        if (!value) continue;
+        text_add(o, t + done, m->value_begin - done);
+        text_add_str(o, value);
+        done = m->value_end;
+    }
+    /* New members go right after the last value (or the opening brace), before the text
+     * that closes the object. */
+    size_t at = count > 0 ? members[count - 1].value_end : skip_space(t, 0, n) + 1;
+    text_add(o, t + done, at - done);
+    const char *sep = count > 0 ? ",\n  " : "\n  ";
+    if (!has_dtype) {
+        text_add_str(o, sep);
+        text_add_str(o, "\"torch_dtype\": \"float16\"");
+        sep = ",\n  ";
+    }
+    if (!has_quant) {
+        text_add_str(o, sep);
+        text_add_str(o, "\"quantization_config\": ");
+        text_add_str(o, block);
+    }
+    if (count == 0) text_add_str(o, "\n");
+    text_add(o, t + at, n - at);
+    free(members);
+    return o->failed ? err_set(err, "out of memory writing config.json") : 0;
+}
+
+/* config.json of the 8-bit checkpoint in dir, from the source checkpoint's. */
 static int write_config(const Checkpoint *ck, const char *dir, float threshold, Error *err) {
     char src[PATH_MAX], dst[PATH_MAX], thr[32];
     if (path_join(src, checkpoint_dir(ck), "config.json", err) || path_join(dst, dir, "config.json", err))
@@ -445,50 +629,19 @@ static int write_config(const Checkpoint *ck, const char *dir, float threshold, 
     char *text;
     size_t len;
     if (cli_read_file(src, &text, &len, err)) return -1;
-    cJSON *root = cJSON_ParseWithLength(text, len);
-    free(text);
-    if (!cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return err_set(err, "%s: not valid JSON", src);
+    cJSON *root = json_parse(src, text, len, err);
+    bool parsed = root != NULL, is_object = cJSON_IsObject(root);
+    cJSON_Delete(root);
+    if (!is_object) {
+        free(text);
+        return parsed ? err_set(err, "%s: not a JSON object", src) : -1;
     }
     float_literal(threshold, thr, sizeof thr);
-    cJSON *q = cJSON_CreateObject();
-    if (q) {
-        cJSON_AddFalseToObject(q, "_load_in_4bit");
-        cJSON_AddTrueToObject(q, "_load_in_8bit");
-        cJSON_AddStringToObject(q, "bnb_4bit_compute_dtype", "float32");
-        cJSON_AddStringToObject(q, "bnb_4bit_quant_storage", "uint8");
-        cJSON_AddStringToObject(q, "bnb_4bit_quant_type", "fp4");
-        cJSON_AddFalseToObject(q, "bnb_4bit_use_double_quant");
-        cJSON_AddFalseToObject(q, "llm_int8_enable_fp32_cpu_offload");
-        cJSON_AddFalseToObject(q, "llm_int8_has_fp16_weight");
-        cJSON_AddNullToObject(q, "llm_int8_skip_modules");
-        cJSON_AddRawToObject(q, "llm_int8_threshold", thr); /* "6.0", where a number item prints "6" */
-        cJSON_AddFalseToObject(q, "load_in_4bit");
-        cJSON_AddTrueToObject(q, "load_in_8bit");
-        cJSON_AddStringToObject(q, "quant_method", "bitsandbytes");
-    }
-    /* Replace whatever was there: the 16-bit tensors are now float16, and the block says 8-bit. */
-    cJSON_DeleteItemFromObjectCaseSensitive(root, "quantization_config");
-    cJSON_DeleteItemFromObjectCaseSensitive(root, "torch_dtype");
-    bool v5 = cJSON_GetObjectItemCaseSensitive(root, "dtype") != NULL; /* transformers v5 spelling */
-    cJSON_DeleteItemFromObjectCaseSensitive(root, "dtype");
-    bool ok = q && cJSON_AddStringToObject(root, v5 ? "dtype" : "torch_dtype", "float16");
-    if (ok) cJSON_AddItemToObject(root, "quantization_config", q);
-    else cJSON_Delete(q);
-    char *out = ok ? cJSON_Print(root) : NULL;
-    cJSON_Delete(root);
-    if (!out) return err_set(err, "out of memory writing config.json");
-    size_t n = strlen(out);
-    char *with_nl = realloc(out, n + 2);
-    if (!with_nl) {
-        free(out);
-        return err_set(err, "out of memory writing config.json");
-    }
-    with_nl[n] = '\n';
-    with_nl[n + 1] = 0;
-    int rc = write_file(dst, with_nl, n + 1, err);
-    free(with_nl);
+    TextOut out = {0};
+    int rc = config_text(src, text, len, thr, &out, err);
+    free(text);
+    if (rc == 0) rc = write_file(dst, out.p, out.len, err);
+    free(out.p);
     return rc;
 }
 

@@ -7,14 +7,24 @@
  * with at least ctx - stride tokens of left context. With BOS every text token is scored
  * (the first one given BOS alone); without BOS the first text token cannot be.
  * With --ids the ids are used as given (no BOS added): a sequence shorter than ctx is one
- * window in which every id after the first is scored. */
+ * window in which every id after the first is scored.
+ *
+ * --compare fp16 loads the 16-bit model beside the quantized one and runs every window
+ * through both, in stages, MODEL_LOGIT_ROWS rows of logits at a time: for each scored
+ * position the full logits rows of both come to the host, where both NLLs and the
+ * distances of compare.h (KL of the quantized next-token distribution from the 16-bit one,
+ * top-1 agreement, |Δ logit|) are computed in double. The staged run is bit-identical to
+ * model_score's, and the host NLL is the CPU backend's own formula (logits.h), so the
+ * quantized perplexity is the one plain `ppl` prints. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
 #include "commands.h"
+#include "compare.h"
 #include "json_out.h"
+#include "logits.h"
 
 static const char HELP[] =
     "Usage: llmint8 ppl MODEL_DIR (-f FILE | --ids FILE) [options]\n"
@@ -26,19 +36,25 @@ static const char HELP[] =
     "      --stride S         text tokens between window starts (default: a full window, no overlap)\n"
     "      --max-tokens N     score only the first N tokens of the text (default 0: all of it)\n"
     "      --quant all        run every quantization mode on the same text and print a table\n"
+    "      --compare fp16     also run the 16-bit model on the same windows and report how far the\n"
+    "                         quantized next-token distributions are from it: mean and 99th-percentile\n"
+    "                         KL(p16 || pq), top-1 agreement, largest |logit difference| (both models\n"
+    "                         are in memory at once)\n"
     "      --json             print a JSON object (with 'ppl', 'nll_mean', 'tokens_scored', 'seconds')\n"
     "\n%s\n"
     "Examples:\n"
     "  llmint8 ppl models/opt-gutenberg-7m -f wiki.test.raw --ctx 256 --max-tokens 65536\n"
     "  llmint8 ppl MODEL_DIR -f wiki.test.raw --ctx 1024 --stride 512 --json\n"
-    "  llmint8 ppl MODEL_DIR -f c4.txt --quant all --max-tokens 20000\n";
+    "  llmint8 ppl MODEL_DIR -f c4.txt --quant all --max-tokens 20000\n"
+    "  llmint8 ppl MODEL_DIR -f wiki.test.raw --ctx 256 --quant all --compare fp16\n";
 
-enum { OPT_STRIDE = OPT_COMMAND_BASE, OPT_JSON };
+enum { OPT_STRIDE = OPT_COMMAND_BASE, OPT_JSON, OPT_COMPARE };
 
 typedef struct PplOptions {
     TextOptions text;
     long stride;
     bool json, all_modes;
+    bool compare_fp16;          /* --compare fp16 */
 } PplOptions;
 
 typedef struct PplResult {
@@ -47,7 +63,19 @@ typedef struct PplResult {
     double nll_sum;
     long scored, windows;
     double seconds;
+    /* --compare fp16 only: the 16-bit model on the same positions, and the distances */
+    bool compared;
+    double ref_nll_sum;
+    double kl_mean, kl_p99, kl_max, top1, max_abs_delta;
 } PplResult;
+
+/* --compare fp16: the 16-bit reference model and what one mode's run gathers. */
+typedef struct Comparison {
+    Model *ref;
+    float *rows_ref, *rows_q;   /* host [MODEL_LOGIT_ROWS, vocab] each */
+    double ref_nll_sum;         /* the reference's NLL over the scored positions, in order */
+    CompareStats stats;
+} Comparison;
 
 static int parse_args(int argc, char **argv, CommonOptions *co, PplOptions *po) {
     static const struct option longopts[] = {
@@ -55,6 +83,7 @@ static int parse_args(int argc, char **argv, CommonOptions *co, PplOptions *po) 
         CLI_TEXT_OPTIONS,
         {"stride", required_argument, NULL, OPT_STRIDE},
         {"json", no_argument, NULL, OPT_JSON},
+        {"compare", required_argument, NULL, OPT_COMPARE},
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -66,6 +95,11 @@ static int parse_args(int argc, char **argv, CommonOptions *co, PplOptions *po) 
             if (cli_int_option("ppl", "--stride", optarg, 1, 1 << 20, &po->stride)) return 2;
             break;
         case OPT_JSON: po->json = true; break;
+        case OPT_COMPARE:
+            if (strcmp(optarg, "fp16") != 0)
+                return cli_usage_error("ppl", "--compare '%s': the only reference is 'fp16' (the 16-bit model)", optarg);
+            po->compare_fp16 = true;
+            break;
         case OPT_QUANT:
             if (strcmp(optarg, "all") == 0) {
                 po->all_modes = true;
@@ -82,9 +116,61 @@ static int parse_args(int argc, char **argv, CommonOptions *co, PplOptions *po) 
     return cli_text_check("ppl", &po->text);
 }
 
-/* Scores the text under the loaded model; see the file comment for the window rule. */
+/* The stages of a forward pass up to the final hidden states, for T <= model_capacity(m)
+ * tokens at the next positions (model.h). */
+static int run_to_hidden(Model *m, const int32_t *ids, int T, const float **hidden, Error *err) {
+    if (model_embed(m, ids, T, err) || model_run_layers(m, 0, m->cfg.n_layers, T, err)) return -1;
+    return model_finish(m, T, hidden, err);
+}
+
+/* --compare: one window through the quantized model m and the reference, both reset. Fills
+ * nll[] as model_score would (NaN where targets[t] is -1) from m's logits, and adds each
+ * scored position's reference NLL and distances to c. */
+static int score_window_compared(Model *m, Comparison *c, const int32_t *win, long n, const int32_t *targets,
+                                 double *nll, long window, Error *err) {
+    Model *ref = c->ref;
+    const int V = m->cfg.vocab_size;
+    const size_t E = (size_t)m->cfg.word_embed_proj_dim;
+    const int cap = model_capacity(m) < model_capacity(ref) ? model_capacity(m) : model_capacity(ref);
+    model_reset(ref);
+    for (long start = 0; start < n; start += cap) {
+        int T = n - start < cap ? (int)(n - start) : cap;
+        const float *hidden_q, *hidden_ref;
+        if (run_to_hidden(m, win + start, T, &hidden_q, err) || run_to_hidden(ref, win + start, T, &hidden_ref, err))
+            return -1;
+        for (int r = 0; r < T; r += MODEL_LOGIT_ROWS) {
+            int rows = T - r < MODEL_LOGIT_ROWS ? T - r : MODEL_LOGIT_ROWS;
+            float *logits;
+            if (model_logits(m, hidden_q + (size_t)r * E, rows, &logits, err)) return -1;
+            m->bk->download(m->bk, c->rows_q, logits, (size_t)rows * (size_t)V);
+            if (model_logits(ref, hidden_ref + (size_t)r * E, rows, &logits, err)) return -1;
+            ref->bk->download(ref->bk, c->rows_ref, logits, (size_t)rows * (size_t)V);
+            for (int k = 0; k < rows; k++) {
+                long t = start + r + k;
+                if (targets[t] < 0) {
+                    nll[t] = NAN;
+                    continue;
+                }
+                const float *row_q = c->rows_q + (size_t)k * (size_t)V, *row_ref = c->rows_ref + (size_t)k * (size_t)V;
+                nll[t] = logits_nll(row_q, V, targets[t]);
+                double nll_ref = logits_nll(row_ref, V, targets[t]);
+                RowDistance d = compare_rows(row_ref, row_q, V);
+                if (!isfinite(nll[t]) || !isfinite(nll_ref) || !isfinite(d.kl) || !isfinite(d.max_abs_delta))
+                    return err_set(err, "window %ld, position %ld: the logits hold a NaN or an infinity (the forward "
+                                   "pass overflowed, or the weights are not finite); no comparison", window, t + 1);
+                c->ref_nll_sum += nll_ref;
+                if (compare_stats_add_distance(&c->stats, &d)) return err_set(err, "out of memory");
+            }
+        }
+        if (model_advance(m, T, err) || model_advance(ref, T, err)) return -1;
+    }
+    return 0;
+}
+
+/* Scores the text under the loaded model (and, with cmp, the reference beside it); see the
+ * file comment for the window rule. */
 static int evaluate(Session *s, const int32_t *text, long n_text, int32_t bos, long ctx, long stride,
-                    PplResult *r, Error *err) {
+                    Comparison *cmp, PplResult *r, Error *err) {
     Model *m = s->model;
     const long b = bos >= 0 ? 1 : 0, L = ctx - b;
     int32_t *win = malloc((size_t)ctx * sizeof *win);
@@ -114,7 +200,8 @@ static int evaluate(Session *s, const int32_t *text, long n_text, int32_t bos, l
             targets[i] = (i + 1 >= n || j < first) ? -1 : text[j];
         }
         model_reset(m);
-        rc = model_score(m, win, (int)n, targets, nll, err);
+        rc = cmp ? score_window_compared(m, cmp, win, n, targets, nll, r->windows + 1, err)
+                 : model_score(m, win, (int)n, targets, nll, err);
         if (rc) break;
         /* summed in order, so the result does not depend on threads or devices' row order */
         for (long i = 0; i < n && rc == 0; i++) {
@@ -142,13 +229,41 @@ static int evaluate(Session *s, const int32_t *text, long n_text, int32_t bos, l
     return rc;
 }
 
+/* Moves what a mode's run gathered in c into r, leaving c ready for the next mode. */
+static void take_comparison(Comparison *c, PplResult *r) {
+    r->compared = true;
+    r->ref_nll_sum = c->ref_nll_sum;
+    r->kl_mean = compare_stats_kl_mean(&c->stats);
+    r->kl_p99 = compare_stats_kl_percentile(&c->stats, 99.0);
+    r->kl_max = compare_stats_kl_percentile(&c->stats, 100.0);
+    r->top1 = compare_stats_top1(&c->stats);
+    r->max_abs_delta = c->stats.max_abs_delta;
+    compare_stats_free(&c->stats);
+    c->ref_nll_sum = 0.0;
+}
+
 /* The mean NLL's exp() overflows a double beyond this (a model that is very wrong, but finite). */
 #define PPL_OVERFLOW_NOTE "exp(nll_mean) is beyond the largest double"
 
 static double nll_mean(const PplResult *r) { return r->scored ? r->nll_sum / (double)r->scored : NAN; }
 
+/* --compare's fields of a JSON result: compare, ppl_fp16, nll_mean_fp16, kl_mean, kl_p99,
+ * kl_max, top1_agreement, max_abs_logit_diff. The distances are finite (score_window_compared
+ * checks); exp() of a very large mean NLL can still overflow. */
+static void json_comparison(JsonOut *j, cJSON *obj, const PplResult *r) {
+    double ref_mean = r->scored ? r->ref_nll_sum / (double)r->scored : NAN;
+    json_add_string(j, obj, "compare", "fp16");
+    json_add_number(j, obj, "ppl_fp16", exp(ref_mean), "exp(nll_mean_fp16) is beyond the largest double");
+    json_add_number(j, obj, "nll_mean_fp16", ref_mean, "no tokens scored");
+    json_add_number(j, obj, "kl_mean", r->kl_mean, "no tokens scored");
+    json_add_number(j, obj, "kl_p99", r->kl_p99, "no tokens scored");
+    json_add_number(j, obj, "kl_max", r->kl_max, "no tokens scored");
+    json_add_number(j, obj, "top1_agreement", r->top1, "no tokens scored");
+    json_add_number(j, obj, "max_abs_logit_diff", r->max_abs_delta, NULL);
+}
+
 /* One result as a JSON object: quant, threshold, ppl, nll_mean, tokens_scored, windows,
- * seconds, tokens_per_second. */
+ * seconds, tokens_per_second, and with --compare the fields above. */
 static void json_result(JsonOut *j, cJSON *obj, const PplResult *r) {
     double mean = nll_mean(r);
     json_add_string(j, obj, "quant", quant_mode_name(r->mode));
@@ -160,6 +275,7 @@ static void json_result(JsonOut *j, cJSON *obj, const PplResult *r) {
     json_add_number(j, obj, "seconds", round(r->seconds * 1e3) / 1e3, NULL);
     json_add_number(j, obj, "tokens_per_second", r->seconds > 0 ? round(100.0 * (double)r->scored / r->seconds) / 100.0 : 0.0,
                     NULL);
+    if (r->compared) json_comparison(j, obj, r);
 }
 
 static int print_json(const PplResult *results, int n_modes, long ctx, long stride, Error *err) {
@@ -176,6 +292,20 @@ static int print_json(const PplResult *results, int n_modes, long ctx, long stri
     return json_out_print(&j, stdout, false, err);
 }
 
+/* --compare's table: one row per mode, both perplexities and the distances. */
+static void print_comparison_table(const PplResult *results, int n_modes, long ctx, long stride) {
+    printf("%-22s %9s %10s %10s %11s %11s %8s %12s\n", "quant", "threshold", "ppl", "ppl fp16", "KL mean",
+           "KL p99", "top-1 %", "max |dlogit|");
+    for (int i = 0; i < n_modes; i++) {
+        const PplResult *r = &results[i];
+        printf("%-22s %9.3g %10.4f %10.4f %11.3e %11.3e %8.3f %12.4g\n", quant_mode_name(r->mode),
+               (double)r->threshold, exp(r->nll_sum / r->scored), exp(r->ref_nll_sum / r->scored), r->kl_mean,
+               r->kl_p99, 100.0 * r->top1, r->max_abs_delta);
+    }
+    printf("(KL(p_fp16 || p_quant) in nats per position; %ld positions scored, windows of %ld, stride %ld)\n",
+           results[0].scored, ctx, stride);
+}
+
 int cmd_ppl(int argc, char **argv) {
     CommonOptions co;
     PplOptions po = {0};
@@ -190,6 +320,7 @@ int cmd_ppl(int argc, char **argv) {
 
     int32_t *ids = NULL, bos = -1;
     size_t n_ids = 0;
+    Comparison cmp = {0};
     rc = cli_load_tokens(&s, &po.text, &ids, &n_ids, &bos, &err);
     if (rc == 0 && n_ids + (bos >= 0) < 2)
         rc = err_set(&err, "%s: the text has %zu token(s); perplexity needs at least 2",
@@ -217,16 +348,27 @@ int cmd_ppl(int argc, char **argv) {
     } else {
         modes[n_modes++] = co.quant.mode;
     }
-    PplResult results[QUANT_MODE_COUNT];
+    PplResult results[QUANT_MODE_COUNT] = {0};
+    ModelOptions mo = {.ctx = (int)ctx, .batch_tokens = (int)(ctx < 2048 ? ctx : 2048)};
+    if (po.compare_fp16) {
+        ModelOptions ref_opts = mo;
+        ref_opts.quant = (QuantConfig){.mode = QUANT_FP16, .threshold = 0.0f, .outliers = co.quant.outliers};
+        size_t row_bytes = (size_t)MODEL_LOGIT_ROWS * (size_t)cfg->vocab_size * sizeof(float);
+        cmp.rows_ref = malloc(row_bytes);
+        cmp.rows_q = malloc(row_bytes);
+        if (!cmp.rows_ref || !cmp.rows_q) rc = err_set(&err, "out of memory (two blocks of %zu bytes of logits)", row_bytes);
+        if (rc == 0) rc = model_load(s.ck, s.bk, &ref_opts, &cmp.ref, &err);
+        if (rc) goto done;
+    }
     for (int i = 0; i < n_modes && rc == 0; i++) {
         co.quant.mode = modes[i];
-        ModelOptions mo = {.ctx = (int)ctx, .batch_tokens = (int)(ctx < 2048 ? ctx : 2048)};
         rc = cli_session_load_model(&s, &co, &mo, &err);
         if (rc == 0) {
             results[i].mode = modes[i];
             results[i].threshold = s.model->quant.threshold;
-            rc = evaluate(&s, ids, (long)n_ids, bos, ctx, stride, &results[i], &err);
+            rc = evaluate(&s, ids, (long)n_ids, bos, ctx, stride, po.compare_fp16 ? &cmp : NULL, &results[i], &err);
         }
+        if (rc == 0 && po.compare_fp16) take_comparison(&cmp, &results[i]);
         if (rc == 0 && po.all_modes && !po.json)
             fprintf(stderr, "llmint8: %-22s ppl %.4f\n", quant_mode_name(modes[i]),
                     exp(results[i].nll_sum / results[i].scored));
@@ -235,6 +377,8 @@ int cmd_ppl(int argc, char **argv) {
 
     if (po.json) {
         rc = print_json(results, n_modes, ctx, stride, &err);
+    } else if (po.compare_fp16) {
+        print_comparison_table(results, n_modes, ctx, stride);
     } else if (n_modes == 1) {
         double ppl = exp(nll_mean(&results[0]));
         if (isfinite(ppl)) printf("ppl = %.4f\n", ppl);
@@ -255,6 +399,9 @@ int cmd_ppl(int argc, char **argv) {
     }
 done:
     free(ids);
+    if (cmp.ref) model_free(cmp.ref);
+    free(cmp.rows_ref), free(cmp.rows_q);
+    compare_stats_free(&cmp.stats);
     cli_session_close(&s);
     return rc ? cli_fail(&err) : 0;
 }

@@ -115,6 +115,29 @@ def leftovers(out):
     return glob.glob(glob.escape(out) + "*")
 
 
+# The keys an 8-bit save changes; every other value of config.json keeps its text.
+SAVE_CHANGES = ("torch_dtype", "dtype", "quantization_config")
+
+
+def raw_config(text):
+    """config.json's values with every number as (type, the text it was written with), so that
+    0.0 and 0, or 1e-05 and 1E-5, differ: the comparison is of the written values, not of what
+    they mean."""
+    return json.loads(text, parse_float=lambda t: ("float", t), parse_int=lambda t: ("int", t),
+                      parse_constant=lambda t: ("constant", t))
+
+
+def check_config_text(label, src_text, out_text):
+    """Key by key: each value of the source config appears in the output written exactly as in
+    the source, except those SAVE_CHANGES names; the output adds nothing else."""
+    src, out = raw_config(src_text), raw_config(out_text)
+    differ = [k for k in src if k not in SAVE_CHANGES and (k not in out or out[k] != src[k])]
+    check(f"{label}: every config value but the dtype and quantization_config is written as in the source",
+          not differ, "; ".join(f"{k}: {src[k]!r} -> {out.get(k, 'missing')!r}" for k in differ[:5]))
+    added = [k for k in out if k not in src and k not in SAVE_CHANGES]
+    check(f"{label}: no other key added", not added, str(added))
+
+
 def check_projection(label, name, src, dst):
     """One projection: I8 weight + F32 SCB + U8 scalar 0, consistent with the 16-bit weight."""
     dt, shape, raw = dst[name + ".weight"]
@@ -167,6 +190,8 @@ def check_conversion(fixture, extra=()):
     # config.json: original fields + torch_dtype + the exact block
     kept = all(cfg.get(k) == v for k, v in src_cfg.items() if k not in ("torch_dtype", "quantization_config"))
     check(f"{fixture}: config keeps the original fields", kept)
+    with open(os.path.join(src_dir, "config.json")) as f:
+        check_config_text(fixture, f.read(), text)
     check(f"{fixture}: config torch_dtype float16", cfg.get("torch_dtype") == "float16", str(cfg.get("torch_dtype")))
     check(f"{fixture}: quantization_config block (SPEC 2.3)", cfg.get("quantization_config") == QUANT_BLOCK,
           str(cfg.get("quantization_config")))
@@ -259,6 +284,64 @@ for fx in ("opt-tiny", "opt-tiny-postln", "opt-tiny-sharded", "bloom-tiny"):
         rc, out, err = run("info", results[fx], "--json")
         check(f"{fx}: info sees an int8 checkpoint", rc == 0 and json.loads(out or "{}").get("int8_checkpoint"),
               out + err)
+
+# ---- config.json: values written as in the source --------------------------------------------
+# opt-tiny with a config.json that re-printing would change: floats with zero fractions, an
+# upper-case exponent, trailing zeros, an integer beyond 64 bits, a float beyond double's
+# precision, nested objects and arrays, escapes, unusual spacing; once with transformers 4's
+# "torch_dtype" and once with transformers 5's "dtype".
+TRICKY = """{ "_name_or_path" : "facebook/opt-tiny\\u00e9\\n",
+  "activation_function": "relu", "architectures": ["OPTForCausalLM"],
+  "attention_dropout":0.0, "dropout": 0.0 ,"layerdrop": 0.00, "init_std": 2.0E-2,
+  "bos_token_id": 2, "eos_token_id": 2, "pad_token_id": 1, "do_layer_norm_before": true,
+  "enable_bias": true, "layer_norm_elementwise_affine": true, "_remove_final_layer_norm": false,
+  "ffn_dim": 256, "hidden_size": 64, "max_position_embeddings": 128, "model_type": "opt",
+  "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 1000, "word_embed_proj_dim": 64,
+  "custom_list": [1.0, 2, 3.50e0, -0.0, {"deep": [1.10, null]}],
+  "custom_obj": {"a": 0.0, "b": "x\\"y}", "c": {"d": 1e400}},
+  "huge_int": 123456789012345678901234567890, "precise": 0.1000000000000000055511151231257827,
+  "negative": -5e-1, DTYPE_KEY "float32",
+  "use_cache": true
+}
+"""
+for key in ("torch_dtype", "dtype"):
+    src_dir = os.path.join(tmp_root, f"tricky-{key}")
+    shutil.copytree(os.path.join(FIX, "opt-tiny"), src_dir)
+    src_text = TRICKY.replace("DTYPE_KEY", f'"{key}":')
+    with open(os.path.join(src_dir, "config.json"), "w") as f:
+        f.write(src_text)
+    out = os.path.join(tmp_root, f"tricky-{key}-int8")
+    rc, _, err = run("convert", src_dir, "-o", out)
+    check(f"tricky config ({key}): convert exits 0", rc == 0, err.strip()[-400:])
+    if rc != 0:
+        continue
+    out_text = open(os.path.join(out, "config.json")).read()
+    check_config_text(f"tricky config ({key})", src_text, out_text)
+    cfg = json.loads(out_text)
+    other = "dtype" if key == "torch_dtype" else "torch_dtype"
+    check(f"tricky config ({key}): {key} is float16, {other} not added", cfg.get(key) == "float16" and other not in cfg,
+          out_text[-300:])
+    check(f"tricky config ({key}): the 8-bit block", cfg.get("quantization_config") == QUANT_BLOCK, out_text[-600:])
+    check(f"tricky config ({key}): 0.0 stays 0.0 in the text", re.search(r'"dropout": 0\.0 ,', out_text) is not None,
+          out_text[:400])
+    rc, out_json, err = run("info", out, "--json")
+    check(f"tricky config ({key}): the converted model opens", rc == 0 and json.loads(out_json or "{}").get("int8_checkpoint"),
+          err[-300:])
+
+# A config with both spellings: both become float16.
+src_dir = os.path.join(tmp_root, "tricky-both")
+shutil.copytree(os.path.join(FIX, "opt-tiny"), src_dir)
+src_text = TRICKY.replace("DTYPE_KEY", '"dtype": "bfloat16", "torch_dtype":')
+with open(os.path.join(src_dir, "config.json"), "w") as f:
+    f.write(src_text)
+out = os.path.join(tmp_root, "tricky-both-int8")
+rc, _, err = run("convert", src_dir, "-o", out)
+out_text = open(os.path.join(out, "config.json")).read() if rc == 0 else "{}"
+cfg = json.loads(out_text)
+check("config with dtype and torch_dtype: both float16", rc == 0 and cfg.get("dtype") == "float16" and
+      cfg.get("torch_dtype") == "float16", err[-300:] + out_text[-300:])
+if rc == 0:
+    check_config_text("config with both dtype keys", src_text, out_text)
 
 # ---- options and promises -----------------------------------------------------------------------
 opt_tiny = os.path.join(FIX, "opt-tiny")

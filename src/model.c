@@ -215,19 +215,25 @@ void model_attention(Model *m, int l, const float *x, int T, float *out) {
     const Layer *L = &m->w->layers[l];
     RunState *s = m->rs;
     Backend *bk = m->bk;
-    /* This chunk's keys and values go straight into the cache after the n_past cached ones. */
-    float *k_new = s->k_cache[l] + (size_t)m->n_past * (size_t)c->hidden;
-    float *v_new = s->v_cache[l] + (size_t)m->n_past * (size_t)c->hidden;
     if (L->qkv.bk) {
         model_linear(m, l, PROJ_QKV, &L->qkv, x, T, s->qkv);
-        bk->split_qkv(bk, s->qkv, T, c->n_heads, c->head_dim, s->q, k_new, v_new);
+        bk->split_qkv(bk, s->qkv, T, c->n_heads, c->head_dim, s->q, s->k, s->v);
     } else {
         model_linear(m, l, PROJ_Q, &L->q, x, T, s->q);
-        model_linear(m, l, PROJ_K, &L->k, x, T, k_new);
-        model_linear(m, l, PROJ_V, &L->v, x, T, v_new);
+        model_linear(m, l, PROJ_K, &L->k, x, T, s->k);
+        model_linear(m, l, PROJ_V, &L->v, x, T, s->v);
+    }
+    /* This chunk's keys and values go into the cache after the n_past cached ones. */
+    size_t row0 = (size_t)m->n_past * (size_t)c->hidden, n = (size_t)T * (size_t)c->hidden;
+    if (m->kv_f16) {
+        bk->store_f16(bk, s->k, n, (uint16_t *)s->k_cache[l] + row0);
+        bk->store_f16(bk, s->v, n, (uint16_t *)s->v_cache[l] + row0);
+    } else {
+        bk->copy(bk, (float *)s->k_cache[l] + row0, s->k, n);
+        bk->copy(bk, (float *)s->v_cache[l] + row0, s->v, n);
     }
     AttentionArgs a = {
-        .q = s->q, .k = s->k_cache[l], .v = s->v_cache[l], .out = s->attn,
+        .q = s->q, .k = s->k_cache[l], .v = s->v_cache[l], .kv_f16 = m->kv_f16, .out = s->attn,
         .T = T, .n_past = m->n_past, .heads = c->n_heads, .head_dim = c->head_dim,
         .scale = 1.0f / sqrtf((float)c->head_dim), .alibi = m->w->alibi,
     };
@@ -253,6 +259,12 @@ static float *alloc_or_fail(Model *m, size_t n, bool *ok) {
     return p;
 }
 
+/* A cache buffer of n values: float32, or IEEE half in a float buffer of half the count
+ * (backend.h). */
+static void *alloc_cache(Model *m, size_t n, bool *ok) {
+    return alloc_or_fail(m, m->kv_f16 ? (n + 1) / 2 : n, ok);
+}
+
 static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 
 static int alloc_state(Model *m, Error *err) {
@@ -265,6 +277,8 @@ static int alloc_state(Model *m, Error *err) {
     s->residual = alloc_or_fail(m, cap * D, &ok);
     s->normed = alloc_or_fail(m, cap * max_size(D, E), &ok);
     s->q = alloc_or_fail(m, cap * D, &ok);
+    s->k = alloc_or_fail(m, cap * D, &ok);
+    s->v = alloc_or_fail(m, cap * D, &ok);
     s->qkv = fused_qkv ? alloc_or_fail(m, cap * 3 * D, &ok) : NULL;
     s->attn = alloc_or_fail(m, cap * D, &ok);
     s->ffn = alloc_or_fail(m, cap * F, &ok);
@@ -280,8 +294,8 @@ static int alloc_state(Model *m, Error *err) {
     s->v_cache = calloc((size_t)c->n_layers, sizeof *s->v_cache);
     if (!s->k_cache || !s->v_cache) ok = false;
     for (int l = 0; ok && l < c->n_layers; l++) {
-        s->k_cache[l] = alloc_or_fail(m, (size_t)m->ctx * D, &ok);
-        s->v_cache[l] = alloc_or_fail(m, (size_t)m->ctx * D, &ok);
+        s->k_cache[l] = alloc_cache(m, (size_t)m->ctx * D, &ok);
+        s->v_cache[l] = alloc_cache(m, (size_t)m->ctx * D, &ok);
     }
     if (!ok)
         return err_set(err, "out of memory allocating activations and the KV cache (%d positions x %d layers)",
@@ -325,11 +339,12 @@ void model_free(Model *m) {
     RunState *s = m->rs;
     if (s) {
         for (int l = 0; l < c->n_layers; l++) {
-            if (s->k_cache) release(m, s->k_cache[l]);
-            if (s->v_cache) release(m, s->v_cache[l]);
+            if (s->k_cache) release(m, (float *)s->k_cache[l]);
+            if (s->v_cache) release(m, (float *)s->v_cache[l]);
         }
         free(s->k_cache), free(s->v_cache);
         release(m, s->residual), release(m, s->normed), release(m, s->q), release(m, s->qkv);
+        release(m, s->k), release(m, s->v);
         release(m, s->attn), release(m, s->ffn), release(m, s->block_out), release(m, s->embed);
         release(m, s->logits);
         free(s->pos), free(s->observe);
@@ -344,6 +359,7 @@ int model_load(const Checkpoint *ck, Backend *bk, const ModelOptions *opt, Model
     m->cfg = *checkpoint_config(ck);
     m->bk = bk;
     m->quant = opt->quant;
+    m->kv_f16 = opt->kv_f16;
     const ModelConfig *c = &m->cfg;
 
     m->ctx = opt->ctx > 0 ? opt->ctx : arch_native_context(c);
@@ -376,6 +392,12 @@ int model_load(const Checkpoint *ck, Backend *bk, const ModelOptions *opt, Model
 }
 
 void model_reset(Model *m) { m->n_past = 0; }
+
+size_t model_kv_bytes_per_token(const Model *m) {
+    return 2 * (size_t)m->cfg.n_layers * (size_t)m->cfg.hidden * (m->kv_f16 ? sizeof(uint16_t) : sizeof(float));
+}
+
+size_t model_kv_bytes(const Model *m) { return (size_t)m->ctx * model_kv_bytes_per_token(m); }
 
 /* ---- forward ----------------------------------------------------------------------- */
 

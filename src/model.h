@@ -43,6 +43,7 @@ typedef struct Model {
 
     int ctx;                 /* positions the KV cache holds */
     int n_past;              /* tokens already in the cache */
+    bool kv_f16;             /* the KV cache holds IEEE half values (else float32) */
 
     ProjObserver observer;   /* set and cleared by the caller; NULL: none */
     void *observer_ctx;
@@ -57,10 +58,20 @@ typedef struct ModelOptions {
     QuantConfig quant;
     int ctx;                 /* KV-cache length; <= 0: arch_native_context() */
     int batch_tokens;        /* max tokens per forward call (scratch rows); <= 0: 512 */
+    /* Keys and values cached in IEEE half (round to nearest even), as transformers keeps
+     * them in a 16-bit model: half the memory per token. False: float32, as transformers
+     * keeps them in a float32 model (what the fixtures' goldens were computed with). */
+    bool kv_f16;
 } ModelOptions;
 
 int model_load(const Checkpoint *ck, Backend *bk, const ModelOptions *opt, Model **out, Error *err);
 void model_free(Model *m);
+
+/* Bytes of KV cache one token takes: keys and values of every layer,
+ * 2 * n_layers * hidden * (2 for a half cache, 4 for float32), and the bytes the whole
+ * cache holds (ctx tokens). */
+size_t model_kv_bytes_per_token(const Model *m);
+size_t model_kv_bytes(const Model *m);
 
 /* Forgets the KV cache (next forward starts at position 0). */
 void model_reset(Model *m);

@@ -56,6 +56,7 @@ typedef struct RunState {
     float *residual;         /* h, the residual stream [hidden] */
     float *normed;           /* a block's normalised input [max(hidden, embed)] */
     float *q;                /* queries [hidden] */
+    float *k, *v;            /* the new tokens' keys and values [hidden], before the cache */
     float *qkv;              /* fused query/key/value [3 * hidden]; NULL without qkv */
     float *attn;             /* attention output, heads merged [hidden] */
     float *ffn;              /* MLP inner activations [ffn_dim] */
@@ -64,7 +65,8 @@ typedef struct RunState {
     float *logits;           /* [MODEL_LOGIT_ROWS, vocab] */
     int32_t *pos;            /* host [capacity]: position ids of the current chunk */
     float *observe;          /* host copy for observers on non-host backends */
-    float **k_cache, **v_cache;  /* per layer [ctx, hidden] */
+    void **k_cache, **v_cache;   /* per layer [ctx, hidden]: IEEE half (uint16_t, backend.h)
+                                  * when m->kv_f16, else float32 */
 } RunState;
 
 /* ---- loading -------------------------------------------------------------------- */
@@ -84,7 +86,7 @@ void model_add(Model *m, float *h, const float *x, int T);
 void model_linear(Model *m, int layer, ProjKind kind, const Linear *l, const float *x, int T, float *y);
 /* Self-attention of layer l on its input x [T, hidden]:
  *   q, k, v = q_proj(x), k_proj(x), v_proj(x)   (or split from the fused qkv(x))
- *   k, v are appended to the layer's cache at n_past
+ *   k, v are appended to the layer's cache at n_past (rounded to half in a 16-bit cache)
  *   out[T, hidden] = out_proj(softmax(q k^T / sqrt(head_dim) + alibi, causal) v)
  * with the ALiBi term only when the model has slopes. */
 void model_attention(Model *m, int l, const float *x, int T, float *out);

@@ -10,6 +10,7 @@
 #include "arch.h"
 
 #include "fileio.h"
+#include "torchbin.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -21,6 +22,8 @@
 
 #define INDEX_NAME "model.safetensors.index.json"
 #define SINGLE_NAME "model.safetensors"
+#define BIN_INDEX_NAME "pytorch_model.bin.index.json"
+#define BIN_SINGLE_NAME "pytorch_model.bin"
 #define INDEX_MAX_BYTES (100u * 1000u * 1000u)
 
 typedef struct Entry {
@@ -80,7 +83,9 @@ static int add_file(Checkpoint *c, const char *name, Error *err) {
         return err_set(err, "out of memory");
     }
     c->files = files;
-    int rc = st_open(path, &c->files[c->n_files], err);
+    size_t len = strlen(name);
+    bool torch_bin = len >= 4 && strcmp(name + len - 4, ".bin") == 0; /* PyTorch's format */
+    int rc = (torch_bin ? torchbin_open : st_open)(path, &c->files[c->n_files], err);
     free(path);
     if (rc == 0) c->n_files++;
     return rc;
@@ -101,6 +106,7 @@ static int open_sharded(Checkpoint *c, const char *index_path, Error *err) {
     char *text;
     size_t len;
     if (read_small_file(index_path, INDEX_MAX_BYTES, &text, &len, err)) return -1;
+    const char *index_name = strrchr(index_path, '/') ? strrchr(index_path, '/') + 1 : index_path;
     cJSON *root = cJSON_ParseWithLength(text, len);
     free(text);
     const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
@@ -145,7 +151,7 @@ static int open_sharded(Checkpoint *c, const char *index_path, Error *err) {
         bool exists = p && file_exists(p);
         free(p);
         if (!exists) {
-            err_set(err, "%s: shard '%s' named in %s does not exist", c->dir, shards[i], INDEX_NAME);
+            err_set(err, "%s: shard '%s' named in %s does not exist", c->dir, shards[i], index_name);
             goto done;
         }
         if (add_file(c, shards[i], err)) goto done;
@@ -155,7 +161,7 @@ static int open_sharded(Checkpoint *c, const char *index_path, Error *err) {
         const StFile *f = c->files[hit - shards];
         if (!st_find(f, item->string)) {
             err_set(err, "%s: tensor '%s' is listed in %s but the shard does not contain it", st_path(f),
-                    item->string, INDEX_NAME);
+                    item->string, index_name);
             goto done;
         }
     }
@@ -163,6 +169,22 @@ static int open_sharded(Checkpoint *c, const char *index_path, Error *err) {
 done:
     free(shards);
     cJSON_Delete(root);
+    return rc;
+}
+
+/* PyTorch's own format, for repositories without safetensors: pytorch_model.bin, or the
+ * shards listed in pytorch_model.bin.index.json (the same "weight_map" layout; add_file picks
+ * the reader by the .bin suffix). *found is false when the directory has neither. */
+static int open_torch_bin(Checkpoint *c, bool *found, Error *err) {
+    char *single = join(c->dir, BIN_SINGLE_NAME), *index = join(c->dir, BIN_INDEX_NAME);
+    int rc = 0;
+    *found = true;
+    if (!single || !index) rc = err_set(err, "out of memory");
+    else if (file_exists(single)) rc = add_file(c, BIN_SINGLE_NAME, err);
+    else if (file_exists(index)) rc = open_sharded(c, index, err);
+    else *found = false;
+    free(single);
+    free(index);
     return rc;
 }
 
@@ -225,8 +247,13 @@ int checkpoint_open(const char *dir, Checkpoint **out, Error *err) {
     } else if (file_exists(index)) {
         if (open_sharded(c, index, err)) goto done;
     } else {
-        err_set(err, "%s: no weights found (looked for %s and %s)", c->dir, SINGLE_NAME, INDEX_NAME);
-        goto done;
+        bool found;
+        if (open_torch_bin(c, &found, err)) goto done;
+        if (!found) {
+            err_set(err, "%s: no weights found (looked for %s, %s, %s and %s)", c->dir, SINGLE_NAME, INDEX_NAME,
+                    BIN_SINGLE_NAME, BIN_INDEX_NAME);
+            goto done;
+        }
     }
     if (build_index(c, err)) goto done;
     rc = 0;
@@ -286,9 +313,9 @@ int checkpoint_require(const Checkpoint *c, const char *short_name, int ndim, co
     const StTensor *t = checkpoint_find(c, short_name);
     if (!t) {
         if (c->n_files == 1)
-            return err_set(err, "%s: tensor '%s' is missing (looked in %s)", c->dir, short_name, SINGLE_NAME);
-        return err_set(err, "%s: tensor '%s' is missing (looked in the %zu shards listed in %s)", c->dir,
-                       short_name, c->n_files, INDEX_NAME);
+            return err_set(err, "%s: tensor '%s' is missing (looked in %s)", c->dir, short_name, st_path(c->files[0]));
+        return err_set(err, "%s: tensor '%s' is missing (looked in the %zu shards listed in the index)", c->dir,
+                       short_name, c->n_files);
     }
     bool same = t->ndim == ndim;
     for (int d = 0; same && d < ndim; d++) same = t->shape[d] == shape[d];

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "fileio.h"
+#include "utf8.h"
 
 const char CLI_COMMON_HELP[] =
     "Common options:\n"
@@ -37,10 +38,12 @@ void cli_common_defaults(CommonOptions *o) {
 }
 
 int cli_parse_int(const char *s, long lo, long hi, long *out) {
+    const char *digits = s[0] == '-' ? s + 1 : s;
+    if (!(*digits >= '0' && *digits <= '9')) return -1; /* strtol would skip spaces, take '+' */
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
+    if (errno || *end || v < lo || v > hi) return -1;
     *out = v;
     return 0;
 }
@@ -54,6 +57,30 @@ int cli_parse_float(const char *s, double lo, double hi, double *out) {
     return 0;
 }
 
+int cli_parse_u64(const char *s, uint64_t *out) {
+    if (!(*s >= '0' && *s <= '9')) return -1; /* strtoull would take "-1" as 2^64 - 1 */
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end) return -1; /* ERANGE: 2^64 and beyond */
+    *out = v;
+    return 0;
+}
+
+int cli_int_option(const char *cmd, const char *name, const char *arg, long lo, long hi, long *out) {
+    if (cli_parse_int(arg, lo, hi, out) == 0) return 0;
+    return cli_usage_error(cmd, "%s '%s': expected a whole number from %ld to %ld", name, arg, lo, hi);
+}
+
+int cli_u64_option(const char *cmd, const char *name, const char *arg, uint64_t *out) {
+    if (cli_parse_u64(arg, out) == 0) return 0;
+    return cli_usage_error(cmd, "%s '%s': expected a whole number from 0 to %llu", name, arg,
+                           (unsigned long long)UINT64_MAX);
+}
+
+/* A bad value of a common option: "llmint8: error: <fmt...>". */
+static void option_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 int cli_common_option(int code, const char *arg, CommonOptions *o) {
     double d;
     long l;
@@ -62,21 +89,21 @@ int cli_common_option(int code, const char *arg, CommonOptions *o) {
         if (strcmp(arg, "fp16") == 0) o->quant.mode = QUANT_FP16;
         else if (strcmp(arg, "int8") == 0) o->quant.mode = QUANT_LLM_INT8;
         else {
-            fprintf(stderr, "llmint8: error: --precision '%s': expected fp16 or int8\n", arg);
+            option_error("--precision '%s': expected fp16 or int8", arg);
             return -1;
         }
         o->quant_given = true;
         return 1;
     case OPT_QUANT:
         if (quant_mode_parse(arg, &o->quant.mode) != 0) {
-            fprintf(stderr, "llmint8: error: --quant '%s' is not a quantization mode (see --help)\n", arg);
+            option_error("--quant '%s' is not a quantization mode (see --help)", arg);
             return -1;
         }
         o->quant_given = true;
         return 1;
     case OPT_THRESHOLD:
         if (cli_parse_float(arg, 0.0, 65504.0, &d) != 0) {
-            fprintf(stderr, "llmint8: error: --threshold '%s': expected a number from 0 to 65504\n", arg);
+            option_error("--threshold '%s': expected a number from 0 to 65504", arg);
             return -1;
         }
         o->quant.threshold = (float)d;
@@ -86,20 +113,20 @@ int cli_common_option(int code, const char *arg, CommonOptions *o) {
         if (strcmp(arg, "per-call") == 0) o->quant.outliers = OUTLIERS_PER_CALL;
         else if (strcmp(arg, "per-token") == 0) o->quant.outliers = OUTLIERS_PER_TOKEN;
         else {
-            fprintf(stderr, "llmint8: error: --outliers '%s': expected per-call or per-token\n", arg);
+            option_error("--outliers '%s': expected per-call or per-token", arg);
             return -1;
         }
         return 1;
     case OPT_DEVICE:
         if (strcmp(arg, "cpu") && strcmp(arg, "cuda") && strcmp(arg, "auto")) {
-            fprintf(stderr, "llmint8: error: --device '%s': expected cpu, cuda or auto\n", arg);
+            option_error("--device '%s': expected cpu, cuda or auto", arg);
             return -1;
         }
         o->device = arg;
         return 1;
     case OPT_THREADS:
         if (cli_parse_int(arg, 1, 1024, &l) != 0) {
-            fprintf(stderr, "llmint8: error: --threads '%s': expected a whole number from 1 to 1024\n", arg);
+            option_error("--threads '%s': expected a whole number from 1 to 1024", arg);
             return -1;
         }
         o->threads = (int)l;
@@ -112,19 +139,98 @@ int cli_common_option(int code, const char *arg, CommonOptions *o) {
     }
 }
 
+void cli_write_escaped(FILE *f, const char *s, size_t len, char quote) {
+    const unsigned char *p = (const unsigned char *)s;
+    for (size_t i = 0; i < len;) {
+        unsigned c = p[i];
+        size_t k = utf8_valid_length(p + i, len - i);
+        if (c == '\n') fputs("\\n", f);
+        else if (c == '\r') fputs("\\r", f);
+        else if (c == '\t') fputs("\\t", f);
+        else if (quote && c == (unsigned char)quote) fprintf(f, "\\%c", quote);
+        else if (c < 0x20 || c == 0x7f || k == 0) fprintf(f, "\\x%02x", c);
+        else if (k == 2 && c == 0xC2 && p[i + 1] < 0xA0) fprintf(f, "\\u%04x", p[i + 1]); /* C1: U+0080..U+009F */
+        else fwrite(p + i, 1, k, f);
+        i += k ? k : 1;
+    }
+}
+
+/* prefix + the escaped message + newline, on stderr. */
+static void print_message(const char *prefix, const char *msg) {
+    fputs(prefix, stderr);
+    cli_write_escaped(stderr, msg, strlen(msg), 0);
+    fputc('\n', stderr);
+}
+
+static void print_formatted(const char *prefix, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+static void print_formatted(const char *prefix, const char *fmt, va_list ap) {
+    char msg[2048];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    print_message(prefix, msg);
+}
+
 int cli_fail(const Error *err) {
-    fprintf(stderr, "llmint8: error: %s\n", err->msg);
+    print_message("llmint8: error: ", err->msg);
     return 1;
 }
 
-int cli_usage_error(const char *cmd, const char *fmt, ...) {
+static void option_error(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "llmint8 %s: ", cmd);
-    vfprintf(stderr, fmt, ap);
+    print_formatted("llmint8: error: ", fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\nTry 'llmint8 %s --help'.\n", cmd);
+}
+
+void cli_warn(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    print_formatted("llmint8: warning: ", fmt, ap);
+    va_end(ap);
+}
+
+void cli_note(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    print_formatted("llmint8: ", fmt, ap);
+    va_end(ap);
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...) {
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "llmint8 %s: ", cmd);
+    va_list ap;
+    va_start(ap, fmt);
+    print_formatted(prefix, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "Try 'llmint8 %s --help'.\n", cmd);
     return 2;
+}
+
+/* errno of the first failed write cli_flush_stdout saw: stdio keeps only the error flag. */
+static int g_stdout_errno;
+
+int cli_flush_stdout(void) {
+    errno = 0;
+    if (fflush(stdout) == 0 && !ferror(stdout)) return 0;
+    if (!g_stdout_errno) g_stdout_errno = errno;
+    return -1;
+}
+
+void cli_close_stdout(void) {
+    errno = 0;
+    bool failed = fflush(stdout) != 0;
+    int why = errno;
+    if (ferror(stdout)) failed = true;
+    if (fclose(stdout) != 0 && !failed) {
+        failed = true;
+        why = errno;
+    }
+    if (!failed) return;
+    if (g_stdout_errno) why = g_stdout_errno;
+    if (why == EPIPE) return;
+    if (why) fprintf(stderr, "llmint8: error: error writing standard output: %s\n", strerror(why));
+    else fprintf(stderr, "llmint8: error: error writing standard output\n");
+    _exit(1);
 }
 
 static bool is_dir(const char *path) {
@@ -135,7 +241,7 @@ static bool is_dir(const char *path) {
 Backend *cli_backend_create(const char *device, int threads, Error *err) {
     Error fallback;
     Backend *bk = backend_create(device, threads, &fallback, err);
-    if (bk && fallback.msg[0]) fprintf(stderr, "llmint8: %s\n", fallback.msg);
+    if (bk && fallback.msg[0]) cli_note("%s", fallback.msg);
     return bk;
 }
 
@@ -157,6 +263,15 @@ int cli_session_open(const CommonOptions *o, bool need_tokenizer, bool want_toke
                 return -1;
             }
         }
+    }
+    /* Ids the model has no embedding for would be read out of bounds, or (after a check
+     * in the model) stop a run half-way: refuse such a tokenizer before any work. */
+    const int vocab = checkpoint_config(s->ck)->vocab_size;
+    if (s->tok && tokenizer_vocab_size(s->tok) > vocab) {
+        err_set(err, "%s: the tokenizer has ids up to %d but the model's vocabulary has %d (the tokenizer of another "
+                "model?)", o->tokenizer_dir ? o->tokenizer_dir : o->model_dir, tokenizer_vocab_size(s->tok) - 1, vocab);
+        cli_session_close(s);
+        return -1;
     }
     if (!(s->bk = cli_backend_create(o->device, o->threads, err))) {
         cli_session_close(s);
@@ -245,14 +360,11 @@ int cli_text_option(const char *cmd, int code, const char *arg, TextOptions *t) 
     case 'f': t->text_file = arg; return 1;
     case OPT_IDS: t->ids_file = arg; return 1;
     case OPT_CTX:
-        if (cli_parse_int(arg, 2, 1 << 20, &t->ctx)) {
-            cli_usage_error(cmd, "--ctx '%s': expected a whole number from 2 to %d", arg, 1 << 20);
-            return -1;
-        }
-        return 1;
+        return cli_int_option(cmd, "--ctx", arg, 2, 1 << 20, &t->ctx) ? -1 : 1;
     case OPT_MAX_TOKENS:
         if (cli_parse_int(arg, 0, 1L << 40, &t->max_tokens) || t->max_tokens == 1) {
-            cli_usage_error(cmd, "--max-tokens '%s': expected 0 (the whole text) or a whole number >= 2", arg);
+            cli_usage_error(cmd, "--max-tokens '%s': expected 0 (the whole text) or a whole number from 2 to %ld", arg,
+                            1L << 40);
             return -1;
         }
         return 1;

@@ -11,6 +11,7 @@
 
 #include <getopt.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include "backend.h"
@@ -80,14 +81,55 @@ int cli_text_or_common_option(const char *cmd, int code, const char *arg, TextOp
 /* After parsing: exactly one of -f and --ids. Returns 0, or the usage error's exit code. */
 int cli_text_check(const char *cmd, const TextOptions *t);
 
+/* ---- messages -------------------------------------------------------------------------
+ * Every message llmint8 writes to stderr goes through these, and they make whatever could
+ * act on a terminal visible (cli_write_escaped): messages quote strings from files (tensor
+ * names, config values, tokens) and from the command line, and a tensor name holding an ESC
+ * sequence must not rewrite the user's terminal. */
+
+/* Writes s[0..len) to f with C0 control characters and DEL as \n, \r, \t or \xHH, C1
+ * control characters (U+0080..U+009F) as \u0080..\u009f and bytes that are not valid UTF-8
+ * as \xHH; everything else (printable ASCII, valid UTF-8) as it is. A nonzero `quote` is
+ * written as \ + quote too (tokenize --show quotes tokens in '...'). */
+void cli_write_escaped(FILE *f, const char *s, size_t len, char quote);
+
 /* Prints "llmint8: error: <msg>" to stderr. Returns 1 (the exit code). */
 int cli_fail(const Error *err);
+/* Prints "llmint8: warning: <fmt...>" to stderr. */
+void cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Prints "llmint8: <fmt...>" to stderr (notes and progress reports). */
+void cli_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Prints "llmint8 CMD: <fmt...>\nTry 'llmint8 CMD --help'." and returns 2. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* Parses a whole string as an int / long / float within [lo, hi]; returns 0 or -1. */
+/* ---- numbers on the command line ------------------------------------------------------ */
+
+/* Parses a whole string as a whole number / float within [lo, hi]; returns 0 or -1. A whole
+ * number is optional '-' and decimal digits (no spaces, no '+'); a float is what strtod
+ * reads, NaN never being within range. */
 int cli_parse_int(const char *s, long lo, long hi, long *out);
 int cli_parse_float(const char *s, double lo, double hi, double *out);
+/* Parses a whole string of decimal digits (no sign) as a number from 0 to 2^64 - 1. */
+int cli_parse_u64(const char *s, uint64_t *out);
+/* Option `name` of command `cmd` with value `arg` as a whole number in [lo, hi]: returns 0,
+ * or 2 after the usage error "NAME 'ARG': expected a whole number from LO to HI". */
+int cli_int_option(const char *cmd, const char *name, const char *arg, long lo, long hi, long *out);
+/* The same for a number from 0 to 2^64 - 1 (seeds). */
+int cli_u64_option(const char *cmd, const char *name, const char *arg, uint64_t *out);
+
+/* ---- standard output ----------------------------------------------------------------- */
+
+/* Registered with atexit() by main, so it runs however the program ends (main returns or a
+ * command calls exit), like coreutils' close_stdout: flushes and closes standard output and
+ * turns any write error — now or in an earlier write — into "llmint8: error: error writing
+ * standard output: <reason>" and exit status 1, even after a command that succeeded. A
+ * reader that went away (EPIPE, seen when SIGPIPE is ignored) ends the program quietly, as
+ * SIGPIPE's default action would. This is the one place stdout is checked. */
+void cli_close_stdout(void);
+/* Flushes stdout, for commands that stream their output (generate): returns 0, or -1 when a
+ * write failed, after which the command stops writing and returns as it otherwise would;
+ * cli_close_stdout then reports the failure (with this write's reason). */
+int cli_flush_stdout(void);
 
 /* backend_create for a command: --device auto's fallback to the CPU is told on stderr. */
 Backend *cli_backend_create(const char *device, int threads, Error *err);
@@ -101,8 +143,9 @@ typedef struct Session {
 } Session;
 
 /* Opens checkpoint and backend (and the tokenizer: if need_tokenizer a missing one is an
- * error, if want_tokenizer one is loaded when present). The model is loaded separately,
- * because its context length may depend on the tokenized prompt. */
+ * error, if want_tokenizer one is loaded when present). A tokenizer that knows ids beyond the
+ * model's vocabulary (another model's, given with --tokenizer) is an error. The model is
+ * loaded separately, because its context length may depend on the tokenized prompt. */
 int cli_session_open(const CommonOptions *o, bool need_tokenizer, bool want_tokenizer, Session *s,
                      Error *err);
 /* Loads (or reloads) s->model with the common options' quantization and mo's ctx/batch. */

@@ -15,7 +15,10 @@
  *
  * The output appears atomically: everything is written into OUT_DIR.tmp-XXXXXX next to
  * OUT_DIR and renamed at the end; an error or SIGINT/SIGTERM removes the temporary
- * directory. Tensors are streamed in chunks, so memory stays small whatever the model. */
+ * directory. Tensors are streamed in chunks, so memory stays small whatever the model.
+ * --force replaces an existing OUT_DIR only if it is a checkpoint directory by its contents,
+ * and of the old copy deletes only the checkpoint files (see check_replaceable). */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -41,7 +44,9 @@ static const char HELP[] =
     "  -o, --output DIR       where to write (must not exist, unless --force)\n"
     "      --threshold T      llm_int8_threshold stored in config.json (default 6.0)\n"
     "      --shard-size SIZE  largest shard, e.g. 500MB, 2GB, 1GiB (default 2GB)\n"
-    "      --force            replace OUT_DIR if it exists (only once the new copy is complete)\n"
+    "      --force            replace OUT_DIR if it exists and holds nothing but checkpoint files\n"
+    "                         (config.json, weights, tokenizer files); never MODEL_DIR, a directory\n"
+    "                         above it, or the current directory. Only once the new copy is complete.\n"
     "  -h, --help             this help\n\n"
     "Example:\n"
     "  llmint8 convert models/opt-gutenberg-7m -o /tmp/opt-gutenberg-7m-int8\n"
@@ -251,8 +256,8 @@ static int warn_unused(const Plan *p, Error *err) {
     for (size_t i = 0; i < checkpoint_count(p->ck); i++) {
         const StTensor *t = checkpoint_tensor(p->ck, i);
         if (!bsearch(&t, used, n, sizeof *used, cmp_ptr))
-            fprintf(stderr, "llmint8: warning: %s: tensor '%s' is not part of the %s model; not copied\n", t->file,
-                    t->name, arch_name(checkpoint_config(p->ck)->arch));
+            cli_warn("%s: tensor '%s' is not part of the %s model; not copied", t->file, t->name,
+                     arch_name(checkpoint_config(p->ck)->arch));
     }
     free(used);
     return 0;
@@ -289,22 +294,23 @@ typedef struct Writer {
     uint64_t done;
 } Writer;
 
-/* Any float tensor → F16, chunk by chunk; a finite value too large for F16 is an error
- * (it would silently become infinity). */
+/* Every float tensor convert reads becomes float16 (or int8 of its float16 copy, as
+ * bitsandbytes quantizes it), so each must hold only values float16 can: a NaN or infinity,
+ * or a finite value beyond 65504 (it would become infinity), is an error naming the tensor,
+ * the element and the value. (A NaN would otherwise be written as int8 0, an infinity make
+ * its row's scale infinite.) Loading in an int8 mode applies the same rule. */
+static int check_values(const StTensor *t, Error *err) { return st_check_values(t, true, err); }
+
+/* Any float tensor → F16, chunk by chunk. */
 static int write_f16(Writer *wr, const OutTensor *o, Error *err) {
     const StTensor *t = o->src;
+    if (check_values(t, err)) return -1;
     if (t->dtype == DT_F16) return st_writer_write_data(wr->w, t->data, t->nbytes, err);
     uint16_t *h = wr->buf;
     size_t per = CHUNK_BYTES / sizeof *h;
     for (int64_t i0 = 0; i0 < t->numel; i0 += (int64_t)per) {
         size_t n = (size_t)(t->numel - i0 < (int64_t)per ? t->numel - i0 : (int64_t)per);
-        for (size_t i = 0; i < n; i++) {
-            float v = dtype_load_f32(t->dtype, t->data, (size_t)i0 + i);
-            h[i] = f32_to_f16(v);
-            if (isfinite(v) && (h[i] & 0x7c00) == 0x7c00)
-                return err_set(err, "%s: tensor '%s': value %g at index %lld does not fit in float16", t->file,
-                               t->name, (double)v, (long long)(i0 + (int64_t)i));
-        }
+        for (size_t i = 0; i < n; i++) h[i] = f32_to_f16(dtype_load_f32(t->dtype, t->data, (size_t)i0 + i));
         if (st_writer_write_data(wr->w, h, n * sizeof *h, err) || check_signal(err)) return -1;
     }
     return 0;
@@ -312,6 +318,7 @@ static int write_f16(Writer *wr, const OutTensor *o, Error *err) {
 
 /* CB, a block of rows at a time; the rows' SCB go to pr->scb for the SCB tensor later. */
 static int write_cb(Writer *wr, Proj *pr, Error *err) {
+    if (check_values(pr->w, err)) return -1;
     if (!(pr->scb = malloc((size_t)(pr->out ? pr->out : 1) * sizeof *pr->scb))) return err_set(err, "out of memory");
     int64_t rows = (int64_t)(CHUNK_BYTES / (size_t)(pr->in ? pr->in : 1));
     if (rows < 1) rows = 1;
@@ -322,12 +329,6 @@ static int write_cb(Writer *wr, Proj *pr, Error *err) {
         quant_weight_rowwise(pr->w->dtype, src, n, pr->in, wr->buf, pr->scb + r0);
         if (st_writer_write_data(wr->w, wr->buf, (size_t)(n * pr->in), err) || check_signal(err)) return -1;
     }
-    /* bitsandbytes would store an infinite scale for weights beyond the fp16 range; our
-     * loader (rightly) refuses those, so refuse to write them. */
-    for (int64_t r = 0; r < pr->out; r++)
-        if (!isfinite(pr->scb[r]))
-            return err_set(err, "%s: tensor '%s': row %lld has values beyond the float16 range; it cannot be "
-                           "quantized", pr->w->file, pr->w->name, (long long)r);
     return 0;
 }
 
@@ -538,7 +539,117 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
     return remove(path);
 }
 
+/* Deletes a directory that convert itself created (its temporary output) and all in it. */
 static void remove_tree(const char *path) { nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
+
+/* ---- what --force may replace ------------------------------------------------------------
+ * Only a directory that is, by its contents, a checkpoint: every entry one of the files a
+ * checkpoint consists of (a regular file, or a symbolic link, whose deletion leaves its
+ * target alone). These are what convert writes, and what a Hugging Face checkpoint holds
+ * next to them: PyTorch .bin weights and their index, the model card and .gitattributes of
+ * a hub download. Never MODEL_DIR, a directory that contains it, or the current directory,
+ * compared by device and inode, so that no spelling of the path (symbolic links, "..",
+ * "/") gets past. */
+static const char *const CHECKPOINT_FILES[] = {
+    "config.json", "generation_config.json",
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+    "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "README.md", ".gitattributes",
+};
+#define CHECKPOINT_FILES_TEXT                                                                          \
+    "config.json, generation_config.json, model.safetensors, model-NNNNN-of-NNNNN.safetensors, "      \
+    "pytorch_model.bin, pytorch_model-NNNNN-of-NNNNN.bin, the .index.json of either, the tokenizer " \
+    "files, README.md and .gitattributes"
+
+/* Skips one or more decimal digits at *p; false if there is none. */
+static bool skip_digits(const char **p) {
+    const char *start = *p;
+    while (**p >= '0' && **p <= '9') (*p)++;
+    return *p > start;
+}
+
+/* PREFIX-N-of-N.EXT, the name of one shard (model-00001-of-00002.safetensors). */
+static bool is_shard_name(const char *name, const char *prefix, const char *ext) {
+    size_t lp = strlen(prefix);
+    if (strncmp(name, prefix, lp) != 0 || name[lp] != '-') return false;
+    const char *p = name + lp + 1;
+    if (!skip_digits(&p) || strncmp(p, "-of-", 4) != 0) return false;
+    p += 4;
+    return skip_digits(&p) && strcmp(p, ext) == 0;
+}
+
+static bool is_checkpoint_file(const char *name) {
+    for (size_t i = 0; i < sizeof CHECKPOINT_FILES / sizeof CHECKPOINT_FILES[0]; i++)
+        if (strcmp(name, CHECKPOINT_FILES[i]) == 0) return true;
+    return is_shard_name(name, "model", ".safetensors") || is_shard_name(name, "pytorch_model", ".bin");
+}
+
+/* The entry of `dir` that is not a checkpoint file (the first in name order, so the message
+ * does not depend on the file system's order) into first[cap]; "" if there is none. */
+static int first_foreign_entry(const char *dir, char *first, size_t cap, Error *err) {
+    first[0] = 0;
+    DIR *d = opendir(dir);
+    if (!d) return err_set(err, "%s: cannot read the directory: %s", dir, strerror(errno));
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        struct stat st;
+        bool plain = fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+                     (S_ISREG(st.st_mode) || S_ISLNK(st.st_mode));
+        if (plain && is_checkpoint_file(e->d_name)) continue;
+        if (!first[0] || strcmp(e->d_name, first) < 0) snprintf(first, cap, "%s", e->d_name);
+    }
+    closedir(d);
+    return 0;
+}
+
+static bool same_file(const struct stat *a, const struct stat *b) { return a->st_dev == b->st_dev && a->st_ino == b->st_ino; }
+
+/* Whether --force may replace the existing directory `out` (see above); an error says why not. */
+static int check_replaceable(const char *out, const char *model_dir, Error *err) {
+    struct stat o, st;
+    if (stat(out, &o) != 0) return err_set(err, "%s: %s", out, strerror(errno));
+    /* MODEL_DIR, then each directory above it up to "/" */
+    char up[PATH_MAX];
+    if (realpath(model_dir, up)) {
+        for (bool first = true;; first = false) {
+            if (stat(up, &st) == 0 && same_file(&st, &o)) {
+                if (first) return err_set(err, "%s: the output directory is the input directory", out);
+                return err_set(err, "%s: the output directory contains the input directory %s (it is %s); --force "
+                               "replaces only a directory of checkpoint files", out, model_dir, up);
+            }
+            char *slash = strrchr(up, '/');
+            if (!slash || strcmp(up, "/") == 0) break;
+            if (slash == up) slash[1] = 0; /* "/a" -> "/" */
+            else *slash = 0;
+        }
+    }
+    if (stat(".", &st) == 0 && same_file(&st, &o))
+        return err_set(err, "%s: the output directory is the current directory; not replacing it", out);
+    char foreign[256];
+    if (first_foreign_entry(out, foreign, sizeof foreign, err)) return -1;
+    if (foreign[0])
+        return err_set(err, "%s: not replacing it: it holds '%s', which is not a checkpoint file (--force replaces "
+                       "only a directory holding nothing but " CHECKPOINT_FILES_TEXT ")", out, foreign);
+    return 0;
+}
+
+/* Deletes the previous output, moved to `dir` by move_into_place: its checkpoint files, then
+ * the directory. Anything else (put there since the check) is left, with a warning. */
+static void remove_old_copy(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        struct stat st;
+        if (is_checkpoint_file(e->d_name) && fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+            (S_ISREG(st.st_mode) || S_ISLNK(st.st_mode)))
+            unlinkat(dirfd(d), e->d_name, 0);
+    }
+    closedir(d);
+    if (rmdir(dir) != 0 && errno != ENOENT)
+        cli_warn("%s: the previous output was left there: it holds files that are not a checkpoint's", dir);
+}
 
 static bool path_exists(const char *path) {
     struct stat st;
@@ -555,7 +666,7 @@ static int move_into_place(const char *tmp, const char *out, Error *err) {
     /* Swap the new and the old directory in one atomic step, so that a crash at any moment
      * leaves OUT_DIR complete (old or new); then delete the old copy, now at tmp. */
     if (renameat2(AT_FDCWD, tmp, AT_FDCWD, out, RENAME_EXCHANGE) == 0) {
-        remove_tree(tmp);
+        remove_old_copy(tmp);
         return 0;
     }
     if (errno != EINVAL && errno != ENOSYS)
@@ -574,7 +685,7 @@ static int move_into_place(const char *tmp, const char *out, Error *err) {
         rename(old, out); /* put the old one back */
         return err_set(err, "%s: cannot rename %s into place: %s", out, tmp, strerror(e));
     }
-    remove_tree(old);
+    remove_old_copy(old);
     return 0;
 }
 
@@ -636,9 +747,9 @@ static int convert_into(const ConvertOptions *o, const Checkpoint *ck, const cha
     uint64_t in_bytes = 0, out_bytes = 0;
     for (size_t i = 0; i < checkpoint_count(ck); i++) in_bytes += checkpoint_tensor(ck, i)->nbytes;
     for (size_t i = 0; i < p.n; i++) out_bytes += p.t[i].nbytes;
-    fprintf(stderr, "llmint8: converting %s (%s, %zu projections to int8): %.1f MB -> %.1f MB in %d shard%s\n",
-            o->model_dir, arch_name(c->arch), p.n_proj, (double)in_bytes / 1e6, (double)out_bytes / 1e6, p.n_shards,
-            p.n_shards == 1 ? "" : "s");
+    cli_note("converting %s (%s, %zu projections to int8): %.1f MB -> %.1f MB in %d shard%s", o->model_dir,
+             arch_name(c->arch), p.n_proj, (double)in_bytes / 1e6, (double)out_bytes / 1e6, p.n_shards,
+             p.n_shards == 1 ? "" : "s");
 
     if (!(wr.buf = malloc(CHUNK_BYTES))) {
         err_set(err, "out of memory");
@@ -690,7 +801,8 @@ static int parse_args(int argc, char **argv, ConvertOptions *o) {
             break;
         case OPT_SHARD_SIZE:
             if (parse_size(optarg, &o->shard_bytes) != 0)
-                return cli_usage_error("convert", "--shard-size '%s': expected a size like 500MB or 2GB", optarg);
+                return cli_usage_error("convert", "--shard-size '%s': expected a size from 1 byte to 1EB, like 500MB, "
+                                       "2GB or 1GiB", optarg);
             break;
         case OPT_FORCE: o->force = true; break;
         default: return cli_usage_error("convert", "unknown option");
@@ -730,11 +842,8 @@ int cmd_convert(int argc, char **argv) {
             return cli_fail(&err);
         }
     }
-    char real_in[PATH_MAX], real_out[PATH_MAX];
-    if (realpath(o.model_dir, real_in) && realpath(out, real_out) && strcmp(real_in, real_out) == 0) {
-        err_set(&err, "%s: the output directory is the input directory", out);
-        return cli_fail(&err);
-    }
+    bool replacing = lstat(out, &st) == 0;
+    if (replacing && check_replaceable(out, o.model_dir, &err)) return cli_fail(&err);
 
     Checkpoint *ck = NULL;
     if (checkpoint_open(o.model_dir, &ck, &err) || check_not_int8(ck, &err)) {
@@ -769,6 +878,8 @@ int cmd_convert(int argc, char **argv) {
         chmod(tmp, 0777 & ~mask);
         rc = check_signal(&err);
     }
+    /* The directory being replaced is checked again, in case it changed during the work. */
+    if (rc == 0 && replacing) rc = check_replaceable(out, o.model_dir, &err);
     if (rc == 0) rc = move_into_place(tmp, out, &err);
     if (rc != 0 && tmp[0]) remove_tree(tmp);
     checkpoint_close(ck);
@@ -777,11 +888,12 @@ int cmd_convert(int argc, char **argv) {
     /* A signal that came in time to stop the work: die of it, as the caller expects, now that
      * the mess is gone. (One that came after the rename is moot: the output is complete.) */
     if (g_signal && rc != 0) {
-        fprintf(stderr, "llmint8: error: interrupted; %s was not written\n", out);
+        err_set(&err, "interrupted; %s was not written", out);
+        cli_fail(&err);
         signal(g_signal, SIG_DFL);
         raise(g_signal);
     }
     if (rc != 0) return cli_fail(&err);
-    fprintf(stderr, "llmint8: wrote %s in %.1f s\n", out, cli_now() - t0);
+    cli_note("wrote %s in %.1f s", out, cli_now() - t0);
     return 0;
 }

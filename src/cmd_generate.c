@@ -79,7 +79,7 @@ static int parse_args(int argc, char **argv, CommonOptions *co, GenerateOptions 
         case 'f': go->prompt_file = optarg; break;
         case OPT_IDS: go->ids_file = optarg; break;
         case 'n':
-            if (cli_parse_int(optarg, 0, 1000000, &l)) return cli_usage_error("generate", "-n '%s': expected a whole number >= 0", optarg);
+            if (cli_int_option("generate", "-n", optarg, 0, 1000000, &l)) return 2;
             go->max_new = l;
             break;
         case OPT_TEMPERATURE:
@@ -87,7 +87,7 @@ static int parse_args(int argc, char **argv, CommonOptions *co, GenerateOptions 
             go->sampling.temperature = (float)d;
             break;
         case OPT_TOP_K:
-            if (cli_parse_int(optarg, 0, 1 << 30, &l)) return cli_usage_error("generate", "--top-k '%s': expected a whole number >= 0", optarg);
+            if (cli_int_option("generate", "--top-k", optarg, 0, 1 << 30, &l)) return 2;
             go->sampling.top_k = (int)l;
             break;
         case OPT_TOP_P:
@@ -98,14 +98,10 @@ static int parse_args(int argc, char **argv, CommonOptions *co, GenerateOptions 
             if (cli_parse_float(optarg, 0, 100, &d) || d == 0) return cli_usage_error("generate", "--repetition-penalty '%s': expected a number in (0, 100]", optarg);
             go->sampling.repetition_penalty = (float)d;
             break;
-        case OPT_SEED: {
-            char *end;
-            unsigned long long s = strtoull(optarg, &end, 10);
-            if (end == optarg || *end) return cli_usage_error("generate", "--seed '%s': expected a whole number", optarg);
-            go->sampling.seed = s;
+        case OPT_SEED:
+            if (cli_u64_option("generate", "--seed", optarg, &go->sampling.seed)) return 2;
             go->seed_given = true;
             break;
-        }
         case OPT_GREEDY: go->sampling.greedy = true; break;
         case OPT_IGNORE_EOS: go->ignore_eos = true; break;
         case OPT_PRINT_IDS: go->print_ids = true; break;
@@ -156,14 +152,15 @@ static int read_prompt(const GenerateOptions *go, Session *s, int vocab, int32_t
     return 0;
 }
 
-static void print_token(TokenStream *ts, char *buf, size_t cap, int32_t id, bool print_ids, bool first) {
+/* Prints one new token and flushes it; returns 0, or -1 if the write failed (see cli_flush_stdout). */
+static int print_token(TokenStream *ts, char *buf, size_t cap, int32_t id, bool print_ids, bool first) {
     if (print_ids) {
         printf(first ? "%d" : " %d", id);
     } else {
         size_t k = token_stream_push(ts, id, buf, cap);
         fwrite(buf, 1, k, stdout);
     }
-    fflush(stdout);
+    return cli_flush_stdout();
 }
 
 int cmd_generate(int argc, char **argv) {
@@ -197,7 +194,7 @@ int cmd_generate(int argc, char **argv) {
         }
         long keep = native - (go.max_new < native / 2 ? go.max_new : native / 2);
         if (keep < 1) keep = 1;
-        fprintf(stderr, "llmint8: warning: prompt truncated from %zu to its last %ld tokens\n", n_prompt, keep);
+        cli_warn("prompt truncated from %zu to its last %ld tokens", n_prompt, keep);
         memmove(ids, ids + n_prompt - (size_t)keep, (size_t)keep * sizeof *ids);
         n_prompt = (size_t)keep;
         free(prompt_text);
@@ -205,8 +202,7 @@ int cmd_generate(int argc, char **argv) {
     }
     long total = (long)n_prompt + go.max_new;
     if (total > native) {
-        fprintf(stderr, "llmint8: note: stopping after %ld new tokens, at the model's %ld positions\n",
-                native - (long)n_prompt, native);
+        cli_note("note: stopping after %ld new tokens, at the model's %ld positions", native - (long)n_prompt, native);
         total = native;
     }
     ModelOptions mo = {.ctx = (int)total, .batch_tokens = 512};
@@ -236,22 +232,29 @@ int cmd_generate(int argc, char **argv) {
             if (t) fputs(t, stdout);
             free(t);
         }
-        fflush(stdout);
     }
+    /* A failed write stops the run (main reports it when the program ends). */
+    bool out_failed = cli_flush_stdout() != 0;
 
     int32_t eos = cfg->eos_id >= 0 ? cfg->eos_id : (s.tok ? tokenizer_eos_id(s.tok) : -1);
     double t0 = cli_now();
     /* The logits stay in backend memory: the sampler brings back the chosen id only. */
-    float *logits = model_forward_last(s.model, ids, (int)n_prompt, &err);
-    rc = logits ? 0 : -1;
+    float *logits = out_failed ? NULL : model_forward_last(s.model, ids, (int)n_prompt, &err);
+    rc = (out_failed || logits) ? 0 : -1;
     double t_prompt = cli_now() - t0, t_decode = 0;
     size_t n = n_prompt;
     int decode_steps = 0;
-    while (rc == 0 && (long)n < total) {
+    while (rc == 0 && !out_failed && (long)n < total) {
         int32_t next = sampler_pick(&sampler, s.bk, logits, ids, n);
+        if (next < 0) {
+            rc = err_set(&err, "the logits for the token at position %zu (counting from 0; the %s token) hold a NaN "
+                         "or an infinity: the forward pass overflowed, or the weights are not finite; no token was "
+                         "chosen from them", n, n == n_prompt ? "first new" : "next");
+            break;
+        }
         ids[n++] = next;
         if (next == eos && !go.ignore_eos) break;
-        print_token(&ts, buf, buf_cap, next, go.print_ids, n == n_prompt + 1);
+        if ((out_failed = print_token(&ts, buf, buf_cap, next, go.print_ids, n == n_prompt + 1) != 0)) break;
         if ((long)n == total) break;
         double t1 = cli_now();
         logits = model_forward_last(s.model, &next, 1, &err);
@@ -259,16 +262,18 @@ int cmd_generate(int argc, char **argv) {
         t_decode += cli_now() - t1;
         decode_steps++;
     }
-    if (!go.print_ids && s.tok) {
-        size_t k = token_stream_flush(&ts, buf, buf_cap);
-        fwrite(buf, 1, k, stdout);
+    if (!out_failed) { /* else the output is cut short, and the speed means nothing */
+        if (!go.print_ids && s.tok) { /* what is held back of a split character */
+            size_t k = token_stream_flush(&ts, buf, buf_cap);
+            fwrite(buf, 1, k, stdout);
+        }
+        printf("\n");
+        fflush(stdout);
+        fprintf(stderr, "llmint8: prompt %zu tokens, %.1f tokens/s; generated %zu tokens, %.1f tokens/s (%s, %s)\n",
+                n_prompt, (double)n_prompt / (t_prompt > 0 ? t_prompt : 1e-9), n - n_prompt,
+                decode_steps ? decode_steps / (t_decode > 0 ? t_decode : 1e-9) : 0.0,
+                quant_mode_name(s.model->quant.mode), s.bk->name);
     }
-    printf("\n");
-    fflush(stdout);
-    fprintf(stderr, "llmint8: prompt %zu tokens, %.1f tokens/s; generated %zu tokens, %.1f tokens/s (%s, %s)\n",
-            n_prompt, (double)n_prompt / (t_prompt > 0 ? t_prompt : 1e-9), n - n_prompt,
-            decode_steps ? decode_steps / (t_decode > 0 ? t_decode : 1e-9) : 0.0, quant_mode_name(s.model->quant.mode),
-            s.bk->name);
     sampler_free(&sampler);
     free(buf), free(ids), free(prompt_text);
     cli_session_close(&s);

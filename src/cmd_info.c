@@ -1,12 +1,14 @@
 /* cmd_info.c — `llmint8 info`: what a checkpoint holds, and what it costs in memory.
  * Loading the model here (16-bit, used in place from the mapping: cheap) checks that every
  * tensor the architecture needs is present with the right shape. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "arch.h"
 #include "cli.h"
 #include "commands.h"
+#include "json_out.h"
 
 static const char HELP[] =
     "Usage: llmint8 info MODEL_DIR [--json]\n"
@@ -96,14 +98,26 @@ int cmd_info(int argc, char **argv) {
      * output row (ignored here: < 0.1%), 16-bit for the rest. */
     double fp16_mb = 2.0 * (double)(proj + other) / 1e6, int8_mb = ((double)proj + 2.0 * (double)other) / 1e6;
     long native = arch_native_context(m);
+    int rc = 0;
     if (json) {
-        printf("{\"architecture\": \"%s\", \"layers\": %d, \"hidden\": %d, \"heads\": %d, \"ffn\": %d, "
-               "\"vocab\": %d, \"positions\": %ld, \"parameters\": %lld, \"projection_parameters\": %lld, "
-               "\"stored_dtype\": \"%s\", \"int8_checkpoint\": %s, \"stored_bytes\": %lld, "
-               "\"fp16_megabytes\": %.1f, \"int8_megabytes\": %.1f, \"tokenizer\": %s}\n",
-               arch_name(m->arch), m->n_layers, m->hidden, m->n_heads, m->ffn_dim, m->vocab_size, native,
-               (long long)(proj + other), (long long)proj, dt, m->load_in_8bit ? "true" : "false",
-               (long long)stored, fp16_mb, int8_mb, s.tok ? "true" : "false");
+        JsonOut j;
+        json_out_begin(&j);
+        json_add_string(&j, j.root, "architecture", arch_name(m->arch));
+        json_add_int(&j, j.root, "layers", m->n_layers);
+        json_add_int(&j, j.root, "hidden", m->hidden);
+        json_add_int(&j, j.root, "heads", m->n_heads);
+        json_add_int(&j, j.root, "ffn", m->ffn_dim);
+        json_add_int(&j, j.root, "vocab", m->vocab_size);
+        json_add_int(&j, j.root, "positions", native);
+        json_add_int(&j, j.root, "parameters", proj + other);
+        json_add_int(&j, j.root, "projection_parameters", proj);
+        json_add_string(&j, j.root, "stored_dtype", dt);
+        json_add_bool(&j, j.root, "int8_checkpoint", m->load_in_8bit);
+        json_add_int(&j, j.root, "stored_bytes", stored);
+        json_add_number(&j, j.root, "fp16_megabytes", round(fp16_mb * 10) / 10, NULL);
+        json_add_number(&j, j.root, "int8_megabytes", round(int8_mb * 10) / 10, NULL);
+        json_add_bool(&j, j.root, "tokenizer", s.tok != NULL);
+        rc = json_out_print(&j, stdout, false, &err);
     } else {
         printf("model:        %s\n", co.model_dir);
         printf("architecture: %s, %d layers, hidden %d, %d heads of %d, ffn %d, vocab %d\n", arch_name(m->arch),
@@ -119,5 +133,5 @@ int cmd_info(int argc, char **argv) {
         printf("tokenizer:    %s\n", s.tok ? "found" : "none in MODEL_DIR (use --tokenizer DIR for text)");
     }
     cli_session_close(&s);
-    return 0;
+    return rc ? cli_fail(&err) : 0;
 }

@@ -14,6 +14,7 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "json_out.h"
 #include "logits.h"
 #include "outliers.h"
 #include "rng.h"
@@ -51,7 +52,7 @@ enum { OPT_MIN_LAYERS = OPT_COMMAND_BASE, OPT_MIN_TOKENS, OPT_SEED, OPT_NO_ABLAT
 typedef struct OutlierOptions {
     TextOptions text;
     const char *svg_file;
-    long seed;
+    uint64_t seed;
     double threshold;
     OutlierCriteria crit;
     bool json, ablation;
@@ -78,8 +79,7 @@ static int parse_args(int argc, char **argv, CommonOptions *co, OutlierOptions *
         case OPT_JSON: po->json = true; break;
         case OPT_NO_ABLATION: po->ablation = false; break;
         case OPT_SEED:
-            if (cli_parse_int(optarg, 0, 1L << 62, &po->seed))
-                return cli_usage_error("outliers", "--seed '%s': expected a whole number >= 0", optarg);
+            if (cli_u64_option("outliers", "--seed", optarg, &po->seed)) return 2;
             break;
         case OPT_THRESHOLD:
             if (cli_parse_float(optarg, 0.0, 65504.0, &po->threshold) || !(po->threshold > 0))
@@ -129,12 +129,17 @@ typedef struct Score {
 static double score_ppl(const Score *s) { return s->scored ? exp(s->nll_sum / (double)s->scored) : NAN; }
 static double score_top1(const Score *s) { return s->scored ? s->top1_sum / (double)s->scored : NAN; }
 
-static void score_row(const float *logits, int vocab, int32_t target, Score *s) {
+/* Adds one prediction; returns false (adding nothing) if its NLL is not finite, which the
+ * logits of a forward pass that did not overflow never give. */
+static bool score_row(const float *logits, int vocab, int32_t target, Score *s) {
     float max;
     double lse = logits_logsumexp(logits, vocab, &max);
-    s->nll_sum += lse - (double)logits[target];
+    double nll = lse - (double)logits[target];
+    if (!isfinite(nll)) return false;
+    s->nll_sum += nll;
     s->top1_sum += exp((double)max - lse);   /* the top token's probability */
     s->scored++;
+    return true;
 }
 
 /* Runs every window through the model with the probe attached. */
@@ -166,7 +171,10 @@ static int run_text(Model *m, const Windows *w, OutlierProbe *probe, const char 
             long rows = n - off < chunk ? n - off : chunk;
             rc = model_forward(m, win + off, (int)rows, true, logits, err);
             for (long i = off; rc == 0 && i < off + rows && i + 1 < n; i++)
-                score_row(logits + (size_t)(i - off) * (size_t)vocab, vocab, win[i + 1], sc);
+                if (!score_row(logits + (size_t)(i - off) * (size_t)vocab, vocab, win[i + 1], sc))
+                    rc = err_set(err, "%s: the NLL of text token %ld (counting from 0; window %ld, position %ld) is "
+                                 "not finite: the logits hold a NaN or an infinity (the forward pass overflowed, or "
+                                 "the weights are not finite)", label, begin + i + 1 - b, wi + 1, i + 1);
         }
         if (probe->stats) outlier_stats_end_window(probe->stats);
         progress_update(&prog, wi + 1);
@@ -226,42 +234,22 @@ static void site_max(const OutlierStats *st, int layer, OutlierSite site, float 
         if (mx[d] > *v) *v = mx[d], *dim = d;
 }
 
-static void json_str(const char *s) {
-    putchar('"');
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\') printf("\\%c", *p);
-        else if (*p < 0x20) printf("\\u%04x", *p);
-        else putchar(*p);
-    }
-    putchar('"');
-}
-
-/* JSON has no NaN or infinity: those become null. */
-static void json_num(double v) {
-    if (isfinite(v)) printf("%.10g", v);
-    else printf("null");
-}
-
-static void json_score(const char *name, const Score *s, const uint8_t *dims, int hidden, bool comma) {
-    printf("    \"%s\": ", name);
+/* A pass's scores as {"ppl", "nll_mean", "top1_prob_mean", "predictions"[, "dims"]}, or null. */
+static void json_score(JsonOut *j, cJSON *parent, const char *name, const Score *s, const uint8_t *dims, int hidden) {
     if (!s) {
-        printf("null%s\n", comma ? "," : "");
+        json_add_string(j, parent, name, NULL);
         return;
     }
-    printf("{\"ppl\": ");
-    json_num(score_ppl(s));
-    printf(", \"nll_mean\": ");
-    json_num(s->scored ? s->nll_sum / (double)s->scored : NAN);
-    printf(", \"top1_prob_mean\": ");
-    json_num(score_top1(s));
-    printf(", \"predictions\": %ld", s->scored);
+    cJSON *o = json_add_object(j, parent, name);
+    json_add_number(j, o, "ppl", score_ppl(s), s->scored ? "exp(nll_mean) is beyond the largest double" : "no predictions");
+    json_add_number(j, o, "nll_mean", s->scored ? s->nll_sum / (double)s->scored : NAN, "no predictions");
+    json_add_number(j, o, "top1_prob_mean", score_top1(s), "no predictions");
+    json_add_int(j, o, "predictions", s->scored);
     if (dims) {
-        printf(", \"dims\": [");
-        for (int d = 0, k = 0; d < hidden; d++)
-            if (dims[d]) printf("%s%d", k++ ? ", " : "", d);
-        printf("]");
+        cJSON *list = json_add_array(j, o, "dims");
+        for (int d = 0; d < hidden; d++)
+            if (dims[d]) json_append_int(j, list, d);
     }
-    printf("}%s\n", comma ? "," : "");
 }
 
 /* A dimension that is not a feature, with how close it came to the token criterion. */
@@ -314,76 +302,93 @@ typedef struct Report {
     const Score *base, *zero_feat, *zero_rand;
     const uint8_t *rand_dims;
     int n_rand;
-    long seed;
+    uint64_t seed;
     const char *svg;
 } Report;
 
-static void print_json(const Report *r) {
+static int print_json(const Report *r, Error *err) {
     const OutlierStats *st = r->st;
+    const char *no_values = "no input values were recorded";
     double values = st->values > 0 ? (double)st->values : NAN;
     int64_t feat_above = 0;
     for (int i = 0; i < r->n_features; i++) feat_above += r->f[i].above;
-    printf("{\n  \"model\": ");
-    json_str(r->model_dir);
-    printf(",\n  \"arch\": \"%s\", \"layers\": %d, \"hidden\": %d,\n", arch_name(r->cfg->arch), st->n_layers,
-           st->hidden);
-    printf("  \"text\": ");
-    json_str(r->source);
-    printf(", \"tokens\": %ld, \"windows\": %ld, \"ctx\": %ld, \"bos\": %d,\n", r->win->n_text, r->win->count,
-           r->win->ctx, r->win->bos);
-    printf("  \"criteria\": {\"threshold\": %.6g, \"min_layer_share\": %.6g, \"min_token_share\": %.6g, "
-           "\"sites\": [\"attn_input\", \"ffn_input\"]},\n",
-           (double)st->threshold, r->crit->min_layer_share, r->crit->min_token_share);
-    printf("  \"count\": %d,\n  \"layers_touched\": %d,\n  \"outliers\": [", r->n_features, r->layers_touched);
+    JsonOut j;
+    json_out_begin(&j);
+    cJSON *root = j.root;
+    json_add_string(&j, root, "model", r->model_dir);
+    json_add_string(&j, root, "arch", arch_name(r->cfg->arch));
+    json_add_int(&j, root, "layers", st->n_layers);
+    json_add_int(&j, root, "hidden", st->hidden);
+    json_add_string(&j, root, "text", r->source);
+    json_add_int(&j, root, "tokens", r->win->n_text);
+    json_add_int(&j, root, "windows", r->win->count);
+    json_add_int(&j, root, "ctx", r->win->ctx);
+    json_add_int(&j, root, "bos", r->win->bos);
+
+    cJSON *crit = json_add_object(&j, root, "criteria");
+    json_add_float(&j, crit, "threshold", st->threshold, NULL);
+    json_add_number(&j, crit, "min_layer_share", r->crit->min_layer_share, NULL);
+    json_add_number(&j, crit, "min_token_share", r->crit->min_token_share, NULL);
+    cJSON *sites = json_add_array(&j, crit, "sites");
+    json_append_string(&j, sites, "attn_input");
+    json_append_string(&j, sites, "ffn_input");
+
+    json_add_int(&j, root, "count", r->n_features);
+    json_add_int(&j, root, "layers_touched", r->layers_touched);
+    cJSON *list = json_add_array(&j, root, "outliers");
     for (int i = 0; i < r->n_features; i++) {
         const OutlierFeature *f = &r->f[i];
-        printf("%s\n    {\"dim\": %d, \"max_abs\": %.6g, \"layers\": %d, \"layer_share\": %.6g, "
-               "\"token_share_mean\": %.6g, \"token_share_max\": %.6g, \"value_share\": ",
-               i ? "," : "", f->dim, (double)f->max_abs, f->layers, (double)f->layers / st->n_layers,
-               f->token_share_mean, f->token_share_max);
-        json_num((double)f->above / values);
-        printf(", \"in_layers\": [");
-        for (int l = 0, k = 0; l < st->n_layers; l++)
-            if (outlier_layer_hit(st, l, f->dim, r->crit->min_token_share)) printf("%s%d", k++ ? ", " : "", l);
-        printf("]}");
+        cJSON *o = json_append_object(&j, list);
+        json_add_int(&j, o, "dim", f->dim);
+        json_add_float(&j, o, "max_abs", f->max_abs, NULL);
+        json_add_int(&j, o, "layers", f->layers);
+        json_add_number(&j, o, "layer_share", (double)f->layers / st->n_layers, NULL);
+        json_add_number(&j, o, "token_share_mean", f->token_share_mean, NULL);
+        json_add_number(&j, o, "token_share_max", f->token_share_max, NULL);
+        json_add_number(&j, o, "value_share", (double)f->above / values, no_values);
+        cJSON *in = json_add_array(&j, o, "in_layers");
+        for (int l = 0; l < st->n_layers; l++)
+            if (outlier_layer_hit(st, l, f->dim, r->crit->min_token_share)) json_append_int(&j, in, l);
     }
-    printf("%s],\n  \"near_misses\": [", r->n_features ? "\n  " : "");
-    for (int i = 0; i < r->n_near; i++)
-        printf("%s{\"dim\": %d, \"max_abs\": %.6g, \"token_share_in_enough_layers\": %.6g}", i ? ", " : "",
-               r->near[i].dim, (double)r->near[i].max_abs, r->near[i].share);
-    printf("],\n  \"value_shares\": {\"above_threshold\": ");
-    json_num((double)st->above / values);
-    printf(", \"above_threshold_in_outliers\": ");
-    json_num((double)feat_above / values);
-    printf(", \"outlier_dims\": ");
-    json_num((double)r->n_features / st->hidden);
-    printf(", \"decomposed_16bit\": ");
-    json_num((double)st->decomposed / values);
-    printf(", \"int8\": ");
-    json_num(1.0 - (double)st->decomposed / values);
-    printf("},\n  \"per_layer\": [");
+    list = json_add_array(&j, root, "near_misses");
+    for (int i = 0; i < r->n_near; i++) {
+        cJSON *o = json_append_object(&j, list);
+        json_add_int(&j, o, "dim", r->near[i].dim);
+        json_add_float(&j, o, "max_abs", r->near[i].max_abs, NULL);
+        json_add_number(&j, o, "token_share_in_enough_layers", r->near[i].share, NULL);
+    }
+
+    cJSON *vs = json_add_object(&j, root, "value_shares");
+    json_add_number(&j, vs, "above_threshold", (double)st->above / values, no_values);
+    json_add_number(&j, vs, "above_threshold_in_outliers", (double)feat_above / values, no_values);
+    json_add_number(&j, vs, "outlier_dims", (double)r->n_features / st->hidden, NULL);
+    json_add_number(&j, vs, "decomposed_16bit", (double)st->decomposed / values, no_values);
+    json_add_number(&j, vs, "int8", 1.0 - (double)st->decomposed / values, no_values);
+
+    list = json_add_array(&j, root, "per_layer");
     for (int l = 0; l < st->n_layers; l++) {
-        printf("%s\n    {\"layer\": %d", l ? "," : "", l);
+        cJSON *o = json_append_object(&j, list);
+        json_add_int(&j, o, "layer", l);
         for (int s = 0; s < SITE_COUNT; s++) {
             float v;
             int dim;
             site_max(st, l, (OutlierSite)s, &v, &dim);
-            printf(", \"%s\": {\"max_abs\": %.6g, \"max_dim\": %d, \"dims\": [", outlier_site_name((OutlierSite)s),
-                   (double)v, dim);
-            for (int d = 0, k = 0; d < st->hidden; d++)
-                if (outlier_hit(st, l, (OutlierSite)s, d, r->crit->min_token_share)) printf("%s%d", k++ ? ", " : "", d);
-            printf("]}");
+            cJSON *site = json_add_object(&j, o, outlier_site_name((OutlierSite)s));
+            json_add_float(&j, site, "max_abs", v, NULL);
+            json_add_int(&j, site, "max_dim", dim);
+            cJSON *dims = json_add_array(&j, site, "dims");
+            for (int d = 0; d < st->hidden; d++)
+                if (outlier_hit(st, l, (OutlierSite)s, d, r->crit->min_token_share)) json_append_int(&j, dims, d);
         }
-        printf("}");
     }
-    printf("\n  ],\n  \"ablation\": {\n    \"seed\": %ld,\n", r->seed);
-    json_score("baseline", r->base, NULL, st->hidden, true);
-    json_score("zero_outliers", r->zero_feat, NULL, st->hidden, true);
-    json_score("zero_random", r->zero_rand, r->rand_dims, st->hidden, false);
-    printf("  },\n  \"svg\": ");
-    if (r->svg) json_str(r->svg);
-    else printf("null");
-    printf("\n}\n");
+
+    cJSON *abl = json_add_object(&j, root, "ablation");
+    json_add_uint(&j, abl, "seed", r->seed);
+    json_score(&j, abl, "baseline", r->base, NULL, st->hidden);
+    json_score(&j, abl, "zero_outliers", r->zero_feat, NULL, st->hidden);
+    json_score(&j, abl, "zero_random", r->zero_rand, r->rand_dims, st->hidden);
+    json_add_string(&j, root, "svg", r->svg);
+    return json_out_print(&j, stdout, true, err);
 }
 
 static void print_text(const Report *r) {
@@ -465,7 +470,7 @@ static void print_text(const Report *r) {
     printf("  %-32s %12.4f %+8.1f%% %14.4f %+8.1f%%\n", label, score_ppl(r->zero_rand),
            pct_change(score_ppl(r->zero_rand), score_ppl(r->base)), score_top1(r->zero_rand),
            pct_change(score_top1(r->zero_rand), score_top1(r->base)));
-    printf("  random dimensions (seed %ld):", r->seed);
+    printf("  random dimensions (seed %llu):", (unsigned long long)r->seed);
     for (int d = 0, k = 0; d < st->hidden && k < 16; d++)
         if (r->rand_dims[d]) printf(" %d", d), k++;
     printf("%s\n", r->n_rand > 16 ? " ..." : "");
@@ -549,7 +554,7 @@ int cmd_outliers(int argc, char **argv) {
     int n_rand = 0;
     bool ablate = po.ablation && n_feat > 0;
     if (ablate) {
-        if ((n_rand = choose_random(D, feat_mask, n_feat, (uint64_t)po.seed, rand_mask, &err)) < 0) {
+        if ((n_rand = choose_random(D, feat_mask, n_feat, po.seed, rand_mask, &err)) < 0) {
             rc = -1;
             goto done;
         }
@@ -577,7 +582,7 @@ int cmd_outliers(int argc, char **argv) {
         .zero_rand = ablate ? &zero_rand : NULL, .rand_dims = rand_mask, .n_rand = n_rand, .seed = po.seed,
         .svg = po.svg_file,
     };
-    if (po.json) print_json(&r);
+    if (po.json) rc = print_json(&r, &err);
     else print_text(&r);
     if (po.svg_file && !po.json) printf("\npicture   %s\n", po.svg_file);
 

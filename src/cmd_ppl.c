@@ -14,6 +14,7 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "json_out.h"
 
 static const char HELP[] =
     "Usage: llmint8 ppl MODEL_DIR (-f FILE | --ids FILE) [options]\n"
@@ -62,7 +63,7 @@ static int parse_args(int argc, char **argv, CommonOptions *co, PplOptions *po) 
         switch (c) {
         case 'h': printf(HELP, CLI_COMMON_HELP); exit(0);
         case OPT_STRIDE:
-            if (cli_parse_int(optarg, 1, 1 << 20, &po->stride)) return cli_usage_error("ppl", "--stride '%s': expected a whole number >= 1", optarg);
+            if (cli_int_option("ppl", "--stride", optarg, 1, 1 << 20, &po->stride)) return 2;
             break;
         case OPT_JSON: po->json = true; break;
         case OPT_QUANT:
@@ -116,11 +117,20 @@ static int evaluate(Session *s, const int32_t *text, long n_text, int32_t bos, l
         rc = model_score(m, win, (int)n, targets, nll, err);
         if (rc) break;
         /* summed in order, so the result does not depend on threads or devices' row order */
-        for (long i = 0; i < n; i++)
-            if (targets[i] >= 0) {
-                r->nll_sum += nll[i];
-                r->scored++;
+        for (long i = 0; i < n && rc == 0; i++) {
+            if (targets[i] < 0) continue;
+            /* An NLL is finite whenever the logits are: a NaN or infinity means the forward
+             * pass overflowed, and no perplexity can be made of it. */
+            if (!isfinite(nll[i])) {
+                rc = err_set(err, "the NLL of text token %ld (counting from 0; window %ld, position %ld) is %g: the "
+                             "logits hold a NaN or an infinity (the forward pass overflowed, or the weights are not "
+                             "finite); no perplexity", i + 1 - b + begin, r->windows + 1, i + 1, nll[i]);
+                break;
             }
+            r->nll_sum += nll[i];
+            r->scored++;
+        }
+        if (rc) break;
         r->windows++;
         progress_update(&prog, r->windows);
         prev_end = end;
@@ -132,12 +142,38 @@ static int evaluate(Session *s, const int32_t *text, long n_text, int32_t bos, l
     return rc;
 }
 
-static void print_json_result(const PplResult *r, bool comma) {
-    double mean = r->scored ? r->nll_sum / r->scored : NAN;
-    printf("{\"quant\": \"%s\", \"threshold\": %.6g, \"ppl\": %.10g, \"nll_mean\": %.17g, "
-           "\"tokens_scored\": %ld, \"windows\": %ld, \"seconds\": %.3f, \"tokens_per_second\": %.2f}%s",
-           quant_mode_name(r->mode), (double)r->threshold, exp(mean), mean, r->scored, r->windows, r->seconds,
-           r->seconds > 0 ? r->scored / r->seconds : 0.0, comma ? ",\n  " : "");
+/* The mean NLL's exp() overflows a double beyond this (a model that is very wrong, but finite). */
+#define PPL_OVERFLOW_NOTE "exp(nll_mean) is beyond the largest double"
+
+static double nll_mean(const PplResult *r) { return r->scored ? r->nll_sum / (double)r->scored : NAN; }
+
+/* One result as a JSON object: quant, threshold, ppl, nll_mean, tokens_scored, windows,
+ * seconds, tokens_per_second. */
+static void json_result(JsonOut *j, cJSON *obj, const PplResult *r) {
+    double mean = nll_mean(r);
+    json_add_string(j, obj, "quant", quant_mode_name(r->mode));
+    json_add_number(j, obj, "threshold", (double)r->threshold, NULL);
+    json_add_number(j, obj, "ppl", exp(mean), PPL_OVERFLOW_NOTE);
+    json_add_number(j, obj, "nll_mean", mean, "no tokens scored");
+    json_add_int(j, obj, "tokens_scored", r->scored);
+    json_add_int(j, obj, "windows", r->windows);
+    json_add_number(j, obj, "seconds", round(r->seconds * 1e3) / 1e3, NULL);
+    json_add_number(j, obj, "tokens_per_second", r->seconds > 0 ? round(100.0 * (double)r->scored / r->seconds) / 100.0 : 0.0,
+                    NULL);
+}
+
+static int print_json(const PplResult *results, int n_modes, long ctx, long stride, Error *err) {
+    JsonOut j;
+    json_out_begin(&j);
+    if (n_modes == 1) {
+        json_result(&j, j.root, &results[0]);
+    } else {
+        json_add_int(&j, j.root, "ctx", ctx);
+        json_add_int(&j, j.root, "stride", stride);
+        cJSON *list = json_add_array(&j, j.root, "results");
+        for (int i = 0; i < n_modes; i++) json_result(&j, json_append_object(&j, list), &results[i]);
+    }
+    return json_out_print(&j, stdout, false, err);
 }
 
 int cmd_ppl(int argc, char **argv) {
@@ -198,16 +234,11 @@ int cmd_ppl(int argc, char **argv) {
     if (rc) goto done;
 
     if (po.json) {
-        if (n_modes == 1) {
-            print_json_result(&results[0], false);
-            printf("\n");
-        } else {
-            printf("{\"ctx\": %ld, \"stride\": %ld, \"results\": [\n  ", ctx, stride);
-            for (int i = 0; i < n_modes; i++) print_json_result(&results[i], i + 1 < n_modes);
-            printf("\n]}\n");
-        }
+        rc = print_json(results, n_modes, ctx, stride, &err);
     } else if (n_modes == 1) {
-        printf("ppl = %.4f\n", exp(results[0].nll_sum / results[0].scored));
+        double ppl = exp(nll_mean(&results[0]));
+        if (isfinite(ppl)) printf("ppl = %.4f\n", ppl);
+        else printf("ppl = inf (the mean NLL, %.6g, is too large: " PPL_OVERFLOW_NOTE ")\n", nll_mean(&results[0]));
         fprintf(stderr, "llmint8: %ld tokens scored in %ld windows of %ld (stride %ld), %.1f s, %.1f tokens/s (%s)\n",
                 results[0].scored, results[0].windows, ctx, stride, results[0].seconds,
                 results[0].scored / (results[0].seconds > 0 ? results[0].seconds : 1e-9),

@@ -72,12 +72,7 @@ int cmd_tokenize(int argc, char **argv) {
                 size_t blen;
                 const uint8_t *b = tokenizer_token_bytes(tok, ids[i], &blen);
                 printf("%6d  '", ids[i]);
-                for (size_t k = 0; k < blen; k++) {
-                    if (b[k] == '\n') printf("\\n");
-                    else if (b[k] == '\'') printf("\\'");
-                    else if (b[k] < 0x20) printf("\\x%02x", b[k]);
-                    else putchar(b[k]);
-                }
+                cli_write_escaped(stdout, (const char *)b, blen, '\''); /* bytes, not terminal controls */
                 printf("'\n");
             } else {
                 printf(i ? " %d" : "%d", ids[i]);

@@ -41,3 +41,73 @@ uint16_t f32_to_f16(float f) {
     if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++; /* carries into exponent correctly */
     return (uint16_t)(sign | h);
 }
+
+/* ---- scans for values a checkpoint must not hold --------------------------------------------
+ * An element is beyond a limit when its magnitude bits (sign cleared) are >= the limit's
+ * bits: IEEE floats of one sign order like their bit patterns, and every NaN and infinity
+ * lies above every finite value. Each scan takes the largest magnitude bits of a block of
+ * elements (a max-reduction without branches, which compilers vectorise) and only when that
+ * reaches the limit looks for the first such element in the block. */
+
+#define SCAN_BLOCK 4096
+
+/* First i with (x[i] & 0x7fff) >= limit, over 16-bit elements. */
+static int64_t first_at_least_u16(const uint16_t *x, size_t n, uint16_t limit) {
+    for (size_t b = 0; b < n; b += SCAN_BLOCK) {
+        size_t end = n - b < SCAN_BLOCK ? n : b + SCAN_BLOCK;
+        uint16_t largest = 0;
+        for (size_t i = b; i < end; i++) {
+            uint16_t m = x[i] & 0x7fff;
+            largest = m > largest ? m : largest;
+        }
+        if (largest >= limit)
+            for (size_t i = b; i < end; i++)
+                if ((x[i] & 0x7fff) >= limit) return (int64_t)i;
+    }
+    return -1;
+}
+
+/* The same over 32-bit elements. */
+static int64_t first_at_least_u32(const uint32_t *x, size_t n, uint32_t limit) {
+    for (size_t b = 0; b < n; b += SCAN_BLOCK) {
+        size_t end = n - b < SCAN_BLOCK ? n : b + SCAN_BLOCK;
+        uint32_t largest = 0;
+        for (size_t i = b; i < end; i++) {
+            uint32_t m = x[i] & 0x7fffffffu;
+            largest = m > largest ? m : largest;
+        }
+        if (largest >= limit)
+            for (size_t i = b; i < end; i++)
+                if ((x[i] & 0x7fffffffu) >= limit) return (int64_t)i;
+    }
+    return -1;
+}
+
+/* Magnitude bits at and above which a value is NaN or infinite: the exponent field all ones. */
+#define F16_INF 0x7c00u
+#define BF16_INF 0x7f80u
+#define F32_INF 0x7f800000u
+/* The smallest float32 magnitude that f32_to_f16 rounds to infinity: 65520 = 0x477ff000
+ * (half-way between float16's largest, 65504, and 65536 rounds to even: infinity). A
+ * bfloat16 is the top half of a float32, so the bfloat16 limit is 0x4780 (65536); the one
+ * below, 0x477f (65280), fits in float16. */
+#define F32_BEYOND_F16 0x477ff000u
+#define BF16_BEYOND_F16 0x4780u
+
+int64_t dtype_first_nonfinite(DType t, const void *data, size_t n) {
+    switch (t) {
+    case DT_F16: return first_at_least_u16(data, n, F16_INF);
+    case DT_BF16: return first_at_least_u16(data, n, BF16_INF);
+    case DT_F32: return first_at_least_u32(data, n, F32_INF);
+    default: return -1;
+    }
+}
+
+int64_t dtype_first_beyond_f16(DType t, const void *data, size_t n) {
+    switch (t) {
+    case DT_F16: return first_at_least_u16(data, n, F16_INF);
+    case DT_BF16: return first_at_least_u16(data, n, BF16_BEYOND_F16);
+    case DT_F32: return first_at_least_u32(data, n, F32_BEYOND_F16);
+    default: return -1;
+    }
+}

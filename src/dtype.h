@@ -18,6 +18,25 @@ const char *dtype_name(DType t);
 /* Parses a safetensors dtype string; returns 0 and sets *out, or -1 if unknown. */
 int dtype_parse(const char *s, DType *out);
 
+/* ---- finding values a checkpoint must not hold -------------------------------------------
+ * Both scans look at the exponent field of each element with integer operations only (no
+ * conversion to float), in blocks that compilers vectorise, so they run at memory speed.
+ * `data` holds n elements of type t, aligned to the element size (safetensors tensors are:
+ * st_open copies the rare unaligned one). I8 and U8 hold no such values: the answer is -1. */
+
+/* Index of the first element that is NaN, +infinity or -infinity, or -1 if every one is a
+ * finite number. */
+int64_t dtype_first_nonfinite(DType t, const void *data, size_t n);
+
+/* Index of the first element that float16 cannot hold: NaN, an infinity, or a finite value
+ * that rounds to infinity in float16 (|x| >= 65520, beyond float16's largest 65504); -1 if
+ * there is none. For F16 data this is dtype_first_nonfinite. This is the rule for every
+ * float tensor that becomes float16 or int8: `convert` applies it to all of them, and so
+ * must loading in an int8 mode, which quantizes the float16 copy (an infinite row absmax
+ * would make the whole row 0). A caller reports the tensor, the index and the value
+ * (dtype_load_f32 reads it). */
+int64_t dtype_first_beyond_f16(DType t, const void *data, size_t n);
+
 /* IEEE half -> float (exact). */
 static inline float f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16;

@@ -1,8 +1,11 @@
-/* main.c — `llmint8 COMMAND ...`: finds the command and hands it the arguments. */
+/* main.c — `llmint8 COMMAND ...`: finds the command and hands it the arguments, and checks
+ * when the program ends that everything it printed reached standard output. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "backend.h"
+#include "cli.h"
 #include "commands.h"
 
 #ifndef LLMINT8_VERSION
@@ -57,6 +60,7 @@ static void usage(FILE *out) {
 }
 
 int main(int argc, char **argv) {
+    atexit(cli_close_stdout); /* every command's output is checked once it is done */
     if (argc < 2) {
         usage(stderr);
         return 2;
@@ -69,7 +73,9 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) return print_version();
     for (size_t i = 0; i < N_COMMANDS; i++)
         if (strcmp(cmd, COMMANDS[i].name) == 0) return COMMANDS[i].run(argc - 1, argv + 1);
-    fprintf(stderr, "llmint8: '%s' is not a command.\n\n", cmd);
+    fputs("llmint8: '", stderr);
+    cli_write_escaped(stderr, cmd, strlen(cmd), 0);
+    fputs("' is not a command.\n\n", stderr);
     usage(stderr);
     return 2;
 }

@@ -363,8 +363,16 @@ int outlier_write_svg(const OutlierStats *s, const OutlierFeature *ft, int n_fea
             ly + 52);
     fputs("</svg>\n", f);
     free(cell);
-    bool failed = ferror(f) != 0;
-    if (fclose(f) != 0) failed = true;
-    if (failed) return err_set(err, "%s: could not write the picture (disk full?)", path);
+    /* Every write above went to the stream's buffer; the flush and close say whether all of
+     * it reached the file (errno is the first failure's if the flush meets it again). */
+    errno = 0;
+    bool failed = fflush(f) != 0 || ferror(f);
+    int why = errno;
+    if (fclose(f) != 0 && !failed) {
+        failed = true;
+        why = errno;
+    }
+    if (failed)
+        return err_set(err, "%s: could not write the picture: %s", path, why ? strerror(why) : "write error");
     return 0;
 }

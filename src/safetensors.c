@@ -12,6 +12,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -20,6 +21,8 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "json_in.h"
 
 /* A single dimension may not exceed 2^40 elements: far above any real tensor, and small
  * enough that a product of checked dimensions is easy to keep from overflowing. */
@@ -197,6 +200,20 @@ static int parse_metadata(StFile *f, const cJSON *meta, Error *err) {
     return 0;
 }
 
+int st_check_values(const StTensor *t, bool fit_f16, Error *err) {
+    size_t n = (size_t)t->numel;
+    int64_t i = fit_f16 ? dtype_first_beyond_f16(t->dtype, t->data, n) : dtype_first_nonfinite(t->dtype, t->data, n);
+    if (i < 0) return 0;
+    float v = dtype_load_f32(t->dtype, t->data, (size_t)i);
+    char where[64] = "";
+    if (t->ndim == 2 && t->shape[1] > 0)
+        snprintf(where, sizeof where, " (row %lld, column %lld)", (long long)(i / t->shape[1]),
+                 (long long)(i % t->shape[1]));
+    return err_set(err, "%s: tensor '%s': element %lld%s is %g, %s", t->file, t->name, (long long)i, where, (double)v,
+                   isfinite(v) ? "beyond float16's largest value 65504"
+                               : "not a finite number; the checkpoint is damaged");
+}
+
 /* Everything after mapping: parse the header and validate each tensor. */
 static int parse_header(StFile *f, Error *err) {
     const unsigned char *base = f->map;
@@ -209,19 +226,13 @@ static int parse_header(StFile *f, Error *err) {
         return err_set(err, "%s: header length %llu runs past the end of the file (%llu bytes): truncated or "
                        "not a safetensors file", f->path, (unsigned long long)hlen, (unsigned long long)size);
 
-    /* cJSON wants a NUL-terminated string; a NUL inside the header would end it early
-     * and hide whatever follows, so reject one. */
-    char *text = malloc((size_t)hlen + 1);
-    if (!text) return err_set(err, "%s: out of memory reading a %llu-byte header", f->path, (unsigned long long)hlen);
-    memcpy(text, base + 8, (size_t)hlen);
-    text[hlen] = 0;
-    if (strlen(text) != hlen) {
-        free(text);
-        return err_set(err, "%s: header contains a NUL byte (corrupt file)", f->path);
-    }
-    cJSON *root = cJSON_ParseWithOpts(text, NULL, 1);
-    free(text);
-    if (!root) return err_set(err, "%s: header is not valid JSON (corrupt or not a safetensors file)", f->path);
+    /* json_parse refuses a NUL in the header, raw or as \u0000: cJSON's C strings would end
+     * there, so "x\u0000evil" would name a tensor "x". */
+    char source[PATH_MAX + 16];
+    snprintf(source, sizeof source, "%s: header", f->path);
+    Error jerr;
+    cJSON *root = json_parse(source, (const char *)base + 8, (size_t)hlen, &jerr);
+    if (!root) return err_set(err, "%s; corrupt or not a safetensors file", jerr.msg);
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return err_set(err, "%s: header is not a JSON object", f->path);
@@ -358,6 +369,39 @@ fail:
     if (fd >= 0) close(fd);
     st_close(f);
     return -1;
+}
+
+int st_adopt(const char *path, StTensor *tensors, size_t n, void *map, size_t map_size, void **buffers,
+             size_t n_buffers, StFile **out, Error *err) {
+    *out = NULL;
+    StFile *f = calloc(1, sizeof *f);
+    if (f) {
+        f->tensors = tensors, f->n = n, f->map = map, f->map_size = map_size;
+        f->copies = buffers, f->n_copies = n_buffers;
+    }
+    if (!f || !(f->path = dup_str(path)) || !(f->by_name = calloc(n + 1, sizeof *f->by_name))) {
+        if (f) st_close(f);
+        else {
+            for (size_t i = 0; i < n; i++) free((char *)tensors[i].name);
+            for (size_t i = 0; i < n_buffers; i++) free(buffers[i]);
+            free(tensors), free(buffers);
+            if (map) munmap(map, map_size);
+        }
+        return err_set(err, "%s: out of memory", path);
+    }
+    for (size_t i = 0; i < n; i++) {
+        f->tensors[i].file = f->path;
+        f->by_name[i] = &f->tensors[i];
+    }
+    qsort(f->by_name, f->n, sizeof *f->by_name, cmp_by_name);
+    for (size_t i = 1; i < f->n; i++)
+        if (strcmp(f->by_name[i - 1]->name, f->by_name[i]->name) == 0) {
+            err_set(err, "%s: tensor '%s' appears twice", path, f->by_name[i]->name);
+            st_close(f);
+            return -1;
+        }
+    *out = f;
+    return 0;
 }
 
 size_t st_count(const StFile *f) { return f->n; }

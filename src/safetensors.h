@@ -49,6 +49,25 @@ const char *st_path(const StFile *f);
 /* Value of __metadata__[key] or NULL. */
 const char *st_metadata(const StFile *f, const char *key);
 
+/* An StFile over tensors another reader has already validated (torchbin.c, for PyTorch
+ * .bin files), so that the rest of the program sees one kind of file. Takes ownership of
+ * `tensors` (n entries; each name malloc'ed, each data pointer inside map[0 .. map_size) or
+ * inside one of `buffers`), of the read-only mapping (munmap'ed by st_close; NULL for none)
+ * and of the n_buffers malloc'ed buffers. Sets every tensor's `file` to `path`. Unlike
+ * st_open, tensors may share bytes (a tied weight); names must be unique. On failure
+ * everything passed in is freed. */
+int st_adopt(const char *path, StTensor *tensors, size_t n, void *map, size_t map_size, void **buffers,
+             size_t n_buffers, StFile **out, Error *err);
+
+/* Refuses a float tensor holding a value a model must not use: a NaN or an infinity, and with
+ * fit_f16 also a finite value beyond float16's range (|x| >= 65520, which float16 rounds to
+ * infinity). fit_f16 is the rule for every tensor that becomes float16 or int8 — all of them
+ * in `convert`, and in an int8 mode when loading (bitsandbytes quantizes the float16 copy);
+ * without it, the rule for a tensor used as stored. One scan at memory speed (dtype.h).
+ * Returns 0, or -1 with "FILE: tensor 'NAME': element I (row R, column C) is V, <why>".
+ * Integer tensors always pass. */
+int st_check_values(const StTensor *t, bool fit_f16, Error *err);
+
 /* ---- writing -------------------------------------------------------------
  * The writer needs the whole header before the data, so callers first declare
  * every tensor (name, dtype, shape), then stream each tensor's bytes in the same

@@ -90,6 +90,8 @@ static int32_t choose_on_host(Sampler *s, const float *logits) {
 }
 
 int32_t sampler_next(Sampler *s, float *logits, const int32_t *history, size_t n_history) {
+    /* -log softmax at the argmax = log(sum_i exp(x_i - max)): finite for any usable row */
+    if (!isfinite(logits_nll(logits, s->vocab, argmax_f32(logits, s->vocab)))) return -1;
     const float p = s->cfg.repetition_penalty;
     if (p != 1.0f) {
         int n = distinct_history(s, history, n_history);
@@ -104,11 +106,20 @@ int32_t sampler_next(Sampler *s, float *logits, const int32_t *history, size_t n
 int32_t sampler_pick(Sampler *s, Backend *bk, float *logits, const int32_t *history, size_t n_history) {
     const SamplerConfig *c = &s->cfg;
     const int V = s->vocab;
+    /* The row check, as in sampler_next: the NLL of the argmax is log(sum_i exp(x_i - max)). */
+    int32_t top = bk->argmax(bk, logits, V);
+    double nll_top;
+    bk->token_nll(bk, logits, 1, V, &top, &nll_top);
+    if (!isfinite(nll_top)) return -1;
+    const bool greedy = c->greedy || c->temperature <= 0.0f;
     if (c->repetition_penalty != 1.0f) {
         int n = distinct_history(s, history, n_history);
-        if (n) bk->penalize(bk, logits, s->order, n, c->repetition_penalty);
+        if (n) {
+            bk->penalize(bk, logits, s->order, n, c->repetition_penalty);
+            if (greedy) top = bk->argmax(bk, logits, V);
+        }
     }
-    if (c->greedy || c->temperature <= 0.0f) return bk->argmax(bk, logits, V);
+    if (greedy) return top;
 
     /* The same candidates as choose_on_host, when the backend can give them all. */
     if ((c->top_k > 0 && c->top_k < V) || c->top_p < 1.0f) {

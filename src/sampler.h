@@ -42,14 +42,22 @@ typedef struct Sampler {
 int sampler_init(Sampler *s, const SamplerConfig *cfg, int vocab);   /* -1 on out-of-memory */
 void sampler_free(Sampler *s);
 
-/* Chooses the next id from a host row. logits[vocab] is modified (the penalty). history
- * holds the ids seen so far (prompt and generated), used by the repetition penalty. */
+/* Both choosers first check the row: one whose log-sum-exp is not finite — it holds a NaN
+ * or +infinity, or nothing but -infinity — has no distribution to draw from. A forward pass
+ * gives such a row only when it overflowed (or its weights were not finite), and then they
+ * return -1, which the caller reports as an error instead of emitting a token. (A -infinity
+ * among finite logits is a probability of 0 and is fine.) */
+
+/* Chooses the next id from a host row, or -1 (see above). logits[vocab] is modified (the
+ * penalty). history holds the ids seen so far (prompt and generated), used by the
+ * repetition penalty. */
 int32_t sampler_next(Sampler *s, float *logits, const int32_t *history, size_t n_history);
 
-/* The same choice from a row in backend memory (e.g. model_forward_last's). logits is
- * modified (the penalty). Only candidates are downloaded, unless the configuration needs
- * the whole distribution (plain temperature sampling, or top-p alone with a nucleus wider
- * than BACKEND_MAX_CANDIDATES): then the row is downloaded once. */
+/* The same choice from a row in backend memory (e.g. model_forward_last's), or -1. logits
+ * is modified (the penalty). The check costs one token_nll read-out over the row. Only
+ * candidates are downloaded, unless the configuration needs the whole distribution (plain
+ * temperature sampling, or top-p alone with a nucleus wider than BACKEND_MAX_CANDIDATES):
+ * then the row is downloaded once. */
 int32_t sampler_pick(Sampler *s, Backend *bk, float *logits, const int32_t *history, size_t n_history);
 
 #endif

@@ -633,6 +633,11 @@ static int build_tables(Loader *L, bool gpt2_files, Error *err) {
         int32_t id = loader_lookup(L, L->extra[i]);
         if (id >= 0 && add_special(t, L->extra[i], id)) return err_set(err, "%s: out of memory", L->vocab_file);
     }
+    /* A BOS the configs name and the encoder would prepend must exist: dropping it silently
+     * would change every sequence the model sees. */
+    if (gpt2_files && L->add_bos != 0 && L->name[NAME_BOS] && L->name[NAME_BOS][0] && name_id[NAME_BOS] < 0)
+        return err_set(err, "%s: the BOS token '%.80s' named in the tokenizer config is not in the vocabulary",
+                       L->vocab_file, L->name[NAME_BOS]);
     t->bos_id = name_id[NAME_BOS];
     t->eos_id = name_id[NAME_EOS];
     t->unk_id = name_id[NAME_UNK];

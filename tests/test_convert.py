@@ -238,6 +238,18 @@ results = {}
 for fx in ("opt-tiny", "opt-tiny-postln", "opt-tiny-sharded", "bloom-tiny", "bloom-tiny-bf16"):
     results[fx] = check_conversion(fx)
 
+# PyTorch .bin twins (tests/data/fixtures-bin: the same weights as torch.save wrote them, with
+# views, shared storages and shards) convert to exactly the same files as their safetensors twin.
+for bin_fx, twin in (("opt-tiny-bin", "opt-tiny"), ("opt-tiny-noprefix-bin", "opt-tiny"),
+                     ("opt-tiny-views-bin", "opt-tiny"), ("opt-tiny-sharded-bin", "opt-tiny"),
+                     ("opt-tiny-postln-bin", "opt-tiny-postln"), ("bloom-tiny-bin", "bloom-tiny"),
+                     ("bloom-tiny-bf16-bin", "bloom-tiny-bf16")):
+    out = os.path.join(tmp_root, bin_fx + "-int8")
+    rc, _, err = run("convert", os.path.join("tests/data/fixtures-bin", bin_fx), "-o", out)
+    same = rc == 0 and results.get(twin) and load_dir(out) == load_dir(results[twin]) and \
+        open(os.path.join(out, "config.json")).read() == open(os.path.join(results[twin], "config.json")).read()
+    check(f"{bin_fx}: convert gives the same int8 checkpoint as {twin}", same, err.strip()[-300:])
+
 # The converted model runs exactly like quantize-on-load (same int8 weights, same 16-bit rest;
 # BF16 inputs differ in their 16-bit tensors, which become F16).
 for fx in ("opt-tiny", "opt-tiny-postln", "opt-tiny-sharded", "bloom-tiny"):
@@ -270,8 +282,17 @@ open(marker, "w").write("old")
 rc, _, err = run("convert", opt_tiny, "-o", existing)
 check("refuses to overwrite an existing OUT_DIR", rc == 1 and "exists" in err and "--force" in err
       and os.path.exists(marker), err)
+# --force replaces only a checkpoint directory: a file convert never wrote stops it (issue 10)
 rc, _, err = run("convert", opt_tiny, "-o", existing, "--force")
-check("--force replaces it", rc == 0 and not os.path.exists(marker) and leftovers(existing) == [existing],
+check("--force refuses a previous output holding a foreign file, naming it", rc == 1 and "'marker.txt'" in err
+      and open(marker).read() == "old" and os.path.exists(os.path.join(existing, "model.safetensors"))
+      and leftovers(existing) == [existing], err + str(leftovers(existing)))
+os.remove(marker)
+old_card = os.path.join(existing, "README.md")   # a checkpoint file: replaced with the rest
+open(old_card, "w").write("old")
+rc, _, err = run("convert", opt_tiny, "-o", existing, "--force")
+check("--force replaces a previous output", rc == 0 and not os.path.exists(old_card)
+      and os.path.exists(os.path.join(existing, "model.safetensors")) and leftovers(existing) == [existing],
       err + str(leftovers(existing)))
 open(os.path.join(tmp_root, "a-file"), "w").write("x")
 rc, _, err = run("convert", opt_tiny, "-o", os.path.join(tmp_root, "a-file"), "--force")
@@ -284,6 +305,71 @@ if results.get("opt-tiny"):
 
 rc, _, err = run("convert", opt_tiny, "-o", opt_tiny, "--force")
 check("output = input is refused", rc == 1 and os.path.exists(os.path.join(opt_tiny, "model.safetensors")), err)
+
+# --force never replaces MODEL_DIR, a directory above it or the current directory, however
+# the path is spelled; nor a directory holding anything but checkpoint files. Each refusal
+# leaves everything as it was.
+tree = os.path.join(tmp_root, "tree")
+parent = os.path.join(tree, "parent")
+model = os.path.join(parent, "in")
+shutil.copytree(opt_tiny, model)
+open(os.path.join(parent, "notes.txt"), "w").write("precious")
+os.symlink(tree, os.path.join(tmp_root, "link-to-tree"))
+prev = os.path.join(tmp_root, "prev-out")   # a previous output: replaceable, except as the cwd
+rc, _, err = run("convert", opt_tiny, "-o", prev)
+check("a previous output to replace", rc == 0, err)
+
+
+def snapshot():
+    return sorted((os.path.relpath(os.path.join(r, f), tmp_root), os.path.getsize(os.path.join(r, f)))
+                  for base in (tree, prev) for r, _, fs in os.walk(base) for f in fs)
+
+
+def convert_in(cwd, model_dir, out):
+    p = subprocess.run([BIN, "convert", model_dir, "-o", out, "--force"], cwd=cwd, capture_output=True)
+    return p.returncode, p.stderr.decode("utf-8", "replace")
+
+
+before = snapshot()
+for name, cwd, model_dir, out, words in [
+    ("MODEL_DIR itself", None, model, model, ["input directory"]),
+    ("MODEL_DIR as '.'", model, ".", ".", ["input directory"]),
+    ("the parent of MODEL_DIR", None, model, parent, ["contains the input directory"]),
+    ("the parent, spelled MODEL_DIR/..", None, model, os.path.join(model, ".."), ["contains the input directory"]),
+    ("the grandparent", None, model, tree, ["contains the input directory"]),
+    ("'/'", None, model, "/", ["contains the input directory"]),
+    ("a symlink to the grandparent", None, model, os.path.join(tmp_root, "link-to-tree"), ["not a directory"]),
+    ("a path through a symlink to the grandparent", None, model, os.path.join(tmp_root, "link-to-tree", "."),
+     ["contains the input directory"]),
+    ("the current directory as '.'", prev, model, ".", ["current directory"]),
+    ("the current directory by its full path", prev, model, prev, ["current directory"]),
+    ("the parent as '..' from MODEL_DIR", model, ".", "..", ["contains the input directory"]),
+]:
+    rc, err = convert_in(cwd, model_dir, out)
+    check(f"--force refuses {name}", rc == 1 and all(w in err for w in words) and snapshot() == before,
+          f"exit {rc}: {err.strip()[-300:]!r}")
+check("after the refusals: notes.txt, the model and the previous output are intact",
+      snapshot() == before and open(os.path.join(parent, "notes.txt")).read() == "precious", str(snapshot())[:300])
+os.mkdir(os.path.join(prev, "sub"))
+rc, err = convert_in(None, opt_tiny, prev)
+check("--force refuses a directory holding a subdirectory, naming it", rc == 1 and "'sub'" in err
+      and os.path.isdir(os.path.join(prev, "sub")), err)
+os.rmdir(os.path.join(prev, "sub"))
+os.symlink(os.path.join(opt_tiny, "config.json"), os.path.join(prev, "generation_config.json.bak"))
+rc, err = convert_in(None, opt_tiny, prev)
+check("--force refuses an unknown name even as a symlink", rc == 1 and "generation_config.json.bak" in err, err)
+os.remove(os.path.join(prev, "generation_config.json.bak"))
+for f in ("pytorch_model-00001-of-00002.bin", "pytorch_model.bin.index.json", ".gitattributes", "tokenizer.json"):
+    open(os.path.join(prev, f), "w").write("x")
+os.symlink(os.path.join(opt_tiny, "config.json"), os.path.join(prev, "added_tokens.json"))
+rc, err = convert_in(None, opt_tiny, prev)
+check("--force replaces a hub-style checkpoint directory (.bin shards, .gitattributes, symlinks); the symlink's "
+      "target stays", rc == 0 and sorted(os.listdir(prev)) == sorted(os.listdir(existing))
+      and os.path.exists(os.path.join(opt_tiny, "config.json")), err + str(os.listdir(prev)))
+empty = os.path.join(tmp_root, "empty-dir")
+os.mkdir(empty)
+rc, err = convert_in(None, opt_tiny, empty)
+check("--force replaces an empty directory", rc == 0 and os.path.exists(os.path.join(empty, "model.safetensors")), err)
 
 # corrupt input: an error and nothing left behind
 bad = os.path.join(tmp_root, "bad-input")

@@ -5,7 +5,10 @@ A checkpoint is untrusted input. This test copies the opt-tiny and bloom-tiny fi
 temporary directories, breaks them in many ways (truncation at many offsets, bit flips in the
 safetensors header, absurd header lengths, offsets past the end, overlapping tensors, shapes
 that do not match the bytes, unknown dtypes, duplicate names, an 8-bit checkpoint with a
-wrong SCB, config.json with missing / negative / zero / huge / inconsistent dimensions, ...)
+wrong SCB, config.json with missing / negative / zero / huge / inconsistent dimensions, ...),
+does the same to PyTorch .bin checkpoints (truncations and byte flips of the files PyTorch wrote
+in tests/data/fixtures-bin; archives written by torchbin_writer.py with forbidden pickle globals,
+deep nesting, views outside their storage, wrong storage sizes and types, compressed members)
 and runs `llmint8 info DIR` (which loads and validates everything) and, for some cases,
 `llmint8 ppl DIR --ids FILE` (which also runs the model). Every case must end with:
 
@@ -31,7 +34,9 @@ import struct
 import subprocess
 import sys
 import tempfile
+import zipfile
 
+import torchbin_writer as tw
 from clitest import check, finish
 
 BIN = os.path.abspath(sys.argv[1])
@@ -585,6 +590,230 @@ def sharded_cases(root):
     sweep(root, f, "second shard truncated", trunc_shard, names=("00002",))
 
 
+# ---- PyTorch .bin checkpoints ---------------------------------------------------------------
+
+BIN_FIX = "tests/data/fixtures-bin"
+
+
+def bin_sweep(root, label, mutate, fixture="opt-tiny-bin", names=("pytorch_model.bin",), may_load=False,
+              ppl=False):
+    """Copies a .bin fixture (config, index, .bin files), applies mutate(dir, bin_path), runs info
+    (and ppl --ids), judges."""
+    d = os.path.join(root, "bin-" + label.replace(" ", "_").replace("/", "_")[:80])
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    for f in os.listdir(os.path.join(BIN_FIX, fixture)):
+        if f.endswith(".json") and f != "golden.json" or f.endswith(".bin"):
+            shutil.copy(os.path.join(BIN_FIX, fixture, f), d)
+    mutate(d, os.path.join(d, "pytorch_model.bin"))
+    rc, _, err = run("info", d)
+    judge(f"{fixture}: {label}: info", rc, err, names, may_load)
+    if ppl:
+        ids_file = os.path.join(d, "prompt.ids")
+        open(ids_file, "w").write("2 10 20 30 40 50 60 70\n")
+        rc, _, err = run("ppl", d, "--ids", ids_file)
+        judge(f"{fixture}: {label}: ppl --ids", rc, err, names, may_load)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def archive(entries=None, storages=None, pkl=None, **kw):
+    """mutate() that replaces pytorch_model.bin with an archive written by torchbin_writer; by
+    default the opt-tiny tensors, one storage each (a file that loads)."""
+    base_entries, base_storages = tw.from_safetensors(os.path.join(FIX, "opt-tiny", "model.safetensors"))
+
+    def mutate(d, path):
+        e = base_entries if entries is None else entries(list(base_entries))
+        st = base_storages if storages is None else storages(dict(base_storages))
+        tw.write_archive(path, pkl if pkl is not None else tw.state_dict_pickle(e), st, **kw)
+    return mutate
+
+
+def first_tensor(which=None, **changes):
+    """entries() that rebuilds the first tensor (or the one named `which`) with changed view fields."""
+    def fn(entries):
+        i = [n for n, _ in entries].index(which) if which else 0
+        name, t = entries[i]
+        fields = dict(key=t.key, size=t.size, stride=t.stride, offset=t.offset, storage=t.storage, numel=t.numel)
+        fields.update(changes)
+        entries[i] = (name, tw.Tensor(**fields))
+        return entries
+    return fn
+
+
+def pickle_with(body):
+    """A whole data.pkl: PROTO 2, `body`, STOP."""
+    return b"\x80\x02" + body + b"."
+
+
+def bin_cases(root):
+    # The files PyTorch wrote load, and so does the archive torchbin_writer writes (otherwise
+    # the cases made from it prove nothing).
+    for fixture in sorted(os.listdir(BIN_FIX)):
+        if os.path.isdir(os.path.join(BIN_FIX, fixture)) and "legacy" not in fixture:
+            rc, _, err = run("info", os.path.join(BIN_FIX, fixture))
+            check(f"{fixture}: unmodified fixture loads", rc == 0, err[-300:])
+    bin_sweep(root, "archive written by torchbin_writer", archive(), may_load=True, ppl=True)
+    rc, _, err = run("info", os.path.join(BIN_FIX, "opt-tiny-legacy-bin"))
+    judge("opt-tiny-legacy-bin: refused", rc, err, ("pytorch_model.bin", "legacy"), False)
+
+    # Truncations of a real file: inside the local headers, data.pkl, the storages, the
+    # central directory and its end record.
+    real = os.path.join(BIN_FIX, "opt-tiny-bin", "pytorch_model.bin")
+    raw = open(real, "rb").read()
+    size = len(raw)
+    cuts = [0, 1, 3, 4, 30, 100, 2000, 3900, 4000, size // 2, size - 5000, size - 3000, size - 100, size - 23,
+            size - 22, size - 1]
+    cuts += sorted(rng.randrange(0, size) for _ in range(4 if SANITIZER else 12))
+    for cut in cuts:
+        def trunc(d, path, cut=cut):
+            with open(path, "r+b") as f:
+                f.truncate(cut)
+        bin_sweep(root, f"truncated at {cut} of {size}", trunc)
+
+    # Byte flips inside data.pkl (a flip may leave a valid pickle, e.g. in a name, so exit 0 is
+    # allowed), in the central directory, and in the local header of a storage.
+    pkl_at = raw.index(b"\x80\x02")                 # data.pkl starts the archive
+    pkl_len = raw.index(b".PK", pkl_at) + 1 - pkl_at if b".PK" in raw else 3800
+    cd_at = raw.rindex(b"PK\x01\x02")
+    spots = [("data.pkl", pkl_at + rng.randrange(pkl_len)) for _ in range(8 if SANITIZER else 40)]
+    spots += [("central directory", cd_at - rng.randrange(2000)) for _ in range(4 if SANITIZER else 12)]
+    spots += [("storage local header", raw.index(b"PK\x03\x04", 100) + i) for i in (4, 8, 18, 22, 26, 28)]
+    for where, at in spots:
+        for mask in (0x01, 0x80, 0xff):
+            def flip(d, path, at=at, mask=mask):
+                b = bytearray(open(path, "rb").read())
+                b[at] ^= mask
+                open(path, "wb").write(b)
+            bin_sweep(root, f"{where} byte {at} ^ {mask:#x}", flip, may_load=True)
+
+    # The same flips with the CRC made right again, so that they reach the pickle reader.
+    def repickle(fn):
+        def mutate(d, path):
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+                prefix = names[0].split("/")[0]
+                pkl = z.read(f"{prefix}/data.pkl")
+                storages = {n.split("/data/")[1]: z.read(n) for n in names if "/data/" in n}
+            tw.write_archive(path, fn(pkl), storages, prefix=prefix)
+        return mutate
+    for at in [rng.randrange(3800) for _ in range(10 if SANITIZER else 60)]:
+        for mask in (0x01, 0x80, 0xff):
+            def flip_pkl(pkl, at=at, mask=mask):
+                b = bytearray(pkl)
+                b[at % len(b)] ^= mask
+                return bytes(b)
+            bin_sweep(root, f"data.pkl byte {at} ^ {mask:#x} (CRC fixed)", repickle(flip_pkl), may_load=True)
+
+    # Hostile pickles: globals that would run code, by GLOBAL and by STACK_GLOBAL.
+    for mod, name in (("os", "system"), ("posix", "system"), ("builtins", "eval"), ("__builtin__", "exec"),
+                      ("subprocess", "Popen"), ("torch", "load"), ("collections", "OrderedDictX")):
+        body = b"c" + mod.encode() + b"\n" + name.encode() + b"\n(X\x0b\x00\x00\x00touch pwnedtR"
+        bin_sweep(root, f"pickle global {mod}.{name}", archive(pkl=pickle_with(body)),
+                  names=("pytorch_model.bin", f"pickle global '{mod}.{name}' is not allowed"))
+    stack_global = b"X\x02\x00\x00\x00osX\x06\x00\x00\x00system\x93N\x85R"
+    bin_sweep(root, "pickle STACK_GLOBAL os.system", archive(pkl=pickle_with(stack_global)),
+              names=("pickle global 'os.system' is not allowed",))
+    # An allowed call hiding a forbidden one as a tensor's backward hook.
+    hooked = tw.Raw(b"ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nHalfStorage\n"
+                    b"X\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04tQK\x00K\x04\x85K\x01\x85\x89"
+                    b"cos\nsystem\nN\x85RtR")
+    bin_sweep(root, "forbidden global as a backward hook", archive(entries=lambda e: [("x", hooked)] + e),
+              names=("os.system",))
+    # Opcodes that create arbitrary objects, and unknown ones.
+    for label, body in (("INST", b"(ios\nsystem\n"), ("OBJ", b"(o"), ("NEWOBJ", b"N)\x81"),
+                        ("EXT1", b"\x82\x01"), ("text PERSID", b"P0\n"), ("unknown 0xff", b"\xff")):
+        bin_sweep(root, f"pickle opcode {label}", archive(pkl=pickle_with(body)),
+                  names=("pytorch_model.bin", "data.pkl", "pickle byte"))
+    # Deep nesting and big counts: marks, nested tuples (no marks), self-referencing lists, a
+    # memo "billion laughs", a huge memo index, a stack of millions of values.
+    n = 200_000 if SANITIZER else 1_000_000
+    for label, body in (
+            ("100000 nested MARKs", b"(" * 100_000),
+            (f"{n} nested 1-tuples", b"N" + b"\x85" * n),
+            ("list containing itself", b"]q\x00h\x00a"),
+            ("memo doubling 60 times", b"N" + b"q\x00h\x00h\x00\x86" * 60),
+            ("memo index 2^32-1", b"Nr\xff\xff\xff\xff"),
+            ("BINGET of an empty slot", b"h\x05"),
+            (f"{3 * n} values on the stack", b"N" * (3 * n)),
+            ("2^31-byte string claimed", b"X\x00\x00\x00\x80abc"),
+            ("LONG1 of 200 bytes", b"\x8a\xc8" + b"\x01" * 200),
+            ("no STOP", b"N")):
+        pkl = pickle_with(body)[:-1] if label == "no STOP" else pickle_with(body)
+        bin_sweep(root, f"pickle {label}", archive(pkl=pkl), names=("pytorch_model.bin", "data.pkl"))
+    # Well-formed pickles of things that are not a state_dict.
+    for label, body, word in (("root is a list", b"]", "found: list"), ("root is None", b"N", "found: None"),
+                              ("entry is an int", b"}X\x01\x00\x00\x00aK\x01s", "not a tensor"),
+                              ("key is an int", b"}K\x01K\x01s", "key"),
+                              ("empty dict", b"}", "no tensors")):
+        bin_sweep(root, label, archive(pkl=pickle_with(body)), names=("pytorch_model.bin", word))
+
+    # Views that reach outside their storage, and overflowing sizes, strides and offsets.
+    big = 2**40
+    for label, changes in (
+            ("offset past the storage", dict(offset=64000)),
+            ("offset near 2^62", dict(offset=2**62)),
+            ("negative offset", dict(offset=-1)),
+            ("size larger than the storage", dict(size=(1001, 64))),
+            ("stride reaching past the end", dict(stride=(65, 1))),
+            ("huge stride", dict(stride=(big, 1))),
+            ("sizes whose product overflows", dict(size=(big, big), stride=(1, 1))),
+            ("stride x size overflows", dict(size=(1000, 64), stride=(2**62, 1))),
+            ("negative size", dict(size=(-1000, 64))),
+            ("9 dimensions", dict(size=(1,) * 9, stride=(1,) * 9)),
+            ("stride count differs from the size", dict(stride=(64,))),
+            ("expanded view (stride 0)", dict(size=(100000, 64), stride=(0, 1))),
+            ("storage numel larger than the member", dict(numel=64001)),
+            ("storage numel 2^62", dict(numel=2**62)),
+            ("storage key with a slash", dict(key="../0")),
+            ("storage key missing from the archive", dict(key="999")),
+            ("float64 storage", dict(storage="DoubleStorage")),
+            ("int64 storage", dict(storage="LongStorage")),
+            ("a class that is not a storage", dict(storage="Tensor"))):
+        bin_sweep(root, label, archive(entries=first_tensor(**changes)), names=("pytorch_model.bin",))
+    # A tensor in range but transposed relative to what the model needs: loads, then the shape
+    # check names it.
+    bin_sweep(root, "embedding stored transposed", archive(entries=first_tensor(
+        "model.decoder.embed_tokens.weight", size=(64, 1000), stride=(1, 64))),
+              names=("embed_tokens", "shape"))
+    # Archive-level problems.
+    bin_sweep(root, "storages compressed", archive(compress=True), names=("pytorch_model.bin", "compressed"))
+    bin_sweep(root, "two data.pkl", archive(extra_members=[("other/data.pkl", b"\x80\x02N.")]),
+              names=("more than one data.pkl",))
+
+    def no_pkl(d, p):
+        with zipfile.ZipFile(p, "w") as z:
+            z.writestr("archive/data/0", bytes(16))
+    bin_sweep(root, "byteorder big", archive(extra_members=[("archive/byteorder", b"big")]),
+              names=("pytorch_model.bin", "little-endian"))
+    bin_sweep(root, "byteorder little", archive(extra_members=[("archive/byteorder", b"little")]), may_load=True)
+    bin_sweep(root, "no data.pkl", no_pkl, names=("pytorch_model.bin", "data.pkl"))
+    bin_sweep(root, "an empty zip archive", lambda d, p: open(p, "wb").write(b"PK\x05\x06" + bytes(18)),
+              names=("pytorch_model.bin",))
+    bin_sweep(root, "random bytes behind a zip signature", lambda d, p: open(p, "wb").write(
+        b"PK\x03\x04" + bytes(rng.randrange(256) for _ in range(5000))), names=("pytorch_model.bin",))
+    bin_sweep(root, "empty file", lambda d, p: open(p, "wb").close(), names=("pytorch_model.bin",))
+
+    def fifo(d, p):
+        os.remove(p)
+        os.mkfifo(p)
+    bin_sweep(root, "pytorch_model.bin is a FIFO", fifo)
+
+    # Sharded: the index names a missing shard; a shard truncated.
+    idx = "pytorch_model.bin.index.json"
+
+    def missing_shard(d, p):
+        j = json.load(open(os.path.join(d, idx)))
+        j["weight_map"]["model.decoder.embed_tokens.weight"] = "pytorch_model-00003-of-00002.bin"
+        json.dump(j, open(os.path.join(d, idx), "w"))
+    bin_sweep(root, "index names a missing shard", missing_shard, fixture="opt-tiny-sharded-bin", names=("00003",))
+
+    def trunc_shard(d, p):
+        p = os.path.join(d, "pytorch_model-00002-of-00002.bin")
+        with open(p, "r+b") as fh:
+            fh.truncate(os.path.getsize(p) // 2)
+    bin_sweep(root, "second shard truncated", trunc_shard, fixture="opt-tiny-sharded-bin", names=("00002",))
+
+
 def main():
     print(f"# seed {SEED}{' (sanitizer run: fewer random cases, no rlimit)' if SANITIZER else ''}")
     with tempfile.TemporaryDirectory(prefix="llmint8-sweep-") as root:
@@ -593,6 +822,7 @@ def main():
             config_cases(root, fixture)
         int8_cases(root)
         sharded_cases(root)
+        bin_cases(root)
     finish()
 
 

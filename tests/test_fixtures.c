@@ -37,6 +37,10 @@
 
 static const char *const FIXTURES[] = {
     "opt-tiny", "opt-tiny-postln", "opt-tiny-sharded", "opt-tiny-v50272", "bloom-tiny", "bloom-tiny-bf16",
+    /* PyTorch .bin twins (tests/data/fixtures-bin/README.md): the same models, the same goldens. */
+    "../fixtures-bin/opt-tiny-bin", "../fixtures-bin/opt-tiny-postln-bin", "../fixtures-bin/opt-tiny-sharded-bin",
+    "../fixtures-bin/opt-tiny-noprefix-bin", "../fixtures-bin/opt-tiny-views-bin", "../fixtures-bin/bloom-tiny-bin",
+    "../fixtures-bin/bloom-tiny-bf16-bin",
 };
 
 static double worst_logit_err, worst_ppl_rel;
@@ -415,6 +419,12 @@ int main(int argc, char **argv) {
         checkpoint_close(ck);
         cJSON_Delete(g);
     }
+    /* The pre-1.6 (non-zip) format is refused, with a message that says so. */
+    Checkpoint *legacy = NULL;
+    CHECK(checkpoint_open("tests/data/fixtures-bin/opt-tiny-legacy-bin", &legacy, &err) != 0 &&
+              strstr(err.msg, "legacy (pre-1.6)") && strstr(err.msg, "pytorch_model.bin"),
+          "legacy .bin: expected a clear refusal, got %s", legacy ? "a checkpoint" : err.msg);
+    checkpoint_close(legacy);
     bk->destroy(bk);
     fprintf(stderr, "worst fp16 logit error %.3g, worst fp16 ppl relative error %.3g\n", worst_logit_err,
             worst_ppl_rel);

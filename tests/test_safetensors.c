@@ -654,6 +654,30 @@ static void test_checkpoint_dirs(void) {
     expect_ck_error("duplicate across prefixes in shards", dir, "decoder.a", "twice");
 }
 
+/* ---- st_check_values: the rule for values a model must not use ----------------------- */
+
+static void test_check_values(void) {
+    uint16_t h[6] = {0x3c00, 0x7bff, 0xfbff, 0x0001, 0x0000, 0x8000}; /* 1, +-65504, tiny, +-0 */
+    float f[4] = {1.0f, -65519.0f, 2.0f, 3.0f};
+    StTensor th = {.name = "w.weight", .dtype = DT_F16, .ndim = 2, .shape = {2, 3}, .numel = 6, .data = h,
+                   .nbytes = sizeof h, .file = "m.safetensors"};
+    StTensor tf = {.name = "b", .dtype = DT_F32, .ndim = 1, .shape = {4}, .numel = 4, .data = f, .nbytes = sizeof f,
+                   .file = "m.safetensors"};
+    Error err;
+    CHECK(st_check_values(&th, true, &err) == 0 && st_check_values(&tf, true, &err) == 0, "finite values pass");
+    h[4] = 0x7e00; /* NaN at row 1, column 1 */
+    CHECK(st_check_values(&th, false, &err) != 0 && strstr(err.msg, "m.safetensors") && strstr(err.msg, "'w.weight'") &&
+              strstr(err.msg, "element 4 (row 1, column 1)") && strstr(err.msg, "nan") && strstr(err.msg, "not a finite"),
+          "F16 NaN: %s", err.msg);
+    f[2] = 65520.0f; /* finite, but infinity in float16 */
+    CHECK(st_check_values(&tf, false, &err) == 0, "65520 is finite");
+    CHECK(st_check_values(&tf, true, &err) != 0 && strstr(err.msg, "element 2 is 65520") && strstr(err.msg, "65504"),
+          "F32 65520 does not fit float16: %s", err.msg);
+    int8_t q[2] = {-128, 127};
+    StTensor ti = {.name = "q", .dtype = DT_I8, .ndim = 1, .shape = {2}, .numel = 2, .data = q, .nbytes = 2, .file = "m"};
+    CHECK(st_check_values(&ti, true, &err) == 0, "integers pass");
+}
+
 int main(void) {
     verbose = getenv("VERBOSE") != NULL;
     snprintf(tmpdir, sizeof tmpdir, "/tmp/llmint8-st-XXXXXX");
@@ -664,6 +688,7 @@ int main(void) {
     test_config();
     test_fixtures();
     test_checkpoint_dirs();
+    test_check_values();
     nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     return test_finish("safetensors");
 }

@@ -11,7 +11,9 @@
  *     than BACKEND_MAX_CANDIDATES), top-k above that bound, and the repetition penalty;
  *   - the draws follow the distribution: frequencies of 40,000 draws from a known 4-way
  *     distribution within 0.01 of the probabilities; top-k and top-p never return a token
- *     outside their cut. */
+ *     outside their cut;
+ *   - a row holding a NaN or +infinity, or nothing but -infinity, is refused (-1) by both
+ *     sampler_next and sampler_pick, for every configuration; a lone -infinity is not. */
 #include <math.h>
 #include <stdint.h>
 
@@ -210,6 +212,48 @@ static void test_distribution(Backend *bk) {
     }
 }
 
+/* ---- rows that cannot be sampled -------------------------------------------------------------- */
+
+static void test_nonfinite_rows(Backend *bk) {
+    enum { V = 3000 };
+    const SamplerConfig configs[] = {
+        {.greedy = true, .temperature = 1.0f, .top_p = 1.0f, .repetition_penalty = 1.0f},
+        {.temperature = 1.0f, .top_p = 1.0f, .repetition_penalty = 1.0f},
+        {.temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .repetition_penalty = 1.0f},
+        {.temperature = 0.9f, .top_k = 50, .top_p = 1.0f, .repetition_penalty = 1.3f},
+    };
+    struct { int at; float value; bool refused; const char *what; } cases[] = {
+        {0, NAN, true, "NaN first"},           {1234, NAN, true, "NaN inside"},
+        {V - 1, -NAN, true, "-NaN last"},      {17, INFINITY, true, "+infinity"},
+        {-1, -INFINITY, true, "every logit -infinity"},
+        {5, -INFINITY, false, "one -infinity among finite logits"},
+    };
+    float *row = malloc(V * sizeof *row);
+    int32_t history[3] = {5, 6, 7};
+    int wrong = 0;
+    for (size_t c = 0; c < sizeof configs / sizeof configs[0]; c++)
+        for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
+            for (int on_backend = 0; on_backend < 2; on_backend++) {
+                Sampler s;
+                SamplerConfig cfg = configs[c];
+                cfg.seed = 9;
+                CHECK(sampler_init(&s, &cfg, V) == 0, "sampler_init");
+                random_row(row, V, 4.0f, 0);
+                if (cases[k].at >= 0) row[cases[k].at] = cases[k].value;
+                else for (int i = 0; i < V; i++) row[i] = -INFINITY;
+                int32_t id = on_backend ? sampler_pick(&s, bk, row, history, 3) : sampler_next(&s, row, history, 3);
+                bool refused = id == -1, valid = id >= 0 && id < V;
+                if (refused != cases[k].refused || (!refused && !valid)) {
+                    wrong++;
+                    fprintf(stderr, "config %zu, %s, %s: got %d\n", c, cases[k].what,
+                            on_backend ? "sampler_pick" : "sampler_next", id);
+                }
+                sampler_free(&s);
+            }
+    CHECK(wrong == 0, "%d non-finite rows handled wrongly", wrong);
+    free(row);
+}
+
 int main(void) {
     Error err;
     Backend *bk = cpu_backend_create(2, &err);
@@ -222,6 +266,7 @@ int main(void) {
     test_cpu_ops(bk);
     test_pick_equals_next(bk);
     test_distribution(bk);
+    test_nonfinite_rows(bk);
     bk->destroy(bk);
     return test_finish("sampler");
 }

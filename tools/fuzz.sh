@@ -57,8 +57,8 @@ fi
 mkdir -p "$build_dir"/{obj,bin,corpus,artifacts,logs}
 
 # ---- build ----------------------------------------------------------------------------
-pkg_cflags=$(pkg-config --cflags libcjson libpcre2-8)
-pkg_libs=$(pkg-config --libs libcjson libpcre2-8)
+pkg_cflags=$(pkg-config --cflags libcjson libpcre2-8 libzip)
+pkg_libs=$(pkg-config --libs libcjson libpcre2-8 libzip)
 common=(-std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -fopenmp -Isrc $pkg_cflags
         -fsanitize=address,undefined -fno-sanitize-recover=all
         -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wvla -Wformat=2)

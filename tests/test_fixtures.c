@@ -123,7 +123,7 @@ static void check_staged(const char *name, const char *tag, Model *m, const int3
     CHECK(rc == 0, "%s %s: staged forward: %s", name, tag, err.msg);
     CHECK(rc != 0 || memcmp(got, want, (size_t)32 * V * sizeof *got) == 0,
           "%s %s: the staged forward's logits differ from model_forward's", name, tag);
-    CHECK(m->n_past == 32, "%s %s: model_advance leaves n_past %d", name, tag, m->n_past);
+    CHECK(model_seq_len(m, 0) == 32, "%s %s: model_advance leaves n_past %d", name, tag, model_seq_len(m, 0));
     CHECK(model_run_layers(m, 0, L + 1, 1, &err) != 0, "%s: model_run_layers past the last layer accepted", name);
     model_reset(m);
     free(host), free(got);

@@ -402,7 +402,7 @@ int model_load(const Checkpoint *ck, Backend *bk, const ModelOptions *opt, Model
         return err_set(err, "a KV cache of %d tokens cannot hold one sequence of %d", opt->cache_tokens, m->ctx);
     }
     /* a slot per sequence that can be live at once: each takes at least one token */
-    m->max_seqs = m->cache_tokens < 4096 ? m->cache_tokens : 4096;
+    m->max_seqs = 1 + (m->cache_tokens < 4096 ? m->cache_tokens : 4096);
     m->seqs = calloc((size_t)m->max_seqs, sizeof *m->seqs);
     if (!m->seqs) {
         model_free(m);
@@ -448,7 +448,7 @@ int model_seq_add(Model *m, int max_tokens, int *seq, Error *err) {
     int slot = -1, used = 0;
     for (int i = 0; i < m->max_seqs; i++) {
         if (m->seqs[i].live) used += m->seqs[i].len;
-        else if (slot < 0) slot = i;
+        else if (slot < 0 && i > 0) slot = i; /* 0 stays the default sequence's, even removed */
     }
     int first = slot < 0 ? -1 : find_free_range(m, max_tokens);
     if (first < 0)

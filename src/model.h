@@ -3,9 +3,10 @@
  * model_load() reads the checkpoint's tensors (the list of its architecture's table,
  * arch.h) into backend objects: every projection becomes a BkLinear (quantized on load
  * for int8 modes), embeddings and the tied lm_head stay 16-bit as stored, LayerNorm
- * weights and biases become float32 vectors. model_forward() runs T new tokens through
- * the network at positions n_past.., appending their keys and values to the KV cache, and
- * returns logits. Every call that runs the network ends by waiting for the backend
+ * weights and biases become float32 vectors. model_forward() runs T new tokens of the
+ * default sequence through the network at its next positions, appending their keys and
+ * values to its part of the KV cache, and returns logits; model_step() does the same for
+ * many sequences at once (docs/ENGINE.md). Every call that runs the network ends by waiting for the backend
  * (bk->sync), so a backend failure comes back here as an Error.
  *
  * What the architecture files share (weights, scratch buffers, the attention and MLP

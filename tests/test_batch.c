@@ -157,6 +157,7 @@ static void test_budget(const Checkpoint *ck, Backend *bk) {
     CHECK(model_seq_remove(m, 0, &err) == 0 && model_forward_last(m, ids, 1, &err) == NULL &&
               strstr(err.msg, "default sequence"),
           "single-sequence call without the default sequence: '%s'", err.msg);
+    CHECK(model_seq_add(m, CTX, &c, &err) == 0 && c != 0, "a new sequence took the default's id %d: %s", c, err.msg);
     model_free(m);
 }
 

@@ -2,6 +2,7 @@
  * dimensions, the expanded tensor list, the context rules. */
 #include "arch.h"
 
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,4 +130,28 @@ void arch_config_finish(ModelConfig *c) {
     if (c->word_embed_proj_dim <= 0) c->word_embed_proj_dim = c->hidden;
     if (c->ffn_dim <= 0) c->ffn_dim = 4 * c->hidden;
     c->head_dim = c->n_heads > 0 ? c->hidden / c->n_heads : 0;
+}
+
+/* ---- config.json fields every family writes --------------------------------------- */
+
+int arch_write_config_head(cJSON *o, const char *class_name, const char *model_type, const ModelConfig *c) {
+    cJSON *classes = cJSON_CreateStringArray((const char *const[]){class_name}, 1);
+    if (!classes || !cJSON_AddItemToObject(o, "architectures", classes)) {
+        cJSON_Delete(classes);
+        return -1;
+    }
+    bool ok = cJSON_AddStringToObject(o, "model_type", model_type) &&
+              cJSON_AddNumberToObject(o, "vocab_size", c->vocab_size) &&
+              cJSON_AddNumberToObject(o, "hidden_size", c->hidden);
+    return ok ? 0 : -1;
+}
+
+int arch_write_token_ids(cJSON *o, const ModelConfig *c) {
+    const struct {
+        const char *key;
+        int id;
+    } ids[] = {{"bos_token_id", c->bos_id}, {"eos_token_id", c->eos_id}, {"pad_token_id", c->pad_id}};
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++)
+        if (ids[i].id >= 0 && !cJSON_AddNumberToObject(o, ids[i].key, ids[i].id)) return -1;
+    return 0;
 }

@@ -174,4 +174,12 @@ void arch_config_defaults(const Architecture *a, ModelConfig *cfg);
  * word_embed_proj_dim = hidden, ffn_dim = 4 * hidden where they are 0. */
 void arch_config_finish(ModelConfig *cfg);
 
+/* For a family's write_config: what every family writes the same way. The head is
+ * "architectures": [class_name], "model_type", "vocab_size" and "hidden_size"; the token
+ * ids are "bos_token_id", "eos_token_id" and "pad_token_id", each only when >= 0.
+ * Return -1 when out of memory. */
+int arch_write_config_head(struct cJSON *obj, const char *class_name, const char *model_type,
+                           const ModelConfig *cfg);
+int arch_write_token_ids(struct cJSON *obj, const ModelConfig *cfg);
+
 #endif

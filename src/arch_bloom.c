@@ -91,22 +91,12 @@ static double shortest(float v) {
 
 /* ffn_dim (4 * hidden) is implied, not written. */
 static int write_config(const ModelConfig *c, cJSON *o) {
-    cJSON *classes = cJSON_CreateStringArray((const char *const[]){"BloomForCausalLM"}, 1);
-    if (!classes || !cJSON_AddItemToObject(o, "architectures", classes)) {
-        cJSON_Delete(classes);
-        return -1;
-    }
-    bool ok = cJSON_AddStringToObject(o, "model_type", MODEL_TYPE) &&
-              cJSON_AddNumberToObject(o, "vocab_size", c->vocab_size) &&
-              cJSON_AddNumberToObject(o, "hidden_size", c->hidden) &&
+    bool ok = arch_write_config_head(o, "BloomForCausalLM", MODEL_TYPE, c) == 0 &&
               cJSON_AddNumberToObject(o, "n_layer", c->n_layers) &&
               cJSON_AddNumberToObject(o, "n_head", c->n_heads) &&
               cJSON_AddNumberToObject(o, "layer_norm_epsilon", shortest(c->ln_eps)) &&
               cJSON_AddBoolToObject(o, "apply_residual_connection_post_layernorm", c->residual_post_ln);
-    if (ok && c->bos_id >= 0) ok = cJSON_AddNumberToObject(o, "bos_token_id", c->bos_id) != NULL;
-    if (ok && c->eos_id >= 0) ok = cJSON_AddNumberToObject(o, "eos_token_id", c->eos_id) != NULL;
-    if (ok && c->pad_id >= 0) ok = cJSON_AddNumberToObject(o, "pad_token_id", c->pad_id) != NULL;
-    return ok ? 0 : -1;
+    return ok ? arch_write_token_ids(o, c) : -1;
 }
 
 static void summary(const ModelConfig *c, char *buf, size_t cap) {

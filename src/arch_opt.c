@@ -97,14 +97,7 @@ static void config_defaults(ModelConfig *cfg) {
 }
 
 static int write_config(const ModelConfig *c, cJSON *o) {
-    cJSON *classes = cJSON_CreateStringArray((const char *const[]){"OPTForCausalLM"}, 1);
-    if (!classes || !cJSON_AddItemToObject(o, "architectures", classes)) {
-        cJSON_Delete(classes);
-        return -1;
-    }
-    bool ok = cJSON_AddStringToObject(o, "model_type", MODEL_TYPE) &&
-              cJSON_AddNumberToObject(o, "vocab_size", c->vocab_size) &&
-              cJSON_AddNumberToObject(o, "hidden_size", c->hidden) &&
+    bool ok = arch_write_config_head(o, "OPTForCausalLM", MODEL_TYPE, c) == 0 &&
               cJSON_AddNumberToObject(o, "num_hidden_layers", c->n_layers) &&
               cJSON_AddNumberToObject(o, "num_attention_heads", c->n_heads) &&
               cJSON_AddNumberToObject(o, "ffn_dim", c->ffn_dim) &&
@@ -115,10 +108,7 @@ static int write_config(const ModelConfig *c, cJSON *o) {
               cJSON_AddStringToObject(o, "activation_function", c->activation == ACT_RELU ? "relu" : "gelu_new") &&
               cJSON_AddBoolToObject(o, "enable_bias", c->enable_bias) &&
               cJSON_AddBoolToObject(o, "layer_norm_elementwise_affine", c->ln_elementwise_affine);
-    if (ok && c->bos_id >= 0) ok = cJSON_AddNumberToObject(o, "bos_token_id", c->bos_id) != NULL;
-    if (ok && c->eos_id >= 0) ok = cJSON_AddNumberToObject(o, "eos_token_id", c->eos_id) != NULL;
-    if (ok && c->pad_id >= 0) ok = cJSON_AddNumberToObject(o, "pad_token_id", c->pad_id) != NULL;
-    return ok ? 0 : -1;
+    return ok ? arch_write_token_ids(o, c) : -1;
 }
 
 static void summary(const ModelConfig *c, char *buf, size_t cap) {

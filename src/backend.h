@@ -1,8 +1,8 @@
 /* backend.h — the operations the model code needs, and nothing else.
  *
  * A backend (CPU in src/cpu/, CUDA in cuda/) is a table of these functions. Model
- * code (opt.c, bloom.c) describes each network once by calling them and never
- * touches activation memory directly: activation buffers are float32 arrays that
+ * code (model.c's blocks, arch_*.c's stages) describes each network once by calling
+ * them and never touches activation memory directly (unless host_memory says it may): activation buffers are float32 arrays that
  * belong to the backend (host memory on CPU, device memory on CUDA), so model code
  * may do pointer arithmetic on them but must not dereference them. Backends know
  * nothing of OPT or BLOOM.

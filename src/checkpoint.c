@@ -10,6 +10,7 @@
 #include "arch.h"
 
 #include "fileio.h"
+#include "json_in.h"
 #include "torchbin.h"
 
 #include <cjson/cJSON.h>
@@ -107,10 +108,11 @@ static int open_sharded(Checkpoint *c, const char *index_path, Error *err) {
     size_t len;
     if (read_small_file(index_path, INDEX_MAX_BYTES, &text, &len, err)) return -1;
     const char *index_name = strrchr(index_path, '/') ? strrchr(index_path, '/') + 1 : index_path;
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    cJSON *root = json_parse(index_path, text, len, err);   /* refuses \u0000 and trailing text */
     free(text);
+    if (!root) return -1;
     const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
-    if (!root || !cJSON_IsObject(root) || !cJSON_IsObject(map)) {
+    if (!cJSON_IsObject(root) || !cJSON_IsObject(map)) {
         cJSON_Delete(root);
         return err_set(err, "%s: not valid JSON with a \"weight_map\" object", index_path);
     }

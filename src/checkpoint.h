@@ -2,7 +2,8 @@
  *
  * Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`
  * (every shard named in the index must exist, every tensor the index names must be
- * in the shard it names), and looks tensors up by their *short* name: the name
+ * in the shard it names); when there are none, PyTorch's `pytorch_model.bin` or its
+ * shards and `pytorch_model.bin.index.json` the same way (torchbin.h), and looks tensors up by their *short* name: the name
  * without the architecture's prefix ("model." OPT, "transformer." BLOOM: arch.h) that
  * some checkpoints carry and others do not (docs/MODELS.md). */
 #ifndef LLMINT8_CHECKPOINT_H

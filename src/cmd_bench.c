@@ -21,8 +21,14 @@
  *     sizes it), perplexity-style throughput (all logits); weight bytes (what the backend
  *     objects hold) and peak resident memory.
  *
+ *  3. One core busy (--busy-core, instead of 1 and 2). The whole model in int8, four times:
+ *     with the thread count as given (the default: adaptive, cpu_pool.h) and with one
+ *     thread, first on the machine as it is, then while another process (bench_busy.h)
+ *     spins on one CPU. It shows whether the default copes with a core taken by another
+ *     program: it should never be much slower than one thread.
+ *
  * Every measurement runs in a forked child process (bench_proc.h). That gives each precision
- * its own peak-RSS counter (VmHWM is per process), and keeps OpenMP and GPU state out of the
+ * its own peak-RSS counter (VmHWM is per process), and keeps worker threads and GPU state out of the
  * parent, which would make fork unsafe. A child sends its result back through a pipe.
  *
  * Peak RSS: after loading, the child drops its page-table entries for the checkpoint mapping
@@ -39,10 +45,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bench_busy.h"
 #include "bench_checkpoint.h"
 #include "bench_proc.h"
 #include "cli.h"
 #include "commands.h"
+#include "json_out.h"
 #include "rng.h"
 
 static const char HELP[] =
@@ -71,6 +79,9 @@ static const char HELP[] =
     "                         decomposition costs end to end\n"
     "  --tmpdir DIR           where the synthetic checkpoint is written (default $TMPDIR or /tmp;\n"
     "                         it is deleted as soon as it is opened)\n"
+    "  --busy-core            instead: the whole model in int8 with the thread count as given\n"
+    "                         (default: adaptive) and with --threads 1, idle and while another\n"
+    "                         process keeps one CPU busy\n"
     "  --json                 print one JSON object instead of tables\n"
     "\n"
     "  --threshold T sets tau of int8 (default 6), --outliers its outlier scope, --device and\n"
@@ -84,7 +95,7 @@ static const char HELP[] =
 enum {
     OPT_SHAPE = OPT_COMMAND_BASE, OPT_ARCH, OPT_HIDDEN, OPT_FFN, OPT_LAYERS, OPT_HEADS, OPT_VOCAB,
     OPT_TOKENS, OPT_OUTLIER_FRAC, OPT_ITERS, OPT_PROMPT_TOKENS, OPT_PPL_TOKENS, OPT_DECODE_TOKENS,
-    OPT_GEMM_ONLY, OPT_MODEL_ONLY, OPT_MODEL_TAU0, OPT_TMPDIR, OPT_JSON,
+    OPT_GEMM_ONLY, OPT_MODEL_ONLY, OPT_MODEL_TAU0, OPT_TMPDIR, OPT_JSON, OPT_BUSY_CORE,
 };
 
 /* ---- shapes ------------------------------------------------------------------------ */
@@ -122,6 +133,7 @@ typedef struct BenchOptions {
     int prompt_tokens, ppl_tokens, decode_tokens;
     bool gemm, model, json;
     bool model_tau0;                 /* also run the whole model with int8 tau = 0 */
+    bool busy_core;                  /* part 3 only: default vs one thread, idle and one CPU busy */
     const char *tmpdir;
 } BenchOptions;
 
@@ -174,6 +186,7 @@ static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo
         {"model-tau0", no_argument, NULL, OPT_MODEL_TAU0},
         {"tmpdir", required_argument, NULL, OPT_TMPDIR},
         {"json", no_argument, NULL, OPT_JSON},
+        {"busy-core", no_argument, NULL, OPT_BUSY_CORE},
         {NULL, 0, NULL, 0},
     };
     /* Explicit dimensions are applied after the loop, on top of the (possibly named) shape. */
@@ -222,6 +235,7 @@ static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo
         case OPT_MODEL_TAU0: bo->model_tau0 = true; break;
         case OPT_TMPDIR: bo->tmpdir = optarg; break;
         case OPT_JSON: bo->json = true; break;
+        case OPT_BUSY_CORE: bo->busy_core = true; break;
         case OPT_PRECISION: case OPT_QUANT: case OPT_TOKENIZER:
             return cli_usage_error("bench", "--precision, --quant and --tokenizer do not apply: bench compares "
                                             "fp16 and int8 (LLM.int8()) on synthetic weights");
@@ -240,7 +254,10 @@ static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo
         bo->tokens[0] = 1, bo->tokens[1] = 16, bo->tokens[2] = 256, bo->tokens[3] = 4096;
         bo->n_tokens = 4;
     }
-    bo->gemm = !model_only;
+    if (bo->busy_core && (gemm_only || model_only || bo->model_tau0))
+        return cli_usage_error("bench", "--busy-core runs only its own comparison: no --gemm-only, --model-only "
+                                        "or --model-tau0");
+    bo->gemm = !model_only && !bo->busy_core;
     bo->model = !gemm_only;
 
     const BenchShape *named = NULL;
@@ -672,92 +689,118 @@ static int make_targets(const BenchPlan *p, const Results *res, Target t[4]) {
 
 static bool target_pass(const Target *t) { return t->at_least ? t->value >= t->limit : t->value <= t->limit; }
 
-/* A JSON string literal (the CPU name comes from the system: escape it). */
-static void json_string(const char *s) {
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') printf("\\%c", ch);
-        else if (ch < 0x20) printf("\\u%04x", ch);
-        else putchar(ch);
-    }
-    putchar('"');
-}
-
 static const char *shape_kind(int shape) { return shape == 0 ? "ffn" : "attn"; }
 
-static void print_json(const BenchPlan *p, const Results *res, const char *cpu, int threads) {
+/* The report as one JSON object, through the program's one JSON writer (json_out.h): a
+ * ratio or speed that is not finite (a time of 0) becomes null with a reason. */
+static int print_json(const BenchPlan *p, const Results *res, const char *cpu, int threads, Error *err) {
+    static const char NOT_TIMED[] = "a time of zero or an untimed run";
     const BenchOptions *o = &p->o;
     const BenchShape *s = &o->shape;
-    printf("{\"shape\": {\"name\": ");
-    json_string(s->name);
-    printf(", \"arch\": \"%s\", \"hidden\": %d, \"layers\": %d, \"heads\": %d, \"ffn\": %d, \"vocab\": %d, "
-           "\"modified\": %s},\n",
-           arch_name(s->arch), s->hidden, s->layers, s->heads, s->ffn, s->vocab, o->dims_changed ? "true" : "false");
-    printf(" \"machine\": {\"cpu\": ");
-    json_string(cpu);
-    printf(", \"cores\": %ld, \"kernels\": ", sysconf(_SC_NPROCESSORS_ONLN));
-    json_string(ran_on(res)->kernels);
-    printf("},\n");
-    printf(" \"device\": \"%s\", \"threads\": %d, \"threshold\": %g, \"outlier_frac\": %g, \"cpu_busy_before\": %.3f,\n",
-           ran_on(res)->name, threads, (double)p->int8.threshold, o->outlier_frac, res->busy);
-    printf(" \"gemm\": [");
+    JsonOut j;
+    json_out_begin(&j);
+    cJSON *shape = json_add_object(&j, j.root, "shape");
+    json_add_string(&j, shape, "name", s->name);
+    json_add_string(&j, shape, "arch", arch_name(s->arch));
+    json_add_int(&j, shape, "hidden", s->hidden);
+    json_add_int(&j, shape, "layers", s->layers);
+    json_add_int(&j, shape, "heads", s->heads);
+    json_add_int(&j, shape, "ffn", s->ffn);
+    json_add_int(&j, shape, "vocab", s->vocab);
+    json_add_bool(&j, shape, "modified", o->dims_changed);
+    cJSON *machine = json_add_object(&j, j.root, "machine");
+    json_add_string(&j, machine, "cpu", cpu);
+    json_add_int(&j, machine, "cores", sysconf(_SC_NPROCESSORS_ONLN));
+    json_add_string(&j, machine, "kernels", ran_on(res)->kernels);
+    json_add_string(&j, j.root, "device", ran_on(res)->name);
+    json_add_int(&j, j.root, "threads", threads);
+    json_add_float(&j, j.root, "threshold", p->int8.threshold, NULL);
+    json_add_number(&j, j.root, "outlier_frac", o->outlier_frac, NULL);
+    json_add_number(&j, j.root, "cpu_busy_before", res->busy, NULL);
+
+    cJSON *gemm = json_add_array(&j, j.root, "gemm");
     for (int i = 0; res->have_gemm && i < res->gemm.n; i++) {
         const GemmCell *c = &res->gemm.cells[i];
-        printf("%s\n  {\"shape\": \"%s\", \"K\": %d, \"N\": %d, \"tokens\": %d, \"outlier_cols\": %d", i ? "," : "",
-               shape_kind(c->shape), c->K, c->N, c->T, c->outlier_cols);
-        for (int v = 0; v < N_VARIANTS; v++)
-            printf(", \"%s_gops\": %.4g, \"%s_ms\": %.5g, \"%s_calls\": %d", VARIANT_NAMES[v], gops(c, v),
-                   VARIANT_NAMES[v], 1e3 * c->seconds[v], VARIANT_NAMES[v], c->calls[v]);
-        printf("}");
+        cJSON *cell = json_append_object(&j, gemm);
+        json_add_string(&j, cell, "shape", shape_kind(c->shape));
+        json_add_int(&j, cell, "K", c->K);
+        json_add_int(&j, cell, "N", c->N);
+        json_add_int(&j, cell, "tokens", c->T);
+        json_add_int(&j, cell, "outlier_cols", c->outlier_cols);
+        for (int v = 0; v < N_VARIANTS; v++) {
+            char key[64];
+            snprintf(key, sizeof key, "%s_gops", VARIANT_NAMES[v]);
+            json_add_number(&j, cell, key, gops(c, v), NOT_TIMED);
+            snprintf(key, sizeof key, "%s_ms", VARIANT_NAMES[v]);
+            json_add_number(&j, cell, key, 1e3 * c->seconds[v], NULL);
+            snprintf(key, sizeof key, "%s_calls", VARIANT_NAMES[v]);
+            json_add_int(&j, cell, key, c->calls[v]);
+        }
     }
-    printf("],\n \"model\": ");
+
     if (!res->have_model) {
-        printf("null");
+        cJSON_AddNullToObject(j.root, "model");
     } else {
-        printf("{\"prompt_tokens\": %d, \"ppl_tokens\": %d, \"decode_tokens\": %d, \"outlier_dims\": %d",
-               o->prompt_tokens, o->ppl_tokens, o->decode_tokens, p->n_outlier_dims);
+        cJSON *model = json_add_object(&j, j.root, "model");
+        json_add_int(&j, model, "prompt_tokens", o->prompt_tokens);
+        json_add_int(&j, model, "ppl_tokens", o->ppl_tokens);
+        json_add_int(&j, model, "decode_tokens", o->decode_tokens);
+        json_add_int(&j, model, "outlier_dims", p->n_outlier_dims);
         const char *names[3] = {"fp16", "int8", "int8_tau0"};
         for (int k = 0; k < (res->have_tau0 ? 3 : 2); k++) {
             const ModelReport *r = &res->model[k];
-            printf(",\n  \"%s\": {\"load_seconds\": %.3f, \"prompt_tokens_per_second\": %.4g, "
-                   "\"ppl_tokens_per_second\": %.4g, \"decode_tokens_per_second\": %.4g, \"weight_bytes\": %lld, "
-                   "\"kv_cache_bytes\": %lld, \"ctx\": %d, \"peak_rss_load_bytes\": %lld, "
-                   "\"peak_rss_generate_bytes\": %lld, \"peak_rss_ppl_bytes\": %lld, \"peak_rss_after_load\": %s, "
-                   "\"device_memory_bytes\": %lld",
-                   names[k], r->load_s, tps(o->prompt_tokens, r->prompt_s), tps(o->ppl_tokens, r->ppl_s),
-                   tps(o->decode_tokens, r->decode_s), r->weight_bytes, r->kv_bytes, r->ctx, r->rss_load,
-                   r->rss_generate, r->rss_ppl, r->rss_reset ? "true" : "false", r->device_mem);
-            if (k == 1)
-                printf(", \"outlier_cols_mean\": %.3g, \"outlier_cols_max\": %d",
-                       r->outlier_calls ? (double)r->outlier_cols_sum / (double)r->outlier_calls : 0.0,
-                       r->outlier_cols_max);
-            printf("}");
+            cJSON *m = json_add_object(&j, model, names[k]);
+            json_add_number(&j, m, "load_seconds", r->load_s, NULL);
+            json_add_number(&j, m, "prompt_tokens_per_second", tps(o->prompt_tokens, r->prompt_s), NOT_TIMED);
+            json_add_number(&j, m, "ppl_tokens_per_second", tps(o->ppl_tokens, r->ppl_s), NOT_TIMED);
+            json_add_number(&j, m, "decode_tokens_per_second", tps(o->decode_tokens, r->decode_s), NOT_TIMED);
+            json_add_int(&j, m, "weight_bytes", r->weight_bytes);
+            json_add_int(&j, m, "kv_cache_bytes", r->kv_bytes);
+            json_add_int(&j, m, "ctx", r->ctx);
+            json_add_int(&j, m, "peak_rss_load_bytes", r->rss_load);
+            json_add_int(&j, m, "peak_rss_generate_bytes", r->rss_generate);
+            json_add_int(&j, m, "peak_rss_ppl_bytes", r->rss_ppl);
+            json_add_bool(&j, m, "peak_rss_after_load", r->rss_reset);
+            json_add_int(&j, m, "device_memory_bytes", r->device_mem);
+            if (k == 1) {
+                json_add_number(&j, m, "outlier_cols_mean",
+                                r->outlier_calls ? (double)r->outlier_cols_sum / (double)r->outlier_calls : 0.0, NULL);
+                json_add_int(&j, m, "outlier_cols_max", r->outlier_cols_max);
+            }
         }
-        printf("}");
     }
+
     Target t[4];
     int nt = make_targets(p, res, t);
-    printf(",\n \"ratios\": {");
+    cJSON *ratios = json_add_object(&j, j.root, "ratios");
     for (int i = 0; i < nt; i++) {
-        printf("%s\"%s\": ", i ? ", " : "", t[i].name);
-        if (t[i].known) printf("%.4g", t[i].value);
-        else printf("null");
+        if (t[i].known) json_add_number(&j, ratios, t[i].name, t[i].value, NOT_TIMED);
+        else cJSON_AddNullToObject(ratios, t[i].name);
     }
-    if (res->have_model)
-        printf(", \"ppl\": %.4g, \"weights\": %.4g",
-               ratio(tps(o->ppl_tokens, res->model[1].ppl_s), tps(o->ppl_tokens, res->model[0].ppl_s)),
-               ratio((double)res->model[1].weight_bytes, (double)res->model[0].weight_bytes));
-    if (res->have_tau0) /* tau = 6 time / tau = 0 time - 1 */
-        printf(", \"decomp_overhead_prompt\": %.4g, \"decomp_overhead_decode\": %.4g",
-               ratio(res->model[1].prompt_s, res->model[2].prompt_s) - 1.0,
-               ratio(res->model[1].decode_s, res->model[2].decode_s) - 1.0);
-    printf("},\n \"targets\": [");
-    for (int i = 0; i < nt; i++)
-        printf("%s\n  {\"name\": \"%s\", \"target\": \"%s\", \"limit\": %g, \"value\": %.4g, \"pass\": %s}", i ? "," : "",
-               t[i].name, t[i].what, t[i].limit, t[i].value,
-               !t[i].known ? "null" : target_pass(&t[i]) ? "true" : "false");
-    printf("]}\n");
+    if (res->have_model) {
+        json_add_number(&j, ratios, "ppl",
+                        ratio(tps(o->ppl_tokens, res->model[1].ppl_s), tps(o->ppl_tokens, res->model[0].ppl_s)),
+                        NOT_TIMED);
+        json_add_number(&j, ratios, "weights",
+                        ratio((double)res->model[1].weight_bytes, (double)res->model[0].weight_bytes), NULL);
+    }
+    if (res->have_tau0) { /* tau = 6 time / tau = 0 time - 1 */
+        json_add_number(&j, ratios, "decomp_overhead_prompt", ratio(res->model[1].prompt_s, res->model[2].prompt_s) - 1.0,
+                        NOT_TIMED);
+        json_add_number(&j, ratios, "decomp_overhead_decode", ratio(res->model[1].decode_s, res->model[2].decode_s) - 1.0,
+                        NOT_TIMED);
+    }
+    cJSON *targets = json_add_array(&j, j.root, "targets");
+    for (int i = 0; i < nt; i++) {
+        cJSON *tj = json_append_object(&j, targets);
+        json_add_string(&j, tj, "name", t[i].name);
+        json_add_string(&j, tj, "target", t[i].what);
+        json_add_number(&j, tj, "limit", t[i].limit, NULL);
+        json_add_number(&j, tj, "value", t[i].value, NOT_TIMED);
+        if (t[i].known) json_add_bool(&j, tj, "pass", target_pass(&t[i]));
+        else cJSON_AddNullToObject(tj, "pass");
+    }
+    return json_out_print(&j, stdout, true, err);
 }
 
 /* One row of the whole-model table: fp16, int8, (their ratio), and with --model-tau0 the
@@ -856,6 +899,91 @@ static void print_text(const BenchPlan *p, const Results *res, const char *cpu, 
                100.0 * (ratio(res->model[1].decode_s, res->model[2].decode_s) - 1.0));
 }
 
+/* ---- part 3: one core busy (--busy-core) ------------------------------------------- */
+
+typedef struct BusyReport {
+    ModelReport run[2][2];       /* [idle, busy][threads as given, one thread] */
+    int cpu;                     /* the CPU the busy process was pinned to (-1: not pinned) */
+} BusyReport;
+
+/* The int8 whole-model measurement with the thread count as given and with one thread,
+ * idle, then with a spinner on one CPU (started before and stopped after both runs). */
+static int run_busy_core(const BenchPlan *plan, BusyReport *br, Error *err) {
+    const int threads[2] = {plan->threads, 1};
+    static const char *const what[2][2] = {{"threads as given, idle", "one thread, idle"},
+                                           {"threads as given, one CPU busy", "one thread, one CPU busy"}};
+    br->cpu = -1;
+    for (int busy = 0; busy < 2; busy++) {
+        pid_t spinner = 0;
+        if (busy && bench_busy_start(&spinner, &br->cpu, err)) return -1;
+        int rc = 0;
+        for (int k = 0; k < 2 && rc == 0; k++) {
+            if (!plan->o.json) fprintf(stderr, "llmint8 bench: whole model, int8, %s\n", what[busy][k]);
+            BenchPlan p = *plan;
+            p.threads = threads[k];
+            rc = bench_run_in_child(what[busy][k], model_child, &p, &plan->int8, &br->run[busy][k],
+                                    sizeof br->run[busy][k], err);
+        }
+        if (busy) bench_busy_stop(spinner);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+/* Text, or JSON ({"busy_core": {...}}) through json_out; returns 0, or -1 with err when the
+ * JSON could not be built (out of memory). */
+static int print_busy(const BenchPlan *p, const BusyReport *br, const char *cpu, bool json, Error *err) {
+    const BenchOptions *o = &p->o;
+    const BenchShape *s = &o->shape;
+    static const char *const cond[2] = {"idle", "busy"}, *const who[2] = {"given", "one"};
+    char given[32];
+    if (p->threads > 0) snprintf(given, sizeof given, "--threads %d", p->threads);
+    else snprintf(given, sizeof given, "default");
+    if (json) {
+        JsonOut j;
+        json_out_begin(&j);
+        cJSON *b = json_add_object(&j, j.root, "busy_core");
+        json_add_string(&j, b, "shape", s->name);
+        json_add_int(&j, b, "hidden", s->hidden);
+        json_add_int(&j, b, "layers", s->layers);
+        json_add_string(&j, b, "cpu", cpu);
+        json_add_int(&j, b, "cores", sysconf(_SC_NPROCESSORS_ONLN));
+        json_add_int(&j, b, "threads_given", p->threads);
+        json_add_int(&j, b, "busy_cpu", br->cpu);
+        for (int c = 0; c < 2; c++) {
+            cJSON *cj = json_add_object(&j, b, cond[c]);
+            for (int k = 0; k < 2; k++) {
+                const ModelReport *r = &br->run[c][k];
+                cJSON *w = json_add_object(&j, cj, who[k]);
+                json_add_number(&j, w, "prompt_tokens_per_second", tps(o->prompt_tokens, r->prompt_s), "no time");
+                json_add_number(&j, w, "ppl_tokens_per_second", tps(o->ppl_tokens, r->ppl_s), "no time");
+                json_add_number(&j, w, "decode_tokens_per_second", tps(o->decode_tokens, r->decode_s), "no time");
+            }
+        }
+        return json_out_print(&j, stdout, true, err);
+    }
+    printf("llmint8 bench --busy-core: %s%s: hidden %d, %d layers; int8 (tau = %g), whole model\n", s->name,
+           o->dims_changed ? " (modified)" : "", s->hidden, s->layers, (double)p->int8.threshold);
+    printf("machine: %s, %ld cores; busy: a process spinning on CPU %d\n", cpu, sysconf(_SC_NPROCESSORS_ONLN),
+           br->cpu);
+    printf("tokens/s: prompt %d tokens, ppl %d tokens, decode %d tokens\n", o->prompt_tokens, o->ppl_tokens,
+           o->decode_tokens);
+    printf("%-6s %-12s %10s %10s %10s\n", "", "threads", "prompt", "ppl", "decode");
+    for (int b = 0; b < 2; b++)
+        for (int k = 0; k < 2; k++) {
+            const ModelReport *r = &br->run[b][k];
+            printf("%-6s %-12s %10.1f %10.1f %10.1f\n", cond[b], k ? "1" : given, tps(o->prompt_tokens, r->prompt_s),
+                   tps(o->ppl_tokens, r->ppl_s), tps(o->decode_tokens, r->decode_s));
+        }
+    for (int b = 0; b < 2; b++) {
+        const ModelReport *g = &br->run[b][0], *one = &br->run[b][1];
+        printf("%s: %s / 1 thread speed: prompt %.2f, ppl %.2f, decode %.2f%s\n", cond[b], given,
+               ratio(one->prompt_s, g->prompt_s), ratio(one->ppl_s, g->ppl_s), ratio(one->decode_s, g->decode_s),
+               b ? " (target with one CPU busy: >= 0.90 each)" : "");
+    }
+    return 0;
+}
+
 /* ---- the command ------------------------------------------------------------------- */
 
 int cmd_bench(int argc, char **argv) {
@@ -911,15 +1039,21 @@ int cmd_bench(int argc, char **argv) {
         const QuantConfig modes[3] = {
             {QUANT_FP16, 0.0f, plan.int8.outliers}, plan.int8, {QUANT_LLM_INT8, 0.0f, plan.int8.outliers}};
         const char *names[3] = {"fp16", "int8", "int8 with tau = 0"};
-        for (int k = 0; k < (plan.o.model_tau0 ? 3 : 2) && rc == 0; k++) {
+        if (rc == 0 && plan.o.busy_core) {
+            BusyReport *br = calloc(1, sizeof *br);
+            rc = br ? run_busy_core(&plan, br, &err) : err_set(&err, "out of memory");
+            if (rc == 0) rc = print_busy(&plan, br, cpu, plan.o.json, &err);
+            free(br);
+        }
+        for (int k = 0; k < (plan.o.model_tau0 ? 3 : 2) && rc == 0 && !plan.o.busy_core; k++) {
             if (!plan.o.json) fprintf(stderr, "llmint8 bench: whole model, %s\n", names[k]);
             rc = bench_run_in_child(names[k], model_child, &plan, &modes[k], &res->model[k], sizeof res->model[k], &err);
         }
         res->have_model = rc == 0;
         res->have_tau0 = rc == 0 && plan.o.model_tau0;
     }
-    if (rc == 0) {
-        if (plan.o.json) print_json(&plan, res, cpu, threads);
+    if (rc == 0 && !plan.o.busy_core) {
+        if (plan.o.json) rc = print_json(&plan, res, cpu, threads, &err);
         else print_text(&plan, res, cpu, threads);
     }
     if (ck) checkpoint_close(ck);

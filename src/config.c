@@ -10,6 +10,7 @@
 #include "arch.h"
 
 #include "fileio.h"
+#include "json_in.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -182,17 +183,12 @@ int config_load(const char *path, ModelConfig *cfg, Error *err) {
     char *text = NULL;
     size_t len = 0;
     if (read_small_file(path, CONFIG_MAX_BYTES, &text, &len, err)) return -1;
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
-    /* Anything but whitespace after the object means a damaged file. */
-    bool trailing = false;
-    if (root)
-        for (const char *p = end; p < text + len; p++)
-            if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t') trailing = true;
+    cJSON *root = json_parse(path, text, len, err);   /* refuses \u0000 and trailing text */
     free(text);
-    if (!root || trailing || !cJSON_IsObject(root)) {
+    if (!root) return -1;
+    if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
-        return err_set(err, "%s: not valid JSON (expected a JSON object)", path);
+        return err_set(err, "%s: not a JSON object", path);
     }
 
     Ctx c = {path, root, err};

@@ -32,17 +32,10 @@ static const struct {
 static int print_version(void) {
     Error err = {{0}};
     Backend *cpu = cpu_backend_create(0, &err);
-    if (!cpu) {
-        fprintf(stderr, "llmint8: %s\n", err.msg);
-        return 1;
-    }
+    if (!cpu) return cli_fail(&err);
     printf("llmint8 %s\nbackends: %s\n%s\n", LLMINT8_VERSION, backend_compiled_list(), cpu->describe(cpu));
     cpu->destroy(cpu);
-    if (fflush(stdout) != 0 || ferror(stdout)) {
-        fprintf(stderr, "llmint8: cannot write to standard output\n");
-        return 1;
-    }
-    return 0;
+    return 0;   /* a failed write is reported by cli_close_stdout at exit */
 }
 
 static void usage(FILE *out) {

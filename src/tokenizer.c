@@ -31,42 +31,6 @@
 #define CACHE_MAX_PIECE 64                  /* longer pieces are rare; not cached */
 #define CACHE_MAX_ENTRIES (1u << 20)
 
-/* ---- UTF-8 --------------------------------------------------------------------- */
-
-int utf8_class(const uint8_t *p, size_t n, size_t *len) {
-    uint8_t c = p[0];
-    if (c < 0x80) {
-        *len = 1;
-        return U8_VALID;
-    }
-    size_t need;
-    uint8_t lo = 0x80, hi = 0xBF;   /* allowed range of the second byte */
-    if (c >= 0xC2 && c <= 0xDF) need = 1;
-    else if (c == 0xE0) need = 2, lo = 0xA0;    /* no overlong forms */
-    else if (c == 0xED) need = 2, hi = 0x9F;    /* no surrogates */
-    else if (c >= 0xE1 && c <= 0xEF) need = 2;
-    else if (c == 0xF0) need = 3, lo = 0x90;    /* no overlong forms */
-    else if (c == 0xF4) need = 3, hi = 0x8F;    /* nothing above U+10FFFF */
-    else if (c >= 0xF1 && c <= 0xF3) need = 3;
-    else {
-        *len = 1;
-        return U8_INVALID;
-    }
-    for (size_t k = 1; k <= need; k++) {
-        if (k >= n) {
-            *len = k;
-            return U8_INCOMPLETE;
-        }
-        if (p[k] < lo || p[k] > hi) {
-            *len = k;
-            return U8_INVALID;
-        }
-        lo = 0x80, hi = 0xBF;
-    }
-    *len = need + 1;
-    return U8_VALID;
-}
-
 /* ---- hash maps ------------------------------------------------------------------- */
 
 static uint64_t hash_bytes(const void *p, size_t n) {

@@ -12,15 +12,7 @@
 #include <stdint.h>
 
 #include "tokenizer.h"
-
-/* ---- UTF-8 --------------------------------------------------------------------------- */
-
-enum { U8_VALID, U8_INVALID, U8_INCOMPLETE };
-
-/* Classifies the character at p[0..n) (n >= 1): a valid character of *len bytes, an
- * invalid "maximal subpart" of *len bytes (what Python's decoder replaces by one
- * U+FFFD), or a valid start cut off by the end of the data. */
-int utf8_class(const uint8_t *p, size_t n, size_t *len);
+#include "utf8.h"
 
 /* ---- hash maps (open addressing, linear probing) --------------------------------------- */
 

@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 
 #include "fileio.h"
+#include "json_in.h"
 
 /* ---- limits: everything read from files is checked against these -------------- */
 
@@ -97,11 +98,9 @@ static int read_json(const char *path, cJSON **out, Error *err) {
     char *buf;
     size_t len;
     if (read_small_file(path, MAX_FILE_BYTES, &buf, &len, err)) return -1;
-    const char *end = NULL;
-    cJSON *j = cJSON_ParseWithLengthOpts(buf, len, &end, false);
-    size_t at = end && end >= buf && end <= buf + len ? (size_t)(end - buf) : 0;
+    cJSON *j = json_parse(path, buf, len, err);   /* refuses \u0000 and trailing text */
     free(buf);
-    if (!j) return err_set(err, "%s: not valid JSON (error near byte %zu)", path, at);
+    if (!j) return -1;
     *out = j;
     return 0;
 }

@@ -108,6 +108,20 @@ for args, words in [
 ]:
     rc, out, err = run(*args)
     check(f"usage error: {' '.join(args)}", rc == 2 and all(w in err for w in words), f"exit {rc}: {err.strip()[:300]}")
+# --- --busy-core: default vs one thread, idle and with a spinner (no timing asserted) ---------
+with tempfile.TemporaryDirectory() as tmp:
+    rc, out, err = run("--shape", "tiny", "--busy-core", "--json", "--tmpdir", tmp, "--prompt-tokens", "8",
+                       "--ppl-tokens", "16", "--decode-tokens", "4")
+    try:
+        b = json.loads(out).get("busy_core", {})
+    except ValueError:
+        b = {}
+    check("bench --busy-core --json: four runs with positive speeds", rc == 0 and all(
+        b.get(c, {}).get(w, {}).get(k, 0) > 0 for c in ("idle", "busy") for w in ("given", "one")
+        for k in ("prompt_tokens_per_second", "ppl_tokens_per_second", "decode_tokens_per_second")),
+        f"exit {rc}: {out[:300]} {err[-300:]}")
+rc, out, err = run("--busy-core", "--gemm-only")
+check("usage error: --busy-core --gemm-only", rc == 2 and "--busy-core" in err, err.strip()[:300])
 rc, out, err = run("--help")
 check("--help has examples and the common options", rc == 0 and "Example" in out and "--threads" in out, out[:200])
 with tempfile.TemporaryDirectory() as tmp:

@@ -3,11 +3,13 @@
  *
  * The whole suite runs twice: once in a child process with LLMINT8_NO_SIMD=1 (the portable
  * C kernels), once as is (the AVX2 kernels where the CPU has them). */
+#include <stdatomic.h>
 #include <stdint.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "cpu/cpu_internal.h"
+#include "cpu/cpu_pool.h"
 #include "test_util.h"
 
 static Backend *bk;
@@ -558,6 +560,208 @@ static void test_attention(void) {
     test_attention_case(3, 520, 2, 64, false, 30.0f); /* peaked softmax across chunks */
 }
 
+/* ---- threads -------------------------------------------------------------------------------- */
+
+/* The adaptive choice: one thread less per CPU that other processes keep at least 40% busy. */
+static void test_threads_for_load(void) {
+    static const struct { int cpus, max; double busy; int want; } cases[] = {
+        {2, 2, 0.0, 2},  {2, 2, 0.15, 2}, {2, 2, 0.39, 2}, /* background noise: all CPUs */
+        {2, 2, 0.45, 1}, {2, 2, 1.0, 1},  {2, 2, 1.5, 1},  {2, 2, 2.0, 1}, /* one CPU taken */
+        {2, 2, 9.0, 1},  {2, 2, -0.2, 2}, {2, 2, NAN, 2},  /* at least one; nonsense reads as idle */
+        {8, 8, 2.2, 6},  {8, 8, 2.5, 5},  {8, 4, 1.0, 4},  /* never more than the most allowed */
+        {1, 1, 0.9, 1},  {16, 16, 15.5, 1}, {4, 0, 0.0, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int got = cpu_threads_for_load(cases[i].cpus, cases[i].max, cases[i].busy);
+        CHECK(got == cases[i].want, "cpu_threads_for_load(%d, %d, %g) = %d, expected %d", cases[i].cpus, cases[i].max,
+              cases[i].busy, got, cases[i].want);
+    }
+}
+
+enum { COVER_N = 1003 };
+static _Atomic int cover_count[COVER_N];
+static _Atomic int cover_bad_slot, cover_bad_range;
+
+static void cover_body(void *ctx, int64_t begin, int64_t end, int slot) {
+    const int64_t grain = *(const int64_t *)ctx;
+    if (slot < 0 || slot >= cpu_pool_slots()) atomic_fetch_add(&cover_bad_slot, 1);
+    if (begin < 0 || end > COVER_N || begin >= end || (grain > 0 && begin % grain != 0))
+        atomic_fetch_add(&cover_bad_range, 1);
+    for (int64_t i = begin; i < end; i++) atomic_fetch_add(&cover_count[i], 1);
+}
+
+/* A loop body that starts another loop: the inner one runs serially in its caller. */
+static void nested_body(void *ctx, int64_t begin, int64_t end, int slot) {
+    (void)slot;
+    for (int64_t i = begin; i < end; i++) {
+        int64_t grain = 1;
+        (void)ctx;
+        cpu_parallel_for(1, 1, true, cover_body, &grain); /* counts index 0 once per outer index */
+        atomic_fetch_add(&cover_count[i], 1);
+    }
+}
+
+/* Every index is handled exactly once, in pieces of the grain, by a valid thread slot,
+ * whatever the thread count, serial or not, and with nested loops. */
+static void test_parallel_for_covers(void) {
+    static const int counts[] = {1, 2, 3, 5, 0};
+    for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++) {
+        cpu_pool_set_threads(counts[c]);
+        for (int round = 0; round < 20; round++) {
+            int64_t grain = round % 5 + 1;
+            bool parallel = round != 7;
+            for (int i = 0; i < COVER_N; i++) atomic_store(&cover_count[i], 0);
+            if (round == 9) grain = 0; /* taken as 1 */
+            cpu_parallel_for(COVER_N, grain, parallel, cover_body, &grain);
+            int bad = 0;
+            for (int i = 0; i < COVER_N; i++) bad += atomic_load(&cover_count[i]) != 1;
+            CHECK(bad == 0, "threads %d, grain %lld: %d indices not covered exactly once", counts[c], (long long)grain,
+                  bad);
+        }
+        for (int i = 0; i < COVER_N; i++) atomic_store(&cover_count[i], 0);
+        cpu_parallel_for(100, 1, true, nested_body, NULL);
+        int bad = atomic_load(&cover_count[0]) != 101;
+        for (int i = 1; i < 100; i++) bad += atomic_load(&cover_count[i]) != 1;
+        CHECK(bad == 0, "threads %d: nested loops: %d indices wrong", counts[c], bad);
+    }
+    CHECK(atomic_load(&cover_bad_slot) == 0, "%d loop bodies got a slot outside [0, slots)", atomic_load(&cover_bad_slot));
+    CHECK(atomic_load(&cover_bad_range) == 0, "%d loop bodies got a range not on the grain",
+          atomic_load(&cover_bad_range));
+    int64_t zero = 0;
+    cpu_parallel_for(0, 1, true, cover_body, &zero); /* nothing to do: no call */
+    cpu_parallel_for(-5, 1, true, cover_body, &zero);
+}
+
+/* Outputs of every parallel op, for comparing thread counts bit for bit. */
+typedef struct OpOutputs {
+    float *fp16, *int8, *ln, *add, *relu, *gelu, *att;
+    double *nll;
+} OpOutputs;
+
+enum { TI_T = 70, TI_K = 200, TI_N = 300, TI_LN = 1024, TI_EL = 100000, TI_HEADS = 4, TI_HD = 32, TI_PAST = 10,
+       TI_ROWS = 8, TI_VOCAB = 5000 };
+
+static void run_parallel_ops(Backend *b, const float *x, const void *w, const float *bias, const float *big,
+                             const float *kv, const int32_t *targets, OpOutputs *o) {
+    Error err = {{0}};
+    HostMatrix hm = {.dtype = DT_F16, .rows = TI_N, .cols = TI_K, .data = w};
+    QuantConfig fp16 = {.mode = QUANT_FP16};
+    QuantConfig q8 = {.mode = QUANT_LLM_INT8, .threshold = 2.5f, .outliers = OUTLIERS_PER_CALL};
+    BkLinear *l = b->linear_create(b, &hm, bias, &fp16, &err);
+    CHECK(l != NULL, "linear_create: %s", err.msg);
+    if (l) b->linear(b, l, x, TI_T, o->fp16), b->linear_free(b, l);
+    l = b->linear_create(b, &hm, bias, &q8, &err);
+    CHECK(l != NULL, "linear_create(int8): %s", err.msg);
+    if (l) b->linear(b, l, x, TI_T, o->int8), b->linear_free(b, l);
+    CHECK(b->sync(b, &err) == 0, "sync: %s", err.msg);
+    b->layernorm(b, big, big + TI_LN, big + 2 * TI_LN, 1e-5f, TI_EL / TI_LN, TI_LN, o->ln);
+    memcpy(o->add, big, TI_EL * sizeof(float));
+    b->add(b, o->add, big + 1, TI_EL);
+    memcpy(o->relu, big, TI_EL * sizeof(float));
+    b->relu(b, o->relu, TI_EL);
+    memcpy(o->gelu, big, TI_EL * sizeof(float));
+    b->gelu_tanh(b, o->gelu, TI_EL);
+    const int stride = TI_HEADS * TI_HD, len = TI_PAST + TI_T;
+    AttentionArgs a = {.q = kv, .k = kv + (size_t)TI_T * stride, .v = kv + (size_t)(TI_T + len) * stride,
+                       .out = o->att, .T = TI_T, .n_past = TI_PAST, .heads = TI_HEADS, .head_dim = TI_HD,
+                       .scale = 0.2f};
+    b->attention(b, &a);
+    b->token_nll(b, big, TI_ROWS, TI_VOCAB, targets, o->nll);
+}
+
+static void op_outputs_alloc(OpOutputs *o) {
+    o->fp16 = malloc(TI_T * TI_N * sizeof(float)), o->int8 = malloc(TI_T * TI_N * sizeof(float));
+    o->ln = malloc(TI_EL * sizeof(float)), o->add = malloc(TI_EL * sizeof(float));
+    o->relu = malloc(TI_EL * sizeof(float)), o->gelu = malloc(TI_EL * sizeof(float));
+    o->att = malloc((size_t)TI_T * TI_HEADS * TI_HD * sizeof(float)), o->nll = malloc(TI_ROWS * sizeof(double));
+}
+
+static void op_outputs_free(OpOutputs *o) {
+    free(o->fp16), free(o->int8), free(o->ln), free(o->add), free(o->relu), free(o->gelu), free(o->att), free(o->nll);
+}
+
+/* Every parallel op gives the same bits with 1, 2, 3 or 4 threads and with the adaptive
+ * default at either load, the int8 projection with outlier columns included. */
+static void test_thread_count_invariance(void) {
+    float *x = rand_floats(TI_T * TI_K, 1.0f, 0.0f), *bias = rand_floats(TI_N, 1.0f, 0.0f);
+    for (int t = 0; t < TI_T; t += 3) x[t * TI_K + (t * 7) % TI_K] = 9.0f; /* outlier columns */
+    void *w = rand_weights(DT_F16, (size_t)TI_N * TI_K);
+    float *big = rand_floats(TI_EL + 2, 3.0f, 0.5f);
+    const int stride = TI_HEADS * TI_HD, len = TI_PAST + TI_T;
+    float *kv = rand_floats((size_t)(TI_T + 2 * len) * stride, 1.0f, 0.0f);
+    int32_t targets[TI_ROWS];
+    for (int r = 0; r < TI_ROWS; r++) targets[r] = r == 3 ? -1 : (r * 613) % TI_VOCAB;
+    OpOutputs ref, got;
+    op_outputs_alloc(&ref), op_outputs_alloc(&got);
+    Error err = {{0}};
+    Backend *one = cpu_backend_create(1, &err);
+    CHECK(one != NULL, "cpu_backend_create(1): %s", err.msg);
+    if (!one) goto done;
+    run_parallel_ops(one, x, w, bias, big, kv, targets, &ref);
+    one->destroy(one);
+    static const struct { int threads; double load; } runs[] = {{2, -1}, {3, -1}, {4, -1}, {0, 0.0}, {0, 64.0}};
+    for (size_t r = 0; r < sizeof runs / sizeof runs[0]; r++) {
+        cpu_pool_assume_load(runs[r].load);
+        Backend *b = cpu_backend_create(runs[r].threads, &err);
+        CHECK(b != NULL, "cpu_backend_create(%d): %s", runs[r].threads, err.msg);
+        if (!b) continue;
+        run_parallel_ops(b, x, w, bias, big, kv, targets, &got);
+        const char *what = NULL;
+        if (memcmp(got.fp16, ref.fp16, TI_T * TI_N * sizeof(float))) what = "fp16 linear";
+        else if (memcmp(got.int8, ref.int8, TI_T * TI_N * sizeof(float))) what = "int8 linear";
+        else if (memcmp(got.ln, ref.ln, TI_EL / TI_LN * TI_LN * sizeof(float))) what = "layernorm";
+        else if (memcmp(got.add, ref.add, TI_EL * sizeof(float))) what = "add";
+        else if (memcmp(got.relu, ref.relu, TI_EL * sizeof(float))) what = "relu";
+        else if (memcmp(got.gelu, ref.gelu, TI_EL * sizeof(float))) what = "gelu";
+        else if (memcmp(got.att, ref.att, (size_t)TI_T * stride * sizeof(float))) what = "attention";
+        else if (memcmp(got.nll, ref.nll, TI_ROWS * sizeof(double))) what = "token_nll";
+        CHECK(what == NULL, "%s differs between 1 thread and %d (adaptive load %g, %d in use)", what ? what : "",
+              runs[r].threads, runs[r].load, cpu_pool_threads_in_use());
+        b->destroy(b);
+    }
+    cpu_pool_assume_load(-1.0);
+done:
+    op_outputs_free(&ref), op_outputs_free(&got);
+    free(x), free(bias), free(w), free(big), free(kv);
+}
+
+/* The default thread count follows the load: all CPUs when idle, fewer when others keep
+ * CPUs busy, and --threads N means N whatever the load. */
+static void test_adaptive_default(void) {
+    Error err = {{0}};
+    Backend *b = cpu_backend_create(0, &err);
+    CHECK(b != NULL, "cpu_backend_create(0): %s", err.msg);
+    if (!b) return;
+    const int cpus = cpu_pool_cpus();
+    CHECK(cpu_pool_adaptive() && cpu_pool_threads() == cpus, "default: adaptive over %d CPUs, got %d threads",
+          cpus, cpu_pool_threads());
+    const char *d = b->describe(b);
+    CHECK(d && strncmp(d, "cpu: up to ", 11) == 0, "describe (adaptive): '%s'", d ? d : "(null)");
+    cpu_pool_assume_load(0.0);
+    CHECK(cpu_pool_threads_in_use() == cpus, "idle: %d threads in use, expected %d", cpu_pool_threads_in_use(), cpus);
+    cpu_pool_assume_load(1.0);
+    int want = cpus > 1 ? cpus - 1 : 1;
+    CHECK(cpu_pool_threads_in_use() == want, "one CPU busy: %d threads in use, expected %d",
+          cpu_pool_threads_in_use(), want);
+    cpu_pool_assume_load((double)cpus);
+    CHECK(cpu_pool_threads_in_use() == 1, "all CPUs busy: %d threads in use", cpu_pool_threads_in_use());
+    /* measured from /proc/stat again: whatever the machine's load, between 1 and all */
+    cpu_pool_assume_load(-1.0);
+    int64_t grain = 1;
+    for (int i = 0; i < COVER_N; i++) atomic_store(&cover_count[i], 0);
+    cpu_parallel_for(COVER_N, grain, true, cover_body, &grain);
+    int in_use = cpu_pool_threads_in_use();
+    CHECK(in_use >= 1 && in_use <= cpus, "measured: %d threads in use of %d CPUs", in_use, cpus);
+    b->destroy(b);
+    /* an explicit count is not adapted */
+    cpu_pool_assume_load((double)cpus);
+    b = cpu_backend_create(3, &err);
+    CHECK(b && !cpu_pool_adaptive() && cpu_pool_threads_in_use() == 3, "--threads 3 under load: %d in use",
+          cpu_pool_threads_in_use());
+    cpu_pool_assume_load(-1.0);
+    if (b) b->destroy(b);
+}
+
 /* ---- driver ------------------------------------------------------------------------------- */
 
 static int run_all(const char *name) {
@@ -582,6 +786,10 @@ static int run_all(const char *name) {
     test_store_f16();
     test_attention();
     bk->destroy(bk);
+    test_threads_for_load();
+    test_parallel_for_covers();
+    test_thread_count_invariance();
+    test_adaptive_default();
     return test_finish(name);
 }
 

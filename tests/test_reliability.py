@@ -34,7 +34,7 @@ FIX = "tests/data/fixtures"
 # Checks that need the model loader to call dtype_first_beyond_f16 and config.c /
 # checkpoint.c to parse through json_parse (another branch): skipped until that is merged.
 LOADER_CHECKS_VALUES = False
-CONFIG_AND_INDEX_USE_JSON_PARSE = False
+CONFIG_AND_INDEX_USE_JSON_PARSE = True
 
 
 def skip(name, why):

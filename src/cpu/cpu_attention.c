@@ -22,6 +22,7 @@
 
 #include "cpu_avx2.h"
 #include "cpu_internal.h"
+#include "cpu_pool.h"
 #include "dtype.h"
 
 enum { ATT_CHUNK = 256 };
@@ -245,42 +246,63 @@ static void widen_rows(const void *cache, bool f16, int64_t offset, int64_t stri
 enum { ATT_QUERIES = 64 };
 
 /* Units of work are (head, block of up to ATT_QUERIES new tokens), the blocks with the most
- * keys first. Each thread holds one float copy of a head's keys (rows 0..len-1) and values;
- * the copy also puts a head's rows side by side, which the cache does not: there they are
- * heads*head_dim apart, a power of two for most models, so all fall into the same few cache
- * sets. Returns -1 when that copy cannot be allocated. */
+ * keys first. Each thread slot holds one float copy of a head's keys (rows 0..len-1) and
+ * values; the copy also puts a head's rows side by side, which the cache does not: there
+ * they are heads*head_dim apart, a power of two for most models, so all fall into the same
+ * few cache sets. */
+typedef struct AttentionJob {
+    const AttentionArgs *a;
+    int nblocks;
+    bool simd;
+    float **kv;      /* per thread slot, made on first use */
+    int *failed;     /* per thread slot: its copy could not be allocated */
+} AttentionJob;
+
+static void attention_units(void *ctx, int64_t i0, int64_t i1, int slot) {
+    const AttentionJob *j = ctx;
+    const AttentionArgs *a = j->a;
+    const int hd = a->head_dim, len = a->n_past + a->T, nblocks = j->nblocks;
+    const int64_t stride = (int64_t)a->heads * hd;
+    if (!j->kv[slot]) j->kv[slot] = malloc((size_t)len * (size_t)hd * 2 * sizeof(float));
+    float *kv = j->kv[slot];
+    if (!kv) {
+        j->failed[slot] = 1;
+        return;
+    }
+    for (int64_t i = i0; i < i1; i++) {
+        const int h = (int)(i % a->heads), blk = nblocks - 1 - (int)(i / a->heads);
+        const int t0 = blk * ATT_QUERIES, t1 = t0 + ATT_QUERIES < a->T ? t0 + ATT_QUERIES : a->T;
+        const int n = a->n_past + t1; /* the keys the block's last query sees */
+        float *kc = kv, *vc = kv + (size_t)len * hd;
+        widen_rows(a->k, a->kv_f16, (int64_t)h * hd, stride, n, hd, kc, j->simd);
+        widen_rows(a->v, a->kv_f16, (int64_t)h * hd, stride, n, hd, vc, j->simd);
+        HeadView hv = {.k = kc, .v = vc, .stride = hd, .hd = hd, .scale = a->scale,
+                       .slope = a->alibi ? a->alibi[h] : 0.0f};
+        for (int t = t0; t < t1; t++) {
+            hv.q = a->q + t * stride + (int64_t)h * hd;
+            hv.out = a->out + t * stride + (int64_t)h * hd;
+            attend_one(&hv, a->n_past + t + 1, j->simd);
+        }
+    }
+}
+
+/* Returns -1 when a thread's copy cannot be allocated. */
 int cpu_attention(const AttentionArgs *a) {
     if (a->T <= 0 || a->heads <= 0 || a->head_dim <= 0 || a->n_past < 0) return 0;
-    const bool simd = cpu_has_avx2();
-    const int hd = a->head_dim, len = a->n_past + a->T;
-    const int64_t stride = (int64_t)a->heads * hd;
+    const int len = a->n_past + a->T;
+    const int64_t stride = (int64_t)a->heads * a->head_dim;
     const int nblocks = (a->T + ATT_QUERIES - 1) / ATT_QUERIES, items = a->heads * nblocks;
     const bool par = items > 1 && (int64_t)a->T * len * stride >= CPU_PAR_MIN;
-    int failed = 0;
-
-#pragma omp parallel if (par) reduction(| : failed)
-    {
-        float *kv = malloc((size_t)len * (size_t)hd * 2 * sizeof(float));
-        if (!kv) failed = 1;
-#pragma omp for schedule(dynamic, 1)
-        for (int i = 0; i < items; i++) {
-            if (!kv) continue;
-            const int h = i % a->heads, blk = nblocks - 1 - i / a->heads;
-            const int t0 = blk * ATT_QUERIES, t1 = t0 + ATT_QUERIES < a->T ? t0 + ATT_QUERIES : a->T;
-            const int n = a->n_past + t1; /* the keys the block's last query sees */
-            float *kc = kv, *vc = kv + (size_t)len * hd;
-            widen_rows(a->k, a->kv_f16, (int64_t)h * hd, stride, n, hd, kc, simd);
-            widen_rows(a->v, a->kv_f16, (int64_t)h * hd, stride, n, hd, vc, simd);
-            HeadView hv = {.k = kc, .v = vc, .stride = hd, .hd = hd, .scale = a->scale,
-                           .slope = a->alibi ? a->alibi[h] : 0.0f};
-            for (int t = t0; t < t1; t++) {
-                hv.q = a->q + t * stride + (int64_t)h * hd;
-                hv.out = a->out + t * stride + (int64_t)h * hd;
-                attend_one(&hv, a->n_past + t + 1, simd);
-            }
-        }
-        free(kv);
+    const int slots = cpu_pool_slots();
+    AttentionJob j = {.a = a, .nblocks = nblocks, .simd = cpu_has_avx2(),
+                      .kv = calloc((size_t)slots, sizeof(float *)), .failed = calloc((size_t)slots, sizeof(int))};
+    int failed = !j.kv || !j.failed;
+    if (!failed) cpu_parallel_for(items, 1, par, attention_units, &j);
+    for (int s = 0; s < slots; s++) {
+        if (j.kv) free(j.kv[s]);
+        if (j.failed && j.failed[s]) failed = 1;
     }
+    free(j.kv), free(j.failed);
     return failed ? -1 : 0;
 }
 

@@ -16,7 +16,8 @@
  * projections can fail (their scratch area may fail to grow); after a failure, projections
  * do nothing until the next sync.
  *
- * Threads: OpenMP, the count set once in cpu_backend_create(). Small ops run serially
+ * Threads: cpu_pool.c's loops, the count set in cpu_backend_create() (threads <= 0: the
+ * adaptive default, which follows the load of other processes). Small ops run serially
  * (CPU_PAR_MIN). */
 #include <math.h>
 #include <stdio.h>
@@ -24,15 +25,14 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include <omp.h>
-
 #include "cpu_avx2.h"
 #include "cpu_internal.h"
+#include "cpu_pool.h"
 #include "logits.h"
 
 typedef struct CpuBackend {
     Backend base;            /* first member: a Backend * is a CpuBackend * */
-    int threads;
+    int threads;             /* as set: > 0 exactly that many, else adaptive (cpu_pool.h) */
     CpuInt8Scratch int8;     /* per-call intermediates of int8 projections */
     bool failed;             /* the sticky status: set by the first failure since the last sync */
     Error error;             /* ... and what it was */
@@ -143,9 +143,15 @@ static int cpu_sync(Backend *bk, Error *err) {
 
 static const char *cpu_describe(Backend *bk) {
     CpuBackend *cb = cpu_of(bk);
-    snprintf(cb->description, sizeof cb->description, "cpu: %d thread%s; int8 matmul: %s; fp16 matmul: %s",
-             cb->threads, cb->threads == 1 ? "" : "s", cpu_int8_kernel(),
-             cpu_has_avx2() ? "avx2+fma+f16c" : "portable C");
+    char threads[96];
+    const int n = cpu_pool_threads();
+    if (cpu_pool_adaptive())
+        snprintf(threads, sizeof threads, "up to %d thread%s (fewer while other processes keep CPUs busy; %d now)",
+                 n, n == 1 ? "" : "s", cpu_pool_threads_in_use());
+    else
+        snprintf(threads, sizeof threads, "%d thread%s", n, n == 1 ? "" : "s");
+    snprintf(cb->description, sizeof cb->description, "cpu: %s; int8 matmul: %s; fp16 matmul: %s", threads,
+             cpu_int8_kernel(), cpu_has_avx2() ? "avx2+fma+f16c" : "portable C");
     return cb->description;
 }
 
@@ -334,12 +340,20 @@ static void cpu_embed(Backend *bk, const BkMatrix *m, const int32_t *ids, int T,
  * sums each, to keep the adds from waiting on one another), which gives the float32 result
  * of the exact statistics whatever the row length; y may alias x because each element is
  * read before it is written. */
-static void cpu_layernorm(Backend *bk, const float *x, const float *w, const float *b, float eps, int T,
-                          int dim, float *y) {
-    (void)bk;
-    if (dim <= 0) return;
-#pragma omp parallel for schedule(static) if ((int64_t)T * dim >= CPU_PAR_MIN)
-    for (int t = 0; t < T; t++) {
+typedef struct LayerNormJob {
+    const float *x, *w, *b;
+    float eps;
+    int dim;
+    float *y;
+} LayerNormJob;
+
+static void layernorm_rows(void *ctx, int64_t t0, int64_t t1, int slot) {
+    const LayerNormJob *j = ctx;
+    const float *x = j->x, *w = j->w, *b = j->b;
+    const int dim = j->dim;
+    float *y = j->y;
+    (void)slot;
+    for (int64_t t = t0; t < t1; t++) {
         const float *xr = x + (int64_t)t * dim;
         float *yr = y + (int64_t)t * dim;
         double s[4] = {0}, ss[4] = {0};
@@ -353,7 +367,7 @@ static void cpu_layernorm(Backend *bk, const float *x, const float *w, const flo
         for (; i < dim; i++) ss[0] += (xr[i] - mean) * (xr[i] - mean);
         double var = ((ss[0] + ss[1]) + (ss[2] + ss[3])) / dim;
         float meanf = (float)mean;
-        float rstd = (float)(1.0 / sqrt(var + (double)eps));
+        float rstd = (float)(1.0 / sqrt(var + (double)j->eps));
         for (i = 0; i < dim; i++) {
             float v = (xr[i] - meanf) * rstd;
             if (w) v *= w[i];
@@ -363,16 +377,45 @@ static void cpu_layernorm(Backend *bk, const float *x, const float *w, const flo
     }
 }
 
+static void cpu_layernorm(Backend *bk, const float *x, const float *w, const float *b, float eps, int T,
+                          int dim, float *y) {
+    (void)bk;
+    if (dim <= 0) return;
+    LayerNormJob j = {.x = x, .w = w, .b = b, .eps = eps, .dim = dim, .y = y};
+    const int64_t grain = CPU_PAR_MIN / 2 / dim + 1; /* rows per piece */
+    cpu_parallel_for(T, grain, (int64_t)T * dim >= CPU_PAR_MIN, layernorm_rows, &j);
+}
+
+/* Elementwise ops go in pieces of this many elements. */
+enum { ELEMENTS_PER_PIECE = CPU_PAR_MIN / 2 };
+
+typedef struct ElementwiseJob {
+    float *y;
+    const float *x;
+} ElementwiseJob;
+
+static void add_range(void *ctx, int64_t i0, int64_t i1, int slot) {
+    const ElementwiseJob *j = ctx;
+    (void)slot;
+    for (int64_t i = i0; i < i1; i++) j->y[i] += j->x[i];
+}
+
 static void cpu_add(Backend *bk, float *y, const float *x, size_t n) {
     (void)bk;
-#pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
-    for (size_t i = 0; i < n; i++) y[i] += x[i];
+    ElementwiseJob j = {.y = y, .x = x};
+    cpu_parallel_for((int64_t)n, ELEMENTS_PER_PIECE, n >= CPU_PAR_MIN, add_range, &j);
+}
+
+static void relu_range(void *ctx, int64_t i0, int64_t i1, int slot) {
+    float *x = ((const ElementwiseJob *)ctx)->y;
+    (void)slot;
+    for (int64_t i = i0; i < i1; i++) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
 }
 
 static void cpu_relu(Backend *bk, float *x, size_t n) {
     (void)bk;
-#pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN)
-    for (size_t i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    ElementwiseJob j = {.y = x};
+    cpu_parallel_for((int64_t)n, ELEMENTS_PER_PIECE, n >= CPU_PAR_MIN, relu_range, &j);
 }
 
 /* GELU, tanh approximation (BLOOM): 0.5 x (1 + tanh(u)), u = 0.79788456 x (1 + 0.044715 x^2)
@@ -399,24 +442,30 @@ TARGET_AVX2 static void gelu_avx2(float *x, size_t n) {
 }
 #endif
 
-static void cpu_gelu_tanh(Backend *bk, float *x, size_t n) {
-    (void)bk;
-    enum { BLOCK = 4096 };
-    const bool simd = cpu_has_avx2();
-    const size_t nblocks = (n + BLOCK - 1) / BLOCK;
-#pragma omp parallel for schedule(static) if (n >= CPU_PAR_MIN / 8)
-    for (size_t blk = 0; blk < nblocks; blk++) {
-        float *p = x + blk * BLOCK;
-        size_t len = n - blk * BLOCK < BLOCK ? n - blk * BLOCK : BLOCK;
+/* GELU goes in pieces of 4096 values (the same pieces, so the same SIMD/scalar split of
+ * each, whatever the thread count). */
+enum { GELU_PIECE = 4096 };
+
+static void gelu_range(void *ctx, int64_t i0, int64_t i1, int slot) {
+    float *x = ((const ElementwiseJob *)ctx)->y;
+    (void)slot;
+    for (int64_t blk = i0; blk < i1; blk += GELU_PIECE) {
+        float *p = x + blk;
+        size_t len = (size_t)(i1 - blk < GELU_PIECE ? i1 - blk : GELU_PIECE);
 #if HAVE_X86
-        if (simd) {
+        if (cpu_has_avx2()) {
             gelu_avx2(p, len);
             continue;
         }
 #endif
         for (size_t i = 0; i < len; i++) p[i] = gelu1(p[i]);
     }
-    (void)simd;
+}
+
+static void cpu_gelu_tanh(Backend *bk, float *x, size_t n) {
+    (void)bk;
+    ElementwiseJob j = {.y = x};
+    cpu_parallel_for((int64_t)n, GELU_PIECE, n >= CPU_PAR_MIN / 8, gelu_range, &j);
 }
 
 /* BLOOM's fused QKV output is [T][heads][3][head_dim]: per head, its q, then k, then v. */
@@ -455,12 +504,25 @@ static size_t cpu_device_memory_in_use(Backend *bk) {
 
 /* ---- reading out the logits (the math is in logits.c) ---------------------------------------- */
 
+typedef struct NllJob {
+    const float *x;
+    int n;
+    const int32_t *targets;
+    double *nll;
+} NllJob;
+
+static void nll_rows(void *ctx, int64_t r0, int64_t r1, int slot) {
+    const NllJob *j = ctx;
+    (void)slot;
+    for (int64_t r = r0; r < r1; r++)
+        j->nll[r] = j->targets[r] < 0 ? NAN : logits_nll(j->x + (size_t)r * (size_t)j->n, j->n, j->targets[r]);
+}
+
 static void cpu_token_nll(Backend *bk, const float *x, int rows, int n, const int32_t *targets, double *nll) {
     (void)bk;
     /* Each row is a pass over the vocabulary, independent of the others. */
-#pragma omp parallel for schedule(static) if (rows > 1 && (int64_t)rows * n >= CPU_PAR_MIN)
-    for (int r = 0; r < rows; r++)
-        nll[r] = targets[r] < 0 ? NAN : logits_nll(x + (size_t)r * (size_t)n, n, targets[r]);
+    NllJob j = {.x = x, .n = n, .targets = targets, .nll = nll};
+    cpu_parallel_for(rows, 1, rows > 1 && (int64_t)rows * n >= CPU_PAR_MIN, nll_rows, &j);
 }
 
 static int32_t cpu_argmax(Backend *bk, const float *x, int n) {
@@ -490,8 +552,8 @@ Backend *cpu_backend_create(int threads, Error *err) {
         err_set(err, "out of memory creating the CPU backend");
         return NULL;
     }
-    cb->threads = threads > 0 ? threads : omp_get_num_procs();
-    omp_set_num_threads(cb->threads);
+    cb->threads = threads > 0 ? threads : 0;
+    cpu_pool_set_threads(cb->threads);
     cb->base = (Backend){
         .name = "cpu",
         .host_memory = true,

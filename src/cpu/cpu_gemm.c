@@ -36,9 +36,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <omp.h>
-
 #include "cpu_internal.h"
+#include "cpu_pool.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -234,6 +233,22 @@ TARGET_AVX2 static void rows_avx2(const Gemm *g, int64_t n_begin, int64_t n_end)
 
 /* ---- entry point ----------------------------------------------------------------------- */
 
+/* Weight-row blocks [b0, b1) (cpu_pool.h's loop body). */
+static void gemm_blocks(void *ctx, int64_t b0, int64_t b1, int slot) {
+    const Gemm *g = ctx;
+    (void)slot;
+    for (int64_t b = b0; b < b1; b++) {
+        int64_t n_begin = b * BLOCK_ROWS, n_end = n_begin + BLOCK_ROWS < g->N ? n_begin + BLOCK_ROWS : g->N;
+#if HAVE_X86
+        if (cpu_has_avx2()) {
+            rows_avx2(g, n_begin, n_end);
+            continue;
+        }
+#endif
+        rows_portable(g, n_begin, n_end);
+    }
+}
+
 void cpu_gemm_float(const float *x, int64_t T, int64_t K, DType wdt, const void *w, int64_t N,
                     const float *bias, float *y) {
     if (T <= 0 || N <= 0) return;
@@ -244,23 +259,10 @@ void cpu_gemm_float(const float *x, int64_t T, int64_t K, DType wdt, const void 
     }
     Gemm g = {.x = x, .w = w, .bias = bias, .y = y, .T = T, .K = K, .N = N,
               .dt = wdt == DT_F16 || wdt == DT_BF16 ? wdt : DT_F32};
-    const bool simd = cpu_has_avx2();
     /* Threads only pay off past a few hundred thousand multiply-adds. */
     const bool par = (double)T * (double)K * (double)N >= 1 << 17;
-    /* Dynamic scheduling: a thread slowed down by something else on its core does not hold
-     * the others up. */
+    /* One block per piece, handed out as threads come free: a thread slowed down by
+     * something else on its core does not hold the others up. */
     const int64_t nblocks = (N + BLOCK_ROWS - 1) / BLOCK_ROWS;
-#pragma omp parallel for schedule(dynamic, 1) if (par)
-    for (int64_t b = 0; b < nblocks; b++) {
-        int64_t n_begin = b * BLOCK_ROWS, n_end = n_begin + BLOCK_ROWS < N ? n_begin + BLOCK_ROWS : N;
-#if HAVE_X86
-        if (simd) {
-            rows_avx2(&g, n_begin, n_end);
-            continue;
-        }
-#else
-        (void)simd;
-#endif
-        rows_portable(&g, n_begin, n_end);
-    }
+    cpu_parallel_for(nblocks, 1, par, gemm_blocks, &g);
 }

@@ -12,8 +12,8 @@
  *                 bias, and the 16-bit product of the outlier entries with the
  *                 dequantized weight columns, written straight into y
  *
- * Steps 3 and 4 run together per block of weight rows, the blocks split over OpenMP
- * threads: the int32 results never travel through memory, and the few outlier columns
+ * Steps 3 and 4 run together per block of weight rows, the blocks handed out to the
+ * threads (cpu_pool.h) as they come free: the int32 results never travel through memory, and the few outlier columns
  * of a weight row are read while that row is still in cache, so the decomposition costs
  * little when there are few outlier columns. The per-call arrays (codes, statistics, the
  * 16-bit side) live in a scratch area the caller keeps between calls (CpuInt8Scratch), so a
@@ -25,14 +25,14 @@
  * and scales are exactly bnb's CB and SCB, whether quantized here or read from an int8
  * checkpoint. */
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cpu_internal.h"
+#include "cpu_pool.h"
 
 enum {
-    BLOCK_ROWS = 64,  /* weight rows per OpenMP work item: 64 x Kp bytes stay in L2 while
+    BLOCK_ROWS = 64,  /* weight rows per piece of work: 64 x Kp bytes stay in L2 while
                        * every token tile of a chunk passes over them */
     CHUNK_T = 64,     /* tokens per chunk: their codes (2 x 64 x Kp bytes) stay in L2 while
                        * every weight block passes over them */
@@ -142,6 +142,21 @@ static float weight_value(const HostMatrix *w, int64_t n, int64_t k) {
     return round_to_f16(dtype_load_f32(w->dtype, w->data, i));
 }
 
+typedef struct WeightRowsJob {
+    CpuInt8Linear *l;
+    const HostMatrix *w;
+} WeightRowsJob;
+
+/* Rows [n0, n1) of a 16-bit weight, quantized row-wise (W_ABSMAX_ROW). */
+static void quantize_weight_rows(void *ctx, int64_t n0, int64_t n1, int slot) {
+    const WeightRowsJob *j = ctx;
+    const size_t row_bytes = (size_t)j->l->K * dtype_size(j->w->dtype);
+    (void)slot;
+    for (int64_t n = n0; n < n1; n++)
+        quant_weight_rowwise(j->w->dtype, (const char *)j->w->data + (size_t)n * row_bytes, 1, j->l->K,
+                             j->l->w + n * j->l->Kp, &j->l->scb[n]);
+}
+
 static void quantize_weights(CpuInt8Linear *l, const HostMatrix *w) {
     const int64_t N = l->N, K = l->K, Kp = l->Kp;
     switch (l->wq) {
@@ -150,11 +165,8 @@ static void quantize_weights(CpuInt8Linear *l, const HostMatrix *w) {
             for (int64_t n = 0; n < N; n++) memcpy(l->w + n * Kp, (const int8_t *)w->data + n * K, (size_t)K);
             memcpy(l->scb, w->scb, (size_t)N * sizeof(float));
         } else {
-            size_t row_bytes = (size_t)K * dtype_size(w->dtype);
-#pragma omp parallel for schedule(static) if (N * K >= (1 << 20))
-            for (int64_t n = 0; n < N; n++)
-                quant_weight_rowwise(w->dtype, (const char *)w->data + (size_t)n * row_bytes, 1, K,
-                                     l->w + n * Kp, &l->scb[n]);
+            WeightRowsJob j = {.l = l, .w = w};
+            cpu_parallel_for(N, 16, N * K >= (1 << 20), quantize_weight_rows, &j);
         }
         break;
     case W_ABSMAX_TENSOR: {
@@ -378,14 +390,22 @@ __attribute__((target("avx2"))) static void quantize_rows_avx2(const Call *c, in
     quantize_rows_body(c, t0, t1, codes);
 }
 
+typedef struct QuantizeRowsJob {
+    const Call *c;
+    bool codes;
+} QuantizeRowsJob;
+
+static void quantize_row_range(void *ctx, int64_t t0, int64_t t1, int slot) {
+    const QuantizeRowsJob *j = ctx;
+    (void)slot;
+    if (j->c->kern->avx2) quantize_rows_avx2(j->c, t0, t1, j->codes);
+    else quantize_rows_portable(j->c, t0, t1, j->codes);
+}
+
 static void quantize_rows(const Call *c, bool codes) {
-    const bool simd = c->kern->avx2;
-    const int64_t T = c->T;
-#pragma omp parallel for schedule(static) if (T * c->l->K >= (1 << 16))
-    for (int64_t t = 0; t < T; t++) {
-        if (simd) quantize_rows_avx2(c, t, t + 1, codes);
-        else quantize_rows_portable(c, t, t + 1, codes);
-    }
+    QuantizeRowsJob j = {.c = c, .codes = codes};
+    const int64_t rows_per_piece = (1 << 14) / c->l->K + 1;
+    cpu_parallel_for(c->T, rows_per_piece, c->T * c->l->K >= (1 << 16), quantize_row_range, &j);
 }
 
 /* flag[k] = 1 if some row has |x[t,k]| >= tau (branch-free, so that it vectorizes). */
@@ -568,27 +588,39 @@ static void run_block(const Call *c, int64_t t0, int64_t t1, int64_t n0, int64_t
  * followed by their codes (bytes). */
 static size_t block_scratch_bytes(int64_t n_out) { return (size_t)n_out * BLOCK_ROWS * (sizeof(float) + 1); }
 
+typedef struct GemmJob {
+    const Call *c;
+    float *y;
+    int32_t *acc32;
+    unsigned char *block_scratch; /* one block_scratch_bytes(n_out) per thread slot, or NULL */
+    int64_t n_blocks;
+} GemmJob;
+
+/* Pieces [i0, i1): piece i is token chunk i / n_blocks times weight block i % n_blocks. */
+static void gemm_pieces(void *ctx, int64_t i0, int64_t i1, int slot) {
+    const GemmJob *j = ctx;
+    const Call *c = j->c;
+    const CpuInt8Linear *l = c->l;
+    unsigned char *mine = j->block_scratch ? j->block_scratch + (size_t)slot * block_scratch_bytes(c->n_out) : NULL;
+    float *woT = (float *)(void *)mine;
+    int8_t *gq = mine ? (int8_t *)(mine + (size_t)c->n_out * BLOCK_ROWS * sizeof(float)) : NULL;
+    for (int64_t i = i0; i < i1; i++) {
+        const int64_t t0 = i / j->n_blocks * CHUNK_T, t1 = t0 + CHUNK_T < c->T ? t0 + CHUNK_T : c->T;
+        const int64_t n0 = i % j->n_blocks * BLOCK_ROWS, n1 = n0 + BLOCK_ROWS < l->Np ? n0 + BLOCK_ROWS : l->Np;
+        run_block(c, t0, t1, n0, n1, gq, woT, j->y, j->acc32);
+    }
+}
+
 static void gemm_and_epilogue(const Call *c, float *y, int32_t *acc32, unsigned char *block_scratch) {
     const CpuInt8Linear *l = c->l;
     const int64_t T = c->T, n_blocks = (l->Np + BLOCK_ROWS - 1) / BLOCK_ROWS;
+    const int64_t n_chunks = (T + CHUNK_T - 1) / CHUNK_T;
     const double work = (double)T * (double)l->Np * (double)l->Kp;
-#pragma omp parallel if (work >= 1e6)
-    {
-        unsigned char *mine = block_scratch ? block_scratch + (size_t)omp_get_thread_num() * block_scratch_bytes(c->n_out)
-                                            : NULL;
-        float *woT = (float *)(void *)mine;
-        int8_t *gq = mine ? (int8_t *)(mine + (size_t)c->n_out * BLOCK_ROWS * sizeof(float)) : NULL;
-        /* Tokens go by chunks whose codes stay in L2 while every weight block passes over
-         * them; blocks are handed out dynamically (the machine may be shared). */
-        for (int64_t t0 = 0; t0 < T; t0 += CHUNK_T) {
-            const int64_t t1 = t0 + CHUNK_T < T ? t0 + CHUNK_T : T;
-#pragma omp for schedule(dynamic, 1) nowait
-            for (int64_t b = 0; b < n_blocks; b++) {
-                const int64_t n0 = b * BLOCK_ROWS, n1 = n0 + BLOCK_ROWS < l->Np ? n0 + BLOCK_ROWS : l->Np;
-                run_block(c, t0, t1, n0, n1, gq, woT, y, acc32);
-            }
-        }
-    }
+    /* Tokens go by chunks whose codes stay in L2 while every weight block passes over
+     * them (pieces are taken in order: chunk by chunk); blocks are handed out as threads
+     * come free (the machine may be shared). */
+    GemmJob j = {.c = c, .y = y, .acc32 = acc32, .block_scratch = block_scratch, .n_blocks = n_blocks};
+    cpu_parallel_for(n_chunks * n_blocks, 1, work >= 1e6, gemm_pieces, &j);
 }
 
 /* ---- the per-call arrays, carved out of the scratch areas ---- */
@@ -626,7 +658,7 @@ static void carve_call(Call *c, Carver *cv) {
 /* The 16-bit side, once the outlier columns are known: xo, then every thread's block scratch. */
 static unsigned char *carve_outliers(Call *c, Carver *cv) {
     c->xo = carve(cv, (size_t)c->T * (size_t)c->n_out * sizeof *c->xo);
-    return carve(cv, (size_t)omp_get_max_threads() * block_scratch_bytes(c->n_out));
+    return carve(cv, (size_t)cpu_pool_slots() * block_scratch_bytes(c->n_out));
 }
 
 static int out_of_memory(const CpuInt8Linear *l, int64_t T, size_t bytes, Error *err) {

@@ -5,7 +5,7 @@
  *                       activations, embeddings, QKV split and the logit read-outs; it hands
  *                       projections and attention to the files below.
  *   cpu_gemm.c          y = x W^T (+ b) with W float-typed as stored (F16 / BF16 / F32),
- *                       SIMD (AVX2+FMA+F16C chosen at run time, portable C fallback), OpenMP.
+ *                       SIMD (AVX2+FMA+F16C chosen at run time, portable C fallback).
  *   cpu_int8.c          int8 projections: weights quantized once, activations per call,
  *                       the GEMM driver, dequantization, the 16-bit outlier product, and the
  *                       paper's ablation modes (QuantMode). The math is docs/QUANT.md's.
@@ -14,8 +14,11 @@
  *   cpu_attention.c     the 16-bit KV cache: storing rows into it (F16C) and causal softmax
  *                       attention over it (online softmax, AVX2).
  *   cpu_avx2.h          AVX2 helpers shared by cpu_backend.c (GELU) and cpu_attention.c.
+ *   cpu_pool.c/.h       the threads: parallel loops whose pieces go to whichever thread is
+ *                       free, and the adaptive default thread count.
  *
- * Threads: OpenMP; cpu_backend_create() sets the count once (omp_set_num_threads).
+ * Threads: cpu_pool.h; cpu_backend_create() sets the count (cpu_pool_set_threads). Every
+ * parallel loop writes each output from one piece only, so results do not depend on it.
  *
  * Errors: creating objects returns errors normally. An operation that fails (only the int8
  * forward can: its scratch may fail to grow) returns -1 with an Error here, and

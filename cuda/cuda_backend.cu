@@ -488,6 +488,11 @@ static void cu_split_qkv(Backend *bk, const float *qkv, int T, int heads, int he
     if (!cb->failed) cuda_split_qkv(cb, qkv, T, heads, head_dim, q, k, v);
 }
 
+static void cu_store_f16(Backend *bk, const float *x, size_t n, uint16_t *dst) {
+    CudaBackend *cb = cuda_of(bk);
+    if (!cb->failed) cuda_store_f16(cb, x, n, dst);
+}
+
 static void cu_attention(Backend *bk, const AttentionArgs *a) {
     CudaBackend *cb = cuda_of(bk);
     if (!cb->failed) cuda_attention(cb, a);
@@ -625,6 +630,7 @@ extern "C" Backend *cuda_backend_create(Error *err) {
         b->relu = cu_relu;
         b->gelu_tanh = cu_gelu_tanh;
         b->split_qkv = cu_split_qkv;
+        b->store_f16 = cu_store_f16;
         b->attention = cu_attention;
         b->token_nll = cu_token_nll;
         b->argmax = cu_argmax;

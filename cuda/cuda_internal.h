@@ -219,6 +219,7 @@ void cuda_embed(CudaBackend *cb, const __half *table, int64_t rows, int64_t cols
                 const int32_t *ids, int T, float *out, bool accumulate);
 void cuda_split_qkv(CudaBackend *cb, const float *qkv, int T, int heads, int head_dim, float *q,
                     float *k, float *v);
+void cuda_store_f16(CudaBackend *cb, const float *x, size_t n, uint16_t *dst);
 void cuda_attention(CudaBackend *cb, const AttentionArgs *a);
 /* Raises the attention kernel's dynamic shared memory limit; returns the bytes allowed. */
 int cuda_attention_setup(CudaBackend *cb, size_t *max_smem, Error *err);

@@ -171,11 +171,24 @@ void cuda_split_qkv(CudaBackend *cb, const float *qkv, int T, int heads, int hea
     cuda_check_launch(cb, "split_qkv");
 }
 
+/* ---- the 16-bit KV cache: dst[i] = half_rn(x[i]) (round to nearest even) ----------------- */
+static __global__ void store_f16_kernel(const float *x, size_t n, __half *dst) {
+    GRID_STRIDE(i, n) dst[i] = __float2half_rn(x[i]);
+}
+
+void cuda_store_f16(CudaBackend *cb, const float *x, size_t n, uint16_t *dst) {
+    if (n == 0) return;
+    store_f16_kernel<<<ew_blocks(n), EW_THREADS, 0, cb->stream>>>(x, n, reinterpret_cast<__half *>(dst));
+    cuda_check_launch(cb, "store_f16");
+}
+
 /* ---- causal attention, one block per (query token t, head h) ----------------------------
  * The query at position p = n_past + t sees keys j = 0..p:
  *   s_j   = scale * (q . k_j) + slope_h * j          (ALiBi term only for BLOOM)
  *   a_j   = exp(s_j - max_j s_j) / sum_j exp(s_j - max_j s_j)    (softmax in float32)
  *   out   = sum_j a_j v_j
+ * Keys and values are float32 or IEEE half in the cache (the kernel's KV type), widened
+ * to float as they are read.
  * The L = p + 1 scores live in dynamic shared memory, next to q and a partial-sum area:
  * (head_dim + L + ATT_THREADS) floats. The limit is raised once at start-up to what the
  * GPU allows (cuda_attention_setup): 227 KB on H100, i.e. about 58,000 positions.
@@ -186,7 +199,11 @@ void cuda_split_qkv(CudaBackend *cb, const float *qkv, int T, int heads, int hea
  * (groups)-th position, and the groups' partial sums are added at the end. */
 #define ATT_THREADS 128
 
-static __global__ void attention_kernel(const float *q, const float *k, const float *v, float *out,
+static __device__ __forceinline__ float kv_load(const float *p) { return *p; }
+static __device__ __forceinline__ float kv_load(const __half *p) { return __half2float(*p); }
+
+template <typename KV>
+static __global__ void attention_kernel(const float *q, const KV *k, const KV *v, float *out,
                                         int n_past, int heads, int head_dim, float scale,
                                         const float *alibi) {
     extern __shared__ float smem[];
@@ -196,7 +213,7 @@ static __global__ void attention_kernel(const float *q, const float *k, const fl
     int L = n_past + t + 1;
     float *sq = smem, *sc = smem + head_dim, *part = smem + head_dim + L;
     const float *qrow = q + (size_t)t * D + (size_t)h * head_dim;
-    const float *kh = k + (size_t)h * head_dim, *vh = v + (size_t)h * head_dim;
+    const KV *kh = k + (size_t)h * head_dim, *vh = v + (size_t)h * head_dim;
 
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) sq[d] = qrow[d];
     __syncthreads();
@@ -205,9 +222,9 @@ static __global__ void attention_kernel(const float *q, const float *k, const fl
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     float slope = alibi ? alibi[h] : 0.0f;
     for (int j = warp; j < L; j += nwarps) {
-        const float *kr = kh + (size_t)j * D;
+        const KV *kr = kh + (size_t)j * D;
         float dot = 0.0f;
-        for (int d = lane; d < head_dim; d += 32) dot += sq[d] * kr[d];
+        for (int d = lane; d < head_dim; d += 32) dot += sq[d] * kv_load(kr + d);
         dot = warp_sum(dot);
         if (lane == 0) sc[j] = alibi ? scale * dot + slope * (float)j : scale * dot;
     }
@@ -231,7 +248,7 @@ static __global__ void attention_kernel(const float *q, const float *k, const fl
         int groups = blockDim.x / head_dim, g = threadIdx.x / head_dim, d = threadIdx.x % head_dim;
         if (g < groups) {
             float acc = 0.0f;
-            for (int j = g; j < L; j += groups) acc += sc[j] * vh[(size_t)j * D + d];
+            for (int j = g; j < L; j += groups) acc += sc[j] * kv_load(vh + (size_t)j * D + d);
             part[g * head_dim + d] = acc;
         }
         __syncthreads();
@@ -243,7 +260,7 @@ static __global__ void attention_kernel(const float *q, const float *k, const fl
     } else {
         for (int dd = threadIdx.x; dd < head_dim; dd += blockDim.x) {
             float acc = 0.0f;
-            for (int j = 0; j < L; j++) acc += sc[j] * vh[(size_t)j * D + dd];
+            for (int j = 0; j < L; j++) acc += sc[j] * kv_load(vh + (size_t)j * D + dd);
             orow[dd] = acc / sum;
         }
     }
@@ -259,10 +276,14 @@ int cuda_attention_setup(CudaBackend *cb, size_t *max_smem, Error *err) {
     /* This is also the first touch of this file's kernels: a build without code for this
      * GPU's architecture fails here with "no kernel image is available". */
     cudaFuncAttributes fa;
-    e = cudaFuncGetAttributes(&fa, attention_kernel);
-    /* the kernel's static shared memory comes out of the same per-block budget */
+    e = cudaFuncGetAttributes(&fa, attention_kernel<__half>);
+    /* the kernel's static shared memory comes out of the same per-block budget (the same
+     * for both cache types: the scores and partial sums are float either way) */
     size_t dyn = e == cudaSuccess && (size_t)optin > fa.sharedSizeBytes ? (size_t)optin - fa.sharedSizeBytes : 0;
-    if (e == cudaSuccess) e = cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dyn);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(attention_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dyn);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(attention_kernel<float>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dyn);
     if (e != cudaSuccess) {
         return err_set(err, "CUDA backend: cannot use GPU '%s' (compute capability %d.%d): %s; rebuild with "
                        "-Dgpu_arch=... including %d%d",
@@ -291,7 +312,13 @@ void cuda_attention(CudaBackend *cb, const AttentionArgs *a) {
         return;
     }
     dim3 grid((unsigned)a->T, (unsigned)a->heads);
-    attention_kernel<<<grid, ATT_THREADS, smem, cb->stream>>>(a->q, a->k, a->v, a->out, a->n_past, a->heads,
-                                                             a->head_dim, a->scale, a->alibi);
+    if (a->kv_f16)
+        attention_kernel<__half><<<grid, ATT_THREADS, smem, cb->stream>>>(
+            a->q, static_cast<const __half *>(a->k), static_cast<const __half *>(a->v), a->out, a->n_past, a->heads,
+            a->head_dim, a->scale, a->alibi);
+    else
+        attention_kernel<float><<<grid, ATT_THREADS, smem, cb->stream>>>(
+            a->q, static_cast<const float *>(a->k), static_cast<const float *>(a->v), a->out, a->n_past, a->heads,
+            a->head_dim, a->scale, a->alibi);
     cuda_check_launch(cb, "attention");
 }

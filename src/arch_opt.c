@@ -131,8 +131,8 @@ static void embed(Model *m, const int32_t *ids, int T) {
     } else {
         bk->embed(bk, w->embed, ids, T, s->residual, false);
     }
-    /* h = x + embed_positions[n_past + t + 2] */
-    for (int t = 0; t < T; t++) s->pos[t] = m->n_past + t + POSITION_OFFSET;
+    /* h = x + embed_positions[pos + 2], pos each row's position in its sequence */
+    for (int t = 0; t < T; t++) s->pos[t] = s->row_pos[t] + POSITION_OFFSET;
     bk->embed(bk, w->positions, s->pos, T, s->residual, true);
 }
 

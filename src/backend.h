@@ -7,7 +7,10 @@
  * may do pointer arithmetic on them but must not dereference them. Backends know
  * nothing of OPT or BLOOM.
  *
- * All activations are row-major float32 [T, dim], one row per token. */
+ * All activations are row-major float32 [T, dim], one row per token. The KV cache is either
+ * float32 too, or the one 16-bit buffer: IEEE half values (uint16_t bit patterns), rows of
+ * heads*head_dim, held in an ordinary backend buffer, alloc((n + 1) / 2) floats for n
+ * halves, cast to uint16_t *; only store_f16 writes it and only attention reads it. */
 #ifndef LLMINT8_BACKEND_H
 #define LLMINT8_BACKEND_H
 
@@ -35,7 +38,9 @@ typedef struct BkMatrix BkMatrix;
 
 typedef struct AttentionArgs {
     const float *q;       /* [T, heads*head_dim], the new tokens' queries */
-    const float *k, *v;   /* caches [n_past + T, heads*head_dim]; rows 0..n_past+T-1 are valid */
+    const void *k, *v;    /* caches [n_past + T, heads*head_dim]; rows 0..n_past+T-1 are valid
+                           * (the new tokens' rows already stored) */
+    bool kv_f16;          /* the caches hold IEEE half (uint16_t) values, else float32 */
     float *out;           /* [T, heads*head_dim] */
     int T, n_past, heads, head_dim;
     float scale;          /* multiplies q.k before the softmax */
@@ -108,7 +113,13 @@ struct Backend {
     /* [T][heads][3][head_dim] (BLOOM fused QKV) -> q, k, v each [T][heads*head_dim]. */
     void (*split_qkv)(Backend *bk, const float *qkv, int T, int heads, int head_dim,
                       float *q, float *k, float *v);
-    /* Causal softmax attention; see AttentionArgs. */
+    /* dst[i] = x[i] rounded to IEEE half, to nearest even (torch's .half()), for i < n:
+     * new keys and values into the KV cache. Overflow gives +-inf, NaN stays NaN. */
+    void (*store_f16)(Backend *bk, const float *x, size_t n, uint16_t *dst);
+    /* Causal softmax attention; see AttentionArgs. Half keys and values are widened to
+     * float exactly; scores, softmax and the weighted sum are float32. The result for
+     * one query depends only on its own q and the cache rows it sees (not on T or n_past
+     * otherwise): the reduction order is the same whatever the batch. */
     void (*attention)(Backend *bk, const AttentionArgs *a);
 
     /* ---- reading out the logits: only small results come back to the host ---- */

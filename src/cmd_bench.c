@@ -550,7 +550,7 @@ static int model_child(const void *plan, const void *arg, void *out, Error *err)
     if (rc == 0) {
         r->ctx = m->ctx;
         r->weight_bytes = (long long)m->weight_bytes;
-        r->kv_bytes = 2LL * m->cfg.n_layers * m->ctx * m->cfg.hidden * (long long)sizeof(float);
+        r->kv_bytes = (long long)model_kv_bytes(m);
         random_ids(ids, n_ids, V, 42);
     }
     /* Prompt: best of two passes (the shorter time is the less disturbed one). */

@@ -40,6 +40,10 @@ static const char HELP[] =
     "                         quantized next-token distributions are from it: mean and 99th-percentile\n"
     "                         KL(p16 || pq), top-1 agreement, largest |logit difference| (both models\n"
     "                         are in memory at once)\n"
+    "      --batch N          score N windows per forward call (1..64, default 1), as N sequences\n"
+    "                         of the batched engine: the same result with --outliers per-token\n"
+    "                         (bit for bit); with per-call outliers the columns are chosen over\n"
+    "                         all windows of a call, which moves the result slightly\n"
     "      --json             print a JSON object (with 'ppl', 'nll_mean', 'tokens_scored', 'seconds')\n"
     "\n%s\n"
     "Examples:\n"
@@ -48,11 +52,12 @@ static const char HELP[] =
     "  llmint8 ppl MODEL_DIR -f c4.txt --quant all --max-tokens 20000\n"
     "  llmint8 ppl MODEL_DIR -f wiki.test.raw --ctx 256 --quant all --compare fp16\n";
 
-enum { OPT_STRIDE = OPT_COMMAND_BASE, OPT_JSON, OPT_COMPARE };
+enum { OPT_STRIDE = OPT_COMMAND_BASE, OPT_JSON, OPT_COMPARE, OPT_BATCH };
 
 typedef struct PplOptions {
     TextOptions text;
     long stride;
+    long batch;              /* windows per forward call; 0: 1 */
     bool json, all_modes;
     bool compare_fp16;          /* --compare fp16 */
 } PplOptions;
@@ -84,6 +89,7 @@ static int parse_args(int argc, char **argv, CommonOptions *co, PplOptions *po) 
         {"stride", required_argument, NULL, OPT_STRIDE},
         {"json", no_argument, NULL, OPT_JSON},
         {"compare", required_argument, NULL, OPT_COMPARE},
+        {"batch", required_argument, NULL, OPT_BATCH},
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -100,6 +106,9 @@ static int parse_args(int argc, char **argv, CommonOptions *co, PplOptions *po) 
                 return cli_usage_error("ppl", "--compare '%s': the only reference is 'fp16' (the 16-bit model)", optarg);
             po->compare_fp16 = true;
             break;
+        case OPT_BATCH:
+            if (cli_int_option("ppl", "--batch", optarg, 1, MODEL_LOGIT_ROWS, &po->batch)) return 2;
+            break;
         case OPT_QUANT:
             if (strcmp(optarg, "all") == 0) {
                 po->all_modes = true;
@@ -113,6 +122,8 @@ static int parse_args(int argc, char **argv, CommonOptions *co, PplOptions *po) 
     if (optind < argc) co->model_dir = argv[optind++];
     if (optind < argc) return cli_usage_error("ppl", "unexpected argument '%s'", argv[optind]);
     if (!co->model_dir) return cli_usage_error("ppl", "no MODEL_DIR given");
+    if (po->compare_fp16 && po->batch > 1)
+        return cli_usage_error("ppl", "--compare runs one window at a time: it cannot be combined with --batch");
     return cli_text_check("ppl", &po->text);
 }
 
@@ -167,65 +178,101 @@ static int score_window_compared(Model *m, Comparison *c, const int32_t *win, lo
     return 0;
 }
 
-/* Scores the text under the loaded model (and, with cmp, the reference beside it); see the
- * file comment for the window rule. */
-static int evaluate(Session *s, const int32_t *text, long n_text, int32_t bos, long ctx, long stride,
+/* One window: positions [0, n) of win, each predicting the next; targets -1 where not scored. */
+typedef struct Window {
+    int32_t *win, *targets;
+    double *nll;
+    long n, begin;
+} Window;
+
+/* Adds window w's NLLs to r in position order (so the sum does not depend on threads,
+ * devices or the batch). */
+static int add_window(const Window *w, long b, PplResult *r, Error *err) {
+    for (long i = 0; i < w->n; i++) {
+        if (w->targets[i] < 0) continue;
+        /* An NLL is finite whenever the logits are: a NaN or infinity means the forward
+         * pass overflowed, and no perplexity can be made of it. */
+        if (!isfinite(w->nll[i]))
+            return err_set(err, "the NLL of text token %ld (counting from 0; window %ld, position %ld) is %g: the "
+                           "logits hold a NaN or an infinity (the forward pass overflowed, or the weights are not "
+                           "finite); no perplexity", i + 1 - b + w->begin, r->windows + 1, i + 1, w->nll[i]);
+        r->nll_sum += w->nll[i];
+        r->scored++;
+    }
+    r->windows++;
+    return 0;
+}
+
+/* Scores windows[0..n): alone on the default sequence when n_batch is 1 (beside the 16-bit
+ * reference with --compare; `window` numbers it for messages), else as n sequences of one
+ * model_step (the default sequence was removed to make room for them). */
+static int score_windows(Model *m, Comparison *cmp, Window *w, int n, int n_batch, long ctx, long window,
+                         Error *err) {
+    if (n_batch == 1) {
+        model_reset(m);
+        if (cmp) return score_window_compared(m, cmp, w[0].win, w[0].n, w[0].targets, w[0].nll, window, err);
+        return model_score(m, w[0].win, (int)w[0].n, w[0].targets, w[0].nll, err);
+    }
+    SeqStep steps[MODEL_LOGIT_ROWS];
+    int added = 0, rc = 0;
+    for (; added < n && rc == 0; added++) {
+        rc = model_seq_add(m, (int)ctx, &steps[added].seq, err);
+        if (rc) break;
+        steps[added].ids = w[added].win, steps[added].T = (int)w[added].n;
+        steps[added].targets = w[added].targets, steps[added].nll = w[added].nll;
+    }
+    if (rc == 0) rc = model_step(m, steps, n, err);
+    for (int i = 0; i < added; i++) model_seq_remove(m, steps[i].seq, NULL);
+    return rc;
+}
+
+/* Scores the text under the loaded model (and, with cmp, the reference beside it, one window
+ * at a time); see the file comment for the window rule. */
+static int evaluate(Session *s, const int32_t *text, long n_text, int32_t bos, long ctx, long stride, int n_batch,
                     Comparison *cmp, PplResult *r, Error *err) {
     Model *m = s->model;
     const long b = bos >= 0 ? 1 : 0, L = ctx - b;
-    int32_t *win = malloc((size_t)ctx * sizeof *win);
-    int32_t *targets = malloc((size_t)ctx * sizeof *targets);
-    double *nll = malloc((size_t)ctx * sizeof *nll);
-    if (!win || !targets || !nll) {
-        free(win), free(targets), free(nll);
-        return err_set(err, "out of memory");
+    Window w[MODEL_LOGIT_ROWS] = {{0}};
+    int rc = 0;
+    for (int k = 0; k < n_batch && rc == 0; k++) {
+        w[k].win = malloc((size_t)ctx * sizeof *w[k].win);
+        w[k].targets = malloc((size_t)ctx * sizeof *w[k].targets);
+        w[k].nll = malloc((size_t)ctx * sizeof *w[k].nll);
+        if (!w[k].win || !w[k].targets || !w[k].nll) rc = err_set(err, "out of memory");
     }
+    if (rc == 0 && n_batch > 1) rc = model_seq_remove(m, 0, err);
     long n_windows = n_text <= L ? 1 : 1 + (n_text - L + stride - 1) / stride;
     Progress prog;
     progress_begin(&prog, "ppl", n_windows);
     double t0 = cli_now();
     long prev_end = 0;
-    int rc = 0;
     r->nll_sum = 0, r->scored = 0, r->windows = 0;
-    for (long begin = 0; rc == 0; begin += stride) {
-        long end = begin + L < n_text ? begin + L : n_text;
-        long n = b + (end - begin);
-        if (b) win[0] = bos;
-        memcpy(win + b, text + begin, (size_t)(end - begin) * sizeof *win);
-        /* Window position i predicts position i + 1; text token j sits at i = j - begin + b.
-         * Tokens already scored by the previous window (before prev_end) are not scored again. */
-        long first = prev_end > begin + 1 - b ? prev_end : begin + 1 - b;
-        for (long i = 0; i < n; i++) {
-            long j = i + 1 - b + begin; /* text index of the token predicted at position i */
-            targets[i] = (i + 1 >= n || j < first) ? -1 : text[j];
-        }
-        model_reset(m);
-        rc = cmp ? score_window_compared(m, cmp, win, n, targets, nll, r->windows + 1, err)
-                 : model_score(m, win, (int)n, targets, nll, err);
-        if (rc) break;
-        /* summed in order, so the result does not depend on threads or devices' row order */
-        for (long i = 0; i < n && rc == 0; i++) {
-            if (targets[i] < 0) continue;
-            /* An NLL is finite whenever the logits are: a NaN or infinity means the forward
-             * pass overflowed, and no perplexity can be made of it. */
-            if (!isfinite(nll[i])) {
-                rc = err_set(err, "the NLL of text token %ld (counting from 0; window %ld, position %ld) is %g: the "
-                             "logits hold a NaN or an infinity (the forward pass overflowed, or the weights are not "
-                             "finite); no perplexity", i + 1 - b + begin, r->windows + 1, i + 1, nll[i]);
-                break;
+    bool last = false;
+    for (long begin = 0; rc == 0 && !last;) {
+        int k = 0;
+        for (; k < n_batch && !last; k++, begin += stride) {
+            Window *x = &w[k];
+            long end = begin + L < n_text ? begin + L : n_text;
+            x->n = b + (end - begin), x->begin = begin;
+            if (b) x->win[0] = bos;
+            memcpy(x->win + b, text + begin, (size_t)(end - begin) * sizeof *x->win);
+            /* Window position i predicts position i + 1; text token j sits at i = j - begin + b.
+             * Tokens already scored by the previous window (before prev_end) are not scored again. */
+            long first = prev_end > begin + 1 - b ? prev_end : begin + 1 - b;
+            for (long i = 0; i < x->n; i++) {
+                long j = i + 1 - b + begin; /* text index of the token predicted at position i */
+                x->targets[i] = (i + 1 >= x->n || j < first) ? -1 : text[j];
             }
-            r->nll_sum += nll[i];
-            r->scored++;
+            prev_end = end;
+            last = end >= n_text;
         }
-        if (rc) break;
-        r->windows++;
-        progress_update(&prog, r->windows);
-        prev_end = end;
-        if (end >= n_text) break;
+        rc = score_windows(m, cmp, w, k, n_batch, ctx, r->windows + 1, err);
+        for (int i = 0; i < k && rc == 0; i++) rc = add_window(&w[i], b, r, err);
+        if (rc == 0) progress_update(&prog, r->windows);
     }
     progress_end(&prog);
     r->seconds = cli_now() - t0;
-    free(win), free(targets), free(nll);
+    for (int k = 0; k < n_batch; k++) free(w[k].win), free(w[k].targets), free(w[k].nll);
     return rc;
 }
 
@@ -362,11 +409,18 @@ int cmd_ppl(int argc, char **argv) {
     }
     for (int i = 0; i < n_modes && rc == 0; i++) {
         co.quant.mode = modes[i];
+        long n_batch = po.batch ? po.batch : 1;
+        if (n_batch > 1) { /* n_batch windows per call: as many rows per GEMM as fit in 2048 */
+            long rows = n_batch * ctx < 2048 ? n_batch * ctx : 2048;
+            mo.batch_tokens = (int)(rows > ctx ? rows : ctx);
+            mo.cache_tokens = (int)(n_batch * ctx);
+        }
         rc = cli_session_load_model(&s, &co, &mo, &err);
         if (rc == 0) {
             results[i].mode = modes[i];
             results[i].threshold = s.model->quant.threshold;
-            rc = evaluate(&s, ids, (long)n_ids, bos, ctx, stride, po.compare_fp16 ? &cmp : NULL, &results[i], &err);
+            rc = evaluate(&s, ids, (long)n_ids, bos, ctx, stride, (int)n_batch, po.compare_fp16 ? &cmp : NULL,
+                          &results[i], &err);
         }
         if (rc == 0 && po.compare_fp16) take_comparison(&cmp, &results[i]);
         if (rc == 0 && po.all_modes && !po.json)

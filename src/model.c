@@ -256,23 +256,41 @@ void model_attention(Model *m, int l, const float *x, int T, float *out) {
     const Layer *L = &m->w->layers[l];
     RunState *s = m->rs;
     Backend *bk = m->bk;
-    /* This chunk's keys and values go straight into the cache after the n_past cached ones. */
-    float *k_new = s->k_cache[l] + (size_t)m->n_past * (size_t)c->hidden;
-    float *v_new = s->v_cache[l] + (size_t)m->n_past * (size_t)c->hidden;
     if (L->qkv.bk) {
         model_linear(m, l, PROJ_QKV, &L->qkv, x, T, s->qkv);
-        bk->split_qkv(bk, s->qkv, T, c->n_heads, c->head_dim, s->q, k_new, v_new);
+        bk->split_qkv(bk, s->qkv, T, c->n_heads, c->head_dim, s->q, s->k, s->v);
     } else {
         model_linear(m, l, PROJ_Q, &L->q, x, T, s->q);
-        model_linear(m, l, PROJ_K, &L->k, x, T, k_new);
-        model_linear(m, l, PROJ_V, &L->v, x, T, v_new);
+        model_linear(m, l, PROJ_K, &L->k, x, T, s->k);
+        model_linear(m, l, PROJ_V, &L->v, x, T, s->v);
     }
-    AttentionArgs a = {
-        .q = s->q, .k = s->k_cache[l], .v = s->v_cache[l], .out = s->attn,
-        .T = T, .n_past = m->n_past, .heads = c->n_heads, .head_dim = c->head_dim,
-        .scale = 1.0f / sqrtf((float)c->head_dim), .alibi = m->w->alibi,
-    };
-    bk->attention(bk, &a);
+    /* Per sequence: its rows' keys and values go into its cache after its n_past cached
+     * ones, then its queries attend over that cache. */
+    const size_t D = (size_t)c->hidden;
+    for (int p = 0; p < s->n_parts; p++) {
+        const ChunkPart *part = &s->parts[p];
+        const SeqSlot *seq = &m->seqs[part->seq];
+        size_t base = (size_t)seq->first * D, at = base + (size_t)seq->n_past * D;
+        size_t row = (size_t)part->row0 * D, n = (size_t)part->T * D;
+        const void *kc, *vc;
+        if (m->kv_f16) {
+            uint16_t *k = (uint16_t *)s->k_cache[l], *v = (uint16_t *)s->v_cache[l];
+            bk->store_f16(bk, s->k + row, n, k + at);
+            bk->store_f16(bk, s->v + row, n, v + at);
+            kc = k + base, vc = v + base;
+        } else {
+            float *k = (float *)s->k_cache[l], *v = (float *)s->v_cache[l];
+            bk->copy(bk, k + at, s->k + row, n);
+            bk->copy(bk, v + at, s->v + row, n);
+            kc = k + base, vc = v + base;
+        }
+        AttentionArgs a = {
+            .q = s->q + row, .k = kc, .v = vc, .kv_f16 = m->kv_f16, .out = s->attn + row,
+            .T = part->T, .n_past = seq->n_past, .heads = c->n_heads, .head_dim = c->head_dim,
+            .scale = 1.0f / sqrtf((float)c->head_dim), .alibi = m->w->alibi,
+        };
+        bk->attention(bk, &a);
+    }
     model_linear(m, l, PROJ_OUT, &L->out, s->attn, T, out);
 }
 
@@ -294,6 +312,12 @@ static float *alloc_or_fail(Model *m, size_t n, bool *ok) {
     return p;
 }
 
+/* A cache buffer of n values: float32, or IEEE half in a float buffer of half the count
+ * (backend.h). */
+static void *alloc_cache(Model *m, size_t n, bool *ok) {
+    return alloc_or_fail(m, m->kv_f16 ? (n + 1) / 2 : n, ok);
+}
+
 static size_t max_size(size_t a, size_t b) { return a > b ? a : b; }
 
 static int alloc_state(Model *m, Error *err) {
@@ -306,13 +330,19 @@ static int alloc_state(Model *m, Error *err) {
     s->residual = alloc_or_fail(m, cap * D, &ok);
     s->normed = alloc_or_fail(m, cap * max_size(D, E), &ok);
     s->q = alloc_or_fail(m, cap * D, &ok);
+    s->k = alloc_or_fail(m, cap * D, &ok);
+    s->v = alloc_or_fail(m, cap * D, &ok);
     s->qkv = fused_qkv ? alloc_or_fail(m, cap * 3 * D, &ok) : NULL;
     s->attn = alloc_or_fail(m, cap * D, &ok);
     s->ffn = alloc_or_fail(m, cap * F, &ok);
     s->block_out = alloc_or_fail(m, cap * D, &ok);
     s->embed = alloc_or_fail(m, cap * E, &ok);
     s->logits = alloc_or_fail(m, (size_t)MODEL_LOGIT_ROWS * (size_t)c->vocab_size, &ok);
+    s->last_hidden = alloc_or_fail(m, (size_t)MODEL_LOGIT_ROWS * E, &ok);
     s->pos = malloc(cap * sizeof *s->pos);
+    s->row_pos = malloc(cap * sizeof *s->row_pos);
+    s->parts = malloc(cap * sizeof *s->parts);
+    if (!s->row_pos || !s->parts) ok = false;
     size_t widest = max_size(max_size(F, 3 * D), E); /* the widest projection input */
     s->observe = malloc(cap * widest * sizeof *s->observe);
     if (!s->pos || !s->observe) ok = false;
@@ -321,12 +351,12 @@ static int alloc_state(Model *m, Error *err) {
     s->v_cache = calloc((size_t)c->n_layers, sizeof *s->v_cache);
     if (!s->k_cache || !s->v_cache) ok = false;
     for (int l = 0; ok && l < c->n_layers; l++) {
-        s->k_cache[l] = alloc_or_fail(m, (size_t)m->ctx * D, &ok);
-        s->v_cache[l] = alloc_or_fail(m, (size_t)m->ctx * D, &ok);
+        s->k_cache[l] = alloc_cache(m, (size_t)m->cache_tokens * D, &ok);
+        s->v_cache[l] = alloc_cache(m, (size_t)m->cache_tokens * D, &ok);
     }
     if (!ok)
-        return err_set(err, "out of memory allocating activations and the KV cache (%d positions x %d layers)",
-                       m->ctx, c->n_layers);
+        return err_set(err, "out of memory allocating activations and the KV cache (%d tokens x %d layers)",
+                       m->cache_tokens, c->n_layers);
     return 0;
 }
 
@@ -366,16 +396,18 @@ void model_free(Model *m) {
     RunState *s = m->rs;
     if (s) {
         for (int l = 0; l < c->n_layers; l++) {
-            if (s->k_cache) release(m, s->k_cache[l]);
-            if (s->v_cache) release(m, s->v_cache[l]);
+            if (s->k_cache) release(m, (float *)s->k_cache[l]);
+            if (s->v_cache) release(m, (float *)s->v_cache[l]);
         }
         free(s->k_cache), free(s->v_cache);
         release(m, s->residual), release(m, s->normed), release(m, s->q), release(m, s->qkv);
+        release(m, s->k), release(m, s->v);
         release(m, s->attn), release(m, s->ffn), release(m, s->block_out), release(m, s->embed);
-        release(m, s->logits);
-        free(s->pos), free(s->observe);
+        release(m, s->logits), release(m, s->last_hidden);
+        free(s->pos), free(s->row_pos), free(s->parts), free(s->observe);
         free(s);
     }
+    free(m->seqs);
     free(m);
 }
 
@@ -385,6 +417,7 @@ int model_load(const Checkpoint *ck, Backend *bk, const ModelOptions *opt, Model
     m->cfg = *checkpoint_config(ck);
     m->bk = bk;
     m->quant = opt->quant;
+    m->kv_f16 = opt->kv_f16;
     const ModelConfig *c = &m->cfg;
 
     m->ctx = opt->ctx > 0 ? opt->ctx : arch_native_context(c);
@@ -404,6 +437,19 @@ int model_load(const Checkpoint *ck, Backend *bk, const ModelOptions *opt, Model
     }
     int cap = opt->batch_tokens > 0 ? opt->batch_tokens : 512;
     m->rs->capacity = cap < m->ctx ? cap : m->ctx;
+    m->cache_tokens = opt->cache_tokens > 0 ? opt->cache_tokens : m->ctx;
+    if (m->cache_tokens < m->ctx) {
+        model_free(m);
+        return err_set(err, "a KV cache of %d tokens cannot hold one sequence of %d", opt->cache_tokens, m->ctx);
+    }
+    /* a slot per sequence that can be live at once: each takes at least one token */
+    m->max_seqs = 1 + (m->cache_tokens < 4096 ? m->cache_tokens : 4096);
+    m->seqs = calloc((size_t)m->max_seqs, sizeof *m->seqs);
+    if (!m->seqs) {
+        model_free(m);
+        return err_set(err, "out of memory");
+    }
+    m->seqs[0] = (SeqSlot){.live = true, .first = 0, .len = m->ctx, .n_past = 0};
 
     int rc = arch_of(c)->load(m, ck, err);
     if (rc == 0) rc = alloc_state(m, err);
@@ -416,12 +462,81 @@ int model_load(const Checkpoint *ck, Backend *bk, const ModelOptions *opt, Model
     return 0;
 }
 
-void model_reset(Model *m) { m->n_past = 0; }
+void model_reset(Model *m) { m->seqs[0].n_past = 0; }
+
+/* ---- sequences ----------------------------------------------------------------------- */
+
+/* The first start of a free range of len cache rows, or -1 (live sequences' ranges are
+ * taken; a candidate start is 0 or the end of a live range). */
+static int find_free_range(const Model *m, int len) {
+    for (int c = -1; c < m->max_seqs; c++) {
+        if (c >= 0 && !m->seqs[c].live) continue;
+        int start = c < 0 ? 0 : m->seqs[c].first + m->seqs[c].len;
+        if (start + len > m->cache_tokens) continue;
+        bool clash = false;
+        for (int i = 0; i < m->max_seqs && !clash; i++) {
+            const SeqSlot *q = &m->seqs[i];
+            clash = q->live && q->first < start + len && start < q->first + q->len;
+        }
+        if (!clash) return start;
+    }
+    return -1;
+}
+
+int model_seq_add(Model *m, int max_tokens, int *seq, Error *err) {
+    if (max_tokens < 1 || max_tokens > m->ctx)
+        return err_set(err, "a sequence of %d tokens: from 1 to the context's %d", max_tokens, m->ctx);
+    int slot = -1, used = 0;
+    for (int i = 0; i < m->max_seqs; i++) {
+        if (m->seqs[i].live) used += m->seqs[i].len;
+        else if (slot < 0 && i > 0) slot = i; /* 0 stays the default sequence's, even removed */
+    }
+    int first = slot < 0 ? -1 : find_free_range(m, max_tokens);
+    if (first < 0)
+        return err_set(err,
+                       "KV cache full: a sequence of %d tokens does not fit (%d of the %d-token budget in use by "
+                       "live sequences, no free range that long); remove a sequence or load with a larger cache",
+                       max_tokens, used, m->cache_tokens);
+    m->seqs[slot] = (SeqSlot){.live = true, .first = first, .len = max_tokens, .n_past = 0};
+    *seq = slot;
+    return 0;
+}
+
+static int check_seq(const Model *m, int seq, Error *err) {
+    if (seq < 0 || seq >= m->max_seqs || !m->seqs[seq].live)
+        return err_set(err, "sequence %d is not live%s", seq, seq == 0 ? " (the default sequence was removed)" : "");
+    return 0;
+}
+
+int model_seq_remove(Model *m, int seq, Error *err) {
+    if (check_seq(m, seq, err)) return -1;
+    m->seqs[seq].live = false;
+    return 0;
+}
+
+int model_seq_len(const Model *m, int seq) {
+    return seq >= 0 && seq < m->max_seqs && m->seqs[seq].live ? m->seqs[seq].n_past : -1;
+}
+
+size_t model_kv_bytes_per_token(const Model *m) {
+    return 2 * (size_t)m->cfg.n_layers * (size_t)m->cfg.hidden * (m->kv_f16 ? sizeof(uint16_t) : sizeof(float));
+}
+
+size_t model_kv_bytes(const Model *m) { return (size_t)m->cache_tokens * model_kv_bytes_per_token(m); }
 
 /* ---- forward ----------------------------------------------------------------------- */
 
-/* One chunk of T <= capacity tokens through the architecture's stages: returns the final
- * hidden states [T, word_embed_proj_dim]. */
+/* Sets up a chunk: `n` parts (sequence, rows) covering rows 0..T-1, and each row's position. */
+static void set_chunk(Model *m, const ChunkPart *parts, int n) {
+    RunState *s = m->rs;
+    s->n_parts = n;
+    for (int p = 0; p < n; p++) {
+        s->parts[p] = parts[p];
+        for (int t = 0; t < parts[p].T; t++) s->row_pos[parts[p].row0 + t] = m->seqs[parts[p].seq].n_past + t;
+    }
+}
+
+/* The chunk's T rows through the architecture's stages: the final hidden states [T, E]. */
 static const float *run_chunk(Model *m, const int32_t *ids, int T) {
     const Architecture *a = arch_of(&m->cfg);
     a->embed(m, ids, T);
@@ -429,37 +544,32 @@ static const float *run_chunk(Model *m, const int32_t *ids, int T) {
     return a->finish(m, T);
 }
 
-/* What a forward pass hands back. */
+/* What a step hands back for one sequence. */
 typedef enum {
-    OUT_LAST_HOST,      /* the last token's logits, downloaded */
-    OUT_ALL_HOST,       /* every token's logits, downloaded */
-    OUT_LAST_BACKEND,   /* the last token's logits, left in rs->logits */
+    OUT_LAST,           /* the last token's logits, left in rs->logits (row = step index) */
+    OUT_ALL_HOST,       /* every token's logits, downloaded (model_forward) */
     OUT_NLL,            /* every token's -log p(target), only those numbers downloaded */
 } Readout;
 
-typedef struct ForwardOut {
+typedef struct StepOut {
     Readout kind;
-    float *logits;            /* OUT_*_HOST: host [T or 1, vocab] */
+    float *logits;            /* OUT_ALL_HOST: host [T, vocab] */
     const int32_t *targets;   /* OUT_NLL: host [T], -1 = not scored */
     double *nll;              /* OUT_NLL: host [T] */
-} ForwardOut;
+} StepOut;
 
-/* Reads out rows first..first+n-1 of this chunk's final hidden states (token `start` of the
- * whole forward is row 0): logits = hidden x lm_head^T, MODEL_LOGIT_ROWS rows at a time. */
-static void read_out(Model *m, const float *hidden, int first, int n, int start, const ForwardOut *o) {
+/* Rows first..first+n-1 of the chunk's hidden states are tokens t0.. of a sequence: their
+ * logits (MODEL_LOGIT_ROWS rows at a time) downloaded or scored. */
+static void read_rows(Model *m, const float *hidden, int first, int n, int t0, const StepOut *o) {
     Backend *bk = m->bk;
     float *logits = m->rs->logits;
     size_t E = (size_t)m->cfg.word_embed_proj_dim, V = (size_t)m->cfg.vocab_size;
     for (int r = 0; r < n; r += MODEL_LOGIT_ROWS) {
         int rows = n - r < MODEL_LOGIT_ROWS ? n - r : MODEL_LOGIT_ROWS;
         bk->matmul(bk, m->w->lm_head, hidden + (size_t)(first + r) * E, rows, logits);
-        size_t t = (size_t)start + (size_t)first + (size_t)r; /* token index in the whole call */
-        switch (o->kind) {
-        case OUT_LAST_HOST: bk->download(bk, o->logits, logits, V); break;
-        case OUT_ALL_HOST: bk->download(bk, o->logits + t * V, logits, (size_t)rows * V); break;
-        case OUT_LAST_BACKEND: break;
-        case OUT_NLL: bk->token_nll(bk, logits, rows, (int)V, o->targets + t, o->nll + t); break;
-        }
+        size_t t = (size_t)t0 + (size_t)r;
+        if (o->kind == OUT_ALL_HOST) bk->download(bk, o->logits + t * V, logits, (size_t)rows * V);
+        else bk->token_nll(bk, logits, rows, (int)V, o->targets + t, o->nll + t);
     }
 }
 
@@ -471,61 +581,132 @@ static int check_ids(const Model *m, const int32_t *ids, int T, Error *err) {
     return 0;
 }
 
-static int check_room(const Model *m, int T, Error *err) {
+static int check_room(const Model *m, int seq, int T, Error *err) {
+    if (check_seq(m, seq, err)) return -1;
+    const SeqSlot *q = &m->seqs[seq];
     if (T <= 0) return err_set(err, "nothing to run: no tokens");
-    if (T > m->ctx - m->n_past)
-        return err_set(err, "%d tokens do not fit: %d of the %d positions are used", T, m->n_past, m->ctx);
+    if (T > q->len - q->n_past)
+        return err_set(err, "%d tokens do not fit: %d of the %d positions are used", T, q->n_past, q->len);
     return 0;
 }
 
-static int forward(Model *m, const int32_t *ids, int T, const ForwardOut *o, Error *err) {
-    const ModelConfig *c = &m->cfg;
-    if (check_room(m, T, err) || check_ids(m, ids, T, err)) return -1;
-    if (o->kind == OUT_NLL)
-        for (int t = 0; t < T; t++)
-            if (o->targets[t] < -1 || o->targets[t] >= c->vocab_size)
-                return err_set(err, "target id %d is outside the vocabulary (0..%d)", o->targets[t],
-                               c->vocab_size - 1);
-
-    bool all = o->kind == OUT_ALL_HOST || o->kind == OUT_NLL;
-    int capacity = m->rs->capacity;
-    for (int start = 0; start < T; start += capacity) {
-        int n = T - start < capacity ? T - start : capacity;
-        const float *hidden = run_chunk(m, ids + start, n);
-        m->n_past += n;
-        if (all)
-            read_out(m, hidden, 0, n, start, o);
-        else if (start + n == T)
-            read_out(m, hidden, n - 1, 1, start, o);
+/* Runs n steps (checked) whose readouts are outs[i]: all their tokens in chunks of up to
+ * capacity rows, a sequence's tokens split across chunks where the chunk is full. */
+static int run_steps(Model *m, const SeqStep *steps, const StepOut *outs, int n, Error *err) {
+    RunState *s = m->rs;
+    const int cap = s->capacity;
+    const size_t E = (size_t)m->cfg.word_embed_proj_dim;
+    int32_t *ids = malloc((size_t)cap * sizeof *ids);
+    ChunkPart *parts = malloc((size_t)cap * sizeof *parts);
+    if (!ids || !parts) {
+        free(ids), free(parts);
+        return err_set(err, "out of memory");
     }
+    int n_last = 0;
+    int i = 0, done = 0; /* the step being filled in, and how many of its tokens are done */
+    while (i < n) {
+        int rows = 0, np = 0;
+        int first_i = i, first_done = done;
+        while (i < n && rows < cap) {
+            int take = steps[i].T - done < cap - rows ? steps[i].T - done : cap - rows;
+            memcpy(ids + rows, steps[i].ids + done, (size_t)take * sizeof *ids);
+            parts[np++] = (ChunkPart){.seq = steps[i].seq, .row0 = rows, .T = take};
+            rows += take, done += take;
+            if (done == steps[i].T) i++, done = 0;
+        }
+        set_chunk(m, parts, np);
+        const float *hidden = run_chunk(m, ids, rows);
+        /* read out each part, then count its tokens as past */
+        int si = first_i, sdone = first_done;
+        for (int p = 0; p < np; p++, si++, sdone = 0) {
+            const ChunkPart *part = &parts[p];
+            const StepOut *o = &outs[si];
+            if (o->kind == OUT_LAST) {
+                if (sdone + part->T == steps[si].T)
+                    m->bk->copy(m->bk, s->last_hidden + (size_t)si * E,
+                                hidden + (size_t)(part->row0 + part->T - 1) * E, E);
+            } else {
+                read_rows(m, hidden, part->row0, part->T, sdone, o);
+            }
+            m->seqs[part->seq].n_past += part->T;
+        }
+    }
+    for (int k = 0; k < n; k++) n_last += outs[k].kind == OUT_LAST;
+    /* The last-token logits of every step at once: row k of rs->logits is steps[k]'s
+     * (rows of steps scored instead hold nothing of use). */
+    if (n_last) m->bk->matmul(m->bk, m->w->lm_head, s->last_hidden, n, s->logits);
+    free(ids), free(parts);
     return m->bk->sync(m->bk, err);
 }
 
+static int check_step(const Model *m, const SeqStep *st, Error *err) {
+    if (check_room(m, st->seq, st->T, err) || check_ids(m, st->ids, st->T, err)) return -1;
+    if (st->nll)
+        for (int t = 0; t < st->T; t++)
+            if (st->targets[t] < -1 || st->targets[t] >= m->cfg.vocab_size)
+                return err_set(err, "target id %d is outside the vocabulary (0..%d)", st->targets[t],
+                               m->cfg.vocab_size - 1);
+    return 0;
+}
+
+int model_step(Model *m, const SeqStep *steps, int n, Error *err) {
+    if (n < 1 || n > MODEL_LOGIT_ROWS)
+        return err_set(err, "%d sequences in one step: from 1 to %d", n, MODEL_LOGIT_ROWS);
+    StepOut outs[MODEL_LOGIT_ROWS];
+    for (int i = 0; i < n; i++) {
+        if (check_step(m, &steps[i], err)) return err_prefix(err, "sequence %d", steps[i].seq);
+        for (int j = 0; j < i; j++)
+            if (steps[j].seq == steps[i].seq) return err_set(err, "sequence %d appears twice in one step", steps[i].seq);
+        outs[i] = steps[i].nll ? (StepOut){.kind = OUT_NLL, .targets = steps[i].targets, .nll = steps[i].nll}
+                               : (StepOut){.kind = OUT_LAST};
+    }
+    return run_steps(m, steps, outs, n, err);
+}
+
+float *model_step_logits(Model *m, int i) {
+    return m->rs->logits + (size_t)i * (size_t)m->cfg.vocab_size;
+}
+
+/* The single-sequence calls: one step of the default sequence. */
+static int forward_default(Model *m, const int32_t *ids, int T, const StepOut *o, Error *err) {
+    SeqStep st = {.seq = 0, .ids = ids, .T = T, .targets = o->targets, .nll = o->nll};
+    if (check_step(m, &st, err)) return -1;
+    return run_steps(m, &st, o, 1, err);
+}
+
 int model_forward(Model *m, const int32_t *ids, int T, bool all_logits, float *logits, Error *err) {
-    ForwardOut o = {.kind = all_logits ? OUT_ALL_HOST : OUT_LAST_HOST, .logits = logits};
-    return forward(m, ids, T, &o, err);
+    StepOut o = {.kind = all_logits ? OUT_ALL_HOST : OUT_LAST};
+    if (all_logits) o.logits = logits;
+    if (forward_default(m, ids, T, &o, err)) return -1;
+    if (!all_logits) {
+        m->bk->download(m->bk, logits, m->rs->logits, (size_t)m->cfg.vocab_size);
+        return m->bk->sync(m->bk, err);
+    }
+    return 0;
 }
 
 float *model_forward_last(Model *m, const int32_t *ids, int T, Error *err) {
-    ForwardOut o = {.kind = OUT_LAST_BACKEND};
-    return forward(m, ids, T, &o, err) ? NULL : m->rs->logits;
+    StepOut o = {.kind = OUT_LAST};
+    return forward_default(m, ids, T, &o, err) ? NULL : m->rs->logits;
 }
 
 int model_score(Model *m, const int32_t *ids, int T, const int32_t *targets, double *nll, Error *err) {
-    ForwardOut o = {.kind = OUT_NLL, .targets = targets, .nll = nll};
-    return forward(m, ids, T, &o, err);
+    StepOut o = {.kind = OUT_NLL, .targets = targets, .nll = nll};
+    return forward_default(m, ids, T, &o, err);
 }
 
-/* ---- the stages, one at a time -------------------------------------------------------- */
+/* ---- the stages, one at a time (the default sequence) ---------------------------------- */
 
 int model_capacity(const Model *m) { return m->rs->capacity; }
 
 float *model_residual(Model *m) { return m->rs->residual; }
 
-static int check_chunk(const Model *m, int T, Error *err) {
-    if (check_room(m, T, err)) return -1;
+static int check_chunk(Model *m, int T, Error *err) {
+    if (check_room(m, 0, T, err)) return -1;
     if (T > m->rs->capacity)
         return err_set(err, "%d tokens exceed the %d a stage takes at a time", T, m->rs->capacity);
+    ChunkPart part = {.seq = 0, .row0 = 0, .T = T};
+    set_chunk(m, &part, 1);
     return 0;
 }
 
@@ -559,7 +740,7 @@ int model_logits(Model *m, const float *hidden, int rows, float **logits, Error 
 }
 
 int model_advance(Model *m, int T, Error *err) {
-    if (check_room(m, T, err)) return -1;
-    m->n_past += T;
+    if (check_room(m, 0, T, err)) return -1;
+    m->seqs[0].n_past += T;
     return m->bk->sync(m->bk, err);
 }

@@ -3,9 +3,10 @@
  * model_load() reads the checkpoint's tensors (the list of its architecture's table,
  * arch.h) into backend objects: every projection becomes a BkLinear (quantized on load
  * for int8 modes), embeddings and the tied lm_head stay 16-bit as stored, LayerNorm
- * weights and biases become float32 vectors. model_forward() runs T new tokens through
- * the network at positions n_past.., appending their keys and values to the KV cache, and
- * returns logits. Every call that runs the network ends by waiting for the backend
+ * weights and biases become float32 vectors. model_forward() runs T new tokens of the
+ * default sequence through the network at its next positions, appending their keys and
+ * values to its part of the KV cache, and returns logits; model_step() does the same for
+ * many sequences at once (docs/ENGINE.md). Every call that runs the network ends by waiting for the backend
  * (bk->sync), so a backend failure comes back here as an Error.
  *
  * What the architecture files share (weights, scratch buffers, the attention and MLP
@@ -41,8 +42,11 @@ typedef struct Model {
     Backend *bk;
     QuantConfig quant;
 
-    int ctx;                 /* positions the KV cache holds */
-    int n_past;              /* tokens already in the cache */
+    int ctx;                 /* most positions one sequence may reach */
+    int cache_tokens;        /* the KV cache's budget: tokens of all sequences together */
+    bool kv_f16;             /* the KV cache holds IEEE half values (else float32) */
+    int max_seqs;            /* sequence slots (live or free) */
+    struct SeqSlot *seqs;    /* [max_seqs]; slot 0 is the default sequence (below) */
 
     ProjObserver observer;   /* set and cleared by the caller; NULL: none */
     void *observer_ctx;
@@ -55,15 +59,65 @@ typedef struct Model {
 
 typedef struct ModelOptions {
     QuantConfig quant;
-    int ctx;                 /* KV-cache length; <= 0: arch_native_context() */
+    int ctx;                 /* longest sequence, in positions; <= 0: arch_native_context() */
+    /* KV-cache budget in tokens, shared by all sequences; <= 0: ctx (one full sequence).
+     * The default sequence 0 takes ctx of it at load. */
+    int cache_tokens;
     int batch_tokens;        /* max tokens per forward call (scratch rows); <= 0: 512 */
+    /* Keys and values cached in IEEE half (round to nearest even), as transformers keeps
+     * them in a 16-bit model: half the memory per token. False: float32, as transformers
+     * keeps them in a float32 model (what the fixtures' goldens were computed with). */
+    bool kv_f16;
 } ModelOptions;
 
 int model_load(const Checkpoint *ck, Backend *bk, const ModelOptions *opt, Model **out, Error *err);
 void model_free(Model *m);
 
-/* Forgets the KV cache (next forward starts at position 0). */
+/* Bytes of KV cache one token takes: keys and values of every layer,
+ * 2 * n_layers * hidden * (2 for a half cache, 4 for float32), and the bytes the whole
+ * cache holds (ctx tokens). */
+size_t model_kv_bytes_per_token(const Model *m);
+size_t model_kv_bytes(const Model *m);
+
+/* Forgets the default sequence's cache (next forward starts at position 0). */
 void model_reset(Model *m);
+
+/* ---- many sequences at once (the step API) ------------------------------------------
+ * A sequence owns max_tokens rows of the KV cache, reserved when it is added (a contiguous
+ * range of the budget, first fit) and freed at once when it is removed. Sequence 0, the
+ * default sequence, is added at load with ctx tokens and is what model_forward,
+ * model_score, model_forward_last and the staged forward run; it may be removed to give
+ * its tokens to others (those calls then fail with a message). model_step runs new tokens
+ * of any set of live sequences in one pass: every projection sees all their tokens as one
+ * [T_total x K] GEMM (batch_tokens rows at a time), and attention runs per sequence over
+ * its own cache. */
+
+/* Adds a sequence that may grow to max_tokens (<= ctx) tokens: its id in *seq. Refused with
+ * a message when the budget has no free range that large. */
+int model_seq_add(Model *m, int max_tokens, int *seq, Error *err);
+/* Removes a sequence; its cache rows are free for the next model_seq_add. */
+int model_seq_remove(Model *m, int seq, Error *err);
+/* Tokens a live sequence has run so far (its next position), or -1 for no such sequence. */
+int model_seq_len(const Model *m, int seq);
+
+/* One sequence's part of a step: its new tokens, and what to hand back. With nll NULL, the
+ * last token's logits stay on the backend (model_step_logits); with nll, each token is
+ * scored against targets[t] as model_score does (nll and targets host arrays [T]). */
+typedef struct SeqStep {
+    int seq;
+    const int32_t *ids;
+    int T;
+    const int32_t *targets;
+    double *nll;
+} SeqStep;
+
+/* Runs steps[0..n) (distinct live sequences, at most MODEL_LOGIT_ROWS of them): each
+ * sequence's tokens at its own next positions. Checks everything first (ids, room in each
+ * sequence, the count) and then runs; -1 with a message. */
+int model_step(Model *m, const SeqStep *steps, int n, Error *err);
+/* After model_step: the last-token logits [vocab] of steps[i] (one with nll NULL), a
+ * backend buffer valid until the next call. */
+float *model_step_logits(Model *m, int i);
 
 /* Runs ids[0..T) at positions n_past..n_past+T-1 (T may exceed batch_tokens: it is split).
  * Writes logits to `logits` (host, float32): only the last token's [vocab] when

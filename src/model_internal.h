@@ -57,6 +57,19 @@ typedef struct ModelWeights {
     Layer *layers;           /* [n_layers] */
 } ModelWeights;
 
+/* A sequence's place in the KV cache: it owns cache rows [first, first + len) of every
+ * layer, of which the first n_past hold its tokens so far. */
+typedef struct SeqSlot {
+    bool live;
+    int first, len, n_past;
+} SeqSlot;
+
+/* One sequence's part of the chunk now running: scratch rows [row0, row0 + T) are its tokens
+ * at positions seqs[seq].n_past ... */
+typedef struct ChunkPart {
+    int seq, row0, T;
+} ChunkPart;
+
 /* Scratch buffers for one chunk of up to `capacity` tokens, each named for what it holds
  * (backend buffers, [capacity, width] row-major), and the KV cache. */
 typedef struct RunState {
@@ -64,15 +77,21 @@ typedef struct RunState {
     float *residual;         /* h, the residual stream [hidden] */
     float *normed;           /* a block's normalised input [max(hidden, embed)] */
     float *q;                /* queries [hidden] */
+    float *k, *v;            /* the new tokens' keys and values [hidden], before the cache */
     float *qkv;              /* fused query/key/value [3 * hidden]; NULL without qkv */
     float *attn;             /* attention output, heads merged [hidden] */
     float *ffn;              /* MLP inner activations [ffn_dim] */
     float *block_out;        /* a block's output projection, before the residual add [hidden] */
     float *embed;            /* token embeddings / final hidden states [word_embed_proj_dim] */
     float *logits;           /* [MODEL_LOGIT_ROWS, vocab] */
-    int32_t *pos;            /* host [capacity]: position ids of the current chunk */
+    int32_t *pos;            /* host [capacity]: position ids of the current chunk (arch scratch) */
+    int32_t *row_pos;        /* host [capacity]: each row's position in its sequence */
+    ChunkPart *parts;        /* host [capacity]: the sequences of the current chunk ... */
+    int n_parts;             /* ... and how many */
+    float *last_hidden;      /* [MODEL_LOGIT_ROWS, word_embed_proj_dim]: last tokens of a step */
     float *observe;          /* host copy for observers on non-host backends */
-    float **k_cache, **v_cache;  /* per layer [ctx, hidden] */
+    void **k_cache, **v_cache;   /* per layer [cache_tokens, hidden]: IEEE half (uint16_t, backend.h)
+                                  * when m->kv_f16, else float32 */
 } RunState;
 
 /* ---- loading -------------------------------------------------------------------- */
@@ -90,9 +109,11 @@ void model_norm(Model *m, const Norm *n, const float *x, int T, float *y);
 void model_add(Model *m, float *h, const float *x, int T);
 /* Runs a projection, first showing its input to the observer if there is one. */
 void model_linear(Model *m, int layer, ProjKind kind, const Linear *l, const float *x, int T, float *y);
-/* Self-attention of layer l on its input x [T, hidden]:
- *   q, k, v = q_proj(x), k_proj(x), v_proj(x)   (or split from the fused qkv(x))
- *   k, v are appended to the layer's cache at n_past
+/* Self-attention of layer l on its input x [T, hidden] (all rows of the chunk's sequences):
+ *   q, k, v = q_proj(x), k_proj(x), v_proj(x)   (one GEMM each over all T rows, or split
+ *                                                from the fused qkv(x))
+ *   per sequence of the chunk (rs->parts): its rows of k, v are appended to its own cache
+ *   at its n_past (rounded to half in a 16-bit cache), and its queries attend over it
  *   out[T, hidden] = out_proj(softmax(q k^T / sqrt(head_dim) + alibi, causal) v)
  * with the ALiBi term only when the model has slopes. */
 void model_attention(Model *m, int l, const float *x, int T, float *out);

@@ -442,7 +442,8 @@ static void attention_ref(const AttentionArgs *a, const float *slopes, double *o
             double m = -INFINITY, sum = 0, big = 0;
             for (int j = 0; j < n; j++) {
                 double d = 0;
-                for (int i = 0; i < hd; i++) d += (double)a->q[t * stride + h * hd + i] * a->k[j * stride + h * hd + i];
+                for (int i = 0; i < hd; i++)
+                    d += (double)a->q[t * stride + h * hd + i] * f16_to_f32(((const uint16_t *)a->k)[j * stride + h * hd + i]);
                 s[j] = a->scale * d + (slopes ? slopes[h] * (double)j : 0.0);
                 if (s[j] > m) m = s[j];
                 if (fabs(s[j]) > big) big = fabs(s[j]);
@@ -451,7 +452,7 @@ static void attention_ref(const AttentionArgs *a, const float *slopes, double *o
             for (int j = 0; j < n; j++) sum += (s[j] = exp(s[j] - m));
             for (int i = 0; i < hd; i++) {
                 double o = 0;
-                for (int j = 0; j < n; j++) o += s[j] / sum * a->v[j * stride + h * hd + i];
+                for (int j = 0; j < n; j++) o += s[j] / sum * f16_to_f32(((const uint16_t *)a->v)[j * stride + h * hd + i]);
                 out[t * stride + h * hd + i] = o;
             }
         }
@@ -462,10 +463,14 @@ static void test_attention_case(int T, int n_past, int heads, int head_dim, bool
     const int stride = heads * head_dim, len = n_past + T;
     float *q = rand_floats((size_t)T * stride, qscale, 0.0f);
     float *k = rand_floats((size_t)len * stride, 1.0f, 0.0f), *v = rand_floats((size_t)len * stride, 1.0f, 0.0f);
+    /* the cache holds halves: the reference reads the same halves, widened exactly */
+    uint16_t *kh = malloc((size_t)len * stride * sizeof *kh), *vh = malloc((size_t)len * stride * sizeof *vh);
+    bk->store_f16(bk, k, (size_t)len * stride, kh);
+    bk->store_f16(bk, v, (size_t)len * stride, vh);
     float *out = malloc((size_t)T * stride * sizeof(float));
     double *ref = malloc((size_t)T * stride * sizeof(double)), *smax = malloc((size_t)T * heads * sizeof(double));
     float slopes[8] = {0.5f, 0.25f, 0.125f, 0.0625f, 0.7071f, 0.3536f, 0.1768f, 0.0884f};
-    AttentionArgs a = {.q = q, .k = k, .v = v, .out = out, .T = T, .n_past = n_past, .heads = heads,
+    AttentionArgs a = {.q = q, .k = kh, .v = vh, .kv_f16 = true, .out = out, .T = T, .n_past = n_past, .heads = heads,
                        .head_dim = head_dim, .scale = 1.0f / sqrtf((float)head_dim), .alibi = alibi ? slopes : NULL};
     bk->attention(bk, &a);
     attention_ref(&a, alibi ? slopes : NULL, ref, smax);
@@ -483,6 +488,17 @@ static void test_attention_case(int T, int n_past, int heads, int head_dim, bool
     CHECK(bad == 0, "attention T=%d n_past=%d heads=%d hd=%d alibi=%d: %d wrong", T, n_past, heads, head_dim, alibi,
           bad);
 
+    /* A float32 cache holding the same (widened) values gives bit for bit the same output. */
+    float *kw = malloc((size_t)len * stride * sizeof *kw), *vw = malloc((size_t)len * stride * sizeof *vw);
+    float *out32 = malloc((size_t)T * stride * sizeof(float));
+    for (int i = 0; i < len * stride; i++) kw[i] = f16_to_f32(kh[i]), vw[i] = f16_to_f32(vh[i]);
+    AttentionArgs a32 = a;
+    a32.k = kw, a32.v = vw, a32.kv_f16 = false, a32.out = out32;
+    bk->attention(bk, &a32);
+    CHECK(memcmp(out32, out, (size_t)T * stride * sizeof(float)) == 0,
+          "attention T=%d n_past=%d: float32 cache differs from the half cache with the same values", T, n_past);
+    free(kw), free(vw), free(out32);
+
     /* Decoding token by token gives bit for bit what the prompt pass gave. */
     float *one = malloc((size_t)stride * sizeof(float));
     bad = 0;
@@ -499,6 +515,8 @@ static void test_attention_case(int T, int n_past, int heads, int head_dim, bool
     if (T > 1) {
         float *out2 = malloc((size_t)T * stride * sizeof(float));
         for (int i = (n_past + 1) * stride; i < len * stride; i++) k[i] += 1.0f, v[i] -= 1.0f;
+        bk->store_f16(bk, k, (size_t)len * stride, kh);
+        bk->store_f16(bk, v, (size_t)len * stride, vh);
         a.out = out2;
         bk->attention(bk, &a);
         CHECK(memcmp(out2, out, (size_t)stride * sizeof(float)) == 0, "attention: token 0 sees later keys");
@@ -507,7 +525,26 @@ static void test_attention_case(int T, int n_past, int heads, int head_dim, bool
               "attention T=%d n_past=%d: last token ignores its keys", T, n_past);
         free(out2);
     }
-    free(q), free(k), free(v), free(out), free(ref), free(smax), free(one);
+    free(q), free(k), free(v), free(kh), free(vh), free(out), free(ref), free(smax), free(one);
+}
+
+/* store_f16 rounds to nearest even exactly as f32_to_f16 (torch's .half()), with SIMD and
+ * scalar tails alike: ties, subnormals, overflow to inf, NaN, signed zero. */
+static void test_store_f16(void) {
+    enum { N = 4099 };
+    float *x = rand_floats(N, 8.0f, 0.0f);
+    const float special[] = {0.0f, -0.0f, 65504.0f, 65519.99f, 65520.0f, -70000.0f, INFINITY, -INFINITY, NAN,
+                             5.96e-8f, 2.98e-8f, 2.99e-8f, 6.1e-5f, 1.0f + 1.0f / 2048, 1.0f + 3.0f / 2048,
+                             1e-30f, 3.1415927f};
+    for (size_t i = 0; i < sizeof special / sizeof *special; i++) x[i * 7] = x[N - 1 - i] = special[i];
+    for (int i = 100; i < 400; i++) x[i] *= 1e-6f; /* subnormal halves */
+    uint16_t *h = malloc(N * sizeof *h);
+    bk->store_f16(bk, x, N, h);
+    int bad = 0;
+    for (int i = 0; i < N; i++)
+        if (h[i] != f32_to_f16(x[i]) && bad++ < 3) CHECK(0, "store_f16(%.9g) = 0x%04x, expected 0x%04x", x[i], h[i], f32_to_f16(x[i]));
+    CHECK(bad == 0, "store_f16: %d of %d wrong", bad, N);
+    free(x), free(h);
 }
 
 static void test_attention(void) {
@@ -746,6 +783,7 @@ static int run_all(const char *name) {
     test_layernorm();
     test_elementwise();
     test_split_qkv();
+    test_store_f16();
     test_attention();
     bk->destroy(bk);
     test_threads_for_load();

@@ -2,7 +2,8 @@
  *
  *   - memory: alloc is zero-filled, upload / download / copy round trips;
  *   - add, relu, gelu_tanh, layernorm (also in place), split_qkv, embed (F16 and BF16
- *     tables, accumulate), attention (OPT and ALiBi, with a KV cache, long and short);
+ *     tables, accumulate), store_f16 (bit-equal to the CPU's rounding), attention over a
+ *     16-bit KV cache (OPT and ALiBi, long and short);
  *   - fp16 projections and the tied-head matmul (F16, BF16, F32 and dequantized I8
  *     weights, odd shapes): within the error of rounding activations to fp16;
  *   - LLM.int8() projections (per-call and per-token outliers, vector-wise, an int8
@@ -239,6 +240,41 @@ static void test_embed(void) {
     }
 }
 
+/* A 16-bit cache of the float rows x [n] on each side: the CPU's halves (host) and the
+ * GPU's (a device buffer of (n + 1) / 2 floats, backend.h), both from store_f16. */
+static uint16_t *halves_cpu(const float *x, size_t n) {
+    uint16_t *h = malloc((n ? n : 1) * sizeof *h);
+    cpu->store_f16(cpu, x, n, h);
+    return h;
+}
+
+static uint16_t *halves_gpu(const float *x, size_t n) {
+    float *dx = to_gpu(x, n), *dh = gpu->alloc(gpu, (n + 1) / 2 ? (n + 1) / 2 : 1);
+    CHECK(dh != NULL, "gpu alloc of %zu halves", n);
+    if (dh) gpu->store_f16(gpu, dx, n, (uint16_t *)dh);
+    gpu->release(gpu, dx);
+    return (uint16_t *)dh;
+}
+
+/* The GPU's store_f16 rounds to nearest even bit for bit as the CPU's (specials too). */
+static void test_store_f16(void) {
+    enum { N = 3001 };
+    float *x = random_floats(N, -70000, 70000);
+    const float special[] = {0.0f, -0.0f, 65504.0f, 65519.99f, 65520.0f, INFINITY, -INFINITY, NAN,
+                             5.96e-8f, 2.98e-8f, 2.99e-8f, 1.0f + 1.0f / 2048, 1.0f + 3.0f / 2048, 1e-30f};
+    for (size_t i = 0; i < sizeof special / sizeof *special; i++) x[i * 5] = special[i];
+    for (int i = 100; i < 600; i++) x[i] *= 1e-10f; /* subnormal halves */
+    uint16_t *want = halves_cpu(x, N), *d = halves_gpu(x, N);
+    uint16_t *got = calloc(N + 1, sizeof *got);
+    gpu->download(gpu, (float *)got, (const float *)d, (N + 1) / 2);
+    expect_synced("store_f16");
+    int bad = 0;
+    for (int i = 0; i < N; i++) bad += got[i] != want[i];
+    CHECK(bad == 0, "store_f16: %d of %d halves differ from the CPU's", bad, N);
+    gpu->release(gpu, (float *)d);
+    free(x), free(want), free(got);
+}
+
 static void test_attention_case(int T, int n_past, int heads, int hd, bool alibi) {
     int L = n_past + T;
     size_t D = (size_t)heads * hd;
@@ -246,10 +282,12 @@ static void test_attention_case(int T, int n_past, int heads, int hd, bool alibi
     float *v = random_floats((size_t)L * D, -2, 2), *slopes = random_floats((size_t)heads, 0.01f, 0.5f);
     float *want = malloc((size_t)T * D * sizeof *want);
     float scale = 1.0f / sqrtf((float)hd) * 3.0f; /* peaky softmax: exercises the max */
-    AttentionArgs a = {.q = q, .k = k, .v = v, .out = want, .T = T, .n_past = n_past, .heads = heads,
+    uint16_t *kh = halves_cpu(k, (size_t)L * D), *vh = halves_cpu(v, (size_t)L * D);
+    AttentionArgs a = {.q = q, .k = kh, .v = vh, .kv_f16 = true, .out = want, .T = T, .n_past = n_past, .heads = heads,
                        .head_dim = hd, .scale = scale, .alibi = alibi ? slopes : NULL};
     cpu->attention(cpu, &a);
-    float *dq = to_gpu(q, (size_t)T * D), *dk = to_gpu(k, (size_t)L * D), *dv = to_gpu(v, (size_t)L * D);
+    float *dq = to_gpu(q, (size_t)T * D);
+    uint16_t *dk = halves_gpu(k, (size_t)L * D), *dv = halves_gpu(v, (size_t)L * D);
     float *dal = to_gpu(slopes, (size_t)heads), *dout = gpu->alloc(gpu, (size_t)T * D);
     AttentionArgs ga = a;
     ga.q = dq, ga.k = dk, ga.v = dv, ga.out = dout, ga.alibi = alibi ? dal : NULL;
@@ -258,9 +296,20 @@ static void test_attention_case(int T, int n_past, int heads, int hd, bool alibi
     char what[96];
     snprintf(what, sizeof what, "attention T %d n_past %d heads %d head_dim %d alibi %d", T, n_past, heads, hd, alibi);
     expect_close(what, g, want, (size_t)T * D, 1e-5, 1e-5);
-    gpu->release(gpu, dq), gpu->release(gpu, dk), gpu->release(gpu, dv), gpu->release(gpu, dal);
+    /* a float32 cache holding the same values: the same output, bit for bit */
+    float *kw = malloc((size_t)L * D * sizeof *kw), *vw = malloc((size_t)L * D * sizeof *vw);
+    for (size_t i = 0; i < (size_t)L * D; i++) kw[i] = f16_to_f32(kh[i]), vw[i] = f16_to_f32(vh[i]);
+    float *dkw = to_gpu(kw, (size_t)L * D), *dvw = to_gpu(vw, (size_t)L * D), *dout32 = gpu->alloc(gpu, (size_t)T * D);
+    AttentionArgs ga32 = ga;
+    ga32.k = dkw, ga32.v = dvw, ga32.kv_f16 = false, ga32.out = dout32;
+    gpu->attention(gpu, &ga32);
+    float *g32 = from_gpu(dout32, (size_t)T * D);
+    CHECK(memcmp(g32, g, (size_t)T * D * sizeof *g) == 0, "%s: float32 cache differs from the half cache", what);
+    gpu->release(gpu, dkw), gpu->release(gpu, dvw), gpu->release(gpu, dout32);
+    free(kw), free(vw), free(g32);
+    gpu->release(gpu, dq), gpu->release(gpu, (float *)dk), gpu->release(gpu, (float *)dv), gpu->release(gpu, dal);
     gpu->release(gpu, dout);
-    free(q), free(k), free(v), free(slopes), free(want), free(g);
+    free(q), free(k), free(v), free(kh), free(vh), free(slopes), free(want), free(g);
 }
 
 static void test_attention(void) {
@@ -846,6 +895,7 @@ int main(void) {
     test_elementwise();
     test_layernorm();
     test_split_qkv();
+    test_store_f16();
     test_embed();
     test_attention();
     test_fp16_linear();

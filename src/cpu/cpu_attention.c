@@ -1,16 +1,20 @@
 /* cpu/cpu_attention.c — causal softmax attention on the CPU (the Backend operation
- * `attention`, backend.h).
+ * `attention`, backend.h), over the 16-bit KV cache.
  *
  * For each new token t (absolute position n_past + t) and head h, over the keys
  * j = 0 .. n_past + t (causal):
  *     s_j = scale * q.k_j + slope_h * j,   p = softmax(s),   out = sum_j p_j v_j.
- * For one (t, h), keys are taken in chunks of ATT_CHUNK: a chunk's scores go to a stack
- * buffer, become weights exp(s_j - m), where m is the largest score seen so far, and the
- * weighted values are added to out; when a chunk raises m, what was accumulated is first
- * rescaled by exp(m_old - m_new) (the "online softmax"). With at most ATT_CHUNK keys this
- * is exactly the textbook two-pass softmax; either way every key and value row is read
- * once per query. The three steps of a chunk — scores, exponentials, weighted sum — each
- * have a plain and an AVX2 version. */
+ * A unit of work (one head, a block of queries) first copies the rows of its head's keys
+ * and values it needs side by side, as float32: half caches are widened (F16C when
+ * available; the conversion is exact either way), float32 ones copied. For one (t, h), keys are then taken in chunks of ATT_CHUNK: a chunk's
+ * scores go to a stack buffer, become weights exp(s_j - m), where m is the largest score
+ * seen so far, and the weighted values are added to out; when a chunk raises m, what was
+ * accumulated is first rescaled by exp(m_old - m_new) (the "online softmax"). With at most
+ * ATT_CHUNK keys this is exactly the textbook two-pass softmax. The order of every float
+ * operation for one query depends only on its number of keys, never on T, n_past or the
+ * block it falls in: a sequence's output is the same whatever else runs in the batch. The
+ * three steps of a chunk — scores, exponentials, weighted sum — each have a plain and an
+ * AVX2 version. */
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -19,6 +23,7 @@
 #include "cpu_avx2.h"
 #include "cpu_internal.h"
 #include "cpu_pool.h"
+#include "dtype.h"
 
 enum { ATT_CHUNK = 256 };
 
@@ -64,16 +69,6 @@ static void weighted_sum_plain(const HeadView *hv, int j0, int nc, const float *
 }
 
 #if HAVE_X86
-/* Rows of the cache are heads*head_dim floats apart — a new 4 KiB page every row or two
- * for real models — which the hardware prefetchers do not follow, so when reading the
- * cache in place (decoding) we ask for the rows this many keys ahead ourselves (~10%
- * faster decode attention, measured). Contiguous copies need no help. */
-enum { PREFETCH_KEYS = 16 };
-
-INLINE_AVX2 void prefetch_row(const float *row, int hd) {
-    for (int i = 0; i < hd; i += 16) _mm_prefetch((const char *)(row + i), _MM_HINT_T0);
-}
-
 /* Eight keys at a time: eight independent dot products (one accumulator each), folded
  * into one vector of eight scores by a tree of horizontal adds. Needs hd % 8 == 0 (true
  * of every real model); other head sizes and the last nc % 8 keys go one by one. */
@@ -84,8 +79,6 @@ TARGET_AVX2 static float scores_avx2(const HeadView *hv, int j0, int nc, float *
     if (hd % 8 == 0) {
         for (; j + 8 <= nc; j += 8) {
             const float *k = hv->k + (int64_t)(j0 + j) * hv->stride;
-            for (int l = 0; l < 8 && hv->stride != hd && j + PREFETCH_KEYS + l < nc; l++)
-                prefetch_row(k + (PREFETCH_KEYS + l) * hv->stride, hd);
             __m256 acc[8];
 #pragma GCC unroll 8
             for (int l = 0; l < 8; l++) acc[l] = _mm256_setzero_ps();
@@ -150,7 +143,6 @@ TARGET_AVX2 static void weighted_sum_avx2(const HeadView *hv, int j0, int nc, co
         for (int l = 0; l < 8; l++) acc[l] = _mm256_loadu_ps(out + i + 8 * l);
         for (int j = 0; j < nc; j++) {
             const float *v = vbase + (int64_t)j * hv->stride + i;
-            if (hv->stride != hv->hd && j + PREFETCH_KEYS < nc) prefetch_row(v + PREFETCH_KEYS * hv->stride, 64);
             __m256 pj = _mm256_set1_ps(p[j]);
 #pragma GCC unroll 8
             for (int l = 0; l < 8; l++) acc[l] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 8 * l), acc[l]);
@@ -207,20 +199,63 @@ static void attend_one(const HeadView *hv, int n_keys, bool simd) {
     (void)simd;
 }
 
-/* Queries per unit of work; the unit's queries share one copy of their head's keys and values. */
+/* Rows of the cache are heads*head_dim halves apart — a new 4 KiB page every row or few
+ * for real models — which the hardware prefetchers do not follow, so the widening asks for
+ * the rows this many keys ahead itself. */
+enum { PREFETCH_KEYS = 16 };
+
+#if HAVE_X86
+/* dst[j][0..hd) = float(src[j * stride + 0..hd)) for j < n, 8 values at a time by F16C. */
+__attribute__((target("avx2,f16c"))) static void widen_rows_f16c(const uint16_t *src, int64_t stride, int n, int hd,
+                                                                float *dst) {
+    for (int j = 0; j < n; j++) {
+        const uint16_t *row = src + j * stride;
+        if (j + PREFETCH_KEYS < n)
+            for (int i = 0; i < hd; i += 32) _mm_prefetch((const char *)(row + PREFETCH_KEYS * stride + i), _MM_HINT_T0);
+        float *out = dst + (int64_t)j * hd;
+        int i = 0;
+        for (; i + 8 <= hd; i += 8)
+            _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + i))));
+        for (; i < hd; i++) out[i] = f16_to_f32(row[i]);
+    }
+}
+#endif
+
+/* dst[j][0..hd) = the float values of cache row j's slice at src, for j < n. */
+static void widen_rows(const void *cache, bool f16, int64_t offset, int64_t stride, int n, int hd, float *dst,
+                       bool simd) {
+    if (!f16) {
+        const float *src = (const float *)cache + offset;
+        for (int j = 0; j < n; j++) memcpy(dst + (int64_t)j * hd, src + j * stride, (size_t)hd * sizeof(float));
+        return;
+    }
+    const uint16_t *src = (const uint16_t *)cache + offset;
+#if HAVE_X86
+    if (simd) {
+        widen_rows_f16c(src, stride, n, hd, dst);
+        return;
+    }
+#endif
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < hd; i++) dst[(int64_t)j * hd + i] = f16_to_f32(src[j * stride + i]);
+    (void)simd;
+}
+
+/* Queries per unit of work; the unit's queries share one widened copy of their head's keys
+ * and values. */
 enum { ATT_QUERIES = 64 };
 
-/* Units of work are (head, block of up to ATT_QUERIES new tokens). A block of several
- * queries first copies its head's key and value rows side by side: in the cache they are
- * heads*head_dim floats apart, a power of two for most models, so all of them fall into the
- * same few cache sets and evict one another before the next query can reuse them (3x
- * slower, measured). A single query reads each row once, and uses the cache as it is. */
+/* Units of work are (head, block of up to ATT_QUERIES new tokens), the blocks with the most
+ * keys first. Each thread slot holds one float copy of a head's keys (rows 0..len-1) and
+ * values; the copy also puts a head's rows side by side, which the cache does not: there
+ * they are heads*head_dim apart, a power of two for most models, so all fall into the same
+ * few cache sets. */
 typedef struct AttentionJob {
     const AttentionArgs *a;
     int nblocks;
     bool simd;
-    float **kv;      /* per thread slot: a copy of one head's keys (rows 0..len-1) then values,
-                      * made on first use; NULL when out of memory (the cache is read in place) */
+    float **kv;      /* per thread slot, made on first use */
+    int *failed;     /* per thread slot: its copy could not be allocated */
 } AttentionJob;
 
 static void attention_units(void *ctx, int64_t i0, int64_t i1, int slot) {
@@ -228,25 +263,21 @@ static void attention_units(void *ctx, int64_t i0, int64_t i1, int slot) {
     const AttentionArgs *a = j->a;
     const int hd = a->head_dim, len = a->n_past + a->T, nblocks = j->nblocks;
     const int64_t stride = (int64_t)a->heads * hd;
+    if (!j->kv[slot]) j->kv[slot] = malloc((size_t)len * (size_t)hd * 2 * sizeof(float));
+    float *kv = j->kv[slot];
+    if (!kv) {
+        j->failed[slot] = 1;
+        return;
+    }
     for (int64_t i = i0; i < i1; i++) {
-        /* the last blocks (the most keys) first, so that the threads finish together */
         const int h = (int)(i % a->heads), blk = nblocks - 1 - (int)(i / a->heads);
         const int t0 = blk * ATT_QUERIES, t1 = t0 + ATT_QUERIES < a->T ? t0 + ATT_QUERIES : a->T;
-        HeadView hv = {.k = a->k + (int64_t)h * hd, .v = a->v + (int64_t)h * hd, .stride = stride,
-                       .hd = hd, .scale = a->scale, .slope = a->alibi ? a->alibi[h] : 0.0f};
-        if (j->kv && t1 - t0 >= 4) {
-            if (!j->kv[slot]) j->kv[slot] = malloc((size_t)len * (size_t)hd * 2 * sizeof(float));
-            float *kv = j->kv[slot];
-            if (kv) {
-                const int n = a->n_past + t1; /* the keys the block's last query sees */
-                float *kc = kv, *vc = kv + (size_t)len * hd;
-                for (int r = 0; r < n; r++) {
-                    memcpy(kc + (size_t)r * hd, hv.k + r * stride, (size_t)hd * sizeof(float));
-                    memcpy(vc + (size_t)r * hd, hv.v + r * stride, (size_t)hd * sizeof(float));
-                }
-                hv.k = kc, hv.v = vc, hv.stride = hd;
-            }
-        }
+        const int n = a->n_past + t1; /* the keys the block's last query sees */
+        float *kc = kv, *vc = kv + (size_t)len * hd;
+        widen_rows(a->k, a->kv_f16, (int64_t)h * hd, stride, n, hd, kc, j->simd);
+        widen_rows(a->v, a->kv_f16, (int64_t)h * hd, stride, n, hd, vc, j->simd);
+        HeadView hv = {.k = kc, .v = vc, .stride = hd, .hd = hd, .scale = a->scale,
+                       .slope = a->alibi ? a->alibi[h] : 0.0f};
         for (int t = t0; t < t1; t++) {
             hv.q = a->q + t * stride + (int64_t)h * hd;
             hv.out = a->out + t * stride + (int64_t)h * hd;
@@ -255,18 +286,43 @@ static void attention_units(void *ctx, int64_t i0, int64_t i1, int slot) {
     }
 }
 
-void cpu_attention(const AttentionArgs *a) {
-    if (a->T <= 0 || a->heads <= 0 || a->head_dim <= 0 || a->n_past < 0) return;
+/* Returns -1 when a thread's copy cannot be allocated. */
+int cpu_attention(const AttentionArgs *a) {
+    if (a->T <= 0 || a->heads <= 0 || a->head_dim <= 0 || a->n_past < 0) return 0;
     const int len = a->n_past + a->T;
     const int64_t stride = (int64_t)a->heads * a->head_dim;
     const int nblocks = (a->T + ATT_QUERIES - 1) / ATT_QUERIES, items = a->heads * nblocks;
     const bool par = items > 1 && (int64_t)a->T * len * stride >= CPU_PAR_MIN;
     const int slots = cpu_pool_slots();
-    /* copies only pay off for blocks of several queries (T >= 4) */
     AttentionJob j = {.a = a, .nblocks = nblocks, .simd = cpu_has_avx2(),
-                      .kv = a->T >= 4 ? calloc((size_t)slots, sizeof(float *)) : NULL};
-    cpu_parallel_for(items, 1, par, attention_units, &j);
-    if (j.kv)
-        for (int s = 0; s < slots; s++) free(j.kv[s]);
-    free(j.kv);
+                      .kv = calloc((size_t)slots, sizeof(float *)), .failed = calloc((size_t)slots, sizeof(int))};
+    int failed = !j.kv || !j.failed;
+    if (!failed) cpu_parallel_for(items, 1, par, attention_units, &j);
+    for (int s = 0; s < slots; s++) {
+        if (j.kv) free(j.kv[s]);
+        if (j.failed && j.failed[s]) failed = 1;
+    }
+    free(j.kv), free(j.failed);
+    return failed ? -1 : 0;
+}
+
+/* ---- storing keys and values ------------------------------------------------------------- */
+
+#if HAVE_X86
+/* F16C's conversion with the round-to-nearest-even mode gives the same bits as f32_to_f16
+ * (subnormals, overflow to inf and quiet NaNs included). */
+__attribute__((target("avx2,f16c"))) static size_t store_f16c(const float *x, size_t n, uint16_t *dst) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    return i;
+}
+#endif
+
+void cpu_store_f16(const float *x, size_t n, uint16_t *dst) {
+    size_t i = 0;
+#if HAVE_X86
+    if (cpu_has_avx2()) i = store_f16c(x, n, dst);
+#endif
+    for (; i < n; i++) dst[i] = f32_to_f16(x[i]);
 }

@@ -483,8 +483,18 @@ static void cpu_split_qkv(Backend *bk, const float *qkv, int T, int heads, int h
 }
 
 static void cpu_attention_op(Backend *bk, const AttentionArgs *a) {
+    CpuBackend *cb = cpu_of(bk);
+    if (cb->failed) return;
+    if (cpu_attention(a)) {
+        Error e;
+        err_set(&e, "attention: out of memory for the float copies of %d cached positions", a->n_past + a->T);
+        record_failure(cb, &e);
+    }
+}
+
+static void cpu_store_f16_op(Backend *bk, const float *x, size_t n, uint16_t *dst) {
     (void)bk;
-    cpu_attention(a);
+    cpu_store_f16(x, n, dst);
 }
 
 static size_t cpu_device_memory_in_use(Backend *bk) {
@@ -570,6 +580,7 @@ Backend *cpu_backend_create(int threads, Error *err) {
         .relu = cpu_relu,
         .gelu_tanh = cpu_gelu_tanh,
         .split_qkv = cpu_split_qkv,
+        .store_f16 = cpu_store_f16_op,
         .attention = cpu_attention_op,
         .token_nll = cpu_token_nll,
         .argmax = cpu_argmax,

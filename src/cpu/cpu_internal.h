@@ -11,7 +11,8 @@
  *                       paper's ablation modes (QuantMode). The math is docs/QUANT.md's.
  *   cpu_int8_kernels.c  the int8 GEMM micro-kernels (portable C, AVX2, AVX-512 VNNI) and the
  *                       run-time choice between them.
- *   cpu_attention.c     causal softmax attention over the KV cache (online softmax, AVX2).
+ *   cpu_attention.c     the 16-bit KV cache: storing rows into it (F16C) and causal softmax
+ *                       attention over it (online softmax, AVX2).
  *   cpu_avx2.h          AVX2 helpers shared by cpu_backend.c (GELU) and cpu_attention.c.
  *   cpu_pool.c/.h       the threads: parallel loops whose pieces go to whichever thread is
  *                       free, and the adaptive default thread count.
@@ -67,8 +68,11 @@ int cpu_has_avx2(void);
 
 /* ---- cpu_attention.c ------------------------------------------------------------------------- */
 
-/* The Backend operation `attention` (backend.h, AttentionArgs). */
-void cpu_attention(const AttentionArgs *a);
+/* The Backend operation `attention` (backend.h, AttentionArgs): 0, or -1 when out of memory
+ * for its per-thread float copies of the keys and values. */
+int cpu_attention(const AttentionArgs *a);
+/* The Backend operation `store_f16`: dst[i] = half(x[i]), round to nearest even. */
+void cpu_store_f16(const float *x, size_t n, uint16_t *dst);
 
 /* ---- cpu_int8.c ------------------------------------------------------------------------------ */
 

@@ -85,7 +85,7 @@ int cli_common_option(int code, const char *arg, CommonOptions *o) {
     double d;
     long l;
     switch (code) {
-    case OPT_PRECISION:
+    case ARG_PRECISION:
         if (strcmp(arg, "fp16") == 0) o->quant.mode = QUANT_FP16;
         else if (strcmp(arg, "int8") == 0) o->quant.mode = QUANT_LLM_INT8;
         else {
@@ -94,14 +94,14 @@ int cli_common_option(int code, const char *arg, CommonOptions *o) {
         }
         o->quant_given = true;
         return 1;
-    case OPT_QUANT:
+    case ARG_QUANT:
         if (quant_mode_parse(arg, &o->quant.mode) != 0) {
             option_error("--quant '%s' is not a quantization mode (see --help)", arg);
             return -1;
         }
         o->quant_given = true;
         return 1;
-    case OPT_THRESHOLD:
+    case ARG_THRESHOLD:
         if (cli_parse_float(arg, 0.0, 65504.0, &d) != 0) {
             option_error("--threshold '%s': expected a number from 0 to 65504", arg);
             return -1;
@@ -109,7 +109,7 @@ int cli_common_option(int code, const char *arg, CommonOptions *o) {
         o->quant.threshold = (float)d;
         o->threshold_given = true;
         return 1;
-    case OPT_OUTLIERS:
+    case ARG_OUTLIERS:
         if (strcmp(arg, "per-call") == 0) o->quant.outliers = OUTLIERS_PER_CALL;
         else if (strcmp(arg, "per-token") == 0) o->quant.outliers = OUTLIERS_PER_TOKEN;
         else {
@@ -117,21 +117,21 @@ int cli_common_option(int code, const char *arg, CommonOptions *o) {
             return -1;
         }
         return 1;
-    case OPT_DEVICE:
+    case ARG_DEVICE:
         if (strcmp(arg, "cpu") && strcmp(arg, "cuda") && strcmp(arg, "auto")) {
             option_error("--device '%s': expected cpu, cuda or auto", arg);
             return -1;
         }
         o->device = arg;
         return 1;
-    case OPT_THREADS:
+    case ARG_THREADS:
         if (cli_parse_int(arg, 1, 1024, &l) != 0) {
             option_error("--threads '%s': expected a whole number from 1 to 1024", arg);
             return -1;
         }
         o->threads = (int)l;
         return 1;
-    case OPT_TOKENIZER:
+    case ARG_TOKENIZER:
         o->tokenizer_dir = arg;
         return 1;
     default:
@@ -383,10 +383,10 @@ int cli_read_ids(const char *path, int vocab, int32_t **ids, size_t *n, Error *e
 int cli_text_option(const char *cmd, int code, const char *arg, TextOptions *t) {
     switch (code) {
     case 'f': t->text_file = arg; return 1;
-    case OPT_IDS: t->ids_file = arg; return 1;
-    case OPT_CTX:
+    case ARG_IDS: t->ids_file = arg; return 1;
+    case ARG_CTX:
         return cli_int_option(cmd, "--ctx", arg, 2, 1 << 20, &t->ctx) ? -1 : 1;
-    case OPT_MAX_TOKENS:
+    case ARG_MAX_TOKENS:
         if (cli_parse_int(arg, 0, 1L << 40, &t->max_tokens) || t->max_tokens == 1) {
             cli_usage_error(cmd, "--max-tokens '%s': expected 0 (the whole text) or a whole number from 2 to %ld", arg,
                             1L << 40);

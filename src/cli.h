@@ -20,22 +20,23 @@
 #include "quant.h"
 #include "tokenizer.h"
 
+/* getopt_long codes of the long-only options (ARG_, so as not to read like the OPT model). */
 enum {
-    OPT_PRECISION = 1000, OPT_QUANT, OPT_THRESHOLD, OPT_OUTLIERS, OPT_DEVICE, OPT_THREADS,
-    OPT_TOKENIZER, OPT_HELP,
-    OPT_IDS = 1050, OPT_CTX, OPT_MAX_TOKENS,   /* CLI_TEXT_OPTIONS */
-    OPT_COMMAND_BASE = 1100 /* commands number their own long-only options from here */
+    ARG_PRECISION = 1000, ARG_QUANT, ARG_THRESHOLD, ARG_OUTLIERS, ARG_DEVICE, ARG_THREADS,
+    ARG_TOKENIZER, ARG_HELP,
+    ARG_IDS = 1050, ARG_CTX, ARG_MAX_TOKENS,   /* CLI_TEXT_OPTIONS */
+    ARG_COMMAND_BASE = 1100 /* commands number their own long-only options from here */
 };
 
 /* getopt_long entries for the options every command takes. */
 #define CLI_COMMON_OPTIONS                                         \
-    {"precision", required_argument, NULL, OPT_PRECISION},         \
-    {"quant", required_argument, NULL, OPT_QUANT},                 \
-    {"threshold", required_argument, NULL, OPT_THRESHOLD},         \
-    {"outliers", required_argument, NULL, OPT_OUTLIERS},           \
-    {"device", required_argument, NULL, OPT_DEVICE},               \
-    {"threads", required_argument, NULL, OPT_THREADS},             \
-    {"tokenizer", required_argument, NULL, OPT_TOKENIZER},         \
+    {"precision", required_argument, NULL, ARG_PRECISION},         \
+    {"quant", required_argument, NULL, ARG_QUANT},                 \
+    {"threshold", required_argument, NULL, ARG_THRESHOLD},         \
+    {"outliers", required_argument, NULL, ARG_OUTLIERS},           \
+    {"device", required_argument, NULL, ARG_DEVICE},               \
+    {"threads", required_argument, NULL, ARG_THREADS},             \
+    {"tokenizer", required_argument, NULL, ARG_TOKENIZER},         \
     {"help", no_argument, NULL, 'h'}
 
 /* Help text for the common options, printed by every command's --help. */
@@ -70,9 +71,9 @@ typedef struct TextOptions {
 
 #define CLI_TEXT_OPTIONS                                           \
     {"file", required_argument, NULL, 'f'},                        \
-    {"ids", required_argument, NULL, OPT_IDS},                     \
-    {"ctx", required_argument, NULL, OPT_CTX},                     \
-    {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS}
+    {"ids", required_argument, NULL, ARG_IDS},                     \
+    {"ctx", required_argument, NULL, ARG_CTX},                     \
+    {"max-tokens", required_argument, NULL, ARG_MAX_TOKENS}
 
 /* Handles one text option of command `cmd`. Returns 1 if handled, 0 if `code` is not a
  * text option, -1 after printing a usage error about a bad value. */

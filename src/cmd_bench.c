@@ -93,9 +93,9 @@ static const char HELP[] =
     "  llmint8 bench --hidden 1024 --layers 4 --json\n";
 
 enum {
-    OPT_SHAPE = OPT_COMMAND_BASE, OPT_ARCH, OPT_HIDDEN, OPT_FFN, OPT_LAYERS, OPT_HEADS, OPT_VOCAB,
-    OPT_TOKENS, OPT_OUTLIER_FRAC, OPT_ITERS, OPT_PROMPT_TOKENS, OPT_PPL_TOKENS, OPT_DECODE_TOKENS,
-    OPT_GEMM_ONLY, OPT_MODEL_ONLY, OPT_MODEL_TAU0, OPT_TMPDIR, OPT_JSON, OPT_BUSY_CORE,
+    ARG_SHAPE = ARG_COMMAND_BASE, ARG_ARCH, ARG_HIDDEN, ARG_FFN, ARG_LAYERS, ARG_HEADS, ARG_VOCAB,
+    ARG_TOKENS, ARG_OUTLIER_FRAC, ARG_ITERS, ARG_PROMPT_TOKENS, ARG_PPL_TOKENS, ARG_DECODE_TOKENS,
+    ARG_GEMM_ONLY, ARG_MODEL_ONLY, ARG_MODEL_TAU0, ARG_TMPDIR, ARG_JSON, ARG_BUSY_CORE,
 };
 
 /* ---- shapes ------------------------------------------------------------------------ */
@@ -168,25 +168,25 @@ static int parse_tokens(const char *arg, BenchOptions *bo) {
 static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo) {
     static const struct option longopts[] = {
         CLI_COMMON_OPTIONS,
-        {"shape", required_argument, NULL, OPT_SHAPE},
-        {"arch", required_argument, NULL, OPT_ARCH},
-        {"hidden", required_argument, NULL, OPT_HIDDEN},
-        {"ffn", required_argument, NULL, OPT_FFN},
-        {"layers", required_argument, NULL, OPT_LAYERS},
-        {"heads", required_argument, NULL, OPT_HEADS},
-        {"vocab", required_argument, NULL, OPT_VOCAB},
-        {"tokens", required_argument, NULL, OPT_TOKENS},
-        {"outlier-frac", required_argument, NULL, OPT_OUTLIER_FRAC},
-        {"iters", required_argument, NULL, OPT_ITERS},
-        {"prompt-tokens", required_argument, NULL, OPT_PROMPT_TOKENS},
-        {"ppl-tokens", required_argument, NULL, OPT_PPL_TOKENS},
-        {"decode-tokens", required_argument, NULL, OPT_DECODE_TOKENS},
-        {"gemm-only", no_argument, NULL, OPT_GEMM_ONLY},
-        {"model-only", no_argument, NULL, OPT_MODEL_ONLY},
-        {"model-tau0", no_argument, NULL, OPT_MODEL_TAU0},
-        {"tmpdir", required_argument, NULL, OPT_TMPDIR},
-        {"json", no_argument, NULL, OPT_JSON},
-        {"busy-core", no_argument, NULL, OPT_BUSY_CORE},
+        {"shape", required_argument, NULL, ARG_SHAPE},
+        {"arch", required_argument, NULL, ARG_ARCH},
+        {"hidden", required_argument, NULL, ARG_HIDDEN},
+        {"ffn", required_argument, NULL, ARG_FFN},
+        {"layers", required_argument, NULL, ARG_LAYERS},
+        {"heads", required_argument, NULL, ARG_HEADS},
+        {"vocab", required_argument, NULL, ARG_VOCAB},
+        {"tokens", required_argument, NULL, ARG_TOKENS},
+        {"outlier-frac", required_argument, NULL, ARG_OUTLIER_FRAC},
+        {"iters", required_argument, NULL, ARG_ITERS},
+        {"prompt-tokens", required_argument, NULL, ARG_PROMPT_TOKENS},
+        {"ppl-tokens", required_argument, NULL, ARG_PPL_TOKENS},
+        {"decode-tokens", required_argument, NULL, ARG_DECODE_TOKENS},
+        {"gemm-only", no_argument, NULL, ARG_GEMM_ONLY},
+        {"model-only", no_argument, NULL, ARG_MODEL_ONLY},
+        {"model-tau0", no_argument, NULL, ARG_MODEL_TAU0},
+        {"tmpdir", required_argument, NULL, ARG_TMPDIR},
+        {"json", no_argument, NULL, ARG_JSON},
+        {"busy-core", no_argument, NULL, ARG_BUSY_CORE},
         {NULL, 0, NULL, 0},
     };
     /* Explicit dimensions are applied after the loop, on top of the (possibly named) shape. */
@@ -203,40 +203,40 @@ static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo
     while (rc == 0 && (c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (c) {
         case 'h': printf(HELP, CLI_COMMON_HELP); exit(0);
-        case OPT_SHAPE: shape_name = optarg; break;
-        case OPT_ARCH:
+        case ARG_SHAPE: shape_name = optarg; break;
+        case ARG_ARCH:
             if (strcmp(optarg, "opt") && strcmp(optarg, "bloom"))
                 return cli_usage_error("bench", "--arch '%s': expected opt or bloom", optarg);
             arch = optarg;
             break;
-        case OPT_HIDDEN: rc = parse_dim("--hidden", optarg, 2, 65536, &hidden); break;
-        case OPT_FFN: rc = parse_dim("--ffn", optarg, 1, 262144, &ffn); break;
-        case OPT_LAYERS: rc = parse_dim("--layers", optarg, 1, 1024, &layers); break;
-        case OPT_HEADS: rc = parse_dim("--heads", optarg, 1, 1024, &heads); break;
-        case OPT_VOCAB: rc = parse_dim("--vocab", optarg, 2, 1 << 20, &vocab); break;
-        case OPT_TOKENS:
+        case ARG_HIDDEN: rc = parse_dim("--hidden", optarg, 2, 65536, &hidden); break;
+        case ARG_FFN: rc = parse_dim("--ffn", optarg, 1, 262144, &ffn); break;
+        case ARG_LAYERS: rc = parse_dim("--layers", optarg, 1, 1024, &layers); break;
+        case ARG_HEADS: rc = parse_dim("--heads", optarg, 1, 1024, &heads); break;
+        case ARG_VOCAB: rc = parse_dim("--vocab", optarg, 2, 1 << 20, &vocab); break;
+        case ARG_TOKENS:
             rc = parse_tokens(optarg, bo);
             tokens_given = true;
             break;
-        case OPT_OUTLIER_FRAC:
+        case ARG_OUTLIER_FRAC:
             if (cli_parse_float(optarg, 0.0, 0.5, &d))
                 return cli_usage_error("bench", "--outlier-frac '%s': expected a number from 0 to 0.5", optarg);
             bo->outlier_frac = d;
             break;
-        case OPT_ITERS:
+        case ARG_ITERS:
             if (cli_parse_int(optarg, 1, 1000000, &bo->iters))
                 return cli_usage_error("bench", "--iters '%s': expected a whole number from 1 to 1000000", optarg);
             break;
-        case OPT_PROMPT_TOKENS: rc = parse_dim("--prompt-tokens", optarg, 1, 2047, &bo->prompt_tokens); break;
-        case OPT_PPL_TOKENS: rc = parse_dim("--ppl-tokens", optarg, 0, 2048, &bo->ppl_tokens); break;
-        case OPT_DECODE_TOKENS: rc = parse_dim("--decode-tokens", optarg, 0, 2047, &bo->decode_tokens); break;
-        case OPT_GEMM_ONLY: gemm_only = true; break;
-        case OPT_MODEL_ONLY: model_only = true; break;
-        case OPT_MODEL_TAU0: bo->model_tau0 = true; break;
-        case OPT_TMPDIR: bo->tmpdir = optarg; break;
-        case OPT_JSON: bo->json = true; break;
-        case OPT_BUSY_CORE: bo->busy_core = true; break;
-        case OPT_PRECISION: case OPT_QUANT: case OPT_TOKENIZER:
+        case ARG_PROMPT_TOKENS: rc = parse_dim("--prompt-tokens", optarg, 1, 2047, &bo->prompt_tokens); break;
+        case ARG_PPL_TOKENS: rc = parse_dim("--ppl-tokens", optarg, 0, 2048, &bo->ppl_tokens); break;
+        case ARG_DECODE_TOKENS: rc = parse_dim("--decode-tokens", optarg, 0, 2047, &bo->decode_tokens); break;
+        case ARG_GEMM_ONLY: gemm_only = true; break;
+        case ARG_MODEL_ONLY: model_only = true; break;
+        case ARG_MODEL_TAU0: bo->model_tau0 = true; break;
+        case ARG_TMPDIR: bo->tmpdir = optarg; break;
+        case ARG_JSON: bo->json = true; break;
+        case ARG_BUSY_CORE: bo->busy_core = true; break;
+        case ARG_PRECISION: case ARG_QUANT: case ARG_TOKENIZER:
             return cli_usage_error("bench", "--precision, --quant and --tokenizer do not apply: bench compares "
                                             "fp16 and int8 (LLM.int8()) on synthetic weights");
         default: {

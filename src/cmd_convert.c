@@ -54,7 +54,7 @@ static const char HELP[] =
     "  llmint8 convert models/opt-gutenberg-7m -o /tmp/opt-gutenberg-7m-int8\n"
     "  llmint8 ppl /tmp/opt-gutenberg-7m-int8 -f tests/data/eval/wiki.test.raw\n";
 
-enum { OPT_SHARD_SIZE = OPT_COMMAND_BASE, OPT_FORCE };
+enum { ARG_SHARD_SIZE = ARG_COMMAND_BASE, ARG_FORCE };
 
 /* Tokenizer and generation files copied as they are, when present. */
 static const char *const COPIED_FILES[] = {
@@ -933,9 +933,9 @@ done:
 static int parse_args(int argc, char **argv, ConvertOptions *o) {
     static const struct option longopts[] = {
         {"output", required_argument, NULL, 'o'},
-        {"threshold", required_argument, NULL, OPT_THRESHOLD},
-        {"shard-size", required_argument, NULL, OPT_SHARD_SIZE},
-        {"force", no_argument, NULL, OPT_FORCE},
+        {"threshold", required_argument, NULL, ARG_THRESHOLD},
+        {"shard-size", required_argument, NULL, ARG_SHARD_SIZE},
+        {"force", no_argument, NULL, ARG_FORCE},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -948,16 +948,16 @@ static int parse_args(int argc, char **argv, ConvertOptions *o) {
         switch (c) {
         case 'h': printf("%s", HELP); return -1;
         case 'o': o->out_dir = optarg; break;
-        case OPT_THRESHOLD:
+        case ARG_THRESHOLD:
             if (cli_common_option(c, optarg, &co) < 0) return 2;
             o->threshold = co.quant.threshold;
             break;
-        case OPT_SHARD_SIZE:
+        case ARG_SHARD_SIZE:
             if (parse_size(optarg, &o->shard_bytes) != 0)
                 return cli_usage_error("convert", "--shard-size '%s': expected a size from 1 byte to 1EB, like 500MB, "
                                        "2GB or 1GiB", optarg);
             break;
-        case OPT_FORCE: o->force = true; break;
+        case ARG_FORCE: o->force = true; break;
         default: return cli_usage_error("convert", "unknown option");
         }
     }

@@ -37,8 +37,8 @@ static const char HELP[] =
     "  echo \"The old man\" | llmint8 generate --greedy --precision fp16\n";
 
 enum {
-    OPT_TEMPERATURE = OPT_COMMAND_BASE, OPT_TOP_K, OPT_TOP_P, OPT_REP_PENALTY, OPT_SEED,
-    OPT_GREEDY, OPT_IGNORE_EOS, OPT_PRINT_IDS, OPT_TRUNCATE,
+    ARG_TEMPERATURE = ARG_COMMAND_BASE, ARG_TOP_K, ARG_TOP_P, ARG_REP_PENALTY, ARG_SEED,
+    ARG_GREEDY, ARG_IGNORE_EOS, ARG_PRINT_IDS, ARG_TRUNCATE,
 };
 
 typedef struct GenerateOptions {
@@ -54,16 +54,16 @@ static int parse_args(int argc, char **argv, CommonOptions *co, GenerateOptions 
         {"prompt", required_argument, NULL, 'p'},
         {"file", required_argument, NULL, 'f'},
         {"max-new", required_argument, NULL, 'n'},
-        {"ids", required_argument, NULL, OPT_IDS},
-        {"temperature", required_argument, NULL, OPT_TEMPERATURE},
-        {"top-k", required_argument, NULL, OPT_TOP_K},
-        {"top-p", required_argument, NULL, OPT_TOP_P},
-        {"repetition-penalty", required_argument, NULL, OPT_REP_PENALTY},
-        {"seed", required_argument, NULL, OPT_SEED},
-        {"greedy", no_argument, NULL, OPT_GREEDY},
-        {"ignore-eos", no_argument, NULL, OPT_IGNORE_EOS},
-        {"print-ids", no_argument, NULL, OPT_PRINT_IDS},
-        {"truncate", no_argument, NULL, OPT_TRUNCATE},
+        {"ids", required_argument, NULL, ARG_IDS},
+        {"temperature", required_argument, NULL, ARG_TEMPERATURE},
+        {"top-k", required_argument, NULL, ARG_TOP_K},
+        {"top-p", required_argument, NULL, ARG_TOP_P},
+        {"repetition-penalty", required_argument, NULL, ARG_REP_PENALTY},
+        {"seed", required_argument, NULL, ARG_SEED},
+        {"greedy", no_argument, NULL, ARG_GREEDY},
+        {"ignore-eos", no_argument, NULL, ARG_IGNORE_EOS},
+        {"print-ids", no_argument, NULL, ARG_PRINT_IDS},
+        {"truncate", no_argument, NULL, ARG_TRUNCATE},
         {NULL, 0, NULL, 0},
     };
     go->max_new = 64;
@@ -77,35 +77,35 @@ static int parse_args(int argc, char **argv, CommonOptions *co, GenerateOptions 
         case 'h': printf(HELP, CLI_COMMON_HELP); exit(0);
         case 'p': go->prompt = optarg; break;
         case 'f': go->prompt_file = optarg; break;
-        case OPT_IDS: go->ids_file = optarg; break;
+        case ARG_IDS: go->ids_file = optarg; break;
         case 'n':
             if (cli_int_option("generate", "-n", optarg, 0, 1000000, &l)) return 2;
             go->max_new = l;
             break;
-        case OPT_TEMPERATURE:
+        case ARG_TEMPERATURE:
             if (cli_parse_float(optarg, 0, 100, &d)) return cli_usage_error("generate", "--temperature '%s': expected a number from 0 to 100", optarg);
             go->sampling.temperature = (float)d;
             break;
-        case OPT_TOP_K:
+        case ARG_TOP_K:
             if (cli_int_option("generate", "--top-k", optarg, 0, 1 << 30, &l)) return 2;
             go->sampling.top_k = (int)l;
             break;
-        case OPT_TOP_P:
+        case ARG_TOP_P:
             if (cli_parse_float(optarg, 0, 1, &d) || d == 0) return cli_usage_error("generate", "--top-p '%s': expected a number in (0, 1]", optarg);
             go->sampling.top_p = (float)d;
             break;
-        case OPT_REP_PENALTY:
+        case ARG_REP_PENALTY:
             if (cli_parse_float(optarg, 0, 100, &d) || d == 0) return cli_usage_error("generate", "--repetition-penalty '%s': expected a number in (0, 100]", optarg);
             go->sampling.repetition_penalty = (float)d;
             break;
-        case OPT_SEED:
+        case ARG_SEED:
             if (cli_u64_option("generate", "--seed", optarg, &go->sampling.seed)) return 2;
             go->seed_given = true;
             break;
-        case OPT_GREEDY: go->sampling.greedy = true; break;
-        case OPT_IGNORE_EOS: go->ignore_eos = true; break;
-        case OPT_PRINT_IDS: go->print_ids = true; break;
-        case OPT_TRUNCATE: go->truncate = true; break;
+        case ARG_GREEDY: go->sampling.greedy = true; break;
+        case ARG_IGNORE_EOS: go->ignore_eos = true; break;
+        case ARG_PRINT_IDS: go->print_ids = true; break;
+        case ARG_TRUNCATE: go->truncate = true; break;
         default: {
             int r = cli_common_option(c, optarg, co);
             if (r < 0) return 2;

@@ -18,7 +18,7 @@ static const char HELP[] =
     "\n%s\nExample:\n"
     "  llmint8 info models/opt-gutenberg-7m\n";
 
-enum { OPT_JSON = OPT_COMMAND_BASE };
+enum { ARG_JSON = ARG_COMMAND_BASE };
 
 /* Parameters in projections (quantized by int8) and in everything else (kept 16-bit), from
  * the architecture's tensor list (the lm_head is the tied embedding: not counted again);
@@ -109,7 +109,7 @@ static void print_unused(const Checkpoint *ck) {
 int cmd_info(int argc, char **argv) {
     static const struct option longopts[] = {
         CLI_COMMON_OPTIONS,
-        {"json", no_argument, NULL, OPT_JSON},
+        {"json", no_argument, NULL, ARG_JSON},
         {NULL, 0, NULL, 0},
     };
     CommonOptions co;
@@ -119,7 +119,7 @@ int cmd_info(int argc, char **argv) {
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         if (c == 'h') { printf(HELP, CLI_COMMON_HELP); return 0; }
-        if (c == OPT_JSON) { json = true; continue; }
+        if (c == ARG_JSON) { json = true; continue; }
         int r = cli_common_option(c, optarg, &co);
         if (r < 0) return 2;
         if (r == 0) return cli_usage_error("info", "unknown option");

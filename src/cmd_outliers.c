@@ -47,7 +47,7 @@ static const char HELP[] =
     "  llmint8 outliers MODEL_DIR -f wiki.test.raw --max-tokens 20000 --json > outliers.json\n"
     "  llmint8 outliers tests/data/fixtures/opt-tiny --ids ids.txt --threshold 8\n";
 
-enum { OPT_MIN_LAYERS = OPT_COMMAND_BASE, OPT_MIN_TOKENS, OPT_SEED, OPT_NO_ABLATION, OPT_SVG, OPT_JSON };
+enum { ARG_MIN_LAYERS = ARG_COMMAND_BASE, ARG_MIN_TOKENS, ARG_SEED, ARG_NO_ABLATION, ARG_SVG, ARG_JSON };
 
 typedef struct OutlierOptions {
     TextOptions text;
@@ -62,12 +62,12 @@ static int parse_args(int argc, char **argv, CommonOptions *co, OutlierOptions *
     static const struct option longopts[] = {
         CLI_COMMON_OPTIONS,
         CLI_TEXT_OPTIONS,
-        {"min-layers", required_argument, NULL, OPT_MIN_LAYERS},
-        {"min-tokens", required_argument, NULL, OPT_MIN_TOKENS},
-        {"seed", required_argument, NULL, OPT_SEED},
-        {"no-ablation", no_argument, NULL, OPT_NO_ABLATION},
-        {"svg", required_argument, NULL, OPT_SVG},
-        {"json", no_argument, NULL, OPT_JSON},
+        {"min-layers", required_argument, NULL, ARG_MIN_LAYERS},
+        {"min-tokens", required_argument, NULL, ARG_MIN_TOKENS},
+        {"seed", required_argument, NULL, ARG_SEED},
+        {"no-ablation", no_argument, NULL, ARG_NO_ABLATION},
+        {"svg", required_argument, NULL, ARG_SVG},
+        {"json", no_argument, NULL, ARG_JSON},
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -75,21 +75,21 @@ static int parse_args(int argc, char **argv, CommonOptions *co, OutlierOptions *
     while ((c = getopt_long(argc, argv, "f:h", longopts, NULL)) != -1) {
         switch (c) {
         case 'h': fputs(HELP, stdout); exit(0);
-        case OPT_SVG: po->svg_file = optarg; break;
-        case OPT_JSON: po->json = true; break;
-        case OPT_NO_ABLATION: po->ablation = false; break;
-        case OPT_SEED:
+        case ARG_SVG: po->svg_file = optarg; break;
+        case ARG_JSON: po->json = true; break;
+        case ARG_NO_ABLATION: po->ablation = false; break;
+        case ARG_SEED:
             if (cli_u64_option("outliers", "--seed", optarg, &po->seed)) return 2;
             break;
-        case OPT_THRESHOLD:
+        case ARG_THRESHOLD:
             if (cli_parse_float(optarg, 0.0, 65504.0, &po->threshold) || !(po->threshold > 0))
                 return cli_usage_error("outliers", "--threshold '%s': expected a number above 0, up to 65504", optarg);
             break;
-        case OPT_MIN_LAYERS:
+        case ARG_MIN_LAYERS:
             if (cli_parse_float(optarg, 0.0, 1.0, &po->crit.min_layer_share))
                 return cli_usage_error("outliers", "--min-layers '%s': expected a share from 0 to 1", optarg);
             break;
-        case OPT_MIN_TOKENS:
+        case ARG_MIN_TOKENS:
             if (cli_parse_float(optarg, 0.0, 1.0, &po->crit.min_token_share))
                 return cli_usage_error("outliers", "--min-tokens '%s': expected a share from 0 to 1", optarg);
             break;

@@ -52,7 +52,7 @@ static const char HELP[] =
     "  llmint8 ppl MODEL_DIR -f c4.txt --quant all --max-tokens 20000\n"
     "  llmint8 ppl MODEL_DIR -f wiki.test.raw --ctx 256 --quant all --compare fp16\n";
 
-enum { OPT_STRIDE = OPT_COMMAND_BASE, OPT_JSON, OPT_COMPARE, OPT_BATCH };
+enum { ARG_STRIDE = ARG_COMMAND_BASE, ARG_JSON, ARG_COMPARE, ARG_BATCH };
 
 typedef struct PplOptions {
     TextOptions text;
@@ -86,10 +86,10 @@ static int parse_args(int argc, char **argv, CommonOptions *co, PplOptions *po) 
     static const struct option longopts[] = {
         CLI_COMMON_OPTIONS,
         CLI_TEXT_OPTIONS,
-        {"stride", required_argument, NULL, OPT_STRIDE},
-        {"json", no_argument, NULL, OPT_JSON},
-        {"compare", required_argument, NULL, OPT_COMPARE},
-        {"batch", required_argument, NULL, OPT_BATCH},
+        {"stride", required_argument, NULL, ARG_STRIDE},
+        {"json", no_argument, NULL, ARG_JSON},
+        {"compare", required_argument, NULL, ARG_COMPARE},
+        {"batch", required_argument, NULL, ARG_BATCH},
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -97,19 +97,19 @@ static int parse_args(int argc, char **argv, CommonOptions *co, PplOptions *po) 
     while ((c = getopt_long(argc, argv, "f:h", longopts, NULL)) != -1) {
         switch (c) {
         case 'h': printf(HELP, CLI_COMMON_HELP); exit(0);
-        case OPT_STRIDE:
+        case ARG_STRIDE:
             if (cli_int_option("ppl", "--stride", optarg, 1, 1 << 20, &po->stride)) return 2;
             break;
-        case OPT_JSON: po->json = true; break;
-        case OPT_COMPARE:
+        case ARG_JSON: po->json = true; break;
+        case ARG_COMPARE:
             if (strcmp(optarg, "fp16") != 0)
                 return cli_usage_error("ppl", "--compare '%s': the only reference is 'fp16' (the 16-bit model)", optarg);
             po->compare_fp16 = true;
             break;
-        case OPT_BATCH:
+        case ARG_BATCH:
             if (cli_int_option("ppl", "--batch", optarg, 1, MODEL_LOGIT_ROWS, &po->batch)) return 2;
             break;
-        case OPT_QUANT:
+        case ARG_QUANT:
             if (strcmp(optarg, "all") == 0) {
                 po->all_modes = true;
                 break;

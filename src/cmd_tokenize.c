@@ -16,15 +16,15 @@ static const char HELP[] =
     "\n%s\nExample:\n"
     "  llmint8 tokenize models/opt-gutenberg-7m -p \"Hello world\"\n";
 
-enum { OPT_NO_BOS = OPT_COMMAND_BASE, OPT_SHOW };
+enum { ARG_NO_BOS = ARG_COMMAND_BASE, ARG_SHOW };
 
 int cmd_tokenize(int argc, char **argv) {
     static const struct option longopts[] = {
         CLI_COMMON_OPTIONS,
         {"prompt", required_argument, NULL, 'p'},
         {"file", required_argument, NULL, 'f'},
-        {"no-bos", no_argument, NULL, OPT_NO_BOS},
-        {"show", no_argument, NULL, OPT_SHOW},
+        {"no-bos", no_argument, NULL, ARG_NO_BOS},
+        {"show", no_argument, NULL, ARG_SHOW},
         {NULL, 0, NULL, 0},
     };
     CommonOptions co;
@@ -38,8 +38,8 @@ int cmd_tokenize(int argc, char **argv) {
         case 'h': printf(HELP, CLI_COMMON_HELP); return 0;
         case 'p': prompt = optarg; break;
         case 'f': file = optarg; break;
-        case OPT_NO_BOS: bos = false; break;
-        case OPT_SHOW: show = true; break;
+        case ARG_NO_BOS: bos = false; break;
+        case ARG_SHOW: show = true; break;
         default: {
             int r = cli_common_option(c, optarg, &co);
             if (r < 0) return 2;

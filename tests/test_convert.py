@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """test_convert.py — `llmint8 convert` writes the transformers + bitsandbytes 8-bit layout.
 
-For each fixture: the output's tensor names, dtypes and shapes (SPEC §2.1), the per-row
+For each fixture: the output's tensor names, dtypes and shapes (docs/MODELS.md), the per-row
 scales and int8 weights against a re-computation from the 16-bit weights, config.json's
-quantization_config block (SPEC §2.3), and that the converted model gives exactly the
+quantization_config block (docs/MODELS.md), and that the converted model gives exactly the
 same perplexity as quantizing the original on load. Then the command's promises:
 refusing to overwrite, --force, atomicity (an error, a signal or a full disk leaves
 nothing behind), sharding with a valid index.
@@ -27,7 +27,7 @@ import time
 from clitest import BIN, check, finish, run
 FIX = "tests/data/fixtures"
 
-# SPEC §2.3: what transformers writes for a default load_in_8bit=True model.
+# docs/MODELS.md: what transformers writes for a default load_in_8bit=True model.
 QUANT_BLOCK = {
     "_load_in_4bit": False, "_load_in_8bit": True, "bnb_4bit_compute_dtype": "float32",
     "bnb_4bit_quant_storage": "uint8", "bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": False,
@@ -193,7 +193,7 @@ def check_conversion(fixture, extra=()):
     with open(os.path.join(src_dir, "config.json")) as f:
         check_config_text(fixture, f.read(), text)
     check(f"{fixture}: config torch_dtype float16", cfg.get("torch_dtype") == "float16", str(cfg.get("torch_dtype")))
-    check(f"{fixture}: quantization_config block (SPEC 2.3)", cfg.get("quantization_config") == QUANT_BLOCK,
+    check(f"{fixture}: quantization_config block", cfg.get("quantization_config") == QUANT_BLOCK,
           str(cfg.get("quantization_config")))
     check(f"{fixture}: llm_int8_threshold written as a float (6.0, not 6)",
           isinstance(cfg["quantization_config"]["llm_int8_threshold"], float), text[-200:])

@@ -23,7 +23,9 @@ const char CLI_COMMON_HELP[] =
     "                         llm_int8_threshold, else 6.0; 0 turns the decomposition off)\n"
     "  --outliers per-call|per-token  outlier columns chosen over the whole call (bitsandbytes,\n"
     "                         default) or per token (results independent of the rest of the batch)\n"
-    "  --device cpu|cuda|auto where to run (default cpu)\n"
+    "  --device cpu|cuda|auto where to run (default cpu); a list such as cpu,cpu runs the layers as a\n"
+    "                         pipeline, one stage per device (generate, ppl; docs/PIPELINE.md)\n"
+    "  --split N,N,...        layers per pipeline stage (default: balanced by bytes of weights)\n"
     "  --threads N            CPU threads (default: one per core)\n"
     "  --tokenizer DIR        tokenizer files from DIR instead of MODEL_DIR\n"
     "  -h, --help             this help\n";
@@ -118,11 +120,25 @@ int cli_common_option(int code, const char *arg, CommonOptions *o) {
         }
         return 1;
     case ARG_DEVICE:
-        if (strcmp(arg, "cpu") && strcmp(arg, "cuda") && strcmp(arg, "auto")) {
+        if (strchr(arg, ',')) {
+            char names[PIPELINE_MAX_STAGES][16];
+            Error derr;
+            if (pipeline_parse_devices(arg, names, PIPELINE_MAX_STAGES, &derr) < 0) {
+                option_error("%s", derr.msg);
+                return -1;
+            }
+        } else if (strcmp(arg, "cpu") && strcmp(arg, "cuda") && strcmp(arg, "auto")) {
             option_error("--device '%s': expected cpu, cuda or auto", arg);
             return -1;
         }
         o->device = arg;
+        return 1;
+    case ARG_SPLIT:
+        if (!*arg || strspn(arg, "0123456789,") != strlen(arg)) {
+            option_error("--split '%s': expected layer counts separated by commas, such as 12,12", arg);
+            return -1;
+        }
+        o->split = arg;
         return 1;
     case ARG_THREADS:
         if (cli_parse_int(arg, 1, 1024, &l) != 0) {
@@ -270,11 +286,26 @@ static void warn_unused(const Checkpoint *ck) {
              checkpoint_dir(ck), n, n == 1 ? " is" : "s are", names, n > NAMES_SHOWN ? ", ..." : "");
 }
 
+/* The first device of a --device list, as backend_create takes it. */
+static const char *first_device(const char *device, char *buf, size_t cap) {
+    size_t len = strcspn(device, ",");
+    snprintf(buf, cap, "%.*s", (int)len, device);
+    if (strcmp(buf, "cuda:0") == 0) snprintf(buf, cap, "cuda");
+    return buf;
+}
+
 int cli_session_open(const CommonOptions *o, bool need_tokenizer, bool want_tokenizer, Session *s,
                      Error *err) {
     memset(s, 0, sizeof *s);
-    if (check_model_dir(o->model_dir, err)) return -1;
-    if (checkpoint_open(o->model_dir, &s->ck, err)) return -1;
+    const bool mpi = o->pipelined && pipeline_mpi_active();
+    const char *model_dir = o->model_dir;
+    if (mpi && getenv("LLMINT8_MODEL_DIR") && *getenv("LLMINT8_MODEL_DIR")) model_dir = getenv("LLMINT8_MODEL_DIR");
+    if (mpi && strchr(o->device, ','))
+        return err_set(err, "--device %s: under mpirun each rank is one stage on one device", o->device);
+    if (!o->pipelined && strchr(o->device, ','))
+        return err_set(err, "--device %s: a list of devices (a pipeline) is for generate and ppl", o->device);
+    if (check_model_dir(model_dir, err)) return -1;
+    if (checkpoint_open(model_dir, &s->ck, err)) return -1;
     if (!o->lists_unused) warn_unused(s->ck);
 
     if (need_tokenizer || want_tokenizer) {
@@ -298,27 +329,65 @@ int cli_session_open(const CommonOptions *o, bool need_tokenizer, bool want_toke
         cli_session_close(s);
         return -1;
     }
-    if (!(s->bk = cli_backend_create(o->device, o->threads, err))) {
+    char dev[16];
+    if (!(s->bk = cli_backend_create(first_device(o->device, dev, sizeof dev), o->threads, err))) {
         cli_session_close(s);
         return -1;
+    }
+    if (mpi && pipeline_mpi_rank() > 0) {
+        /* this rank serves its stage of rank 0's pipeline, and never comes back */
+        if (s->tok) tokenizer_free(s->tok);
+        pipeline_mpi_worker(s->ck, s->bk);
     }
     return 0;
 }
 
 int cli_session_load_model(Session *s, const CommonOptions *o, const ModelOptions *mo, Error *err) {
     const ModelConfig *cfg = checkpoint_config(s->ck);
-    if (s->model) model_free(s->model);
-    s->model = NULL;
+    if (s->pipe) {
+        pipeline_report(s->pipe);
+        pipeline_free(s->pipe);
+    } else if (s->model) {
+        model_free(s->model);
+    }
+    s->model = NULL, s->pipe = NULL;
     /* The threshold: --threshold, else the 8-bit checkpoint's own, else 6.0. */
     ModelOptions opts = *mo;
     opts.quant = o->quant;
     if (!o->threshold_given && cfg->load_in_8bit) opts.quant.threshold = cfg->int8_threshold;
     if (!quant_mode_uses_decomposition(opts.quant.mode)) opts.quant.threshold = 0.0f;
-    return model_load(s->ck, s->bk, &opts, &s->model, err);
+    int rc;
+    if (o->pipelined && pipeline_mpi_active())
+        rc = pipeline_open_mpi(s->ck, s->bk, o->split, &opts, &s->pipe, err);
+    else if (o->pipelined && strchr(o->device, ','))
+        rc = pipeline_open_local(s->ck, s->bk, o->device, o->threads, o->split, &opts, &s->pipe, err);
+    else if (o->split)
+        return err_set(err, "--split is for a pipeline: give a list of devices (--device cpu,cpu) or run under mpirun");
+    else
+        return model_load(s->ck, s->bk, &opts, &s->model, err);
+    if (rc == 0) s->model = pipeline_first_model(s->pipe);
+    return rc;
+}
+
+float *cli_forward_last(Session *s, const int32_t *ids, int T, Backend **bk, Error *err) {
+    if (s->pipe) return pipeline_forward_last(s->pipe, ids, T, bk, err);
+    *bk = s->bk;
+    return model_forward_last(s->model, ids, T, err);
+}
+
+int cli_score_window(Session *s, const int32_t *ids, int T, const int32_t *targets, double *nll, Error *err) {
+    if (s->pipe) return pipeline_reset(s->pipe, err) ? -1 : pipeline_score(s->pipe, ids, T, targets, nll, err);
+    model_reset(s->model);
+    return model_score(s->model, ids, T, targets, nll, err);
 }
 
 void cli_session_close(Session *s) {
-    if (s->model) model_free(s->model);
+    if (s->pipe) {
+        pipeline_report(s->pipe);
+        pipeline_free(s->pipe);
+    } else if (s->model) {
+        model_free(s->model);
+    }
     if (s->bk) s->bk->destroy(s->bk);
     if (s->tok) tokenizer_free(s->tok);
     if (s->ck) checkpoint_close(s->ck);

@@ -17,13 +17,14 @@
 #include "backend.h"
 #include "checkpoint.h"
 #include "model.h"
+#include "pipeline.h"
 #include "quant.h"
 #include "tokenizer.h"
 
 /* getopt_long codes of the long-only options (ARG_, so as not to read like the OPT model). */
 enum {
     ARG_PRECISION = 1000, ARG_QUANT, ARG_THRESHOLD, ARG_OUTLIERS, ARG_DEVICE, ARG_THREADS,
-    ARG_TOKENIZER, ARG_HELP,
+    ARG_TOKENIZER, ARG_HELP, ARG_SPLIT,
     ARG_IDS = 1050, ARG_CTX, ARG_MAX_TOKENS,   /* CLI_TEXT_OPTIONS */
     ARG_COMMAND_BASE = 1100 /* commands number their own long-only options from here */
 };
@@ -37,6 +38,7 @@ enum {
     {"device", required_argument, NULL, ARG_DEVICE},               \
     {"threads", required_argument, NULL, ARG_THREADS},             \
     {"tokenizer", required_argument, NULL, ARG_TOKENIZER},         \
+    {"split", required_argument, NULL, ARG_SPLIT},                 \
     {"help", no_argument, NULL, 'h'}
 
 /* Help text for the common options, printed by every command's --help. */
@@ -48,7 +50,11 @@ typedef struct CommonOptions {
     QuantConfig quant;          /* --precision / --quant / --threshold / --outliers */
     bool threshold_given;       /* else the checkpoint's llm_int8_threshold or 6.0 */
     bool quant_given;
-    const char *device;         /* --device cpu|cuda|auto (default cpu) */
+    const char *device;         /* --device cpu|cuda|auto (default cpu), or a list "cpu,cpu": one
+                                 * pipeline stage per device (pipeline.h) */
+    const char *split;          /* --split 12,12: layers per pipeline stage; NULL: by bytes */
+    bool pipelined;             /* set by a command that runs through cli_forward_last /
+                                 * cli_score_window: it may run as a pipeline (device list, mpirun) */
     int threads;                /* --threads, <= 0: one per core */
     bool lists_unused;          /* the command prints the checkpoint's unused tensors itself
                                  * (info); others get one warning line from cli_session_open */
@@ -143,6 +149,7 @@ typedef struct Session {
     Backend *bk;
     Model *model;
     Tokenizer *tok;     /* NULL if not requested or not found (see cli_session_open) */
+    Pipeline *pipe;     /* a pipeline of stages, or NULL; then `model` is its stage 0 (a part) */
 } Session;
 
 /* Opens checkpoint and backend (and the tokenizer: if need_tokenizer a missing one is an
@@ -151,8 +158,19 @@ typedef struct Session {
  * loaded separately, because its context length may depend on the tokenized prompt. */
 int cli_session_open(const CommonOptions *o, bool need_tokenizer, bool want_tokenizer, Session *s,
                      Error *err);
-/* Loads (or reloads) s->model with the common options' quantization and mo's ctx/batch. */
+/* Under mpirun with several ranks (a command with o->pipelined), ranks other than 0 do not
+ * return from cli_session_open: they serve their pipeline stage (pipeline_mpi_worker) and
+ * exit when rank 0 ends. LLMINT8_MODEL_DIR, when set on a rank, replaces MODEL_DIR there
+ * (the checkpoint may sit elsewhere on each host). */
+
+/* Loads (or reloads) s->model with the common options' quantization and mo's ctx/batch: a
+ * pipeline (s->pipe) under mpirun or with a device list, else the whole model. */
 int cli_session_load_model(Session *s, const CommonOptions *o, const ModelOptions *mo, Error *err);
+/* model_forward_last of the session's model or pipeline: the last token's logits in memory
+ * of the backend returned in *bk (for sampler_pick). */
+float *cli_forward_last(Session *s, const int32_t *ids, int T, Backend **bk, Error *err);
+/* model_score of one window from position 0 (the default sequence is reset first). */
+int cli_score_window(Session *s, const int32_t *ids, int T, const int32_t *targets, double *nll, Error *err);
 void cli_session_close(Session *s);
 
 /* Reads a whole file ("-" = stdin) into a malloc'ed NUL-terminated buffer. */

@@ -167,6 +167,7 @@ int cmd_generate(int argc, char **argv) {
     CommonOptions co;
     GenerateOptions go = {0};
     cli_common_defaults(&co);
+    co.pipelined = true; /* runs through cli_forward_last */
     int rc = parse_args(argc, argv, &co, &go);
     if (rc) return rc;
 
@@ -239,13 +240,14 @@ int cmd_generate(int argc, char **argv) {
     int32_t eos = cfg->eos_id >= 0 ? cfg->eos_id : (s.tok ? tokenizer_eos_id(s.tok) : -1);
     double t0 = cli_now();
     /* The logits stay in backend memory: the sampler brings back the chosen id only. */
-    float *logits = out_failed ? NULL : model_forward_last(s.model, ids, (int)n_prompt, &err);
+    Backend *logits_bk = s.bk; /* where the logits are: the last stage's backend in a pipeline */
+    float *logits = out_failed ? NULL : cli_forward_last(&s, ids, (int)n_prompt, &logits_bk, &err);
     rc = (out_failed || logits) ? 0 : -1;
     double t_prompt = cli_now() - t0, t_decode = 0;
     size_t n = n_prompt;
     int decode_steps = 0;
     while (rc == 0 && !out_failed && (long)n < total) {
-        int32_t next = sampler_pick(&sampler, s.bk, logits, ids, n);
+        int32_t next = sampler_pick(&sampler, logits_bk, logits, ids, n);
         if (next < 0) {
             rc = err_set(&err, "the logits for the token at position %zu (counting from 0; the %s token) hold a NaN "
                          "or an infinity: the forward pass overflowed, or the weights are not finite; no token was "
@@ -257,7 +259,7 @@ int cmd_generate(int argc, char **argv) {
         if ((out_failed = print_token(&ts, buf, buf_cap, next, go.print_ids, n == n_prompt + 1) != 0)) break;
         if ((long)n == total) break;
         double t1 = cli_now();
-        logits = model_forward_last(s.model, &next, 1, &err);
+        logits = cli_forward_last(&s, &next, 1, &logits_bk, &err);
         rc = logits ? 0 : -1;
         t_decode += cli_now() - t1;
         decode_steps++;

@@ -122,6 +122,9 @@ static int parse_args(int argc, char **argv, CommonOptions *co, PplOptions *po) 
     if (optind < argc) co->model_dir = argv[optind++];
     if (optind < argc) return cli_usage_error("ppl", "unexpected argument '%s'", argv[optind]);
     if (!co->model_dir) return cli_usage_error("ppl", "no MODEL_DIR given");
+    if ((po->compare_fp16 || po->batch > 1) && (strchr(co->device, ',') || pipeline_mpi_size() > 1))
+        return cli_usage_error("ppl", "a pipeline (a device list or mpirun) scores one window at a time: no --%s",
+                               po->compare_fp16 ? "compare" : "batch");
     if (po->compare_fp16 && po->batch > 1)
         return cli_usage_error("ppl", "--compare runs one window at a time: it cannot be combined with --batch");
     return cli_text_check("ppl", &po->text);
@@ -266,7 +269,8 @@ static int evaluate(Session *s, const int32_t *text, long n_text, int32_t bos, l
             prev_end = end;
             last = end >= n_text;
         }
-        rc = score_windows(m, cmp, w, k, n_batch, ctx, r->windows + 1, err);
+        rc = s->pipe ? cli_score_window(s, w[0].win, (int)w[0].n, w[0].targets, w[0].nll, err)
+                     : score_windows(m, cmp, w, k, n_batch, ctx, r->windows + 1, err);
         for (int i = 0; i < k && rc == 0; i++) rc = add_window(&w[i], b, r, err);
         if (rc == 0) progress_update(&prog, r->windows);
     }
@@ -357,6 +361,7 @@ int cmd_ppl(int argc, char **argv) {
     CommonOptions co;
     PplOptions po = {0};
     cli_common_defaults(&co);
+    co.pipelined = true; /* one window at a time runs through cli_score_window */
     int rc = parse_args(argc, argv, &co, &po);
     if (rc) return rc;
 

@@ -199,6 +199,26 @@ static int load_lm_head(Model *m, const Checkpoint *ck, const ArchTensor *t, con
     return 0;
 }
 
+bool model_has_embed(const Model *m) { return m->layer_first == 0; }
+bool model_has_head(const Model *m) { return m->layer_last == m->cfg.n_layers; }
+
+/* Whether a model part reads tensor t (model.h, ModelOptions.partial): its layers; the
+ * embeddings, positions and what runs on them before the first layer in the first stage;
+ * the final norm, projection and head after the last layer in the last stage, with the
+ * token embedding there too (the head is tied to it unless stored apart). */
+static bool part_reads(const Model *m, const ArchTensor *t) {
+    if (t->layer >= 0) return t->layer >= m->layer_first && t->layer < m->layer_last;
+    const size_t f = t->field;
+    if (f == offsetof(ModelWeights, embed)) return model_has_embed(m) || model_has_head(m);
+    if (f == offsetof(ModelWeights, positions) || f == offsetof(ModelWeights, project_in) ||
+        f == offsetof(ModelWeights, embed_norm))
+        return model_has_embed(m);
+    if (f == offsetof(ModelWeights, project_out) || f == offsetof(ModelWeights, final_norm) ||
+        f == offsetof(ModelWeights, lm_head))
+        return model_has_head(m);
+    return true;
+}
+
 int model_load_tensors(Model *m, const Checkpoint *ck, Error *err) {
     ArchTensor *list;
     size_t n;
@@ -207,6 +227,7 @@ int model_load_tensors(Model *m, const Checkpoint *ck, Error *err) {
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
         const ArchTensor *t = &list[i];
+        if (!part_reads(m, t)) continue;
         char *base = t->layer >= 0 ? (char *)&m->w->layers[t->layer] : (char *)m->w;
         void *dest = base + t->field;
         char key[128];
@@ -325,7 +346,7 @@ static int alloc_state(Model *m, Error *err) {
     RunState *s = m->rs;
     size_t cap = (size_t)s->capacity, D = (size_t)c->hidden;
     size_t E = (size_t)c->word_embed_proj_dim, F = (size_t)c->ffn_dim;
-    bool fused_qkv = c->n_layers > 0 && m->w->layers[0].qkv.bk;
+    bool fused_qkv = m->layer_first < m->layer_last && m->w->layers[m->layer_first].qkv.bk;
     bool ok = true;
     s->residual = alloc_or_fail(m, cap * D, &ok);
     s->normed = alloc_or_fail(m, cap * max_size(D, E), &ok);
@@ -337,7 +358,7 @@ static int alloc_state(Model *m, Error *err) {
     s->ffn = alloc_or_fail(m, cap * F, &ok);
     s->block_out = alloc_or_fail(m, cap * D, &ok);
     s->embed = alloc_or_fail(m, cap * E, &ok);
-    s->logits = alloc_or_fail(m, (size_t)MODEL_LOGIT_ROWS * (size_t)c->vocab_size, &ok);
+    s->logits = alloc_or_fail(m, model_has_head(m) ? (size_t)MODEL_LOGIT_ROWS * (size_t)c->vocab_size : 1, &ok);
     s->last_hidden = alloc_or_fail(m, (size_t)MODEL_LOGIT_ROWS * E, &ok);
     s->pos = malloc(cap * sizeof *s->pos);
     s->row_pos = malloc(cap * sizeof *s->row_pos);
@@ -350,13 +371,13 @@ static int alloc_state(Model *m, Error *err) {
     s->k_cache = calloc((size_t)c->n_layers, sizeof *s->k_cache);
     s->v_cache = calloc((size_t)c->n_layers, sizeof *s->v_cache);
     if (!s->k_cache || !s->v_cache) ok = false;
-    for (int l = 0; ok && l < c->n_layers; l++) {
+    for (int l = m->layer_first; ok && l < m->layer_last; l++) {
         s->k_cache[l] = alloc_cache(m, (size_t)m->cache_tokens * D, &ok);
         s->v_cache[l] = alloc_cache(m, (size_t)m->cache_tokens * D, &ok);
     }
     if (!ok)
         return err_set(err, "out of memory allocating activations and the KV cache (%d tokens x %d layers)",
-                       m->cache_tokens, c->n_layers);
+                       m->cache_tokens, m->layer_last - m->layer_first);
     return 0;
 }
 
@@ -419,6 +440,16 @@ int model_load(const Checkpoint *ck, Backend *bk, const ModelOptions *opt, Model
     m->quant = opt->quant;
     m->kv_f16 = opt->kv_f16;
     const ModelConfig *c = &m->cfg;
+    m->layer_first = 0, m->layer_last = c->n_layers;
+    if (opt->partial) {
+        if (opt->layer_first < 0 || opt->layer_first > opt->layer_last || opt->layer_last > c->n_layers) {
+            err_set(err, "layers %d..%d: the model has layers 0..%d", opt->layer_first, opt->layer_last - 1,
+                    c->n_layers - 1);
+            free(m);
+            return -1;
+        }
+        m->layer_first = opt->layer_first, m->layer_last = opt->layer_last;
+    }
 
     m->ctx = opt->ctx > 0 ? opt->ctx : arch_native_context(c);
     int max_ctx = arch_max_context(c);
@@ -519,7 +550,7 @@ int model_seq_len(const Model *m, int seq) {
 }
 
 size_t model_kv_bytes_per_token(const Model *m) {
-    return 2 * (size_t)m->cfg.n_layers * (size_t)m->cfg.hidden * (m->kv_f16 ? sizeof(uint16_t) : sizeof(float));
+    return 2 * (size_t)(m->layer_last - m->layer_first) * (size_t)m->cfg.hidden * (m->kv_f16 ? sizeof(uint16_t) : sizeof(float));
 }
 
 size_t model_kv_bytes(const Model *m) { return (size_t)m->cache_tokens * model_kv_bytes_per_token(m); }
@@ -639,7 +670,16 @@ static int run_steps(Model *m, const SeqStep *steps, const StepOut *outs, int n,
     return m->bk->sync(m->bk, err);
 }
 
+/* The calls that run the whole network need all of it. */
+static int check_whole(const Model *m, Error *err) {
+    if (m->layer_first != 0 || m->layer_last != m->cfg.n_layers)
+        return err_set(err, "this model holds layers %d..%d only: it runs the staged forward of a pipeline",
+                       m->layer_first, m->layer_last - 1);
+    return 0;
+}
+
 static int check_step(const Model *m, const SeqStep *st, Error *err) {
+    if (check_whole(m, err)) return -1;
     if (check_room(m, st->seq, st->T, err) || check_ids(m, st->ids, st->T, err)) return -1;
     if (st->nll)
         for (int t = 0; t < st->T; t++)
@@ -711,6 +751,7 @@ static int check_chunk(Model *m, int T, Error *err) {
 }
 
 int model_embed(Model *m, const int32_t *ids, int T, Error *err) {
+    if (!model_has_embed(m)) return err_set(err, "this model part does not hold the embeddings");
     if (check_chunk(m, T, err) || check_ids(m, ids, T, err)) return -1;
     arch_of(&m->cfg)->embed(m, ids, T);
     return m->bk->sync(m->bk, err);
@@ -718,20 +759,23 @@ int model_embed(Model *m, const int32_t *ids, int T, Error *err) {
 
 int model_run_layers(Model *m, int first, int last, int T, Error *err) {
     if (check_chunk(m, T, err)) return -1;
-    if (first < 0 || first > last || last > m->cfg.n_layers)
-        return err_set(err, "layers %d..%d: the model has layers 0..%d", first, last - 1, m->cfg.n_layers - 1);
+    if (first < m->layer_first || first > last || last > m->layer_last)
+        return err_set(err, "layers %d..%d: the model holds layers %d..%d", first, last - 1, m->layer_first,
+                       m->layer_last - 1);
     const Architecture *a = arch_of(&m->cfg);
     for (int l = first; l < last; l++) a->layer(m, l, T);
     return m->bk->sync(m->bk, err);
 }
 
 int model_finish(Model *m, int T, const float **hidden, Error *err) {
+    if (!model_has_head(m)) return err_set(err, "this model part does not hold the final norm and head");
     if (check_chunk(m, T, err)) return -1;
     *hidden = arch_of(&m->cfg)->finish(m, T);
     return m->bk->sync(m->bk, err);
 }
 
 int model_logits(Model *m, const float *hidden, int rows, float **logits, Error *err) {
+    if (!model_has_head(m)) return err_set(err, "this model part does not hold the head");
     if (rows <= 0 || rows > MODEL_LOGIT_ROWS)
         return err_set(err, "%d rows of logits: from 1 to %d at a time", rows, MODEL_LOGIT_ROWS);
     m->bk->matmul(m->bk, m->w->lm_head, hidden, rows, m->rs->logits);

@@ -52,6 +52,9 @@ typedef struct Model {
     void *observer_ctx;
 
     size_t weight_bytes;     /* backend memory held by weights */
+    /* The layers this model holds, [layer_first, layer_last): 0 and n_layers unless it was
+     * loaded as a part (ModelOptions.partial). */
+    int layer_first, layer_last;
 
     struct ModelWeights *w;
     struct RunState *rs;
@@ -68,6 +71,13 @@ typedef struct ModelOptions {
      * them in a 16-bit model: half the memory per token. False: float32, as transformers
      * keeps them in a float32 model (what the fixtures' goldens were computed with). */
     bool kv_f16;
+    /* A part of the network, for one stage of a pipeline (pipeline.h): when `partial`, only
+     * layers [layer_first, layer_last) are read from the checkpoint and get a KV cache, plus
+     * the embeddings when layer_first == 0 and the final norm, projection and head when
+     * layer_last == n_layers (both ends may be absent: a stage of layers only). A part runs
+     * only the staged forward below, and only the stages it holds. */
+    bool partial;
+    int layer_first, layer_last;
 } ModelOptions;
 
 int model_load(const Checkpoint *ck, Backend *bk, const ModelOptions *opt, Model **out, Error *err);
@@ -148,6 +158,11 @@ int model_score(Model *m, const int32_t *ids, int T, const int32_t *targets, dou
  * message), and ends with the backend's sync. Between processes, the residual stream is
  * model_residual(m) (a backend buffer [capacity, hidden]): download it after the last
  * layer a process runs, upload it before the first. */
+
+/* Whether the model holds the embeddings (the first stage) / the final norm and head (the
+ * last stage). Both for a whole model. */
+bool model_has_embed(const Model *m);
+bool model_has_head(const Model *m);
 
 /* Most tokens one stage call takes (the scratch rows). */
 int model_capacity(const Model *m);

@@ -1,0 +1,41 @@
+/* pipeline_internal.h — what pipeline.c shares with pipeline_mpi.c: the stages and the
+ * chunk a stage runs. */
+#ifndef LLMINT8_PIPELINE_INTERNAL_H
+#define LLMINT8_PIPELINE_INTERNAL_H
+
+#include "pipeline.h"
+
+typedef struct Stage {
+    Backend *bk;             /* NULL for a stage on another rank */
+    bool own_bk;             /* created by the pipeline (freed with it) */
+    Model *m;                /* this process's part, or NULL (another rank's) */
+    int first, last;         /* its layers */
+    StageStats stats;        /* this process's stages only (rank 0 under MPI) */
+} Stage;
+
+struct Pipeline {
+    bool mpi;                /* stages 1.. are ranks 1.. (pipeline_mpi.c) */
+    int n;
+    Stage stages[PIPELINE_MAX_STAGES];
+    int capacity;            /* tokens per chunk: every stage's model_capacity */
+    float *host;             /* [capacity, hidden]: the residual stream between backends */
+    float *logits;           /* MPI: [vocab] on stage 0's backend, the last rank's logits */
+    double t_start;          /* when built, for the busy share */
+};
+
+/* The head's part of a chunk, on the stage that holds it: after model_finish, score rows
+ * against targets (nll != NULL) or leave the last row's logits in *logits. Shared by the
+ * local pipeline and the last MPI rank, so that both read out as model_score does. */
+int pipeline_head(Model *m, int T, const int32_t *targets, double *nll, float **logits, Error *err);
+
+/* pipeline_mpi.c: one chunk of T <= capacity tokens through every rank (rank 0's side); the
+ * last rank reads out only when `head`: NLLs into nll (targets given), else the last row's
+ * logits into p->logits. */
+int pipeline_mpi_chunk(Pipeline *p, const int32_t *ids, int T, bool head, const int32_t *targets, double *nll,
+                       Error *err);
+int pipeline_mpi_reset(Pipeline *p, Error *err);
+void pipeline_mpi_close(Pipeline *p);
+
+double pipeline_now(void);
+
+#endif

@@ -45,6 +45,7 @@ static const char HELP[] =
     "                         (bit for bit); with per-call outliers the columns are chosen over\n"
     "                         all windows of a call, which moves the result slightly\n"
     "      --json             print a JSON object (with 'ppl', 'nll_mean', 'tokens_scored', 'seconds')\n"
+    "      --token-nll        with --json: also 'token_nll', every scored token's NLL in text order\n"
     "\n%s\n"
     "Examples:\n"
     "  llmint8 ppl models/opt-gutenberg-7m -f wiki.test.raw --ctx 256 --max-tokens 65536\n"
@@ -52,13 +53,14 @@ static const char HELP[] =
     "  llmint8 ppl MODEL_DIR -f c4.txt --quant all --max-tokens 20000\n"
     "  llmint8 ppl MODEL_DIR -f wiki.test.raw --ctx 256 --quant all --compare fp16\n";
 
-enum { ARG_STRIDE = ARG_COMMAND_BASE, ARG_JSON, ARG_COMPARE, ARG_BATCH };
+enum { ARG_STRIDE = ARG_COMMAND_BASE, ARG_JSON, ARG_COMPARE, ARG_BATCH, ARG_TOKEN_NLL };
 
 typedef struct PplOptions {
     TextOptions text;
     long stride;
     long batch;              /* windows per forward call; 0: 1 */
     bool json, all_modes;
+    bool token_nll;             /* --token-nll */
     bool compare_fp16;          /* --compare fp16 */
 } PplOptions;
 
@@ -72,6 +74,10 @@ typedef struct PplResult {
     bool compared;
     double ref_nll_sum;
     double kl_mean, kl_p99, kl_max, top1, max_abs_delta;
+    /* --token-nll: every scored token's NLL, in text order ([scored] of cap) */
+    bool keep_tokens;
+    double *token_nll;
+    long token_cap;
 } PplResult;
 
 /* --compare fp16: the 16-bit reference model and what one mode's run gathers. */
@@ -90,6 +96,7 @@ static int parse_args(int argc, char **argv, CommonOptions *co, PplOptions *po) 
         {"json", no_argument, NULL, ARG_JSON},
         {"compare", required_argument, NULL, ARG_COMPARE},
         {"batch", required_argument, NULL, ARG_BATCH},
+        {"token-nll", no_argument, NULL, ARG_TOKEN_NLL},
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -101,6 +108,7 @@ static int parse_args(int argc, char **argv, CommonOptions *co, PplOptions *po) 
             if (cli_int_option("ppl", "--stride", optarg, 1, 1 << 20, &po->stride)) return 2;
             break;
         case ARG_JSON: po->json = true; break;
+        case ARG_TOKEN_NLL: po->token_nll = true; break;
         case ARG_COMPARE:
             if (strcmp(optarg, "fp16") != 0)
                 return cli_usage_error("ppl", "--compare '%s': the only reference is 'fp16' (the 16-bit model)", optarg);
@@ -122,6 +130,7 @@ static int parse_args(int argc, char **argv, CommonOptions *co, PplOptions *po) 
     if (optind < argc) co->model_dir = argv[optind++];
     if (optind < argc) return cli_usage_error("ppl", "unexpected argument '%s'", argv[optind]);
     if (!co->model_dir) return cli_usage_error("ppl", "no MODEL_DIR given");
+    if (po->token_nll && !po->json) return cli_usage_error("ppl", "--token-nll goes with --json");
     if ((po->compare_fp16 || po->batch > 1) && (strchr(co->device, ',') || pipeline_mpi_size() > 1))
         return cli_usage_error("ppl", "a pipeline (a device list or mpirun) scores one window at a time: no --%s",
                                po->compare_fp16 ? "compare" : "batch");
@@ -199,6 +208,13 @@ static int add_window(const Window *w, long b, PplResult *r, Error *err) {
             return err_set(err, "the NLL of text token %ld (counting from 0; window %ld, position %ld) is %g: the "
                            "logits hold a NaN or an infinity (the forward pass overflowed, or the weights are not "
                            "finite); no perplexity", i + 1 - b + w->begin, r->windows + 1, i + 1, w->nll[i]);
+        if (r->keep_tokens && r->scored == r->token_cap) {
+            long cap = r->token_cap ? 2 * r->token_cap : 1024;
+            double *p = realloc(r->token_nll, (size_t)cap * sizeof *p);
+            if (!p) return err_set(err, "out of memory");
+            r->token_nll = p, r->token_cap = cap;
+        }
+        if (r->keep_tokens) r->token_nll[r->scored] = w->nll[i];
         r->nll_sum += w->nll[i];
         r->scored++;
     }
@@ -327,6 +343,10 @@ static void json_result(JsonOut *j, cJSON *obj, const PplResult *r) {
     json_add_number(j, obj, "tokens_per_second", r->seconds > 0 ? round(100.0 * (double)r->scored / r->seconds) / 100.0 : 0.0,
                     NULL);
     if (r->compared) json_comparison(j, obj, r);
+    if (r->keep_tokens) {
+        cJSON *list = json_add_array(j, obj, "token_nll");
+        for (long i = 0; i < r->scored; i++) json_append_number(j, list, r->token_nll[i]);
+    }
 }
 
 static int print_json(const PplResult *results, int n_modes, long ctx, long stride, Error *err) {
@@ -373,6 +393,7 @@ int cmd_ppl(int argc, char **argv) {
     int32_t *ids = NULL, bos = -1;
     size_t n_ids = 0;
     Comparison cmp = {0};
+    PplResult results[QUANT_MODE_COUNT] = {0};
     rc = cli_load_tokens(&s, &po.text, &ids, &n_ids, &bos, &err);
     if (rc == 0 && n_ids + (bos >= 0) < 2)
         rc = err_set(&err, "%s: the text has %zu token(s); perplexity needs at least 2",
@@ -400,7 +421,6 @@ int cmd_ppl(int argc, char **argv) {
     } else {
         modes[n_modes++] = co.quant.mode;
     }
-    PplResult results[QUANT_MODE_COUNT] = {0};
     ModelOptions mo = {.ctx = (int)ctx, .batch_tokens = (int)(ctx < 2048 ? ctx : 2048)};
     if (po.compare_fp16) {
         ModelOptions ref_opts = mo;
@@ -424,6 +444,7 @@ int cmd_ppl(int argc, char **argv) {
         if (rc == 0) {
             results[i].mode = modes[i];
             results[i].threshold = s.model->quant.threshold;
+            results[i].keep_tokens = po.token_nll;
             rc = evaluate(&s, ids, (long)n_ids, bos, ctx, stride, (int)n_batch, po.compare_fp16 ? &cmp : NULL,
                           &results[i], &err);
         }
@@ -457,6 +478,7 @@ int cmd_ppl(int argc, char **argv) {
         printf("(%ld tokens scored, windows of %ld, stride %ld)\n", results[0].scored, ctx, stride);
     }
 done:
+    for (int i = 0; i < QUANT_MODE_COUNT; i++) free(results[i].token_nll);
     free(ids);
     if (cmp.ref) model_free(cmp.ref);
     free(cmp.rows_ref), free(cmp.rows_q);

@@ -124,6 +124,10 @@ void json_append_int(JsonOut *j, cJSON *array, int64_t value) {
     attach(j, array, NULL, cJSON_CreateRaw(text));
 }
 
+void json_append_number(JsonOut *j, cJSON *array, double value) {
+    attach(j, array, NULL, isfinite(value) ? cJSON_CreateNumber(value) : cJSON_CreateNull());
+}
+
 void json_append_string(JsonOut *j, cJSON *array, const char *value) { attach(j, array, NULL, utf8_string(value)); }
 
 int json_out_print(JsonOut *j, FILE *out, bool pretty, Error *err) {

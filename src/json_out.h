@@ -46,6 +46,8 @@ void json_add_number(JsonOut *j, cJSON *parent, const char *name, double value, 
 void json_add_float(JsonOut *j, cJSON *parent, const char *name, float value, const char *why_not_finite);
 cJSON *json_append_object(JsonOut *j, cJSON *array);
 void json_append_int(JsonOut *j, cJSON *array, int64_t value);
+/* A double as json_add_number writes it (null when not finite). */
+void json_append_number(JsonOut *j, cJSON *array, double value);
 void json_append_string(JsonOut *j, cJSON *array, const char *value);
 
 /* Prints the tree to `out` with a final newline (indented if pretty, else on one line) and

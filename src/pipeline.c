@@ -287,17 +287,23 @@ float *pipeline_forward_last(Pipeline *p, const int32_t *ids, int T, Backend **b
     return logits;
 }
 
+void pipeline_report_stage(int s, const char *device, int first, int last, const StageStats *st, double wall) {
+    char layers[48];
+    if (first < last) snprintf(layers, sizeof layers, "layers %d..%d", first, last - 1);
+    else snprintf(layers, sizeof layers, "no layers");
+    fprintf(stderr,
+            "llmint8: stage %d (%s, %s): busy %.3f s (%.0f%% of %.3f s), %ld chunks; activations out %.0f bytes "
+            "in %.4f s\n",
+            s, device, layers, st->busy_s, wall > 0 ? 100.0 * st->busy_s / wall : 0.0, wall, st->chunks,
+            st->bytes_moved, st->move_s);
+}
+
 void pipeline_report(Pipeline *p) {
     double wall = pipeline_now() - p->t_start;
     for (int s = 0; s < p->n; s++) {
         const Stage *st = &p->stages[s];
-        if (!st->m) continue; /* another rank's: it reports itself */
-        fprintf(stderr,
-                "llmint8: stage %d (%s, layers %d..%d): busy %.3f s (%.0f%% of %.3f s), %ld chunks; "
-                "activations out %.0f bytes in %.4f s\n",
-                s, st->bk->name, st->first, st->last - 1, st->stats.busy_s,
-                wall > 0 ? 100.0 * st->stats.busy_s / wall : 0.0, wall, st->stats.chunks, st->stats.bytes_moved,
-                st->stats.move_s);
+        /* another rank's stage reports itself */
+        if (st->m) pipeline_report_stage(s, st->bk->name, st->first, st->last, &st->stats, wall);
     }
 }
 

@@ -37,5 +37,7 @@ int pipeline_mpi_reset(Pipeline *p, Error *err);
 void pipeline_mpi_close(Pipeline *p);
 
 double pipeline_now(void);
+/* One stage's busy line for pipeline_report (stage s of a rank or of this process). */
+void pipeline_report_stage(int s, const char *device, int first, int last, const StageStats *st, double wall);
 
 #endif

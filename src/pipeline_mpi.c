@@ -68,8 +68,11 @@ static void die(const char *fmt, ...) {
     exit(1);
 }
 
-static void nap(void) {
-    struct timespec ts = {0, 200 * 1000};
+/* Between polls: a few quick ones first (a message is often just arriving), then short sleeps,
+ * so that a rank waiting for its turn leaves the cores to the ranks computing. */
+static void nap(int *polls) {
+    if ((*polls)++ < 64) return;
+    struct timespec ts = {0, 100 * 1000};
     nanosleep(&ts, NULL);
 }
 
@@ -78,15 +81,19 @@ static void nap(void) {
 static void recv_exact(int src, int tag, void *buf, size_t bytes, const char *what, double timeout) {
     double end = pipeline_now() + timeout;
     MPI_Status st;
+    int polls = 0;
     for (;;) {
         int flag = 0;
         int rc = MPI_Iprobe(src, tag, MPI_COMM_WORLD, &flag, &st);
         if (rc != MPI_SUCCESS) die("waiting for %s from rank %d: MPI error %d", what, src, rc);
         if (flag) break;
+        if (timeout > 0 && pipeline_now() > end && tag == TAG_RESULT)
+            die("waited %.0f s for %s from the last rank (%d): a rank of the pipeline (1..%d) died or hangs "
+                "(LLMINT8_MPI_TIMEOUT sets the limit)", timeout, what, src, src);
         if (timeout > 0 && pipeline_now() > end)
-            die("no %s from rank %d within %.0f s: rank %d died or hangs (LLMINT8_MPI_TIMEOUT sets the limit)", what,
-                src, timeout, src);
-        nap();
+            die("waited %.0f s for %s from rank %d: rank %d died or hangs (LLMINT8_MPI_TIMEOUT sets the limit)",
+                timeout, what, src, src);
+        nap(&polls);
     }
     int count = 0;
     MPI_Get_count(&st, MPI_BYTE, &count);
@@ -105,6 +112,7 @@ static void send_wait(int dst, int tag, const void *buf, size_t bytes, const cha
     int rc = MPI_Isend(buf, (int)bytes, MPI_BYTE, dst, tag, MPI_COMM_WORLD, &req);
     if (rc != MPI_SUCCESS) die("sending %s to rank %d: MPI error %d", what, dst, rc);
     double end = pipeline_now() + g.timeout;
+    int polls = 0;
     for (;;) {
         int done = 0;
         rc = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
@@ -113,7 +121,7 @@ static void send_wait(int dst, int tag, const void *buf, size_t bytes, const cha
         if (pipeline_now() > end)
             die("rank %d did not take %s within %.0f s: it died or hangs (LLMINT8_MPI_TIMEOUT sets the limit)", dst,
                 what, g.timeout);
-        nap();
+        nap(&polls);
     }
 }
 
@@ -380,12 +388,7 @@ typedef struct Worker {
 
 static void worker_report(const Worker *w) {
     if (!w->m || !w->stats.chunks) return;
-    double wall = pipeline_now() - w->t_start;
-    fprintf(stderr,
-            "llmint8: stage %d (%s, layers %d..%d): busy %.3f s (%.0f%% of %.3f s), %ld chunks; activations out "
-            "%.0f bytes in %.4f s\n",
-            g.rank, w->bk->name, w->first, w->last - 1, w->stats.busy_s, wall > 0 ? 100.0 * w->stats.busy_s / wall : 0,
-            wall, w->stats.chunks, w->stats.bytes_moved, w->stats.move_s);
+    pipeline_report_stage(g.rank, w->bk->name, w->first, w->last, &w->stats, pipeline_now() - w->t_start);
 }
 
 static void worker_unload(Worker *w) {

@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""test_pipeline.py — a model's layers in stages (docs/PIPELINE.md) against the whole model in
+one process.
+
+* `--device cpu,cpu` (two stages in one process) and, when mpirun is installed and this llmint8
+  was built with MPI, `mpirun -np 2` and `-np 3` (ranks oversubscribed on this machine): greedy
+  token ids of `generate` equal, and `ppl`'s per-token NLLs and nll_mean bit for bit equal (as
+  --json prints them, digits enough to read back the same double), on the fixtures (OPT, OPT post-LN, BLOOM) and the
+  demo model, in LLM.int8() and fp16 (every token's NLL from `ppl --json --token-nll`, as
+  doubles that JSON writes exactly); `--split` picks the layers (an empty stage included).
+* Faults under mpirun, each bounded by a time-out: one rank given a modified checkpoint (through
+  LLMINT8_MODEL_DIR on that rank) fails on every rank with a message naming it; one rank killed
+  mid-generation ends the run non-zero within seconds, with a message naming the rank; a bad
+  --split is refused on every rank.
+Without mpirun (or MPI in the build) the MPI parts are skipped; with nothing run, exit 77.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from clitest import BIN, check, finish, run
+
+FIX = "tests/data/fixtures"
+DEMO = "models/opt-gutenberg-7m"
+TEXT = "tests/data/eval/wiki.test.raw"
+MPIRUN = shutil.which("mpirun")
+MPI_ARGS = ["--oversubscribe", "--allow-run-as-root"]
+ENV = dict(os.environ, LLMINT8_MPI_TIMEOUT="20", OMPI_MCA_rmaps_base_oversubscribe="1")
+
+
+def ids_file(tmp, n, vocab, name):
+    """n token ids from a fixed linear congruential sequence (the fixtures have no tokenizer)."""
+    path = os.path.join(tmp, name)
+    x, out = 12345, []
+    for _ in range(n):
+        x = (1103515245 * x + 12345) % 2**31
+        out.append(str(x % vocab))
+    with open(path, "w") as f:
+        f.write(" ".join(out) + "\n")
+    return path
+
+
+def mpi(np, *args, env=None, timeout=120):
+    """Runs llmint8 ARGS under mpirun with np ranks: (status, stdout, stderr)."""
+    try:
+        p = subprocess.run([MPIRUN, *MPI_ARGS, "-np", str(np), BIN, *args], capture_output=True, timeout=timeout,
+                           env=env or ENV)
+    except subprocess.TimeoutExpired:
+        return -999, "", "timed out"
+    return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+
+
+def mpi_works():
+    if not MPIRUN:
+        print("# mpirun not found: the MPI checks are skipped")
+        return False
+    rc, out, err = mpi(2, "ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--json", "--threads", "1")
+    if "built without MPI" in err:
+        print("# this llmint8 was built without MPI: the MPI checks are skipped")
+        return False
+    if rc != 0 and ("not enough slots" in err or "ORTE" in err or "PMIx" in err or "orted" in err):
+        print(f"# mpirun cannot start ranks here: the MPI checks are skipped\n# {err[:300]}")
+        return False
+    return True
+
+
+def as_json(out):
+    try:
+        return json.loads(out)
+    except ValueError:
+        return None
+
+
+tmp = tempfile.mkdtemp(prefix="llmint8-pipeline-")
+MODELS = {  # name: (dir, ppl input args, generate prompt args)
+    "opt-tiny": f"{FIX}/opt-tiny",
+    "opt-tiny-postln": f"{FIX}/opt-tiny-postln",
+    "bloom-tiny": f"{FIX}/bloom-tiny",
+}
+IDS, PROMPTS = {}, {}
+for name, d in MODELS.items():
+    vocab = json.load(open(f"{d}/config.json"))["vocab_size"]
+    IDS[name] = ids_file(tmp, 200, vocab, name + ".ids")
+    PROMPTS[name] = ids_file(tmp, 12, vocab, name + ".prompt")
+
+HAVE_MPI = mpi_works()
+ran_any = False
+
+
+def cases():
+    """(label, model dir, ppl args, generate args) for every model."""
+    for name, d in MODELS.items():
+        yield name, d, ["--ids", IDS[name], "--ctx", "64"], ["--ids", PROMPTS[name], "-n", "24", "--ignore-eos"]
+    yield "demo", DEMO, ["-f", TEXT, "--ctx", "128", "--max-tokens", "384"], ["-p", "It was a dark and stormy", "-n", "24"]
+
+
+for label, model, ppl_args, gen_args in cases():
+    for prec in (["--precision", "int8"], ["--precision", "fp16"]):
+        common = [model, *prec, "--threads", "1"]
+        rc, out, err = run("ppl", *common, *ppl_args, "--json", "--token-nll")
+        ref = as_json(out)
+        check(f"{label} {prec[1]}: ppl in one process runs", rc == 0 and ref is not None, err)
+        rc, gref, err = run("generate", *common, *gen_args, "--greedy", "--print-ids")
+        check(f"{label} {prec[1]}: generate in one process runs", rc == 0 and len(gref.split()) > 0, err)
+
+        variants = [("--device cpu,cpu", lambda *a: run(*a, "--device", "cpu,cpu"))]
+        variants.append(("--device cpu,cpu,cpu --split 0,1,1" if label != "demo" else "--device cpu,cpu,cpu --split 0,3,3",
+                         lambda *a, lab=label: run(*a, "--device", "cpu,cpu,cpu", "--split",
+                                                   "0,1,1" if lab != "demo" else "0,3,3")))
+        if HAVE_MPI:
+            variants.append(("mpirun -np 2", lambda *a: mpi(2, *a)))
+            variants.append(("mpirun -np 3", lambda *a: mpi(3, *a)))
+        for vname, runner in variants:
+            ran_any = True
+            rc, out, err = runner("ppl", *common, *ppl_args, "--json", "--token-nll")
+            got = as_json(out)
+            check(f"{label} {prec[1]} {vname}: every token's NLL bit for bit the one-process one",
+                  rc == 0 and got is not None and ref is not None and got["token_nll"] == ref["token_nll"]
+                  and got["nll_mean"] == ref["nll_mean"] and len(ref["token_nll"]) == ref["tokens_scored"]
+                  and got["windows"] == ref["windows"],
+                  f"rc {rc}: {got} vs {ref}: {err[-800:]}")
+            rc, gout, err = runner("generate", *common, *gen_args, "--greedy", "--print-ids")
+            check(f"{label} {prec[1]} {vname}: greedy ids the one-process ones",
+                  rc == 0 and gout.split() == gref.split(), f"rc {rc}: {gout!r} vs {gref!r}: {err[-800:]}")
+            if vname.startswith("--device cpu,cpu") and prec[1] == "int8":
+                check(f"{label} {vname}: a busy line per stage on stderr", err.count("llmint8: stage ") >= 2, err)
+
+# Bad input to the pipeline options.
+rc, out, err = run("ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--device", "cpu,cpu", "--split", "1,2")
+check("--split that does not add up to the layers: an error naming it", rc == 1 and "--split" in err, err)
+rc, out, err = run("ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--device", "cpu,gpu")
+check("--device cpu,gpu: a usage error", rc == 2 and "--device" in err, err)
+rc, out, err = run("ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--split", "1,1")
+check("--split without a pipeline: an error", rc == 1 and "--split" in err, err)
+rc, out, err = run("ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--device", "cpu,cpu", "--batch", "2")
+check("--batch with a pipeline: a usage error", rc == 2 and "pipeline" in err, err)
+
+if HAVE_MPI:
+    ran_any = True
+    # A bad --split: every rank says so and the run ends non-zero.
+    t0 = time.time()
+    rc, out, err = mpi(3, "ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--split", "1,0,2", timeout=90)
+    check("mpirun: a bad --split is an error on every rank", rc not in (0, -999) and err.count("--split '1,0,2'") >= 3,
+          f"rc {rc}: {err[-1500:]}")
+
+    # One rank with a modified checkpoint (another config.json), through LLMINT8_MODEL_DIR.
+    other = os.path.join(tmp, "opt-tiny-modified")
+    shutil.copytree(f"{FIX}/opt-tiny", other)
+    cfg = json.load(open(f"{other}/config.json"))
+    cfg["layer_norm_eps"] = 1e-3
+    json.dump(cfg, open(f"{other}/config.json", "w"))
+    wrapper = os.path.join(tmp, "rank1-other-model.sh")
+    with open(wrapper, "w") as f:
+        f.write(f'#!/bin/sh\n[ "$OMPI_COMM_WORLD_RANK" = 1 ] && export LLMINT8_MODEL_DIR="{other}"\nexec "$@"\n')
+    os.chmod(wrapper, 0o755)
+    t0 = time.time()
+    try:
+        p = subprocess.run([MPIRUN, *MPI_ARGS, "-np", "2", wrapper, BIN, "ppl", f"{FIX}/opt-tiny", "--ids",
+                            IDS["opt-tiny"], "--threads", "1"], capture_output=True, timeout=90, env=ENV)
+        rc, err = p.returncode, p.stderr.decode("utf-8", "replace")
+    except subprocess.TimeoutExpired:
+        rc, err = -999, "timed out"
+    check("mpirun: a rank with another checkpoint fails on every rank, naming it",
+          rc not in (0, -999) and "rank 1 sees a different checkpoint" in err
+          and "llmint8: error: rank 1: rank 1 sees a different checkpoint" in err, f"rc {rc}: {err[-1500:]}")
+
+    # One rank killed in the middle of a generation.
+    pids = os.path.join(tmp, "pids")
+    os.mkdir(pids)
+    wrapper = os.path.join(tmp, "record-pid.sh")
+    with open(wrapper, "w") as f:
+        f.write(f'#!/bin/sh\necho $$ > "{pids}/$OMPI_COMM_WORLD_RANK"\nexec "$@"\n')
+    os.chmod(wrapper, 0o755)
+    p = subprocess.Popen([MPIRUN, *MPI_ARGS, "-np", "3", wrapper, BIN, "generate", DEMO, "-p", "Once upon a time",
+                          "-n", "480", "--ignore-eos", "--greedy", "--print-ids", "--threads", "1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    first = p.stdout.read(8)  # the first new tokens: the generation is under way
+    killed = False
+    if first and os.path.exists(f"{pids}/1"):
+        try:
+            os.kill(int(open(f"{pids}/1").read()), signal.SIGKILL)
+            killed = True
+        except (ProcessLookupError, ValueError):
+            pass
+    t0 = time.time()
+    try:
+        out, err = p.communicate(timeout=60)
+        rc = p.returncode
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        rc = -999
+    took = time.time() - t0
+    err = err.decode("utf-8", "replace")
+    check("mpirun: rank 1 killed mid-generation: the run ends non-zero within 60 s, naming rank 1",
+          killed and rc not in (0, -999) and "rank 1" in err, f"killed {killed} rc {rc} after {took:.1f} s: {err[-1500:]}")
+
+    # One rank stopped (SIGSTOP: alive but silent): the others give up after LLMINT8_MPI_TIMEOUT
+    # and the message names it.
+    for f in os.listdir(pids):
+        os.unlink(os.path.join(pids, f))
+    p = subprocess.Popen([MPIRUN, *MPI_ARGS, "-np", "3", wrapper, BIN, "generate", DEMO, "-p", "Once upon a time",
+                          "-n", "480", "--ignore-eos", "--greedy", "--print-ids", "--threads", "1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(ENV, LLMINT8_MPI_TIMEOUT="3"))
+    first = p.stdout.read(8)
+    stopped = False
+    if first and os.path.exists(f"{pids}/1"):
+        try:
+            os.kill(int(open(f"{pids}/1").read()), signal.SIGSTOP)
+            stopped = True
+        except (ProcessLookupError, ValueError):
+            pass
+    try:
+        out, err = p.communicate(timeout=60)
+        rc = p.returncode
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        rc = -999
+    err = err.decode("utf-8", "replace")
+    check("mpirun: rank 1 stopped mid-generation: the others time out, non-zero, naming rank 1",
+          stopped and rc not in (0, -999) and "rank 1 died or hangs" in err, f"stopped {stopped} rc {rc}: {err[-1500:]}")
+
+shutil.rmtree(tmp, ignore_errors=True)
+if not ran_any:
+    print("nothing to run")
+    sys.exit(77)
+finish()

@@ -375,12 +375,6 @@ float *cli_forward_last(Session *s, const int32_t *ids, int T, Backend **bk, Err
     return model_forward_last(s->model, ids, T, err);
 }
 
-int cli_score_window(Session *s, const int32_t *ids, int T, const int32_t *targets, double *nll, Error *err) {
-    if (s->pipe) return pipeline_reset(s->pipe, err) ? -1 : pipeline_score(s->pipe, ids, T, targets, nll, err);
-    model_reset(s->model);
-    return model_score(s->model, ids, T, targets, nll, err);
-}
-
 void cli_session_close(Session *s) {
     if (s->pipe) {
         pipeline_report(s->pipe);

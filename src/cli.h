@@ -53,8 +53,9 @@ typedef struct CommonOptions {
     const char *device;         /* --device cpu|cuda|auto (default cpu), or a list "cpu,cpu": one
                                  * pipeline stage per device (pipeline.h) */
     const char *split;          /* --split 12,12: layers per pipeline stage; NULL: by bytes */
-    bool pipelined;             /* set by a command that runs through cli_forward_last /
-                                 * cli_score_window: it may run as a pipeline (device list, mpirun) */
+    bool pipelined;             /* set by a command that runs through cli_forward_last or
+                                 * pipeline_score_windows: it may run as a pipeline (device
+                                 * list, mpirun) */
     int threads;                /* --threads, <= 0: one per core */
     bool lists_unused;          /* the command prints the checkpoint's unused tensors itself
                                  * (info); others get one warning line from cli_session_open */
@@ -169,8 +170,6 @@ int cli_session_load_model(Session *s, const CommonOptions *o, const ModelOption
 /* model_forward_last of the session's model or pipeline: the last token's logits in memory
  * of the backend returned in *bk (for sampler_pick). */
 float *cli_forward_last(Session *s, const int32_t *ids, int T, Backend **bk, Error *err);
-/* model_score of one window from position 0 (the default sequence is reset first). */
-int cli_score_window(Session *s, const int32_t *ids, int T, const int32_t *targets, double *nll, Error *err);
 void cli_session_close(Session *s);
 
 /* Reads a whole file ("-" = stdin) into a malloc'ed NUL-terminated buffer. */

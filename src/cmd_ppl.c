@@ -43,7 +43,8 @@ static const char HELP[] =
     "      --batch N          score N windows per forward call (1..64, default 1), as N sequences\n"
     "                         of the batched engine: the same result with --outliers per-token\n"
     "                         (bit for bit); with per-call outliers the columns are chosen over\n"
-    "                         all windows of a call, which moves the result slightly\n"
+    "                         all windows of a call, which moves the result slightly; in a\n"
+    "                         pipeline (docs/PIPELINE.md), N windows in flight through the stages\n"
     "      --json             print a JSON object (with 'ppl', 'nll_mean', 'tokens_scored', 'seconds')\n"
     "      --token-nll        with --json: also 'token_nll', every scored token's NLL in text order\n"
     "\n%s\n"
@@ -131,9 +132,8 @@ static int parse_args(int argc, char **argv, CommonOptions *co, PplOptions *po) 
     if (optind < argc) return cli_usage_error("ppl", "unexpected argument '%s'", argv[optind]);
     if (!co->model_dir) return cli_usage_error("ppl", "no MODEL_DIR given");
     if (po->token_nll && !po->json) return cli_usage_error("ppl", "--token-nll goes with --json");
-    if ((po->compare_fp16 || po->batch > 1) && (strchr(co->device, ',') || pipeline_mpi_size() > 1))
-        return cli_usage_error("ppl", "a pipeline (a device list or mpirun) scores one window at a time: no --%s",
-                               po->compare_fp16 ? "compare" : "batch");
+    if (po->compare_fp16 && (strchr(co->device, ',') || pipeline_mpi_size() > 1))
+        return cli_usage_error("ppl", "--compare runs in one process: not with a device list or under mpirun");
     if (po->compare_fp16 && po->batch > 1)
         return cli_usage_error("ppl", "--compare runs one window at a time: it cannot be combined with --batch");
     return cli_text_check("ppl", &po->text);
@@ -245,6 +245,15 @@ static int score_windows(Model *m, Comparison *cmp, Window *w, int n, int n_batc
     return rc;
 }
 
+/* A pipeline (pipeline.h) scores the windows as micro-batches in flight together. */
+static int score_windows_pipelined(Pipeline *p, const Window *w, int n, Error *err) {
+    const int32_t *ids[MODEL_LOGIT_ROWS], *targets[MODEL_LOGIT_ROWS];
+    int T[MODEL_LOGIT_ROWS];
+    double *nll[MODEL_LOGIT_ROWS];
+    for (int i = 0; i < n; i++) ids[i] = w[i].win, T[i] = (int)w[i].n, targets[i] = w[i].targets, nll[i] = w[i].nll;
+    return pipeline_score_windows(p, n, ids, T, targets, nll, err);
+}
+
 /* Scores the text under the loaded model (and, with cmp, the reference beside it, one window
  * at a time); see the file comment for the window rule. */
 static int evaluate(Session *s, const int32_t *text, long n_text, int32_t bos, long ctx, long stride, int n_batch,
@@ -259,7 +268,7 @@ static int evaluate(Session *s, const int32_t *text, long n_text, int32_t bos, l
         w[k].nll = malloc((size_t)ctx * sizeof *w[k].nll);
         if (!w[k].win || !w[k].targets || !w[k].nll) rc = err_set(err, "out of memory");
     }
-    if (rc == 0 && n_batch > 1) rc = model_seq_remove(m, 0, err);
+    if (rc == 0 && n_batch > 1 && !s->pipe) rc = model_seq_remove(m, 0, err);
     long n_windows = n_text <= L ? 1 : 1 + (n_text - L + stride - 1) / stride;
     Progress prog;
     progress_begin(&prog, "ppl", n_windows);
@@ -285,7 +294,7 @@ static int evaluate(Session *s, const int32_t *text, long n_text, int32_t bos, l
             prev_end = end;
             last = end >= n_text;
         }
-        rc = s->pipe ? cli_score_window(s, w[0].win, (int)w[0].n, w[0].targets, w[0].nll, err)
+        rc = s->pipe ? score_windows_pipelined(s->pipe, w, k, err)
                      : score_windows(m, cmp, w, k, n_batch, ctx, r->windows + 1, err);
         for (int i = 0; i < k && rc == 0; i++) rc = add_window(&w[i], b, r, err);
         if (rc == 0) progress_update(&prog, r->windows);
@@ -381,7 +390,7 @@ int cmd_ppl(int argc, char **argv) {
     CommonOptions co;
     PplOptions po = {0};
     cli_common_defaults(&co);
-    co.pipelined = true; /* one window at a time runs through cli_score_window */
+    co.pipelined = true; /* windows run through pipeline_score_windows in a pipeline */
     int rc = parse_args(argc, argv, &co, &po);
     if (rc) return rc;
 
@@ -435,7 +444,9 @@ int cmd_ppl(int argc, char **argv) {
     for (int i = 0; i < n_modes && rc == 0; i++) {
         co.quant.mode = modes[i];
         long n_batch = po.batch ? po.batch : 1;
-        if (n_batch > 1) { /* n_batch windows per call: as many rows per GEMM as fit in 2048 */
+        if (n_batch > 1 && !(strchr(co.device, ',') || pipeline_mpi_size() > 1)) {
+            /* n_batch windows per call: as many rows per GEMM as fit in 2048 (a pipeline
+             * instead keeps n_batch windows in flight through its stages, one at a time each) */
             long rows = n_batch * ctx < 2048 ? n_batch * ctx : 2048;
             mo.batch_tokens = (int)(rows > ctx ? rows : ctx);
             mo.cache_tokens = (int)(n_batch * ctx);

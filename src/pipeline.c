@@ -264,6 +264,21 @@ int pipeline_score(Pipeline *p, const int32_t *ids, int T, const int32_t *target
     return 0;
 }
 
+int pipeline_score_windows(Pipeline *p, int n, const int32_t *const *ids, const int *T, const int32_t *const *targets,
+                           double *const *nll, Error *err) {
+    const int V = p->stages[0].m->cfg.vocab_size;
+    for (int i = 0; i < n; i++) {
+        if (T[i] <= 0) return err_set(err, "nothing to run: no tokens");
+        for (int t = 0; t < T[i]; t++)
+            if (targets[i][t] < -1 || targets[i][t] >= V)
+                return err_set(err, "target id %d is outside the vocabulary", targets[i][t]);
+    }
+    if (p->mpi) return pipeline_mpi_windows(p, n, ids, T, targets, nll, err);
+    for (int i = 0; i < n; i++)
+        if (pipeline_reset(p, err) || pipeline_score(p, ids[i], T[i], targets[i], nll[i], err)) return -1;
+    return 0;
+}
+
 float *pipeline_forward_last(Pipeline *p, const int32_t *ids, int T, Backend **bk, Error *err) {
     if (T <= 0) {
         err_set(err, "nothing to run: no tokens");
@@ -338,6 +353,11 @@ int pipeline_mpi_chunk(Pipeline *p, const int32_t *ids, int T, bool head, const 
 }
 int pipeline_mpi_reset(Pipeline *p, Error *err) {
     (void)p;
+    return err_set(err, "no MPI");
+}
+int pipeline_mpi_windows(Pipeline *p, int n, const int32_t *const *ids, const int *T, const int32_t *const *targets,
+                         double *const *nll, Error *err) {
+    (void)p, (void)n, (void)ids, (void)T, (void)targets, (void)nll;
     return err_set(err, "no MPI");
 }
 void pipeline_mpi_close(Pipeline *p) { (void)p; }

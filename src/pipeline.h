@@ -76,6 +76,13 @@ int pipeline_reset(Pipeline *p, Error *err);
 /* model_score's contract: nll[t] = -log softmax(logits_t)[targets[t]], NaN where targets[t]
  * is -1, for ids[0..T) at the next positions. */
 int pipeline_score(Pipeline *p, const int32_t *ids, int T, const int32_t *targets, double *nll, Error *err);
+/* Scores n independent windows, each from position 0 (the default sequence is reset before
+ * each): window i is ids[i][0..T[i]) with targets[i], NLLs into nll[i], as pipeline_score.
+ * Under MPI the windows are micro-batches in flight together: rank 0 starts window i + 1 as
+ * soon as its stage has handed window i on, so that every rank works at the same time; the
+ * results are those of one window at a time, bit for bit. A local pipeline runs them in turn. */
+int pipeline_score_windows(Pipeline *p, int n, const int32_t *const *ids, const int *T, const int32_t *const *targets,
+                           double *const *nll, Error *err);
 /* model_forward_last's contract: the last token's logits [vocab] in memory of the backend
  * returned in *bk (for sampler_pick), valid until the next call; NULL with a message. */
 float *pipeline_forward_last(Pipeline *p, const int32_t *ids, int T, Backend **bk, Error *err);

@@ -34,6 +34,9 @@ int pipeline_head(Model *m, int T, const int32_t *targets, double *nll, float **
 int pipeline_mpi_chunk(Pipeline *p, const int32_t *ids, int T, bool head, const int32_t *targets, double *nll,
                        Error *err);
 int pipeline_mpi_reset(Pipeline *p, Error *err);
+/* pipeline_score_windows under MPI (checked arguments). */
+int pipeline_mpi_windows(Pipeline *p, int n, const int32_t *const *ids, const int *T, const int32_t *const *targets,
+                         double *const *nll, Error *err);
 void pipeline_mpi_close(Pipeline *p);
 
 double pipeline_now(void);

@@ -341,12 +341,12 @@ int pipeline_mpi_reset(Pipeline *p, Error *err) {
 
 void pipeline_mpi_close(Pipeline *p) { (void)p; }
 
-int pipeline_mpi_chunk(Pipeline *p, const int32_t *ids, int T, bool head, const int32_t *targets, double *nll,
-                       Error *err) {
+/* Rank 0's part of a chunk: the command to every rank (and the targets to the last), stage 0,
+ * and the residual stream on to rank 1. */
+static int issue_chunk(Pipeline *p, const int32_t *ids, int T, int readout, const int32_t *targets, Error *err) {
     Stage *st = &p->stages[0];
     Model *m = st->m;
     const int last = p->n - 1;
-    const int readout = !head ? READ_NONE : nll ? READ_NLL : READ_LAST;
     int32_t h[HDR_WORDS] = {MAGIC, OP_CHUNK, T, model_seq_len(m, 0), readout};
     for (int r = 1; r < p->n; r++) send_header(r, h);
     if (readout == READ_NLL) send_wait(last, TAG_TARGETS, targets, (size_t)T * sizeof *targets, "the targets");
@@ -360,15 +360,80 @@ int pipeline_mpi_chunk(Pipeline *p, const int32_t *ids, int T, bool head, const 
     double t2 = pipeline_now();
     st->stats.busy_s += t1 - t0, st->stats.move_s += t2 - t1, st->stats.bytes_moved += (double)(n * sizeof(float));
     st->stats.chunks++;
-    if (model_advance(m, T, err)) return -1;
+    return model_advance(m, T, err);
+}
+
+int pipeline_mpi_chunk(Pipeline *p, const int32_t *ids, int T, bool head, const int32_t *targets, double *nll,
+                       Error *err) {
+    Stage *st = &p->stages[0];
+    const int last = p->n - 1;
+    const int readout = !head ? READ_NONE : nll ? READ_NLL : READ_LAST;
+    if (issue_chunk(p, ids, T, readout, targets, err)) return -1;
     if (readout == READ_NLL) {
         recv_exact(last, TAG_RESULT, nll, (size_t)T * sizeof *nll, "the NLLs", g.timeout);
     } else if (readout == READ_LAST) {
-        const size_t V = (size_t)m->cfg.vocab_size;
+        const size_t V = (size_t)st->m->cfg.vocab_size;
         recv_exact(last, TAG_RESULT, p->host, V * sizeof *p->host, "the logits", g.timeout);
         st->bk->upload(st->bk, p->logits, p->host, V);
         return st->bk->sync(st->bk, err);
     }
+    return 0;
+}
+
+/* Waits for a posted receive of exactly `bytes` bytes from `src`, within the deadline. */
+static void wait_recv(MPI_Request *req, int src, size_t bytes, const char *what) {
+    double end = pipeline_now() + g.timeout;
+    int polls = 0;
+    for (;;) {
+        int done = 0;
+        MPI_Status st;
+        int rc = MPI_Test(req, &done, &st);
+        if (rc != MPI_SUCCESS)
+            die("receiving %s from rank %d: MPI error %d (a message larger than expected?)", what, src, rc);
+        if (done) {
+            int count = 0;
+            MPI_Get_count(&st, MPI_BYTE, &count);
+            if (count < 0 || (size_t)count != bytes)
+                die("rank %d sent %d bytes for %s, expected %zu: not the same llmint8, or a corrupt message", src,
+                    count, what, bytes);
+            return;
+        }
+        if (pipeline_now() > end)
+            die("waited %.0f s for %s from the last rank (%d): a rank of the pipeline (1..%d) died or hangs "
+                "(LLMINT8_MPI_TIMEOUT sets the limit)", g.timeout, what, src, src);
+        nap(&polls);
+    }
+}
+
+int pipeline_mpi_windows(Pipeline *p, int n, const int32_t *const *ids, const int *T, const int32_t *const *targets,
+                         double *const *nll, Error *err) {
+    const int last = p->n - 1, cap = p->capacity;
+    int n_req = 0;
+    for (int i = 0; i < n; i++) n_req += (T[i] + cap - 1) / cap;
+    MPI_Request *req = malloc((size_t)n_req * sizeof *req);
+    size_t *bytes = malloc((size_t)n_req * sizeof *bytes);
+    if (!req || !bytes) {
+        free(req), free(bytes);
+        return err_set(err, "out of memory");
+    }
+    /* Every window's chunks go out without waiting for results: the last rank's NLLs land in
+     * receives posted in order beforehand (MPI keeps the order of one sender's messages). */
+    int k = 0, rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        if ((rc = pipeline_reset(p, err))) break;
+        for (int start = 0; start < T[i] && rc == 0; start += cap) {
+            int c = T[i] - start < cap ? T[i] - start : cap;
+            bytes[k] = (size_t)c * sizeof(double);
+            if (MPI_Irecv(nll[i] + start, (int)bytes[k], MPI_BYTE, last, TAG_RESULT, MPI_COMM_WORLD, &req[k]) !=
+                MPI_SUCCESS)
+                die("posting a receive for the NLLs: MPI error");
+            k++;
+            rc = issue_chunk(p, ids[i] + start, c, READ_NLL, targets[i] + start, err);
+        }
+    }
+    if (rc) die("%s", err->msg); /* receives are posted: no way back but out */
+    for (int j = 0; j < k; j++) wait_recv(&req[j], last, bytes[j], "the NLLs");
+    free(req), free(bytes);
     return 0;
 }
 

@@ -8,6 +8,7 @@ one process.
   --json prints them, digits enough to read back the same double), on the fixtures (OPT, OPT post-LN, BLOOM) and the
   demo model, in LLM.int8() and fp16 (every token's NLL from `ppl --json --token-nll`, as
   doubles that JSON writes exactly); `--split` picks the layers (an empty stage included).
+* `ppl --batch 4` in a pipeline (windows in flight through the stages): the same NLLs.
 * Faults under mpirun, each bounded by a time-out: one rank given a modified checkpoint (through
   LLMINT8_MODEL_DIR on that rank) fails on every rank with a message naming it; one rank killed
   mid-generation ends the run non-zero within seconds, with a message naming the rank; a bad
@@ -130,6 +131,20 @@ for label, model, ppl_args, gen_args in cases():
             if vname.startswith("--device cpu,cpu") and prec[1] == "int8":
                 check(f"{label} {vname}: a busy line per stage on stderr", err.count("llmint8: stage ") >= 2, err)
 
+# Micro-batches: --batch 4 keeps four windows in flight through the stages; the same NLLs.
+common = [DEMO, "--threads", "1", "-f", TEXT, "--ctx", "64", "--max-tokens", "600", "--json", "--token-nll"]
+rc, out, err = run("ppl", *common)
+ref = as_json(out)
+batch_runs = [("--device cpu,cpu", lambda *a: run(*a, "--device", "cpu,cpu"))]
+if HAVE_MPI:
+    batch_runs += [("mpirun -np 2", lambda *a: mpi(2, *a)), ("mpirun -np 3", lambda *a: mpi(3, *a))]
+for vname, runner in batch_runs:
+    rc, out, err = runner("ppl", *common, "--batch", "4")
+    got = as_json(out)
+    check(f"demo {vname} --batch 4 (windows in flight): every token's NLL bit for bit the one-process one",
+          rc == 0 and got is not None and ref is not None and got["token_nll"] == ref["token_nll"]
+          and got["windows"] == ref["windows"] and ref["windows"] > 4, f"rc {rc}: {err[-800:]}")
+
 # Bad input to the pipeline options.
 rc, out, err = run("ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--device", "cpu,cpu", "--split", "1,2")
 check("--split that does not add up to the layers: an error naming it", rc == 1 and "--split" in err, err)
@@ -137,8 +152,10 @@ rc, out, err = run("ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--device
 check("--device cpu,gpu: a usage error", rc == 2 and "--device" in err, err)
 rc, out, err = run("ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--split", "1,1")
 check("--split without a pipeline: an error", rc == 1 and "--split" in err, err)
-rc, out, err = run("ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--device", "cpu,cpu", "--batch", "2")
-check("--batch with a pipeline: a usage error", rc == 2 and "pipeline" in err, err)
+rc, out, err = run("ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--device", "cpu,cpu", "--compare", "fp16")
+check("--compare with a pipeline: a usage error", rc == 2 and "--compare" in err, err)
+rc, out, err = run("ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--device", "cpu,cuda:1")
+check("--device cpu,cuda:1: refused with a message", rc == 1 and "cuda:1" in err, err)
 
 if HAVE_MPI:
     ran_any = True

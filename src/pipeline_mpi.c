@@ -15,9 +15,9 @@
  *   TARGETS  int32 [T] from rank 0 to the last rank, RESULT back: double [T] or float [vocab]
  * A message of another size, a header with a bad magic or out-of-range fields, or a chunk at
  * other positions than the receiver's own is an error. Every wait polls with a deadline
- * (LLMINT8_MPI_TIMEOUT seconds, default 60; rank 0's commands are awaited without one): a
- * rank that died or hangs ends the run with a message naming it, through MPI_Abort, never
- * a hang. */
+ * (LLMINT8_MPI_TIMEOUT seconds, default 60, times 1 + T/64 for a chunk of T tokens; rank 0's
+ * commands are awaited without one): a rank that died or hangs ends the run with a message
+ * naming it, through MPI_Abort, never a hang. */
 #include <mpi.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -106,12 +106,12 @@ static void recv_exact(int src, int tag, void *buf, size_t bytes, const char *wh
 }
 
 /* Sends bytes to dst and waits until the buffer is free again, within the deadline. */
-static void send_wait(int dst, int tag, const void *buf, size_t bytes, const char *what) {
+static void send_wait(int dst, int tag, const void *buf, size_t bytes, const char *what, double timeout) {
     if (bytes > (size_t)1 << 30) die("%s of %zu bytes is too large for one message", what, bytes);
     MPI_Request req;
     int rc = MPI_Isend(buf, (int)bytes, MPI_BYTE, dst, tag, MPI_COMM_WORLD, &req);
     if (rc != MPI_SUCCESS) die("sending %s to rank %d: MPI error %d", what, dst, rc);
-    double end = pipeline_now() + g.timeout;
+    double end = pipeline_now() + timeout;
     int polls = 0;
     for (;;) {
         int done = 0;
@@ -120,12 +120,19 @@ static void send_wait(int dst, int tag, const void *buf, size_t bytes, const cha
         if (done) return;
         if (pipeline_now() > end)
             die("rank %d did not take %s within %.0f s: it died or hangs (LLMINT8_MPI_TIMEOUT sets the limit)", dst,
-                what, g.timeout);
+                what, timeout);
         nap(&polls);
     }
 }
 
-static void send_header(int dst, const int32_t *h) { send_wait(dst, TAG_CMD, h, HDR_WORDS * sizeof *h, "a command"); }
+static void send_header(int dst, const int32_t *h) {
+    send_wait(dst, TAG_CMD, h, HDR_WORDS * sizeof *h, "a command", g.timeout);
+}
+
+/* How long a stage may take over a chunk of T tokens before its neighbours give up on it: the
+ * base limit for a decoding step, more for a long prompt (a big model's prefill on a CPU takes
+ * minutes). */
+static double chunk_timeout(int T) { return g.timeout * (1.0 + (double)T / 64.0); }
 
 /* FNV-1a, 64 bits. */
 static uint64_t fnv(uint64_t h, const void *data, size_t n) {
@@ -295,7 +302,7 @@ int pipeline_open_mpi(const Checkpoint *ck, Backend *bk, const char *split, cons
         Verdict v = {.magic = MAGIC, .ok = 0};
         snprintf(v.msg, sizeof v.msg, "rank 0 failed before loading: %s", err->msg);
         int32_t q[HDR_WORDS] = {MAGIC, OP_LOAD, -1};
-        for (int r = 1; r < g.size; r++) send_header(r, q), send_wait(r, TAG_VERDICT, &v, sizeof v, "the verdict");
+        for (int r = 1; r < g.size; r++) send_header(r, q), send_wait(r, TAG_VERDICT, &v, sizeof v, "the verdict", g.timeout);
         g.peers_gone = true;
         free(p);
         return -1;
@@ -322,7 +329,7 @@ int pipeline_open_mpi(const Checkpoint *ck, Backend *bk, const char *split, cons
                      "the same command line", r);
         if (why[0] && v.ok) v.ok = 0, snprintf(v.msg, sizeof v.msg, "%s", why);
     }
-    for (int r = 1; r < g.size; r++) send_wait(r, TAG_VERDICT, &v, sizeof v, "the verdict");
+    for (int r = 1; r < g.size; r++) send_wait(r, TAG_VERDICT, &v, sizeof v, "the verdict", g.timeout);
     if (!v.ok) {
         g.peers_gone = true;
         pipeline_free(p);
@@ -349,14 +356,14 @@ static int issue_chunk(Pipeline *p, const int32_t *ids, int T, int readout, cons
     const int last = p->n - 1;
     int32_t h[HDR_WORDS] = {MAGIC, OP_CHUNK, T, model_seq_len(m, 0), readout};
     for (int r = 1; r < p->n; r++) send_header(r, h);
-    if (readout == READ_NLL) send_wait(last, TAG_TARGETS, targets, (size_t)T * sizeof *targets, "the targets");
+    if (readout == READ_NLL) send_wait(last, TAG_TARGETS, targets, (size_t)T * sizeof *targets, "the targets", chunk_timeout(T));
     double t0 = pipeline_now();
     if (model_embed(m, ids, T, err) || model_run_layers(m, st->first, st->last, T, err)) die("%s", err->msg);
     size_t n = (size_t)T * (size_t)m->cfg.hidden;
     double t1 = pipeline_now();
     st->bk->download(st->bk, p->host, model_residual(m), n);
     if (st->bk->sync(st->bk, err)) die("%s", err->msg);
-    send_wait(1, TAG_RESID, p->host, n * sizeof *p->host, "the residual stream");
+    send_wait(1, TAG_RESID, p->host, n * sizeof *p->host, "the residual stream", chunk_timeout(T));
     double t2 = pipeline_now();
     st->stats.busy_s += t1 - t0, st->stats.move_s += t2 - t1, st->stats.bytes_moved += (double)(n * sizeof(float));
     st->stats.chunks++;
@@ -370,10 +377,10 @@ int pipeline_mpi_chunk(Pipeline *p, const int32_t *ids, int T, bool head, const 
     const int readout = !head ? READ_NONE : nll ? READ_NLL : READ_LAST;
     if (issue_chunk(p, ids, T, readout, targets, err)) return -1;
     if (readout == READ_NLL) {
-        recv_exact(last, TAG_RESULT, nll, (size_t)T * sizeof *nll, "the NLLs", g.timeout);
+        recv_exact(last, TAG_RESULT, nll, (size_t)T * sizeof *nll, "the NLLs", chunk_timeout(T));
     } else if (readout == READ_LAST) {
         const size_t V = (size_t)st->m->cfg.vocab_size;
-        recv_exact(last, TAG_RESULT, p->host, V * sizeof *p->host, "the logits", g.timeout);
+        recv_exact(last, TAG_RESULT, p->host, V * sizeof *p->host, "the logits", chunk_timeout(T));
         st->bk->upload(st->bk, p->logits, p->host, V);
         return st->bk->sync(st->bk, err);
     }
@@ -381,8 +388,8 @@ int pipeline_mpi_chunk(Pipeline *p, const int32_t *ids, int T, bool head, const 
 }
 
 /* Waits for a posted receive of exactly `bytes` bytes from `src`, within the deadline. */
-static void wait_recv(MPI_Request *req, int src, size_t bytes, const char *what) {
-    double end = pipeline_now() + g.timeout;
+static void wait_recv(MPI_Request *req, int src, size_t bytes, const char *what, double timeout) {
+    double end = pipeline_now() + timeout;
     int polls = 0;
     for (;;) {
         int done = 0;
@@ -400,7 +407,7 @@ static void wait_recv(MPI_Request *req, int src, size_t bytes, const char *what)
         }
         if (pipeline_now() > end)
             die("waited %.0f s for %s from the last rank (%d): a rank of the pipeline (1..%d) died or hangs "
-                "(LLMINT8_MPI_TIMEOUT sets the limit)", g.timeout, what, src, src);
+                "(LLMINT8_MPI_TIMEOUT sets the limit)", timeout, what, src, src);
         nap(&polls);
     }
 }
@@ -432,7 +439,8 @@ int pipeline_mpi_windows(Pipeline *p, int n, const int32_t *const *ids, const in
         }
     }
     if (rc) die("%s", err->msg); /* receives are posted: no way back but out */
-    for (int j = 0; j < k; j++) wait_recv(&req[j], last, bytes[j], "the NLLs");
+    for (int j = 0; j < k; j++)
+        wait_recv(&req[j], last, bytes[j], "the NLLs", chunk_timeout((int)(bytes[j] / sizeof(double))));
     free(req), free(bytes);
     return 0;
 }
@@ -487,7 +495,7 @@ static void worker_load(Worker *w, const int32_t *h) {
     snprintf(hi.msg, sizeof hi.msg, "%s", rc ? err.msg : "");
     hi.ck_digest = checkpoint_digest(w->ck);
     hi.cmd_digest = command_digest();
-    send_wait(0, TAG_HELLO, &hi, sizeof hi, "the handshake");
+    send_wait(0, TAG_HELLO, &hi, sizeof hi, "the handshake", g.timeout);
     Verdict v;
     recv_exact(0, TAG_VERDICT, &v, sizeof v, "the verdict", 10 * g.timeout);
     v.msg[sizeof v.msg - 1] = 0;
@@ -511,12 +519,12 @@ static void worker_chunk(Worker *w, const int32_t *h) {
         die("rank 0 runs positions from %d, this rank is at %d: out of step", n_past, model_seq_len(m, 0));
     const bool is_last = g.rank == g.size - 1;
     if (readout == READ_NLL && is_last) {
-        recv_exact(0, TAG_TARGETS, w->targets, (size_t)T * sizeof *w->targets, "the targets", g.timeout);
+        recv_exact(0, TAG_TARGETS, w->targets, (size_t)T * sizeof *w->targets, "the targets", chunk_timeout(T));
         for (int t = 0; t < T; t++)
             if (w->targets[t] < -1 || w->targets[t] >= V) die("target id %d from rank 0 is outside the vocabulary", w->targets[t]);
     }
     size_t n = (size_t)T * (size_t)m->cfg.hidden;
-    recv_exact(g.rank - 1, TAG_RESID, w->host, n * sizeof *w->host, "the residual stream", g.timeout);
+    recv_exact(g.rank - 1, TAG_RESID, w->host, n * sizeof *w->host, "the residual stream", chunk_timeout(T));
     double t0 = pipeline_now();
     w->bk->upload(w->bk, model_residual(m), w->host, n);
     if (model_run_layers(m, w->first, w->last, T, &err)) die("%s", err.msg);
@@ -524,20 +532,20 @@ static void worker_chunk(Worker *w, const int32_t *h) {
         double t1 = pipeline_now();
         w->bk->download(w->bk, w->host, model_residual(m), n);
         if (w->bk->sync(w->bk, &err)) die("%s", err.msg);
-        send_wait(g.rank + 1, TAG_RESID, w->host, n * sizeof *w->host, "the residual stream");
+        send_wait(g.rank + 1, TAG_RESID, w->host, n * sizeof *w->host, "the residual stream", chunk_timeout(T));
         w->stats.busy_s += t1 - t0, w->stats.move_s += pipeline_now() - t1;
         w->stats.bytes_moved += (double)(n * sizeof(float));
     } else if (readout == READ_NLL) {
         if (pipeline_head(m, T, w->targets, w->nll, NULL, &err)) die("%s", err.msg);
         w->stats.busy_s += pipeline_now() - t0;
-        send_wait(0, TAG_RESULT, w->nll, (size_t)T * sizeof *w->nll, "the NLLs");
+        send_wait(0, TAG_RESULT, w->nll, (size_t)T * sizeof *w->nll, "the NLLs", chunk_timeout(T));
     } else if (readout == READ_LAST) {
         float *logits;
         if (pipeline_head(m, T, NULL, NULL, &logits, &err)) die("%s", err.msg);
         w->bk->download(w->bk, w->host, logits, (size_t)V);
         if (w->bk->sync(w->bk, &err)) die("%s", err.msg);
         w->stats.busy_s += pipeline_now() - t0;
-        send_wait(0, TAG_RESULT, w->host, (size_t)V * sizeof *w->host, "the logits");
+        send_wait(0, TAG_RESULT, w->host, (size_t)V * sizeof *w->host, "the logits", chunk_timeout(T));
     } else {
         w->stats.busy_s += pipeline_now() - t0;
     }

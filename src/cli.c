@@ -294,8 +294,17 @@ static const char *first_device(const char *device, char *buf, size_t cap) {
     return buf;
 }
 
+static int session_open(const CommonOptions *o, bool need_tokenizer, bool want_tokenizer, Session *s, Error *err);
+
 int cli_session_open(const CommonOptions *o, bool need_tokenizer, bool want_tokenizer, Session *s,
                      Error *err) {
+    int rc = session_open(o, need_tokenizer, want_tokenizer, s, err);
+    /* under mpirun, a message from another rank than 0 says which */
+    if (rc && o->pipelined && pipeline_mpi_rank() > 0) err_prefix(err, "rank %d", pipeline_mpi_rank());
+    return rc;
+}
+
+static int session_open(const CommonOptions *o, bool need_tokenizer, bool want_tokenizer, Session *s, Error *err) {
     memset(s, 0, sizeof *s);
     const bool mpi = o->pipelined && pipeline_mpi_active();
     const char *model_dir = o->model_dir;

@@ -201,6 +201,24 @@ if HAVE_MPI:
           rc not in (0, -999) and "rank 1 sees a different checkpoint" in err
           and "llmint8: error: rank 1: rank 1 sees a different checkpoint" in err, f"rc {rc}: {err[-1500:]}")
 
+    # A rank whose checkpoint directory does not exist: the error names the rank.
+    with open(wrapper, "w") as f:
+        f.write('#!/bin/sh\n[ "$OMPI_COMM_WORLD_RANK" = 1 ] && export LLMINT8_MODEL_DIR=/nonexistent-llmint8\nexec "$@"\n')
+    try:
+        p = subprocess.run([MPIRUN, *MPI_ARGS, "-np", "2", wrapper, BIN, "ppl", f"{FIX}/opt-tiny", "--ids",
+                            IDS["opt-tiny"], "--threads", "1"], capture_output=True, timeout=90, env=ENV)
+        rc, err = p.returncode, p.stderr.decode("utf-8", "replace")
+    except subprocess.TimeoutExpired:
+        rc, err = -999, "timed out"
+    check("mpirun: a rank without its checkpoint: an error naming the rank and the directory",
+          rc not in (0, -999) and "llmint8: error: rank 1: /nonexistent-llmint8" in err, f"rc {rc}: {err[-1500:]}")
+
+    # --quant all loads the pipeline once per mode: the same table as one process.
+    rc, one, err = run("ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--quant", "all", "--threads", "1")
+    rc2, three, err2 = mpi(3, "ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--quant", "all", "--threads", "1")
+    check("mpirun -np 3 ppl --quant all: the one-process table (a load per mode)",
+          rc == 0 and rc2 == 0 and one == three and one.count("\n") > 5, f"rc {rc2}: {three!r} vs {one!r} {err2[-800:]}")
+
     # One rank killed in the middle of a generation.
     pids = os.path.join(tmp, "pids")
     os.mkdir(pids)

@@ -160,6 +160,20 @@ for vname, runner in batch_runs:
           rc == 0 and got is not None and ref is not None and got["token_nll"] == ref["token_nll"]
           and got["windows"] == ref["windows"] and ref["windows"] > 4, f"rc {rc}: {err[-800:]}")
 
+# On a GPU (when this llmint8 has the CUDA backend and a GPU is usable): two stages on the
+# device, `--device cuda,cuda`, against `--device cuda` alone, bit for bit.
+common = [f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--ctx", "64", "--json", "--token-nll"]
+rc, out, err = run("ppl", *common, "--device", "cuda")
+if rc == 0:
+    ran_any = True
+    ref = as_json(out)
+    rc, out, err = run("ppl", *common, "--device", "cuda,cuda")
+    got = as_json(out)
+    check("--device cuda,cuda: every token's NLL bit for bit --device cuda's",
+          rc == 0 and got is not None and ref is not None and got["token_nll"] == ref["token_nll"], err[-800:])
+else:
+    print("# no usable GPU (or no CUDA backend): the cuda,cuda check is skipped")
+
 # Bad input to the pipeline options.
 rc, out, err = run("ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--device", "cpu,cpu", "--split", "1,2")
 check("--split that does not add up to the layers: an error naming it", rc == 1 and "--split" in err, err)
@@ -176,9 +190,19 @@ if HAVE_MPI:
     ran_any = True
     # A bad --split: every rank says so and the run ends non-zero.
     t0 = time.time()
-    rc, out, err = mpi(3, "ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--split", "1,0,2", timeout=90)
-    check("mpirun: a bad --split is an error on every rank", rc not in (0, -999) and err.count("--split '1,0,2'") >= 3,
-          f"rc {rc}: {err[-1500:]}")
+    each = os.path.join(tmp, "each-stderr.sh")
+    with open(each, "w") as f:
+        f.write(f'#!/bin/sh\nexec "$@" 2> "{tmp}/split.$OMPI_COMM_WORLD_RANK"\n')
+    os.chmod(each, 0o755)
+    try:
+        p = subprocess.run([MPIRUN, *MPI_ARGS, "-np", "3", each, BIN, "ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"],
+                            "--split", "1,0,2"], capture_output=True, timeout=90, env=ENV)
+        rc = p.returncode
+    except subprocess.TimeoutExpired:
+        rc = -999
+    said = [open(f"{tmp}/split.{r}").read() if os.path.exists(f"{tmp}/split.{r}") else "" for r in range(3)]
+    check("mpirun: a bad --split is an error on every rank", rc not in (0, -999)
+          and all("llmint8: error: " in x and "--split '1,0,2'" in x for x in said), f"rc {rc}: {said}")
 
     # One rank with a modified checkpoint (another config.json), through LLMINT8_MODEL_DIR.
     other = os.path.join(tmp, "opt-tiny-modified")
@@ -188,7 +212,10 @@ if HAVE_MPI:
     json.dump(cfg, open(f"{other}/config.json", "w"))
     wrapper = os.path.join(tmp, "rank1-other-model.sh")
     with open(wrapper, "w") as f:
-        f.write(f'#!/bin/sh\n[ "$OMPI_COMM_WORLD_RANK" = 1 ] && export LLMINT8_MODEL_DIR="{other}"\nexec "$@"\n')
+        # each rank's stderr straight to a file of its own: what every rank said, whatever
+        # mpirun forwards before it ends the job
+        f.write(f'#!/bin/sh\n[ "$OMPI_COMM_WORLD_RANK" = 1 ] && export LLMINT8_MODEL_DIR="{other}"\n'
+                f'exec "$@" 2> "{tmp}/stderr.$OMPI_COMM_WORLD_RANK"\n')
     os.chmod(wrapper, 0o755)
     t0 = time.time()
     try:
@@ -197,9 +224,10 @@ if HAVE_MPI:
         rc, err = p.returncode, p.stderr.decode("utf-8", "replace")
     except subprocess.TimeoutExpired:
         rc, err = -999, "timed out"
+    said = [open(f"{tmp}/stderr.{r}").read() if os.path.exists(f"{tmp}/stderr.{r}") else "" for r in (0, 1)]
     check("mpirun: a rank with another checkpoint fails on every rank, naming it",
-          rc not in (0, -999) and "rank 1 sees a different checkpoint" in err
-          and "llmint8: error: rank 1: rank 1 sees a different checkpoint" in err, f"rc {rc}: {err[-1500:]}")
+          rc not in (0, -999) and "llmint8: error: rank 1 sees a different checkpoint" in said[0]
+          and "llmint8: error: rank 1: rank 1 sees a different checkpoint" in said[1], f"rc {rc}: {said} {err[-1500:]}")
 
     # A rank whose checkpoint directory does not exist: the error names the rank.
     with open(wrapper, "w") as f:

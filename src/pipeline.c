@@ -193,7 +193,7 @@ void pipeline_free(Pipeline *p) {
         if (st->m) model_free(st->m);
         if (st->own_bk && st->bk) st->bk->destroy(st->bk);
     }
-    free(p->host);
+    free(p->host), free(p->landing);
     free(p);
 }
 
@@ -306,11 +306,12 @@ void pipeline_report_stage(int s, const char *device, int first, int last, const
     char layers[48];
     if (first < last) snprintf(layers, sizeof layers, "layers %d..%d", first, last - 1);
     else snprintf(layers, sizeof layers, "no layers");
+    double per = st->chunks ? 1.0 / (double)st->chunks : 0.0;
     fprintf(stderr,
-            "llmint8: stage %d (%s, %s): busy %.3f s (%.0f%% of %.3f s), %ld chunks; activations out %.0f bytes "
-            "in %.4f s\n",
+            "llmint8: stage %d (%s, %s): busy %.3f s (%.0f%% of %.3f s), %ld chunks; sent on %.0f bytes in %.4f s "
+            "(%.0f bytes, %.3f ms a chunk)\n",
             s, device, layers, st->busy_s, wall > 0 ? 100.0 * st->busy_s / wall : 0.0, wall, st->chunks,
-            st->bytes_moved, st->move_s);
+            st->bytes_moved, st->move_s, st->bytes_moved * per, 1e3 * st->move_s * per);
 }
 
 void pipeline_report(Pipeline *p) {

@@ -87,15 +87,16 @@ int pipeline_score_windows(Pipeline *p, int n, const int32_t *const *ids, const 
  * returned in *bk (for sampler_pick), valid until the next call; NULL with a message. */
 float *pipeline_forward_last(Pipeline *p, const int32_t *ids, int T, Backend **bk, Error *err);
 
-/* Per stage: seconds busy (running its layers), and the residual stream handed on: bytes
- * and seconds spent moving it. Printed by pipeline_report() as one line a stage. */
+/* Per stage: seconds busy (running its layers), and what it sent on (the residual stream, or
+ * from the last rank the NLLs or logits): bytes and seconds spent moving them. Printed by
+ * pipeline_report() as one line a stage. */
 typedef struct StageStats {
     double busy_s, move_s;
     double bytes_moved;
     long chunks;
 } StageStats;
 /* Writes one line per stage to stderr: layers, busy seconds and share of the wall time since
- * the pipeline was built, bytes and seconds of activations moved. */
+ * the pipeline was built, bytes and seconds sent on, in all and a chunk. */
 void pipeline_report(Pipeline *p);
 
 /* ---- MPI (pipeline_mpi.c; stubs that say so when built without MPI) --------------------- */

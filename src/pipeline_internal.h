@@ -20,6 +20,7 @@ struct Pipeline {
     int capacity;            /* tokens per chunk: every stage's model_capacity */
     float *host;             /* [capacity, hidden]: the residual stream between backends */
     float *logits;           /* MPI: [vocab] on stage 0's backend, the last rank's logits */
+    float *landing;          /* MPI: host [vocab], where those logits arrive */
     double t_start;          /* when built, for the busy share */
 };
 

@@ -19,6 +19,7 @@
  * commands are awaited without one): a rank that died or hangs ends the run with a message
  * naming it, through MPI_Abort, never a hang. */
 #include <mpi.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,10 +69,16 @@ static void die(const char *fmt, ...) {
     exit(1);
 }
 
-/* Between polls: a few quick ones first (a message is often just arriving), then short sleeps,
- * so that a rank waiting for its turn leaves the cores to the ranks computing. */
+/* Between polls: a few quick ones first (a message is often just arriving), then yielding the
+ * core to whatever else runs (another rank on the same cores), then short sleeps, so that a
+ * rank waiting for its turn leaves the cores to the ranks computing. */
 static void nap(int *polls) {
-    if ((*polls)++ < 64) return;
+    int n = (*polls)++;
+    if (n < 64) return;
+    if (n < 2000) {
+        sched_yield();
+        return;
+    }
     struct timespec ts = {0, 100 * 1000};
     nanosleep(&ts, NULL);
 }
@@ -293,8 +300,9 @@ int pipeline_open_mpi(const Checkpoint *ck, Backend *bk, const char *split, cons
             size_t n = (size_t)p->capacity * (size_t)cfg->hidden;
             if ((size_t)cfg->vocab_size > n) n = (size_t)cfg->vocab_size;
             p->host = malloc(n * sizeof *p->host);
+            p->landing = malloc((size_t)cfg->vocab_size * sizeof *p->landing);
             p->logits = bk->alloc(bk, (size_t)cfg->vocab_size);
-            if (!p->host || !p->logits) load_rc = err_set(&load_err, "out of memory");
+            if (!p->host || !p->landing || !p->logits) load_rc = err_set(&load_err, "out of memory");
         }
     }
     if (rc) {
@@ -370,18 +378,30 @@ static int issue_chunk(Pipeline *p, const int32_t *ids, int T, int readout, cons
     return model_advance(m, T, err);
 }
 
+/* Posts the receive of a chunk's result from the last rank before the chunk goes out, so that
+ * the last rank's send completes the moment it is made. */
+static void post_result(void *buf, size_t bytes, int last, MPI_Request *req) {
+    if (MPI_Irecv(buf, (int)bytes, MPI_BYTE, last, TAG_RESULT, MPI_COMM_WORLD, req) != MPI_SUCCESS)
+        die("posting a receive for the results: MPI error");
+}
+
+static void wait_recv(MPI_Request *req, int src, size_t bytes, const char *what, double timeout);
+
 int pipeline_mpi_chunk(Pipeline *p, const int32_t *ids, int T, bool head, const int32_t *targets, double *nll,
                        Error *err) {
     Stage *st = &p->stages[0];
     const int last = p->n - 1;
     const int readout = !head ? READ_NONE : nll ? READ_NLL : READ_LAST;
+    const size_t V = (size_t)st->m->cfg.vocab_size;
+    MPI_Request req;
+    if (readout == READ_NLL) post_result(nll, (size_t)T * sizeof *nll, last, &req);
+    if (readout == READ_LAST) post_result(p->landing, V * sizeof *p->landing, last, &req);
     if (issue_chunk(p, ids, T, readout, targets, err)) return -1;
     if (readout == READ_NLL) {
-        recv_exact(last, TAG_RESULT, nll, (size_t)T * sizeof *nll, "the NLLs", chunk_timeout(T));
+        wait_recv(&req, last, (size_t)T * sizeof *nll, "the NLLs", chunk_timeout(T));
     } else if (readout == READ_LAST) {
-        const size_t V = (size_t)st->m->cfg.vocab_size;
-        recv_exact(last, TAG_RESULT, p->host, V * sizeof *p->host, "the logits", chunk_timeout(T));
-        st->bk->upload(st->bk, p->logits, p->host, V);
+        wait_recv(&req, last, V * sizeof *p->landing, "the logits", chunk_timeout(T));
+        st->bk->upload(st->bk, p->logits, p->landing, V);
         return st->bk->sync(st->bk, err);
     }
     return 0;
@@ -537,15 +557,19 @@ static void worker_chunk(Worker *w, const int32_t *h) {
         w->stats.bytes_moved += (double)(n * sizeof(float));
     } else if (readout == READ_NLL) {
         if (pipeline_head(m, T, w->targets, w->nll, NULL, &err)) die("%s", err.msg);
-        w->stats.busy_s += pipeline_now() - t0;
+        double t1 = pipeline_now();
         send_wait(0, TAG_RESULT, w->nll, (size_t)T * sizeof *w->nll, "the NLLs", chunk_timeout(T));
+        w->stats.busy_s += t1 - t0, w->stats.move_s += pipeline_now() - t1;
+        w->stats.bytes_moved += (double)((size_t)T * sizeof *w->nll);
     } else if (readout == READ_LAST) {
         float *logits;
         if (pipeline_head(m, T, NULL, NULL, &logits, &err)) die("%s", err.msg);
+        double t1 = pipeline_now();
         w->bk->download(w->bk, w->host, logits, (size_t)V);
         if (w->bk->sync(w->bk, &err)) die("%s", err.msg);
-        w->stats.busy_s += pipeline_now() - t0;
         send_wait(0, TAG_RESULT, w->host, (size_t)V * sizeof *w->host, "the logits", chunk_timeout(T));
+        w->stats.busy_s += t1 - t0, w->stats.move_s += pipeline_now() - t1;
+        w->stats.bytes_moved += (double)((size_t)V * sizeof *w->host);
     } else {
         w->stats.busy_s += pipeline_now() - t0;
     }

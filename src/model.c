@@ -550,7 +550,8 @@ int model_seq_len(const Model *m, int seq) {
 }
 
 size_t model_kv_bytes_per_token(const Model *m) {
-    return 2 * (size_t)(m->layer_last - m->layer_first) * (size_t)m->cfg.hidden * (m->kv_f16 ? sizeof(uint16_t) : sizeof(float));
+    const size_t layers = (size_t)(m->layer_last - m->layer_first);
+    return 2 * layers * (size_t)m->cfg.hidden * (m->kv_f16 ? sizeof(uint16_t) : sizeof(float));
 }
 
 size_t model_kv_bytes(const Model *m) { return (size_t)m->cache_tokens * model_kv_bytes_per_token(m); }

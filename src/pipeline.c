@@ -26,7 +26,9 @@ StageCosts pipeline_costs(const ModelConfig *cfg, QuantMode mode) {
         const ArchTensor *t = &list[i];
         double bytes = 0;
         switch (t->role) {
-        case TENSOR_PROJECTION: bytes = (double)t->rows * (double)t->cols * proj + (t->bias ? 4.0 * (double)t->rows : 0); break;
+        case TENSOR_PROJECTION:
+            bytes = (double)t->rows * (double)t->cols * proj + (t->bias ? 4.0 * (double)t->rows : 0);
+            break;
         case TENSOR_NORM: bytes = 8.0 * (double)t->rows; break;
         case TENSOR_EMBEDDING: bytes = 2.0 * (double)t->rows * (double)t->cols; break;
         case TENSOR_LM_HEAD: bytes = 0; break; /* tied: the embedding, counted below */
@@ -254,7 +256,8 @@ int pipeline_score(Pipeline *p, const int32_t *ids, int T, const int32_t *target
     const int V = p->stages[0].m->cfg.vocab_size;
     if (T <= 0) return err_set(err, "nothing to run: no tokens");
     for (int t = 0; t < T; t++)
-        if (targets[t] < -1 || targets[t] >= V) return err_set(err, "target id %d is outside the vocabulary", targets[t]);
+        if (targets[t] < -1 || targets[t] >= V)
+            return err_set(err, "target id %d is outside the vocabulary", targets[t]);
     for (int start = 0; start < T; start += p->capacity) {
         int n = T - start < p->capacity ? T - start : p->capacity;
         int rc = p->mpi ? pipeline_mpi_chunk(p, ids + start, n, true, targets + start, nll + start, err)

@@ -251,7 +251,8 @@ static void load_header(int32_t *h, const ModelOptions *mo, int first, int last)
 /* The ModelOptions of a load header, checked as a command-line option would be. */
 static int read_load_header(const int32_t *h, const ModelConfig *cfg, ModelOptions *mo, Error *err) {
     memset(mo, 0, sizeof *mo);
-    if (h[2] != PROTOCOL) return err_set(err, "rank 0 speaks protocol %d, this rank %d (different llmint8 builds)", h[2], PROTOCOL);
+    if (h[2] != PROTOCOL)
+        return err_set(err, "rank 0 speaks protocol %d, this rank %d (different llmint8 builds)", h[2], PROTOCOL);
     if (h[3] < 0 || h[3] >= QUANT_MODE_COUNT) return err_set(err, "bad quantization mode %d from rank 0", h[3]);
     mo->quant.mode = (QuantMode)h[3];
     memcpy(&mo->quant.threshold, &h[4], sizeof(float));
@@ -310,7 +311,10 @@ int pipeline_open_mpi(const Checkpoint *ck, Backend *bk, const char *split, cons
         Verdict v = {.magic = MAGIC, .ok = 0};
         snprintf(v.msg, sizeof v.msg, "rank 0 failed before loading: %s", err->msg);
         int32_t q[HDR_WORDS] = {MAGIC, OP_LOAD, -1};
-        for (int r = 1; r < g.size; r++) send_header(r, q), send_wait(r, TAG_VERDICT, &v, sizeof v, "the verdict", g.timeout);
+        for (int r = 1; r < g.size; r++) {
+            send_header(r, q);
+            send_wait(r, TAG_VERDICT, &v, sizeof v, "the verdict", g.timeout);
+        }
         g.peers_gone = true;
         free(p);
         return -1;
@@ -364,7 +368,8 @@ static int issue_chunk(Pipeline *p, const int32_t *ids, int T, int readout, cons
     const int last = p->n - 1;
     int32_t h[HDR_WORDS] = {MAGIC, OP_CHUNK, T, model_seq_len(m, 0), readout};
     for (int r = 1; r < p->n; r++) send_header(r, h);
-    if (readout == READ_NLL) send_wait(last, TAG_TARGETS, targets, (size_t)T * sizeof *targets, "the targets", chunk_timeout(T));
+    if (readout == READ_NLL)
+        send_wait(last, TAG_TARGETS, targets, (size_t)T * sizeof *targets, "the targets", chunk_timeout(T));
     double t0 = pipeline_now();
     if (model_embed(m, ids, T, err) || model_run_layers(m, st->first, st->last, T, err)) die("%s", err->msg);
     size_t n = (size_t)T * (size_t)m->cfg.hidden;
@@ -541,7 +546,8 @@ static void worker_chunk(Worker *w, const int32_t *h) {
     if (readout == READ_NLL && is_last) {
         recv_exact(0, TAG_TARGETS, w->targets, (size_t)T * sizeof *w->targets, "the targets", chunk_timeout(T));
         for (int t = 0; t < T; t++)
-            if (w->targets[t] < -1 || w->targets[t] >= V) die("target id %d from rank 0 is outside the vocabulary", w->targets[t]);
+            if (w->targets[t] < -1 || w->targets[t] >= V)
+                die("target id %d from rank 0 is outside the vocabulary", w->targets[t]);
     }
     size_t n = (size_t)T * (size_t)m->cfg.hidden;
     recv_exact(g.rank - 1, TAG_RESID, w->host, n * sizeof *w->host, "the residual stream", chunk_timeout(T));

@@ -242,10 +242,14 @@ if HAVE_MPI:
           rc not in (0, -999) and "llmint8: error: rank 1: /nonexistent-llmint8" in err, f"rc {rc}: {err[-1500:]}")
 
     # --quant all loads the pipeline once per mode: the same table as one process.
-    rc, one, err = run("ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--quant", "all", "--threads", "1")
-    rc2, three, err2 = mpi(3, "ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--quant", "all", "--threads", "1")
-    check("mpirun -np 3 ppl --quant all: the one-process table (a load per mode)",
-          rc == 0 and rc2 == 0 and one == three and one.count("\n") > 5, f"rc {rc2}: {three!r} vs {one!r} {err2[-800:]}")
+    args = [f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--quant", "all", "--threads", "1", "--json"]
+    rc, one, err = run("ppl", *args)
+    rc2, three, err2 = mpi(3, "ppl", *args)
+    one, three = as_json(one), as_json(three)
+    means = lambda j: [(r["quant"], r["nll_mean"]) for r in j["results"]] if j else None
+    check("mpirun -np 3 ppl --quant all: every mode's nll_mean the one-process one (a load per mode)",
+          rc == 0 and rc2 == 0 and means(one) == means(three) and len(means(one)) > 5,
+          f"rc {rc2}: {means(three)} vs {means(one)} {err2[-800:]}")
 
     # One rank killed in the middle of a generation.
     pids = os.path.join(tmp, "pids")

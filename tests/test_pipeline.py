@@ -9,6 +9,8 @@ one process.
   demo model, in LLM.int8() and fp16 (every token's NLL from `ppl --json --token-nll`, as
   doubles that JSON writes exactly); `--split` picks the layers (an empty stage included).
 * `ppl --batch 4` in a pipeline (windows in flight through the stages): the same NLLs.
+* Hostile input under mpirun: a rank that answers the handshake with a message of another size,
+  or with a bad header (tests/pipeline_fake_rank.c), is refused with a message.
 * Faults under mpirun, each bounded by a time-out: one rank given a modified checkpoint (through
   LLMINT8_MODEL_DIR on that rank) fails on every rank with a message naming it; one rank killed
   mid-generation ends the run non-zero within seconds, with a message naming the rank; a bad
@@ -250,6 +252,23 @@ if HAVE_MPI:
     check("mpirun -np 3 ppl --quant all: every mode's nll_mean the one-process one (a load per mode)",
           rc == 0 and rc2 == 0 and means(one) == means(three) and len(means(one)) > 5,
           f"rc {rc2}: {means(three)} vs {means(one)} {err2[-800:]}")
+
+    # A hostile rank 1 (tests/pipeline_fake_rank.c) answers the handshake wrongly: rank 0
+    # refuses what arrives, names the rank, and the run ends.
+    fake = os.path.join(os.path.dirname(BIN), "tests", "pipeline_fake_rank")
+    for mode, want in (("short", "rank 1 sent 10 bytes for the handshake, expected"),
+                       ("magic", "rank 1 answered the handshake with a bad header")):
+        if not os.path.exists(fake):
+            print(f"# {fake} not built: the hostile-rank checks are skipped")
+            break
+        try:
+            p = subprocess.run([MPIRUN, *MPI_ARGS, "-np", "1", BIN, "ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"],
+                                ":", "-np", "1", fake, mode], capture_output=True, timeout=90, env=ENV)
+            rc, err = p.returncode, p.stderr.decode("utf-8", "replace")
+        except subprocess.TimeoutExpired:
+            rc, err = -999, "timed out"
+        check(f"mpirun with a hostile rank 1 ({mode}): rank 0 refuses it with a message", rc not in (0, -999)
+              and want in err, f"rc {rc}: {err[-1500:]}")
 
     # One rank killed in the middle of a generation.
     pids = os.path.join(tmp, "pids")

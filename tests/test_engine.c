@@ -412,7 +412,6 @@ static void *feed(void *arg) {
     Feeder *f = arg;
     Error err;
     for (int i = 0; i < 8; i++) {
-        record_init(&f->rec[i]);
         f->q.ctx = &f->rec[i];
         while (engine_submit(f->e, &f->q, &f->ids[i], &err) == ENGINE_FULL) engine_wait(f->e, 1);
         if (i % 3 == 2) engine_cancel(f->e, f->ids[i - 1]);
@@ -426,6 +425,7 @@ static void test_threads(const Checkpoint *ck, Backend *bk) {
     EngineOptions eo = {.max_running = 3, .max_queue = 2};
     static Feeder f;
     f.e = engine_create(m, NULL, &eo, &err);
+    for (int i = 0; i < 8; i++) record_init(&f.rec[i]); /* before the other thread starts */
     static int32_t prompt[8] = {2, 10, 11, 12, 13, 14, 15, 16};
     f.q = (EngineRequest){.prompt = prompt, .n_prompt = 8, .max_tokens = 10, .eos_id = -1, .on_token = on_token,
                           .on_done = on_done,

@@ -135,6 +135,15 @@ if ok:
                     "--print-ids")
     check("JSON Lines: the max_tokens line = alone", [int(x) for x in o1.split()] == lines[1]["ids"], o1)
 
+# --- the KV cache's bytes per token: 2 (keys, values) x 6 layers x 256 hidden x 4 or 2 bytes --------
+for kv, want in (("f32", 12288), ("f16", 6144)):
+    rc, out, err = run("info", MODEL, "--json", "--kv-cache", kv)
+    try:
+        got = json.loads(out).get("kv_cache_bytes_per_token")
+    except ValueError:
+        got = None
+    check(f"info --kv-cache {kv}: {want} bytes per token", rc == 0 and got == want, out + err)
+
 # --- bad input -------------------------------------------------------------------------------
 def expect_error(name, args, words, code=1):
     rc, out, err = run(*args)

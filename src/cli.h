@@ -24,7 +24,7 @@
 /* getopt_long codes of the long-only options (ARG_, so as not to read like the OPT model). */
 enum {
     ARG_PRECISION = 1000, ARG_QUANT, ARG_THRESHOLD, ARG_OUTLIERS, ARG_DEVICE, ARG_THREADS,
-    ARG_TOKENIZER, ARG_HELP, ARG_SPLIT,
+    ARG_TOKENIZER, ARG_HELP, ARG_KV_CACHE, ARG_SPLIT,
     ARG_IDS = 1050, ARG_CTX, ARG_MAX_TOKENS,   /* CLI_TEXT_OPTIONS */
     ARG_COMMAND_BASE = 1100 /* commands number their own long-only options from here */
 };
@@ -38,6 +38,7 @@ enum {
     {"device", required_argument, NULL, ARG_DEVICE},               \
     {"threads", required_argument, NULL, ARG_THREADS},             \
     {"tokenizer", required_argument, NULL, ARG_TOKENIZER},         \
+    {"kv-cache", required_argument, NULL, ARG_KV_CACHE},           \
     {"split", required_argument, NULL, ARG_SPLIT},                 \
     {"help", no_argument, NULL, 'h'}
 
@@ -57,6 +58,7 @@ typedef struct CommonOptions {
                                  * pipeline_score_windows: it may run as a pipeline (device
                                  * list, mpirun) */
     int threads;                /* --threads, <= 0: one per core */
+    bool kv_f16;                /* --kv-cache f16: keys and values cached as IEEE half */
     bool lists_unused;          /* the command prints the checkpoint's unused tensors itself
                                  * (info); others get one warning line from cli_session_open */
 } CommonOptions;
@@ -164,8 +166,9 @@ int cli_session_open(const CommonOptions *o, bool need_tokenizer, bool want_toke
  * exit when rank 0 ends. LLMINT8_MODEL_DIR, when set on a rank, replaces MODEL_DIR there
  * (the checkpoint may sit elsewhere on each host). */
 
-/* Loads (or reloads) s->model with the common options' quantization and mo's ctx/batch: a
- * pipeline (s->pipe) under mpirun or with a device list, else the whole model. */
+/* Loads (or reloads) s->model with the common options' quantization and KV cache (--kv-cache
+ * f16 sets mo's kv_f16) and mo's ctx/batch/budget: a pipeline (s->pipe) under mpirun or with
+ * a device list, else the whole model. */
 int cli_session_load_model(Session *s, const CommonOptions *o, const ModelOptions *mo, Error *err);
 /* model_forward_last of the session's model or pipeline: the last token's logits in memory
  * of the backend returned in *bk (for sampler_pick). */

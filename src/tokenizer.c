@@ -31,7 +31,7 @@
 #define CACHE_MAX_PIECE 64                  /* longer pieces are rare; not cached */
 #define CACHE_MAX_ENTRIES (1u << 20)
 
-/* ---- hash maps ------------------------------------------------------------------- */
+/* ---- the byte pool and hash maps -------------------------------------------------- */
 
 static uint64_t hash_bytes(const void *p, size_t n) {
     const uint8_t *s = p;
@@ -40,16 +40,31 @@ static uint64_t hash_bytes(const void *p, size_t n) {
     return h ^ (h >> 29);
 }
 
+int64_t bytepool_add(BytePool *p, const void *src, size_t n, size_t first_cap) {
+    if (n >= UINT32_MAX - p->len) return -1;
+    if (p->len + n > p->cap || !p->bytes) {
+        size_t cap = p->cap ? p->cap : first_cap;
+        while (cap < p->len + n) cap *= 2;
+        uint8_t *q = realloc(p->bytes, cap);
+        if (!q) return -1;
+        p->bytes = q;
+        p->cap = cap;
+    }
+    if (n) memcpy(p->bytes + p->len, src, n);
+    p->len += n;
+    return (int64_t)(p->len - n);
+}
+
 void strmap_free(StrMap *m) {
     free(m->slot);
-    free(m->pool);
+    free(m->pool.bytes);
     memset(m, 0, sizeof *m);
 }
 
 void strmap_clear(StrMap *m) {
     for (size_t i = 0; i < m->cap; i++) m->slot[i].len = UINT32_MAX;
     m->count = 0;
-    m->pool_len = 0;
+    m->pool.len = 0;
 }
 
 const StrSlot *strmap_get(const StrMap *m, const void *key, size_t len) {
@@ -58,7 +73,7 @@ const StrSlot *strmap_get(const StrMap *m, const void *key, size_t len) {
     for (size_t i = h & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
         const StrSlot *s = &m->slot[i];
         if (s->len == UINT32_MAX) return NULL;
-        if (s->hash == h && s->len == len && memcmp(m->pool + s->off, key, len) == 0) return s;
+        if (s->hash == h && s->len == len && memcmp(m->pool.bytes + s->off, key, len) == 0) return s;
     }
 }
 
@@ -82,22 +97,13 @@ static int strmap_grow(StrMap *m) {
 
 int strmap_put(StrMap *m, const void *key, size_t len, int32_t a, int32_t b) {
     if (strmap_get(m, key, len)) return 1;
-    if (len >= UINT32_MAX || m->pool_len + len >= UINT32_MAX) return -1;
     if ((m->count + 1) * 2 > m->cap && strmap_grow(m)) return -1;
-    if (m->pool_len + len > m->pool_cap || !m->pool) {   /* allocated even for "" keys */
-        size_t cap = m->pool_cap ? m->pool_cap : 4096;
-        while (cap < m->pool_len + len) cap *= 2;
-        char *p = realloc(m->pool, cap);
-        if (!p) return -1;
-        m->pool = p;
-        m->pool_cap = cap;
-    }
-    if (len) memcpy(m->pool + m->pool_len, key, len);
+    int64_t off = bytepool_add(&m->pool, key, len, 4096);
+    if (off < 0) return -1;
     uint32_t h = (uint32_t)hash_bytes(key, len);
     size_t i = h & (m->cap - 1);
     while (m->slot[i].len != UINT32_MAX) i = (i + 1) & (m->cap - 1);
-    m->slot[i] = (StrSlot){(uint32_t)m->pool_len, (uint32_t)len, h, a, b};
-    m->pool_len += len;
+    m->slot[i] = (StrSlot){(uint32_t)off, (uint32_t)len, h, a, b};
     m->count++;
     return 0;
 }
@@ -380,7 +386,7 @@ int tokenizer_encode(const Tokenizer *t, const char *text, size_t len, bool add_
         const Special *hit = NULL;
         for (; k < end && !hit; k++) {
             const Special *sp = &t->special[k];
-            if (sp->len <= len - pos && memcmp(s + pos, t->pool + sp->off, sp->len) == 0) hit = sp;
+            if (sp->len <= len - pos && memcmp(s + pos, t->pool.bytes + sp->off, sp->len) == 0) hit = sp;
         }
         if (!hit) {
             pos++;
@@ -422,7 +428,7 @@ const uint8_t *tokenizer_token_bytes(const Tokenizer *t, int32_t id, size_t *len
     *len = 0;
     if (!t || id < 0 || id >= t->n_vocab || t->tok[id].kind == TOK_NONE) return NULL;
     *len = t->tok[id].len;
-    return t->pool + t->tok[id].off;   /* pool is non-NULL once any token exists */
+    return t->pool.bytes + t->tok[id].off;   /* pool is non-NULL once any token exists */
 }
 
 /* ---- decoding ------------------------------------------------------------------------- */

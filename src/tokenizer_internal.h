@@ -14,6 +14,19 @@
 #include "tokenizer.h"
 #include "utf8.h"
 
+/* ---- a growing byte array ------------------------------------------------------------ */
+
+/* Bytes appended one string after another, addressed by 32-bit offsets. */
+typedef struct {
+    uint8_t *bytes;
+    size_t len, cap;
+} BytePool;
+
+/* Appends n bytes (n may be 0: the array is allocated anyway, first_cap bytes at first) and
+ * returns their offset, or -1 when out of memory or when the pool would reach UINT32_MAX
+ * bytes. */
+int64_t bytepool_add(BytePool *p, const void *src, size_t n, size_t first_cap);
+
 /* ---- hash maps (open addressing, linear probing) --------------------------------------- */
 
 /* Byte string -> two int32 values. Keys are copied into the map's own pool. */
@@ -25,8 +38,7 @@ typedef struct {
 typedef struct {
     StrSlot *slot;
     size_t cap, count;   /* cap is a power of two, kept at least twice count */
-    char *pool;
-    size_t pool_len, pool_cap;
+    BytePool pool;       /* the keys */
 } StrMap;
 
 void strmap_free(StrMap *m);
@@ -75,8 +87,7 @@ typedef enum { PRE_GPT2, PRE_BLOOM } PreKind;
 struct Tokenizer {
     int32_t n_vocab;      /* largest id + 1 */
     TokenInfo *tok;       /* [n_vocab] */
-    uint8_t *pool;        /* raw bytes of all tokens */
-    size_t pool_len, pool_cap;
+    BytePool pool;        /* raw bytes of all tokens */
     size_t max_token_bytes;
 
     int32_t byte_id[256];   /* the one-byte token of each byte, -1 if the vocab lacks it */

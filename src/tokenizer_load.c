@@ -68,24 +68,13 @@ static void bytes_to_unicode(uint16_t byte_cp[256]) {
 
 /* Appends raw bytes to the pool; returns the offset or -1. */
 static int64_t pool_add(Tokenizer *t, const void *p, size_t n) {
-    if (t->pool_len + n >= UINT32_MAX) return -1;
-    if (t->pool_len + n > t->pool_cap || !t->pool) {   /* allocated even for "" tokens */
-        size_t cap = t->pool_cap ? t->pool_cap : 1 << 16;
-        while (cap < t->pool_len + n) cap *= 2;
-        uint8_t *q = realloc(t->pool, cap);
-        if (!q) return -1;
-        t->pool = q;
-        t->pool_cap = cap;
-    }
-    if (n) memcpy(t->pool + t->pool_len, p, n);
-    t->pool_len += n;
-    return (int64_t)(t->pool_len - n);
+    return bytepool_add(&t->pool, p, n, 1 << 16);
 }
 
 void tokenizer_free(Tokenizer *t) {
     if (!t) return;
     free(t->tok);
-    free(t->pool);
+    free(t->pool.bytes);
     free(t->merges.slot);
     free(t->special);
     pcre2_code_free(t->re);
@@ -531,7 +520,7 @@ static int cmp_special(const void *pa, const void *pb) {
 static int add_special(Tokenizer *t, const char *content, int32_t id) {
     size_t n = strlen(content);
     for (int i = 0; i < t->n_special; i++)
-        if (t->special[i].len == n && memcmp(t->pool + t->special[i].off, content, n) == 0) return 0;
+        if (t->special[i].len == n && memcmp(t->pool.bytes + t->special[i].off, content, n) == 0) return 0;
     int64_t off = pool_add(t, content, n);
     if (off < 0) return -1;
     Special *s = realloc(t->special, (size_t)(t->n_special + 1) * sizeof *s);
@@ -596,14 +585,14 @@ static int build_tables(Loader *L, bool gpt2_files, Error *err) {
     for (size_t i = 0; i < L->vocab.cap; i++) {
         const StrSlot *s = &L->vocab.slot[i];
         if (s->len == UINT32_MAX) continue;
-        const char *str = L->vocab.pool + s->off;
+        const char *str = (const char *)L->vocab.pool.bytes + s->off;
         TokenInfo *ti = &t->tok[s->a];
         if (ti->kind != TOK_NONE)
             return err_set(err, "%s: id %d is given to two tokens, '%.*s' and another", L->vocab_file, s->a,
                            (int)(s->len > 80 ? 80 : s->len), str);
         int64_t off = add_token_bytes(t, L->cp_byte, str, s->len);
         if (off < 0) return err_set(err, "%s: out of memory", L->vocab_file);
-        *ti = (TokenInfo){(uint32_t)off, (uint32_t)(t->pool_len - (size_t)off), TOK_NORMAL};
+        *ti = (TokenInfo){(uint32_t)off, (uint32_t)(t->pool.len - (size_t)off), TOK_NORMAL};
     }
 
     /* Added tokens may repeat a vocabulary entry (same text, same id) or take a free id. */

@@ -26,6 +26,8 @@ const char CLI_COMMON_HELP[] =
     "  --device cpu|cuda|auto where to run (default cpu)\n"
     "  --threads N            CPU threads (default: one per core)\n"
     "  --tokenizer DIR        tokenizer files from DIR instead of MODEL_DIR\n"
+    "  --kv-cache f32|f16     how the KV cache stores keys and values: f32 (default; what the\n"
+    "                         goldens were computed with) or f16 (IEEE half: half the memory)\n"
     "  -h, --help             this help\n";
 
 void cli_common_defaults(CommonOptions *o) {
@@ -133,6 +135,14 @@ int cli_common_option(int code, const char *arg, CommonOptions *o) {
         return 1;
     case ARG_TOKENIZER:
         o->tokenizer_dir = arg;
+        return 1;
+    case ARG_KV_CACHE:
+        if (strcmp(arg, "f16") == 0) o->kv_f16 = true;
+        else if (strcmp(arg, "f32") == 0) o->kv_f16 = false;
+        else {
+            option_error("--kv-cache '%s': expected f32 or f16", arg);
+            return -1;
+        }
         return 1;
     default:
         return 0;
@@ -312,6 +322,7 @@ int cli_session_load_model(Session *s, const CommonOptions *o, const ModelOption
     /* The threshold: --threshold, else the 8-bit checkpoint's own, else 6.0. */
     ModelOptions opts = *mo;
     opts.quant = o->quant;
+    opts.kv_f16 = mo->kv_f16 || o->kv_f16;
     if (!o->threshold_given && cfg->load_in_8bit) opts.quant.threshold = cfg->int8_threshold;
     if (!quant_mode_uses_decomposition(opts.quant.mode)) opts.quant.threshold = 0.0f;
     return model_load(s->ck, s->bk, &opts, &s->model, err);

@@ -23,7 +23,7 @@
 /* getopt_long codes of the long-only options (ARG_, so as not to read like the OPT model). */
 enum {
     ARG_PRECISION = 1000, ARG_QUANT, ARG_THRESHOLD, ARG_OUTLIERS, ARG_DEVICE, ARG_THREADS,
-    ARG_TOKENIZER, ARG_HELP,
+    ARG_TOKENIZER, ARG_HELP, ARG_KV_CACHE,
     ARG_IDS = 1050, ARG_CTX, ARG_MAX_TOKENS,   /* CLI_TEXT_OPTIONS */
     ARG_COMMAND_BASE = 1100 /* commands number their own long-only options from here */
 };
@@ -37,6 +37,7 @@ enum {
     {"device", required_argument, NULL, ARG_DEVICE},               \
     {"threads", required_argument, NULL, ARG_THREADS},             \
     {"tokenizer", required_argument, NULL, ARG_TOKENIZER},         \
+    {"kv-cache", required_argument, NULL, ARG_KV_CACHE},           \
     {"help", no_argument, NULL, 'h'}
 
 /* Help text for the common options, printed by every command's --help. */
@@ -50,6 +51,7 @@ typedef struct CommonOptions {
     bool quant_given;
     const char *device;         /* --device cpu|cuda|auto (default cpu) */
     int threads;                /* --threads, <= 0: one per core */
+    bool kv_f16;                /* --kv-cache f16: keys and values cached as IEEE half */
     bool lists_unused;          /* the command prints the checkpoint's unused tensors itself
                                  * (info); others get one warning line from cli_session_open */
 } CommonOptions;
@@ -151,7 +153,8 @@ typedef struct Session {
  * loaded separately, because its context length may depend on the tokenized prompt. */
 int cli_session_open(const CommonOptions *o, bool need_tokenizer, bool want_tokenizer, Session *s,
                      Error *err);
-/* Loads (or reloads) s->model with the common options' quantization and mo's ctx/batch. */
+/* Loads (or reloads) s->model with the common options' quantization and KV cache (--kv-cache
+ * f16 sets mo's kv_f16) and mo's ctx/batch/budget. */
 int cli_session_load_model(Session *s, const CommonOptions *o, const ModelOptions *mo, Error *err);
 void cli_session_close(Session *s);
 

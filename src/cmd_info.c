@@ -173,6 +173,8 @@ int cmd_info(int argc, char **argv) {
         json_add_int(&j, j.root, "stored_bytes", stored);
         json_add_number(&j, j.root, "fp16_megabytes", round(fp16_mb * 10) / 10, NULL);
         json_add_number(&j, j.root, "int8_megabytes", round(int8_mb * 10) / 10, NULL);
+        json_add_int(&j, j.root, "kv_cache_bytes_per_token", (int64_t)model_kv_bytes_per_token(s.model));
+        json_add_string(&j, j.root, "kv_cache", s.model->kv_f16 ? "f16" : "f32");
         json_add_bool(&j, j.root, "tokenizer", s.tok != NULL);
         cJSON *unused = json_add_array(&j, j.root, "unused_tensors");
         for (size_t i = 0; i < checkpoint_unused_count(s.ck); i++)
@@ -194,6 +196,9 @@ int cmd_info(int argc, char **argv) {
             return cli_fail(&err);
         }
         printf("memory:       fp16 %.1f MB, int8 %.1f MB (%.2fx)\n", fp16_mb, int8_mb, int8_mb / fp16_mb);
+        printf("kv cache:     %zu bytes per token (%s; --kv-cache %s: %zu)\n", model_kv_bytes_per_token(s.model),
+               s.model->kv_f16 ? "f16" : "f32", s.model->kv_f16 ? "f32" : "f16",
+               s.model->kv_f16 ? 2 * model_kv_bytes_per_token(s.model) : model_kv_bytes_per_token(s.model) / 2);
         printf("tokenizer:    %s\n", s.tok ? "found" : "none in MODEL_DIR (use --tokenizer DIR for text)");
         print_unused(s.ck);
     }

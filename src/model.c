@@ -549,6 +549,7 @@ typedef enum {
     OUT_LAST,           /* the last token's logits, left in rs->logits (row = step index) */
     OUT_ALL_HOST,       /* every token's logits, downloaded (model_forward) */
     OUT_NLL,            /* every token's -log p(target), only those numbers downloaded */
+    OUT_ROWS,           /* every token's logits handed to a callback, and the last kept */
 } Readout;
 
 typedef struct StepOut {
@@ -556,6 +557,8 @@ typedef struct StepOut {
     float *logits;            /* OUT_ALL_HOST: host [T, vocab] */
     const int32_t *targets;   /* OUT_NLL: host [T], -1 = not scored */
     double *nll;              /* OUT_NLL: host [T] */
+    void (*on_logits)(void *ctx, int t, float *row);   /* OUT_ROWS */
+    void *logits_ctx;
 } StepOut;
 
 /* Rows first..first+n-1 of the chunk's hidden states are tokens t0.. of a sequence: their
@@ -569,6 +572,8 @@ static void read_rows(Model *m, const float *hidden, int first, int n, int t0, c
         bk->matmul(bk, m->w->lm_head, hidden + (size_t)(first + r) * E, rows, logits);
         size_t t = (size_t)t0 + (size_t)r;
         if (o->kind == OUT_ALL_HOST) bk->download(bk, o->logits + t * V, logits, (size_t)rows * V);
+        else if (o->kind == OUT_ROWS)
+            for (int k = 0; k < rows; k++) o->on_logits(o->logits_ctx, (int)t + k, logits + (size_t)k * V);
         else bk->token_nll(bk, logits, rows, (int)V, o->targets + t, o->nll + t);
     }
 }
@@ -621,7 +626,8 @@ static int run_steps(Model *m, const SeqStep *steps, const StepOut *outs, int n,
         for (int p = 0; p < np; p++, si++, sdone = 0) {
             const ChunkPart *part = &parts[p];
             const StepOut *o = &outs[si];
-            if (o->kind == OUT_LAST) {
+            if (o->kind == OUT_ROWS) read_rows(m, hidden, part->row0, part->T, sdone, o);
+            if (o->kind == OUT_LAST || o->kind == OUT_ROWS) {
                 if (sdone + part->T == steps[si].T)
                     m->bk->copy(m->bk, s->last_hidden + (size_t)si * E,
                                 hidden + (size_t)(part->row0 + part->T - 1) * E, E);
@@ -631,7 +637,7 @@ static int run_steps(Model *m, const SeqStep *steps, const StepOut *outs, int n,
             m->seqs[part->seq].n_past += part->T;
         }
     }
-    for (int k = 0; k < n; k++) n_last += outs[k].kind == OUT_LAST;
+    for (int k = 0; k < n; k++) n_last += outs[k].kind == OUT_LAST || outs[k].kind == OUT_ROWS;
     /* The last-token logits of every step at once: row k of rs->logits is steps[k]'s
      * (rows of steps scored instead hold nothing of use). */
     if (n_last) m->bk->matmul(m->bk, m->w->lm_head, s->last_hidden, n, s->logits);
@@ -657,8 +663,10 @@ int model_step(Model *m, const SeqStep *steps, int n, Error *err) {
         if (check_step(m, &steps[i], err)) return err_prefix(err, "sequence %d", steps[i].seq);
         for (int j = 0; j < i; j++)
             if (steps[j].seq == steps[i].seq) return err_set(err, "sequence %d appears twice in one step", steps[i].seq);
-        outs[i] = steps[i].nll ? (StepOut){.kind = OUT_NLL, .targets = steps[i].targets, .nll = steps[i].nll}
-                               : (StepOut){.kind = OUT_LAST};
+        outs[i] = steps[i].nll         ? (StepOut){.kind = OUT_NLL, .targets = steps[i].targets, .nll = steps[i].nll}
+                  : steps[i].on_logits ? (StepOut){.kind = OUT_ROWS, .on_logits = steps[i].on_logits,
+                                                   .logits_ctx = steps[i].logits_ctx}
+                                       : (StepOut){.kind = OUT_LAST};
     }
     return run_steps(m, steps, outs, n, err);
 }

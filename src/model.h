@@ -109,6 +109,11 @@ typedef struct SeqStep {
     int T;
     const int32_t *targets;
     double *nll;
+    /* Optional (with nll NULL): also called with every token's logits row [vocab] in order,
+     * t counting this step's tokens from 0; row is a backend buffer valid during the call
+     * (read-outs may run on it; it may not call the model). For prompt logprobs (echo). */
+    void (*on_logits)(void *ctx, int t, float *row);
+    void *logits_ctx;
 } SeqStep;
 
 /* Runs steps[0..n) (distinct live sequences, at most MODEL_LOGIT_ROWS of them): each

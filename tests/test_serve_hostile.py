@@ -134,6 +134,7 @@ try:
           closed_after is not None and closed_after < 10, closed_after)
 
     # ---- clients that vanish mid-stream -----------------------------------------------------
+    generated_before = srv.metric("llmint8_generation_tokens_total")
     for k in range(3):
         s = socket.create_connection(("127.0.0.1", port), timeout=60)
         body = json.dumps({"prompt": "It was a dark and stormy night", "max_tokens": 400, "stream": True,
@@ -151,6 +152,9 @@ try:
     check("clients gone mid-stream: their sequences are cancelled and the KV cache freed",
           srv.metric("llmint8_running_sequences") == 0 and srv.metric("llmint8_kv_cache_tokens_used") == 0,
           srv.get("/metrics")[2][-600:])
+    generated = srv.metric("llmint8_generation_tokens_total") - generated_before
+    check("clients gone mid-stream: their generation stopped early (far fewer than 3 x 400 tokens)",
+          generated < 600, generated)
 
     # a plain request whose client goes away before the answer
     s = socket.create_connection(("127.0.0.1", port), timeout=60)

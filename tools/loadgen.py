@@ -2,7 +2,7 @@
 """loadgen.py — drive a running `llmint8 serve` at several concurrency levels and report
 throughput and latency.
 
-Each level runs --requests requests (default: 4 x the concurrency, at least 16) from as many
+Each level runs --requests requests (default: 2 x the concurrency, at least 16) from as many
 client threads as the concurrency, all streamed (so the time to the first token is seen),
 greedy, with a fixed set of prompts and max_tokens, ignoring EOS so that every request
 generates the same number of tokens. Per level it prints:
@@ -93,8 +93,23 @@ def one_request(host, port, prompt, max_tokens, key):
     return True, first - t0, tpot, tokens
 
 
+def wait_ready(host, port, timeout=600):
+    """Waits until GET /health answers 200 (the model is loaded)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            c = http.client.HTTPConnection(host, port, timeout=10)
+            c.request("GET", "/health")
+            if c.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"loadgen: the server at {host}:{port} is not ready")
+
+
 def run_level(args, conc):
-    n = args.requests or max(16, 4 * conc)
+    n = args.requests or max(16, 2 * conc)
     results, lock, nxt = [], threading.Lock(), [0]
 
     def worker():
@@ -130,11 +145,12 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--api-key", default=None)
     ap.add_argument("--concurrency", default="1,4,16,64", help="comma-separated levels (default 1,4,16,64)")
-    ap.add_argument("--requests", type=int, default=0, help="requests per level (default: 4 x concurrency, >= 16)")
+    ap.add_argument("--requests", type=int, default=0, help="requests per level (default: 2 x concurrency, >= 16)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--json", action="store_true", help="print one JSON object per level instead of a table")
     args = ap.parse_args()
     levels = [int(x) for x in args.concurrency.split(",") if x]
+    wait_ready(args.host, args.port)
     rows = []
     if not args.json:
         print("| concurrency | requests | failed | tokens/s | req/s | TTFT p50 (ms) | TTFT p99 (ms) | TPOT p50 (ms) | TPOT p99 (ms) | vs c=1 |")

@@ -199,6 +199,14 @@ try:
     else:
         print("# curl not installed: curl checks skipped")
 
+    # ---- /health: 503 while loading, 200 once ready (from the request log) ----------------
+    ready_at = next((i for i, l in enumerate(srv.lines) if "serve: ready:" in l), None)
+    before = [l for l in srv.lines[:ready_at] if '"GET /health"' in l]
+    after = [l for l in srv.lines[ready_at:] if '"GET /health"' in l]
+    check("/health: every answer before the model was ready is 503, and 200 after",
+          ready_at is not None and all('" 503 ' in l for l in before) and after and all('" 200 ' in l for l in after),
+          (before[:3], after[:3]))
+
     # ---- log: one line per request --------------------------------------------------------
     check("stderr: one log line per request", any('"POST /v1/completions" 200' in l for l in srv.lines), srv.lines[-3:])
 finally:

@@ -10,6 +10,7 @@
  *     its prompt in one piece;
  *   - alone with a prefill chunk of 1 token: the same again (chunking changes nothing);
  *   - alone, against a plain loop of model_forward_last + sampler_pick (what `generate` did);
+ *   - echoed prompt logprobs against model_score's NLLs, greedy tokens' against the top one;
  * and: cancel (queued and running: on_done "cancelled" once, the cache freed), the budget
  * (a request that can never fit is refused with a message, one that fits later waits),
  * ENGINE_FULL, stop strings (the text ends before the stop string, held-back text comes
@@ -276,6 +277,48 @@ static void test_against_plain_loop(const Checkpoint *ck, Backend *bk, const int
     model_free(m);
 }
 
+/* Logprobs with echo, against model_score's NLLs: prompt token t's logprob is -nll of it at
+ * position t - 1; greedy tokens are their row's top candidate. */
+static void test_logprobs(const Checkpoint *ck, Backend *bk, const int32_t *prompt, int n_prompt) {
+    Error err;
+    enum { NEW = 4, TOP = 3 };
+    double nll[CTX];
+    int32_t targets[CTX];
+    for (int t = 0; t < n_prompt; t++) targets[t] = t + 1 < n_prompt ? prompt[t + 1] : -1;
+    Model *m = load(ck, bk, true, false, CTX, 0, 512);
+    if (!m) return;
+    CHECK(model_score(m, prompt, n_prompt, targets, nll, &err) == 0, "score: %s", err.msg);
+    model_free(m);
+    m = load(ck, bk, true, false, CTX, 0, 512);
+    EngineOptions eo = {.prefill_chunk = 5};
+    Engine *e = engine_create(m, NULL, &eo, &err);
+    static Record r;
+    record_init(&r);
+    EngineRequest q = {.prompt = prompt, .n_prompt = n_prompt, .max_tokens = NEW, .eos_id = -1, .logprobs = TOP,
+                       .echo = true, .on_token = on_token, .on_done = on_done, .ctx = &r,
+                       .sampling = {.greedy = true, .temperature = 1, .top_p = 1, .repetition_penalty = 1}};
+    uint64_t id;
+    CHECK(engine_submit(e, &q, &id, &err) == 0, "submit: %s", err.msg);
+    drain(e);
+    CHECK(r.n == n_prompt + NEW && r.completion_tokens == NEW, "%d tokens handed on", r.n);
+    int bad = 0;
+    for (int t = 0; t < r.n && t < n_prompt + NEW; t++) {
+        bool prompt_tok = t < n_prompt;
+        bad += r.prompt[t] != prompt_tok || (prompt_tok && r.id[t] != prompt[t]);
+        if (t == 0) {
+            bad += !isnan(r.lp[0]) || r.n_top[0] != 0;
+            continue;
+        }
+        bad += r.n_top[t] != TOP || r.top_lp[t][0] < r.top_lp[t][1] || r.top_lp[t][1] < r.top_lp[t][2] ||
+               r.lp[t] > r.top_lp[t][0];
+        if (prompt_tok) bad += !(fabs(r.lp[t] + nll[t - 1]) <= 1e-9);
+        else bad += r.id[t] != r.top_ids[t][0] || !same_double(r.lp[t], r.top_lp[t][0]);
+    }
+    CHECK(bad == 0, "%d logprobs wrong (echo against model_score, greedy against the top candidate)", bad);
+    engine_free(e);
+    model_free(m);
+}
+
 /* Cancel, the budget, a full queue. */
 static void test_cancel_budget(const Checkpoint *ck, Backend *bk) {
     Error err;
@@ -412,7 +455,6 @@ static void *feed(void *arg) {
     Feeder *f = arg;
     Error err;
     for (int i = 0; i < 8; i++) {
-        record_init(&f->rec[i]);
         f->q.ctx = &f->rec[i];
         while (engine_submit(f->e, &f->q, &f->ids[i], &err) == ENGINE_FULL) engine_wait(f->e, 1);
         if (i % 3 == 2) engine_cancel(f->e, f->ids[i - 1]);
@@ -426,6 +468,7 @@ static void test_threads(const Checkpoint *ck, Backend *bk) {
     EngineOptions eo = {.max_running = 3, .max_queue = 2};
     static Feeder f;
     f.e = engine_create(m, NULL, &eo, &err);
+    for (int i = 0; i < 8; i++) record_init(&f.rec[i]); /* before the other thread starts */
     static int32_t prompt[8] = {2, 10, 11, 12, 13, 14, 15, 16};
     f.q = (EngineRequest){.prompt = prompt, .n_prompt = 8, .max_tokens = 10, .eos_id = -1, .on_token = on_token,
                           .on_done = on_done,
@@ -496,6 +539,7 @@ int main(void) {
         test_invariance(FIXTURES[f], ck, bk, NULL, ids, n);
         if (f == 0) {
             test_against_plain_loop(ck, bk, ids, 16);
+            test_logprobs(ck, bk, ids, 16);
             test_cancel_budget(ck, bk);
             test_threads(ck, bk);
         }

@@ -38,7 +38,7 @@ typedef struct Track {
 
 struct Server {
     ServerConfig cfg;
-    char *host, *api_key, *model_name;
+    char *api_key, *model_name;
     struct MHD_Daemon *daemon;
     int port;
     Metrics *metrics;
@@ -341,7 +341,7 @@ static void track_set(Server *s, struct MHD_Connection *conn, bool reading) {
 
 /* ---- completions ----------------------------------------------------------------------- */
 
-static enum MHD_Result completion_response(Server *s, Conn *c, struct MHD_Connection *conn) {
+static enum MHD_Result completion_response(Conn *c, struct MHD_Connection *conn) {
     Req *r = c->req;
     pthread_mutex_lock(&r->mu);
     enum MHD_Result ok;
@@ -353,7 +353,6 @@ static enum MHD_Result completion_response(Server *s, Conn *c, struct MHD_Connec
         ok = respond(c, conn, 200, "application/json", openai_completion_json(&r->meta, r->choices, r->n), false);
     }
     pthread_mutex_unlock(&r->mu);
-    (void)s;
     return ok;
 }
 
@@ -463,7 +462,7 @@ static enum MHD_Result handle_completions(Server *s, Conn *c, struct MHD_Connect
         c->waiting = true;
     }
     pthread_mutex_unlock(&r->mu);
-    return all_done ? completion_response(s, c, conn) : MHD_YES;
+    return all_done ? completion_response(c, conn) : MHD_YES;
 }
 
 /* ---- the other routes ------------------------------------------------------------------ */
@@ -555,7 +554,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     if (c->waiting) {   /* resumed: every prompt is done */
         c->waiting = false;
-        return completion_response(s, c, conn);
+        return completion_response(c, conn);
     }
     track_set(s, conn, false);
     return handle(s, c, conn);
@@ -671,7 +670,6 @@ int server_start(const ServerConfig *cfg, Metrics *metrics, Server **out, Error 
     }
     s->cfg = *cfg;
     s->metrics = metrics;
-    s->host = strdup(cfg->host);
     s->model_name = strdup(cfg->model_name);
     s->api_key = cfg->api_key && cfg->api_key[0] ? strdup(cfg->api_key) : NULL;
     pthread_rwlock_init(&s->engine_lock, NULL);
@@ -738,7 +736,6 @@ void server_stop(Server *s) {
     if (s->daemon) MHD_stop_daemon(s->daemon);
     pthread_rwlock_destroy(&s->engine_lock);
     pthread_mutex_destroy(&s->track_mu);
-    free(s->host);
     free(s->model_name);
     free(s->api_key);
     free(s);

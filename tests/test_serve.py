@@ -83,6 +83,18 @@ try:
                   rc == 0 and pj.get("tokens_scored") == len(ids) - 1 and abs(total - ref) <= 1e-6 * abs(ref),
                   f"server {total!r} ppl {ref!r} {pj} {err}")
 
+    # lm-evaluation-harness's local-completions loglikelihood request: id lists, echo, logprobs 1,
+    # max_tokens 1; it reads token_logprobs[ctxlen:-1] and compares tokens with top_logprobs' best
+    st, r = srv.complete(prompt=[ids, ids[:4]], max_tokens=1, echo=True, logprobs=1, temperature=0, seed=1234)
+    ok = st == 200 and len(r["choices"]) == 2
+    for c, want_ids in zip(r["choices"] if ok else [], [ids, ids[:4]]):
+        l = c["logprobs"]
+        ok = ok and len(l["tokens"]) == len(want_ids) + 1 and len(l["token_logprobs"]) == len(want_ids) + 1 and \
+            all(len(d) == 1 for d in l["top_logprobs"][1:]) and \
+            l["tokens"][-1] == max(l["top_logprobs"][-1], key=l["top_logprobs"][-1].get)
+    check("an lm-eval style scoring batch: prompt tokens + 1 generated, each with its top-1, greedy token on top",
+          ok and r["choices"][0]["logprobs"]["token_logprobs"][1:len(ids)] == lp["token_logprobs"][1:], r)
+
     # ---- stop strings ---------------------------------------------------------------------
     full = solo.get(p0, "")
     words = [w for w in full.split(" ") if len(w) >= 2]

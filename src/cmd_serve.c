@@ -1,7 +1,7 @@
 /* cmd_serve.c — `llmint8 serve`: an OpenAI-compatible completions server.
  *
  * Startup: listen first (so /health can say "loading"), then load the model and start the
- * engine. Threads: libmicrohttpd's (every connection, server_http.c), one engine worker
+ * engine. Threads: libmicrohttpd's two (the connections, server_http.c), one engine worker
  * (engine_step in a loop), and this one, which waits for SIGTERM or SIGINT. On a signal:
  * stop accepting, let running requests finish for up to --grace seconds, cancel what is
  * left, close, exit 0. */

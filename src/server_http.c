@@ -653,6 +653,10 @@ static void *janitor(void *arg) {
 
 /* ---- the server ------------------------------------------------------------------------ */
 
+/* libmicrohttpd threads, each with its own share of the connections: while one tokenizes a long
+ * prompt or builds a large response, the others keep streams flowing. */
+#define SERVER_HTTP_THREADS 2
+
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
     (void)cls, (void)fmt, (void)ap;   /* libmicrohttpd's notes on hostile clients; the request log says enough */
 }
@@ -681,6 +685,7 @@ int server_start(const ServerConfig *cfg, Metrics *metrics, Server **out, Error 
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
     s->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s,
                                  MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                                 MHD_OPTION_THREAD_POOL_SIZE, (unsigned)SERVER_HTTP_THREADS,
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout_s,
                                  MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
                                  MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,

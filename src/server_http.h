@@ -1,7 +1,7 @@
 /* server_http.h — the HTTP side of `llmint8 serve`: libmicrohttpd, routes, and the glue
  * between connections and the engine.
  *
- * One libmicrohttpd thread (epoll) owns every connection. A completion request is parsed
+ * Two libmicrohttpd threads (epoll) share the connections. A completion request is parsed
  * there and submitted to the engine, one engine request per prompt; the connection is then
  * suspended and resumed from the engine's callbacks (on the engine worker thread): once
  * every prompt is done for a plain response, at every token for a stream (server-sent

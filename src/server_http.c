@@ -420,7 +420,8 @@ static enum MHD_Result handle_completions(Server *s, Conn *c, struct MHD_Connect
         uint64_t id = 0;
         int rc = -1;
         pthread_rwlock_rdlock(&s->engine_lock);
-        if (s->engine && !atomic_load(&s->draining)) rc = engine_submit(s->engine, &er, &id, &err);
+        bool closing = !s->engine || atomic_load(&s->draining);
+        if (!closing) rc = engine_submit(s->engine, &er, &id, &err);
         else snprintf(err.msg, sizeof err.msg, "the server is shutting down");
         pthread_rwlock_unlock(&s->engine_lock);
         if (rc == ENGINE_OK) {
@@ -429,10 +430,10 @@ static enum MHD_Result handle_completions(Server *s, Conn *c, struct MHD_Connect
             pthread_mutex_unlock(&r->mu);
             continue;
         }
-        req_release(r);   /* no on_done will come for this one */
-        cancel_unfinished(s, r, i);
+        cancel_unfinished(s, r, i);   /* the prompts before this one */
+        req_release(r);   /* no on_done will come for this one (the Conn still holds r) */
         if (rc == ENGINE_FULL) return fail(c, conn, 503, "server_error", "the server is busy: the request queue is full");
-        if (!s->engine || atomic_load(&s->draining)) return fail(c, conn, 503, "server_error", err.msg);
+        if (closing) return fail(c, conn, 503, "server_error", err.msg);
         api_error(&e, 400, "invalid_request_error", "prompt", "%s", err.msg);
         return respond_error(c, conn, &e);
     }

@@ -173,6 +173,14 @@ static void on_token(void *ctx, const EngineToken *t) {
     pthread_mutex_unlock(&r->mu);
 }
 
+/* The finish reason as a string of our own (the engine's is valid during its call only). */
+static const char *own_reason(const char *r) {
+    static const char *const REASONS[] = {"stop", "length", "cancelled", "error"};
+    for (size_t i = 0; i < sizeof REASONS / sizeof REASONS[0]; i++)
+        if (strcmp(r, REASONS[i]) == 0) return REASONS[i];
+    return "error";
+}
+
 static void on_done(void *ctx, const EngineDone *d) {
     ReqChoice *c = ctx;
     Req *r = c->r;
@@ -184,7 +192,7 @@ static void on_done(void *ctx, const EngineDone *d) {
         if (r->p.stream) req_event(r, openai_chunk_json(&r->meta, c->index, d->text, d->text_len, NULL, 0, NULL));
         else if (choice_add_token(ch, &t, false, 0)) r->any_error = true;
     }
-    ch->finish_reason = d->finish_reason;
+    ch->finish_reason = own_reason(d->finish_reason);
     ch->prompt_tokens = d->prompt_tokens;
     ch->completion_tokens = d->completion_tokens;
     r->prompt_tokens += d->prompt_tokens;

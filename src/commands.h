@@ -9,6 +9,7 @@ int cmd_info(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_outliers(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 
 /* The model `generate` runs when none is named: the demo model shipped in models/. */
 #define DEFAULT_MODEL_DIR "models/opt-gutenberg-7m"

@@ -24,6 +24,7 @@ static const struct {
     {"info", cmd_info, "architecture, parameters, dtype and memory of a checkpoint"},
     {"bench", cmd_bench, "measure speed: int8 vs fp16 on synthetic weights"},
     {"outliers", cmd_outliers, "find the emergent outlier features of a model (paper section 4)"},
+    {"serve", cmd_serve, "an OpenAI-compatible completions server (HTTP, continuous batching)"},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 

@@ -2,7 +2,7 @@
 # Installs what llmint8 needs to build and test, from Debian's packages.
 # The CUDA backend is built too when nvcc is found (/usr/local/cuda/bin); it is optional.
 set -euo pipefail
-pkgs=(meson ninja-build pkg-config gcc libc6-dev libcjson-dev libpcre2-dev libzip-dev python3 clang libclang-rt-dev
+pkgs=(meson ninja-build pkg-config gcc libc6-dev libcjson-dev libpcre2-dev libzip-dev libmicrohttpd-dev python3 clang libclang-rt-dev
       libopenmpi-dev openmpi-bin)  # MPI: pipelines across processes (optional at build time)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

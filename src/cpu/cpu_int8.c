@@ -552,34 +552,48 @@ __attribute__((target("avx2"))) static void dequant_outliers_avx2(const CpuInt8L
     dequant_outliers_body(l, gq, n_out, n0, nb, woT);
 }
 
-/* Steps 3-4 for tokens [t0, t1) and the weight rows [n0, n1) of one block. gq and woT
- * are the thread's scratch for the block's outlier columns, [n_out][BLOCK_ROWS]. */
+/* Steps 3-4 for tokens [t0, t1) (t1 - t0 <= CHUNK_T) and the weight rows [n0, n1) of one
+ * block. gq and woT are the thread's scratch for the block's outlier columns,
+ * [n_out][BLOCK_ROWS]. The loops go weight rows outside, tokens inside: a group of
+ * INT8_PAD_N weight rows (4 x Kp bytes) stays in L1 while every token tile of the chunk
+ * passes over it, so each weight load from L2 serves all the chunk's tokens (at small T,
+ * as when decoding many sequences, the weights are the larger operand). The int32 results
+ * of the whole chunk x block wait in c32 for the epilogue, which then runs per token tile
+ * exactly as before: every output's arithmetic is the same whatever T. */
 static void run_block(const Call *c, int64_t t0, int64_t t1, int64_t n0, int64_t n1, int8_t *gq, float *woT,
                       float *y, int32_t *acc32) {
     const CpuInt8Linear *l = c->l;
     const Int8Kernel *kern = c->kern;
     const int64_t Kp = l->Kp, n_out = c->n_out;
     const bool simd = kern->avx2;
-    int32_t c32[INT8_TILE_T * BLOCK_ROWS];
+    int32_t c32[CHUNK_T * BLOCK_ROWS];
+    for (int64_t n = n0; n < n1; n += INT8_PAD_N) {
+        for (int64_t t = t0; t < t1;) {
+            const int nt = t1 - t >= INT8_TILE_T ? INT8_TILE_T : 1;
+            int32_t *out = c32 + (t - t0) * BLOCK_ROWS + (n - n0);
+            const int8_t *a = c->qa + t * Kp;
+            const uint8_t *a2 = c->qa2 ? c->qa2 + t * Kp : NULL;
+            if (nt == INT8_TILE_T) {
+                for (int64_t r = 0; r < INT8_PAD_N; r += kern->rows4)
+                    kern->tile4(a, a2, l->w + (n + r) * Kp, l->wsum + n + r, Kp, out + r, BLOCK_ROWS);
+            } else {
+                kern->tile1(a, a2, l->w + n * Kp, l->wsum + n, Kp, out, BLOCK_ROWS);
+            }
+            t += nt;
+        }
+        /* The codes of the outlier columns, picked up while these rows are still in L1. */
+        for (int64_t j = 0; j < n_out; j++)
+            for (int64_t r = n; r < n + INT8_PAD_N; r++) gq[j * BLOCK_ROWS + (r - n0)] = l->w[r * Kp + c->cols[j]];
+    }
+    if (n_out > 0) {
+        if (simd) dequant_outliers_avx2(l, gq, n_out, n0, n1 - n0, woT);
+        else dequant_outliers_portable(l, gq, n_out, n0, n1 - n0, woT);
+    }
     for (int64_t t = t0; t < t1;) {
         const int nt = t1 - t >= INT8_TILE_T ? INT8_TILE_T : 1;
-        const int rows = nt == INT8_TILE_T ? kern->rows4 : INT8_PAD_N;
-        Int8TileFn *tile = nt == INT8_TILE_T ? kern->tile4 : kern->tile1;
-        for (int64_t n = n0; n < n1; n += rows) {
-            tile(c->qa + t * Kp, c->qa2 ? c->qa2 + t * Kp : NULL, l->w + n * Kp, l->wsum + n, Kp,
-                 c32 + (n - n0), BLOCK_ROWS);
-            /* The first pass over the block picks up the codes of the outlier columns while
-             * the rows the kernel just streamed are still in L1. */
-            if (t == t0)
-                for (int64_t j = 0; j < n_out; j++)
-                    for (int64_t r = n; r < n + rows; r++) gq[j * BLOCK_ROWS + (r - n0)] = l->w[r * Kp + c->cols[j]];
-        }
-        if (t == t0 && n_out > 0) {
-            if (simd) dequant_outliers_avx2(l, gq, n_out, n0, n1 - n0, woT);
-            else dequant_outliers_portable(l, gq, n_out, n0, n1 - n0, woT);
-        }
-        if (simd) epilogue_avx2(c, c32, t, nt, n0, n1 - n0, woT, y, acc32);
-        else epilogue_portable(c, c32, t, nt, n0, n1 - n0, woT, y, acc32);
+        const int32_t *tc = c32 + (t - t0) * BLOCK_ROWS;
+        if (simd) epilogue_avx2(c, tc, t, nt, n0, n1 - n0, woT, y, acc32);
+        else epilogue_portable(c, tc, t, nt, n0, n1 - n0, woT, y, acc32);
         t += nt;
     }
 }

@@ -4,10 +4,16 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli.h"
 #include "model.h"
 #include "rng.h"
+
+static double cpu_seconds(void) {
+    struct timespec ts;
+    return clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) == 0 ? (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec : 0.0;
+}
 
 /* One batch size: prompt all B sequences in one step, then `decode` greedy steps. */
 static int run_one(Model *m, int B, int context, int decode, int32_t *ids, BenchBatchCell *cell, Error *err) {
@@ -28,6 +34,7 @@ static int run_one(Model *m, int B, int context, int decode, int32_t *ids, Bench
     if (rc == 0) rc = model_step(m, st, B, err);
     cell->prompt_s = cli_now() - t0;
     t0 = cli_now();
+    double c0 = cpu_seconds();
     for (int d = 0; d < decode && rc == 0; d++) {
         for (int i = 0; i < B; i++) {
             next[i] = bk->argmax(bk, model_step_logits(m, i), V);
@@ -36,6 +43,7 @@ static int run_one(Model *m, int B, int context, int decode, int32_t *ids, Bench
         rc = model_step(m, st, B, err);
     }
     cell->decode_s = cli_now() - t0;
+    cell->decode_cpu_s = cpu_seconds() - c0;
     for (int i = 0; i < added; i++) {
         Error ignored;
         model_seq_remove(m, seq[i], &ignored);

@@ -8,7 +8,9 @@
  *   2. decode   `decode` steps in which each of the B sequences takes one greedy token (the
  *               argmax of its own logits): aggregate decode tokens/s = B * decode / seconds;
  *   3. the B sequences are removed, so that every batch size starts from the same empty cache.
- * So each decoding sequence sees a context of `context` .. `context + decode - 1` tokens. */
+ * So each decoding sequence sees a context of `context` .. `context + decode - 1` tokens.
+ * Besides the wall-clock seconds, the decode steps' CPU time is recorded: on a shared machine
+ * tokens per CPU-second compare the work done per token when wall-clock ratios are noise. */
 #ifndef LLMINT8_BENCH_BATCH_H
 #define LLMINT8_BENCH_BATCH_H
 
@@ -24,6 +26,8 @@ typedef struct BenchBatchCell {
     int batch;
     double prompt_s;         /* seconds for the B x context prompt tokens */
     double decode_s;         /* seconds for the B x decode generated tokens */
+    double decode_cpu_s;     /* CPU seconds of the process (all threads) during the decode steps:
+                              * the work, which other processes' load does not change much */
 } BenchBatchCell;
 
 typedef struct BenchBatchReport {

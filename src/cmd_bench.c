@@ -1144,6 +1144,10 @@ static int print_batch(const BenchPlan *p, const Results *res, const char *cpu, 
             json_add_number(&j, r, "int8_prompt_tokens_per_second", batch_tps(o, &q->cells[i], false), "no time");
             json_add_number(&j, r, "fp16_decode_tokens_per_second", batch_tps(o, &f->cells[i], true), "no time");
             json_add_number(&j, r, "int8_decode_tokens_per_second", batch_tps(o, &q->cells[i], true), "no time");
+            json_add_number(&j, r, "fp16_decode_tokens_per_cpu_second",
+                            tps(o->batches[i] * o->decode_tokens, f->cells[i].decode_cpu_s), "no time");
+            json_add_number(&j, r, "int8_decode_tokens_per_cpu_second",
+                            tps(o->batches[i] * o->decode_tokens, q->cells[i].decode_cpu_s), "no time");
         }
         cJSON *targets = json_add_array(&j, b, "targets");
         for (int i = 0; i < nt; i++) {
@@ -1172,8 +1176,9 @@ static int print_batch(const BenchPlan *p, const Results *res, const char *cpu, 
     printf("\nB sequences through the step API: each a %d-token prompt (all B in one step), then %d greedy\n"
            "steps of all B (aggregate tokens/s); 16-bit KV cache: %lld bytes per token (float32: %lld)\n",
            o->batch_context, o->decode_tokens, kv16, kv32);
-    printf("%5s  %10s %10s %9s  %10s %10s %9s  %9s\n", "batch", "prompt f16", "int8", "int8/fp16", "decode f16", "int8",
-           "int8/fp16", "int8/B=1");
+    printf("tokens/s; the last two columns: decode tokens per CPU-second of the process (the work per token)\n");
+    printf("%5s  %10s %10s %9s  %10s %10s %9s  %9s  %10s %10s\n", "batch", "prompt f16", "int8", "int8/fp16",
+           "decode f16", "int8", "int8/fp16", "int8/B=1", "f16/cpu-s", "int8/cpu-s");
     int i1 = batch_index(o, 1);
     for (int i = 0; i < o->n_batches; i++) {
         double fp = batch_tps(o, &f->cells[i], false), qp = batch_tps(o, &q->cells[i], false);
@@ -1181,7 +1186,9 @@ static int print_batch(const BenchPlan *p, const Results *res, const char *cpu, 
         printf("%5d  %10.1f %10.1f %8.2fx  %10.2f %10.2f %8.2fx", o->batches[i], fp, qp, ratio(qp, fp), fd, qd,
                ratio(qd, fd));
         if (i1 >= 0) printf("  %8.2fx", ratio(qd, batch_tps(o, &q->cells[i1], true)));
-        printf("\n");
+        else printf("  %9s", "-");
+        printf("  %10.2f %10.2f\n", tps(o->batches[i] * o->decode_tokens, f->cells[i].decode_cpu_s),
+               tps(o->batches[i] * o->decode_tokens, q->cells[i].decode_cpu_s));
     }
     if (res->bandwidth > 0 && i1 >= 0) {
         double roof_f = res->bandwidth / decode_bytes(f->weight_bytes, (double)kv16, ctx);

@@ -5,12 +5,12 @@
  *                       activations, embeddings, QKV split and the logit read-outs; it hands
  *                       projections and attention to the files below.
  *   cpu_gemm.c          y = x W^T (+ b) with W float-typed as stored (F16 / BF16 / F32),
- *                       SIMD (AVX2+FMA+F16C chosen at run time, portable C fallback).
+ *                       SIMD (AVX-512F or AVX2+FMA+F16C chosen at run time, portable C fallback).
  *   cpu_int8.c          int8 projections: weights quantized once, activations per call,
  *                       the GEMM driver, dequantization, the 16-bit outlier product, and the
  *                       paper's ablation modes (QuantMode). The math is docs/QUANT.md's.
- *   cpu_int8_kernels.c  the int8 GEMM micro-kernels (portable C, AVX2, AVX-512 VNNI) and the
- *                       run-time choice between them.
+ *   cpu_int8_kernels.c  the int8 GEMM micro-kernels (portable C, AVX2, AVX-512 VNNI, AMX) and
+ *                       the run-time choice between them.
  *   cpu_attention.c     the 16-bit KV cache: storing rows into it (F16C) and causal softmax
  *                       attention over it (online softmax, AVX2).
  *   cpu_avx2.h          AVX2 helpers shared by cpu_backend.c (GELU) and cpu_attention.c.

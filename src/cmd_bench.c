@@ -45,9 +45,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bench_batch.h"
 #include "bench_busy.h"
 #include "bench_checkpoint.h"
 #include "bench_proc.h"
+#include "bench_stream.h"
 #include "cli.h"
 #include "commands.h"
 #include "json_out.h"
@@ -82,6 +84,12 @@ static const char HELP[] =
     "  --busy-core            instead: the whole model in int8 with the thread count as given\n"
     "                         (default: adaptive) and with --threads 1, idle and while another\n"
     "                         process keeps one CPU busy\n"
+    "  --batch LIST           instead: many sequences decoding together through the step API\n"
+    "                         (e.g. 1,4,16,64): per batch size B, B sequences each given a\n"
+    "                         prompt of --batch-context tokens in one step, then --decode-tokens\n"
+    "                         greedy steps of all B; prompt and aggregate decode tokens/s, fp16\n"
+    "                         and int8 side by side, 16-bit KV cache\n"
+    "  --batch-context N      prompt tokens per sequence of --batch (default 128)\n"
     "  --json                 print one JSON object instead of tables\n"
     "\n"
     "  --threshold T sets tau of int8 (default 6), --outliers its outlier scope, --device and\n"
@@ -95,7 +103,8 @@ static const char HELP[] =
 enum {
     ARG_SHAPE = ARG_COMMAND_BASE, ARG_ARCH, ARG_HIDDEN, ARG_FFN, ARG_LAYERS, ARG_HEADS, ARG_VOCAB,
     ARG_TOKENS, ARG_OUTLIER_FRAC, ARG_ITERS, ARG_PROMPT_TOKENS, ARG_PPL_TOKENS, ARG_DECODE_TOKENS,
-    ARG_GEMM_ONLY, ARG_MODEL_ONLY, ARG_MODEL_TAU0, ARG_TMPDIR, ARG_JSON, ARG_BUSY_CORE,
+    ARG_GEMM_ONLY, ARG_MODEL_ONLY, ARG_MODEL_TAU0, ARG_TMPDIR, ARG_JSON, ARG_BUSY_CORE, ARG_BATCH,
+    ARG_BATCH_CONTEXT,
 };
 
 /* ---- shapes ------------------------------------------------------------------------ */
@@ -134,6 +143,8 @@ typedef struct BenchOptions {
     bool gemm, model, json;
     bool model_tau0;                 /* also run the whole model with int8 tau = 0 */
     bool busy_core;                  /* part 3 only: default vs one thread, idle and one CPU busy */
+    int batches[BENCH_MAX_BATCHES], n_batches; /* --batch: part 4 only (0: not asked) */
+    int batch_context;
     const char *tmpdir;
 } BenchOptions;
 
@@ -165,6 +176,27 @@ static int parse_tokens(const char *arg, BenchOptions *bo) {
                            arg, MAX_TOKEN_COUNTS);
 }
 
+/* "1,4,16,64" -> batches[]: distinct sizes from 1 to BENCH_MAX_BATCH. */
+static int parse_batches(const char *arg, BenchOptions *bo) {
+    bo->n_batches = 0;
+    const char *p = arg;
+    for (;;) {
+        char item[32];
+        size_t len = strcspn(p, ",");
+        if (len == 0 || len >= sizeof item || bo->n_batches == BENCH_MAX_BATCHES) break;
+        memcpy(item, p, len);
+        item[len] = 0;
+        long v;
+        if (cli_parse_int(item, 1, BENCH_MAX_BATCH, &v)) break;
+        bo->batches[bo->n_batches++] = (int)v;
+        if (p[len] == 0) return 0;
+        p += len + 1;
+    }
+    bo->n_batches = 0;
+    return cli_usage_error("bench", "--batch '%s': expected up to %d comma-separated batch sizes from 1 to %d", arg,
+                           BENCH_MAX_BATCHES, BENCH_MAX_BATCH);
+}
+
 static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo) {
     static const struct option longopts[] = {
         CLI_COMMON_OPTIONS,
@@ -187,6 +219,8 @@ static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo
         {"tmpdir", required_argument, NULL, ARG_TMPDIR},
         {"json", no_argument, NULL, ARG_JSON},
         {"busy-core", no_argument, NULL, ARG_BUSY_CORE},
+        {"batch", required_argument, NULL, ARG_BATCH},
+        {"batch-context", required_argument, NULL, ARG_BATCH_CONTEXT},
         {NULL, 0, NULL, 0},
     };
     /* Explicit dimensions are applied after the loop, on top of the (possibly named) shape. */
@@ -197,6 +231,7 @@ static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo
     bo->n_tokens = 4;
     bo->outlier_frac = 0.005;
     bo->prompt_tokens = 128, bo->ppl_tokens = 512, bo->decode_tokens = 32;
+    bo->batch_context = 128;
     int c, rc = 0;
     double d;
     optind = 1;
@@ -236,6 +271,8 @@ static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo
         case ARG_TMPDIR: bo->tmpdir = optarg; break;
         case ARG_JSON: bo->json = true; break;
         case ARG_BUSY_CORE: bo->busy_core = true; break;
+        case ARG_BATCH: rc = parse_batches(optarg, bo); break;
+        case ARG_BATCH_CONTEXT: rc = parse_dim("--batch-context", optarg, 1, 1024, &bo->batch_context); break;
         case ARG_PRECISION: case ARG_QUANT: case ARG_TOKENIZER:
             return cli_usage_error("bench", "--precision, --quant and --tokenizer do not apply: bench compares "
                                             "fp16 and int8 (LLM.int8()) on synthetic weights");
@@ -257,7 +294,12 @@ static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo
     if (bo->busy_core && (gemm_only || model_only || bo->model_tau0))
         return cli_usage_error("bench", "--busy-core runs only its own comparison: no --gemm-only, --model-only "
                                         "or --model-tau0");
-    bo->gemm = !model_only && !bo->busy_core;
+    if (bo->n_batches > 0 && (gemm_only || model_only || bo->model_tau0 || bo->busy_core))
+        return cli_usage_error("bench", "--batch runs only its own comparison: no --gemm-only, --model-only, "
+                                        "--model-tau0 or --busy-core");
+    if (bo->n_batches > 0 && bo->decode_tokens < 1)
+        return cli_usage_error("bench", "--batch needs --decode-tokens of at least 1");
+    bo->gemm = !model_only && !bo->busy_core && bo->n_batches == 0;
     bo->model = !gemm_only;
 
     const BenchShape *named = NULL;
@@ -296,6 +338,9 @@ static int parse_args(int argc, char **argv, CommonOptions *co, BenchOptions *bo
         return cli_usage_error("bench", "BLOOM's MLP is 4 x hidden = %d wide; --ffn %d is not possible", 4 * s.hidden,
                                s.ffn);
     bo->shape = s;
+    if (s.arch == ARCH_OPT && bo->batch_context + bo->decode_tokens > BENCH_OPT_POSITIONS)
+        return cli_usage_error("bench", "--batch-context + --decode-tokens must fit OPT's %d positions",
+                               BENCH_OPT_POSITIONS);
     if (s.arch == ARCH_OPT && bo->prompt_tokens + bo->decode_tokens > BENCH_OPT_POSITIONS)
         return cli_usage_error("bench", "--prompt-tokens + --decode-tokens must fit OPT's %d positions",
                                BENCH_OPT_POSITIONS);
@@ -609,6 +654,47 @@ static int model_child(const void *plan, const void *arg, void *out, Error *err)
     return rc;
 }
 
+/* ---- part 4: many sequences (--batch) and the memory roof --------------------------- */
+
+typedef struct BatchReport {
+    BackendInfo backend;
+    BenchBatchReport r;
+} BatchReport;
+
+static int batch_child(const void *plan, const void *arg, void *out, Error *err) {
+    const BenchPlan *p = plan;
+    BatchReport *br = out;
+    memset(br, 0, sizeof *br);
+    Backend *bk = cli_backend_create(p->device, p->threads, err);
+    if (!bk) return -1;
+    backend_info(bk, &br->backend);
+    int rc = bench_batch_run(p->ck, bk, arg, p->o.batches, p->o.n_batches, p->o.batch_context, p->o.decode_tokens,
+                             &br->r, err);
+    bk->destroy(bk);
+    return rc;
+}
+
+/* Streaming-read bandwidth with the run's threads (CPU only), in bytes/s, over a buffer
+ * the size of the shape's 16-bit weights, clamped to 64 MiB .. 1 GiB: beyond any core's
+ * cache, and for a real model as far beyond the shared one as decoding is. */
+static int stream_child(const void *plan, const void *arg, void *out, Error *err) {
+    const BenchPlan *p = plan;
+    const BenchShape *s = &p->o.shape;
+    (void)arg;
+    double *bw = out;
+    double bytes = 2.0 * ((double)s->layers * (4.0 * s->hidden * (double)s->hidden + 2.0 * s->hidden * (double)s->ffn) +
+                          (double)s->vocab * s->hidden);
+    bytes = bytes < (double)(64 << 20) ? (double)(64 << 20) : bytes > (double)(1 << 30) ? (double)(1 << 30) : bytes;
+    *bw = bench_stream_read((size_t)bytes, p->threads > 0 ? p->threads : (int)sysconf(_SC_NPROCESSORS_ONLN), err);
+    return *bw > 0 ? 0 : -1;
+}
+
+/* Bytes one decode step of one sequence reads: every weight once (the lm_head is the
+ * embedding table, read whole) and the KV cache of a context of ctx tokens. */
+static double decode_bytes(long long weight_bytes, double kv_per_token, double ctx) {
+    return (double)weight_bytes + kv_per_token * ctx;
+}
+
 /* ---- report ------------------------------------------------------------------------ */
 
 typedef struct Results {
@@ -618,10 +704,14 @@ typedef struct Results {
     double decomp_overhead;      /* geometric mean over the cells of t(tau=6)/t(tau=0) - 1 */
     int worst_cell;
     double busy;                 /* share of the CPUs busy just before the run */
+    BatchReport batch[2];        /* --batch: fp16, int8 */
+    bool have_batch;
+    double bandwidth;            /* streaming read, bytes/s (CPU runs of the model part); 0: not measured */
 } Results;
 
 /* The backend the measurements ran on (every child creates the same one). */
 static const BackendInfo *ran_on(const Results *res) {
+    if (res->have_batch) return &res->batch[0].backend;
     return res->have_gemm ? &res->gemm.backend : &res->model[0].backend;
 }
 
@@ -747,9 +837,16 @@ static int print_json(const BenchPlan *p, const Results *res, const char *cpu, i
         json_add_int(&j, model, "decode_tokens", o->decode_tokens);
         json_add_int(&j, model, "outlier_dims", p->n_outlier_dims);
         const char *names[3] = {"fp16", "int8", "int8_tau0"};
+        json_add_number(&j, model, "stream_read_bytes_per_second", res->bandwidth, "not measured (CPU only)");
         for (int k = 0; k < (res->have_tau0 ? 3 : 2); k++) {
             const ModelReport *r = &res->model[k];
             cJSON *m = json_add_object(&j, model, names[k]);
+            const double ctx = o->prompt_tokens + 0.5 * (o->decode_tokens - 1);
+            const double bytes = decode_bytes(r->weight_bytes, r->ctx > 0 ? (double)r->kv_bytes / r->ctx : 0.0, ctx);
+            json_add_number(&j, m, "decode_bytes_per_token", bytes, NULL);
+            json_add_number(&j, m, "decode_roof_fraction",
+                            res->bandwidth > 0 ? ratio(tps(o->decode_tokens, r->decode_s), res->bandwidth / bytes) : 0.0,
+                            "not measured");
             json_add_number(&j, m, "load_seconds", r->load_s, NULL);
             json_add_number(&j, m, "prompt_tokens_per_second", tps(o->prompt_tokens, r->prompt_s), NOT_TIMED);
             json_add_number(&j, m, "ppl_tokens_per_second", tps(o->ppl_tokens, r->ppl_s), NOT_TIMED);
@@ -875,6 +972,16 @@ static void print_text(const BenchPlan *p, const Results *res, const char *cpu, 
             model_row("GPU memory in use, MB", f->device_mem / 1e6, q->device_mem / 1e6, z ? z->device_mem / 1e6 : 0,
                       z, true, false);
         model_row("load, s", f->load_s, q->load_s, z ? z->load_s : 0, z, false, false);
+        if (res->bandwidth > 0 && D > 0) {
+            const double ctx = P + 0.5 * (D - 1);
+            double roof_f = res->bandwidth / decode_bytes(f->weight_bytes, (double)f->kv_bytes / f->ctx, ctx);
+            double roof_q = res->bandwidth / decode_bytes(q->weight_bytes, (double)q->kv_bytes / q->ctx, ctx);
+            printf("memory: streaming read %.1f GB/s (%d threads); decode reads %.2f GB (fp16), %.2f GB (int8) per\n"
+                   "        token: roof %.1f and %.1f tokens/s; decode at %.0f%% (fp16) and %.0f%% (int8) of it\n",
+                   res->bandwidth / 1e9, threads, decode_bytes(f->weight_bytes, (double)f->kv_bytes / f->ctx, ctx) / 1e9,
+                   decode_bytes(q->weight_bytes, (double)q->kv_bytes / q->ctx, ctx) / 1e9, roof_f, roof_q,
+                   100.0 * ratio(tps(D, f->decode_s), roof_f), 100.0 * ratio(tps(D, q->decode_s), roof_q));
+        }
     }
     Target t[4];
     int nt = make_targets(p, res, t);
@@ -984,6 +1091,126 @@ static int print_busy(const BenchPlan *p, const BusyReport *br, const char *cpu,
     return 0;
 }
 
+/* ---- part 4's report ----------------------------------------------------------------- */
+
+static int batch_index(const BenchOptions *o, int b) {
+    for (int i = 0; i < o->n_batches; i++)
+        if (o->batches[i] == b) return i;
+    return -1;
+}
+
+static double batch_tps(const BenchOptions *o, const BenchBatchCell *c, bool decode) {
+    return decode ? tps(c->batch * o->decode_tokens, c->decode_s) : tps(c->batch * o->batch_context, c->prompt_s);
+}
+
+/* The issue's targets for many sequences: int8 aggregate decode at batch 16 >= 8x int8 at
+ * batch 1 and >= 1.8x fp16 at batch 16 (known only when 1 and 16 were run). */
+static int batch_targets(const BenchPlan *p, const Results *res, Target t[2]) {
+    const BenchOptions *o = &p->o;
+    int i1 = batch_index(o, 1), i16 = batch_index(o, 16);
+    const BenchBatchReport *f = &res->batch[0].r, *q = &res->batch[1].r;
+    t[0] = (Target){"batch16_vs_batch1", "int8 decode at batch 16 >= 8x int8 batch 1",
+                    i1 >= 0 && i16 >= 0 ? ratio(batch_tps(o, &q->cells[i16], true), batch_tps(o, &q->cells[i1], true)) : 0,
+                    8.0, true, i1 >= 0 && i16 >= 0};
+    t[1] = (Target){"batch16_vs_fp16", "int8 decode at batch 16 >= 1.8x fp16 batch 16",
+                    i16 >= 0 ? ratio(batch_tps(o, &q->cells[i16], true), batch_tps(o, &f->cells[i16], true)) : 0, 1.8,
+                    true, i16 >= 0};
+    return 2;
+}
+
+static int print_batch(const BenchPlan *p, const Results *res, const char *cpu, int threads, Error *err) {
+    const BenchOptions *o = &p->o;
+    const BenchShape *s = &o->shape;
+    const BenchBatchReport *f = &res->batch[0].r, *q = &res->batch[1].r;
+    const long long kv16 = q->kv_bytes_per_token, kv32 = 2 * q->kv_bytes_per_token;
+    const double ctx = o->batch_context + 0.5 * (o->decode_tokens - 1);
+    Target t[2];
+    int nt = batch_targets(p, res, t);
+    if (o->json) {
+        JsonOut j;
+        json_out_begin(&j);
+        cJSON *b = json_add_object(&j, j.root, "batch");
+        json_add_string(&j, b, "shape", s->name);
+        json_add_bool(&j, b, "modified", o->dims_changed);
+        json_add_string(&j, b, "cpu", cpu);
+        json_add_string(&j, b, "kernels", ran_on(res)->kernels);
+        json_add_int(&j, b, "threads", threads);
+        json_add_number(&j, b, "cpu_busy_before", res->busy, NULL);
+        json_add_int(&j, b, "context", o->batch_context);
+        json_add_int(&j, b, "decode_tokens", o->decode_tokens);
+        json_add_int(&j, b, "kv_bytes_per_token_f16", kv16);
+        json_add_int(&j, b, "kv_bytes_per_token_f32", kv32);
+        json_add_number(&j, b, "stream_read_bytes_per_second", res->bandwidth, "not measured (CPU only)");
+        cJSON *rows = json_add_array(&j, b, "rows");
+        for (int i = 0; i < o->n_batches; i++) {
+            cJSON *r = json_append_object(&j, rows);
+            json_add_int(&j, r, "batch", o->batches[i]);
+            json_add_number(&j, r, "fp16_prompt_tokens_per_second", batch_tps(o, &f->cells[i], false), "no time");
+            json_add_number(&j, r, "int8_prompt_tokens_per_second", batch_tps(o, &q->cells[i], false), "no time");
+            json_add_number(&j, r, "fp16_decode_tokens_per_second", batch_tps(o, &f->cells[i], true), "no time");
+            json_add_number(&j, r, "int8_decode_tokens_per_second", batch_tps(o, &q->cells[i], true), "no time");
+            json_add_number(&j, r, "fp16_decode_tokens_per_cpu_second",
+                            tps(o->batches[i] * o->decode_tokens, f->cells[i].decode_cpu_s), "no time");
+            json_add_number(&j, r, "int8_decode_tokens_per_cpu_second",
+                            tps(o->batches[i] * o->decode_tokens, q->cells[i].decode_cpu_s), "no time");
+        }
+        cJSON *targets = json_add_array(&j, b, "targets");
+        for (int i = 0; i < nt; i++) {
+            cJSON *tj = json_append_object(&j, targets);
+            json_add_string(&j, tj, "name", t[i].name);
+            json_add_string(&j, tj, "target", t[i].what);
+            json_add_number(&j, tj, "limit", t[i].limit, NULL);
+            if (t[i].known) {
+                json_add_number(&j, tj, "value", t[i].value, "no time");
+                json_add_bool(&j, tj, "pass", target_pass(&t[i]));
+            } else {
+                cJSON_AddNullToObject(tj, "value");
+                cJSON_AddNullToObject(tj, "pass");
+            }
+        }
+        return json_out_print(&j, stdout, true, err);
+    }
+    printf("llmint8 bench --batch: %s%s: %s, hidden %d, %d layers, %d heads, ffn %d, vocab %d (synthetic F16 weights)\n",
+           s->name, o->dims_changed ? " (modified)" : "", arch_name(s->arch), s->hidden, s->layers, s->heads, s->ffn,
+           s->vocab);
+    printf("machine: %s, %ld cores; device %s, %d threads; int8 tau = %g\nkernels: %s\n", cpu,
+           sysconf(_SC_NPROCESSORS_ONLN), ran_on(res)->name, threads, (double)p->int8.threshold, ran_on(res)->kernels);
+    if (res->busy >= 0.1)
+        printf("note: other processes kept %.0f%% of the CPUs busy just before the run: they compete with\n"
+               "      it, and the timings are unreliable\n", 100.0 * res->busy);
+    printf("\nB sequences through the step API: each a %d-token prompt (all B in one step), then %d greedy\n"
+           "steps of all B (aggregate tokens/s); 16-bit KV cache: %lld bytes per token (float32: %lld)\n",
+           o->batch_context, o->decode_tokens, kv16, kv32);
+    printf("tokens/s; the last two columns: decode tokens per CPU-second of the process (the work per token)\n");
+    printf("%5s  %10s %10s %9s  %10s %10s %9s  %9s  %10s %10s\n", "batch", "prompt f16", "int8", "int8/fp16",
+           "decode f16", "int8", "int8/fp16", "int8/B=1", "f16/cpu-s", "int8/cpu-s");
+    int i1 = batch_index(o, 1);
+    for (int i = 0; i < o->n_batches; i++) {
+        double fp = batch_tps(o, &f->cells[i], false), qp = batch_tps(o, &q->cells[i], false);
+        double fd = batch_tps(o, &f->cells[i], true), qd = batch_tps(o, &q->cells[i], true);
+        printf("%5d  %10.1f %10.1f %8.2fx  %10.2f %10.2f %8.2fx", o->batches[i], fp, qp, ratio(qp, fp), fd, qd,
+               ratio(qd, fd));
+        if (i1 >= 0) printf("  %8.2fx", ratio(qd, batch_tps(o, &q->cells[i1], true)));
+        else printf("  %9s", "-");
+        printf("  %10.2f %10.2f\n", tps(o->batches[i] * o->decode_tokens, f->cells[i].decode_cpu_s),
+               tps(o->batches[i] * o->decode_tokens, q->cells[i].decode_cpu_s));
+    }
+    if (res->bandwidth > 0 && i1 >= 0) {
+        double roof_f = res->bandwidth / decode_bytes(f->weight_bytes, (double)kv16, ctx);
+        double roof_q = res->bandwidth / decode_bytes(q->weight_bytes, (double)kv16, ctx);
+        printf("memory: streaming read %.1f GB/s (%d threads); batch-1 decode roof fp16 %.1f, int8 %.1f tokens/s;\n"
+               "        batch-1 decode at %.0f%% (fp16) and %.0f%% (int8) of it\n",
+               res->bandwidth / 1e9, threads, roof_f, roof_q, 100.0 * ratio(batch_tps(o, &f->cells[i1], true), roof_f),
+               100.0 * ratio(batch_tps(o, &q->cells[i1], true), roof_q));
+    }
+    printf("\nTargets (ratios from this run)\n");
+    for (int i = 0; i < nt; i++) {
+        if (!t[i].known) printf("  %-46s %8s  %s\n", t[i].what, "-", "not measured (needs batch sizes 1 and 16)");
+        else printf("  %-46s %7.2fx  %s\n", t[i].what, t[i].value, target_pass(&t[i]) ? "pass" : "MISS");
+    }
+    return 0;
+}
+
 /* ---- the command ------------------------------------------------------------------- */
 
 int cmd_bench(int argc, char **argv) {
@@ -1039,20 +1266,34 @@ int cmd_bench(int argc, char **argv) {
         const QuantConfig modes[3] = {
             {QUANT_FP16, 0.0f, plan.int8.outliers}, plan.int8, {QUANT_LLM_INT8, 0.0f, plan.int8.outliers}};
         const char *names[3] = {"fp16", "int8", "int8 with tau = 0"};
+        if (rc == 0 && strcmp(plan.device, "cuda") != 0 && !plan.o.busy_core) {
+            if (!plan.o.json) fprintf(stderr, "llmint8 bench: memory bandwidth (streaming read)\n");
+            rc = bench_run_in_child("bandwidth", stream_child, &plan, NULL, &res->bandwidth, sizeof res->bandwidth,
+                                    &err);
+        }
+        if (rc == 0 && plan.o.n_batches > 0) {
+            for (int k = 0; k < 2 && rc == 0; k++) {
+                if (!plan.o.json) fprintf(stderr, "llmint8 bench: batches, %s\n", names[k]);
+                rc = bench_run_in_child(names[k], batch_child, &plan, &modes[k], &res->batch[k], sizeof res->batch[k],
+                                        &err);
+            }
+            res->have_batch = rc == 0;
+            if (rc == 0) rc = print_batch(&plan, res, cpu, threads, &err);
+        }
         if (rc == 0 && plan.o.busy_core) {
             BusyReport *br = calloc(1, sizeof *br);
             rc = br ? run_busy_core(&plan, br, &err) : err_set(&err, "out of memory");
             if (rc == 0) rc = print_busy(&plan, br, cpu, plan.o.json, &err);
             free(br);
         }
-        for (int k = 0; k < (plan.o.model_tau0 ? 3 : 2) && rc == 0 && !plan.o.busy_core; k++) {
+        for (int k = 0; k < (plan.o.model_tau0 ? 3 : 2) && rc == 0 && !plan.o.busy_core && !plan.o.n_batches; k++) {
             if (!plan.o.json) fprintf(stderr, "llmint8 bench: whole model, %s\n", names[k]);
             rc = bench_run_in_child(names[k], model_child, &plan, &modes[k], &res->model[k], sizeof res->model[k], &err);
         }
         res->have_model = rc == 0;
         res->have_tau0 = rc == 0 && plan.o.model_tau0;
     }
-    if (rc == 0 && !plan.o.busy_core) {
+    if (rc == 0 && !plan.o.busy_core && !plan.o.n_batches) {
         if (plan.o.json) rc = print_json(&plan, res, cpu, threads, &err);
         else print_text(&plan, res, cpu, threads);
     }

@@ -120,6 +120,41 @@ with tempfile.TemporaryDirectory() as tmp:
         b.get(c, {}).get(w, {}).get(k, 0) > 0 for c in ("idle", "busy") for w in ("given", "one")
         for k in ("prompt_tokens_per_second", "ppl_tokens_per_second", "decode_tokens_per_second")),
         f"exit {rc}: {out[:300]} {err[-300:]}")
+# --- --batch: many sequences through the step API, fp16 and int8 side by side -----------------
+with tempfile.TemporaryDirectory() as tmp:
+    rc, out, err = run("--shape", "tiny", "--batch", "1,3,16", "--batch-context", "6", "--decode-tokens", "3",
+                       "--threads", "2", "--json", "--tmpdir", tmp)
+    check("the temporary checkpoint is deleted (--batch)", os.listdir(tmp) == [], str(os.listdir(tmp)))
+try:
+    b = json.loads(out).get("batch", {})
+except ValueError:
+    b = {}
+rows = b.get("rows") or []
+check("bench --batch --json: one row per batch size with positive speeds", rc == 0 and [r.get("batch") for r in rows]
+      == [1, 3, 16] and all(r.get(f"{p}_{w}_tokens_per_second", 0) > 0 for r in rows for p in ("fp16", "int8")
+                            for w in ("prompt", "decode")), f"exit {rc}: {out[:400]} {err[-300:]}")
+# the tiny shape: 2 layers x hidden 64 x (key + value) x 2 bytes
+check("KV bytes per token: 16-bit cache, float32 twice that", b.get("kv_bytes_per_token_f16") == 2 * 2 * 64 * 2
+      and b.get("kv_bytes_per_token_f32") == 2 * 2 * 64 * 4, str(b)[:300])
+tg = {t.get("name"): t for t in b.get("targets") or []}
+check("--batch targets: batch 16 vs batch 1 and vs fp16, each with a pass flag",
+      set(tg) == {"batch16_vs_batch1", "batch16_vs_fp16"} and all(isinstance(t.get("pass"), bool) for t in tg.values()),
+      str(b.get("targets"))[:300])
+check("bandwidth measured (CPU)", b.get("stream_read_bytes_per_second", 0) > 0, str(b)[:300])
+rc, out, err = run("--shape", "tiny", "--batch", "2", "--batch-context", "4", "--decode-tokens", "2", "--threads", "1")
+check("bench --batch, text: the table and the targets not measured without batch 1 and 16",
+      rc == 0 and "prompt f16" in out and "not measured" in out, out[-600:] + err[-300:])
+for args, words in [
+    (["--batch", "0"], ["--batch"]),
+    (["--batch", "65"], ["--batch", "64"]),
+    (["--batch", "1,,2"], ["--batch"]),
+    (["--batch", "1", "--gemm-only"], ["--batch"]),
+    (["--batch", "1", "--decode-tokens", "0"], ["--decode-tokens"]),
+    (["--batch", "1", "--batch-context", "0"], ["--batch-context"]),
+]:
+    rc, out, err = run(*args)
+    check(f"usage error: {' '.join(args)}", rc == 2 and all(w in err for w in words), f"exit {rc}: {err.strip()[:300]}")
+
 rc, out, err = run("--busy-core", "--gemm-only")
 check("usage error: --busy-core --gemm-only", rc == 2 and "--busy-core" in err, err.strip()[:300])
 rc, out, err = run("--help")

@@ -16,8 +16,8 @@
 #include "quant.h"
 #include "test_util.h"
 
-static const char *const KERNEL_NAMES[] = {"portable", "avx2", "avx512vnni"};
-enum { N_KERNELS = 3 };
+static const char *const KERNEL_NAMES[] = {"portable", "avx2", "avx512vnni", "amx"};
+enum { N_KERNELS = 4 };
 
 /* ---- small helpers ---------------------------------------------------------------- */
 
@@ -155,7 +155,7 @@ static void gemm_case(const char *kern, int64_t T, int64_t K, int64_t N, const i
 static void test_gemm_exact(const char *kern) {
     static const int64_t shapes[][3] = {{1, 1, 1},   {3, 5, 7},    {5, 33, 9},   {4, 64, 4},    {7, 100, 13},
                                         {9, 257, 31}, {1, 1000, 6}, {17, 31, 3},  {2, 4099, 5},  {8, 96, 50},
-                                        {6, 129, 1}, {13, 65, 17}};
+                                        {6, 129, 1}, {13, 65, 17}, {33, 128, 20}, {70, 300, 37}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int64_t T = shapes[s][0], K = shapes[s][1], N = shapes[s][2];
         int8_t *a = malloc((size_t)(T * K)), *b = malloc((size_t)(N * K));

@@ -151,7 +151,7 @@ static const char *cpu_describe(Backend *bk) {
     else
         snprintf(threads, sizeof threads, "%d thread%s", n, n == 1 ? "" : "s");
     snprintf(cb->description, sizeof cb->description, "cpu: %s; int8 matmul: %s; fp16 matmul: %s", threads,
-             cpu_int8_kernel(), cpu_has_avx2() ? "avx2+fma+f16c" : "portable C");
+             cpu_int8_kernel(), cpu_gemm_kernel());
     return cb->description;
 }
 

@@ -75,27 +75,38 @@ static inline float load_w1(DType dt, const void *w, int64_t i) {
 
 /* ---- dispatch -------------------------------------------------------------------------- */
 
-static int simd_choice = -1; /* -1: not decided yet; 0: portable; 1: AVX2 */
+/* -1: not decided yet; 0: portable; 1: AVX2 + FMA + F16C; 2: the same plus AVX-512F (the
+ * GEMM then runs on zmm registers; everything else keeps its AVX2 code). */
+static int simd_choice = -1;
 
-int cpu_has_avx2(void) {
+static bool env_off(const char *name) {
+    const char *v = getenv(name);
+    return v && v[0] && strcmp(v, "0") != 0;
+}
+
+static int simd_level(void) {
     int c = __atomic_load_n(&simd_choice, __ATOMIC_RELAXED);
     if (c < 0) {
         /* Two threads may both get here; they compute the same answer. */
-        const char *off = getenv("LLMINT8_NO_SIMD");
         c = 0;
 #if HAVE_X86
         /* F16C is CPUID leaf 1, ECX bit 29 (not every compiler's __builtin_cpu_supports knows it). */
         unsigned a, b, ecx = 0, d;
         bool f16c = __get_cpuid(1, &a, &b, &ecx, &d) && (ecx >> 29 & 1);
         __builtin_cpu_init();
-        c = !(off && off[0] && strcmp(off, "0") != 0) && __builtin_cpu_supports("avx2") &&
-            __builtin_cpu_supports("fma") && f16c;
-#else
-        (void)off;
+        if (!env_off("LLMINT8_NO_SIMD") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c)
+            c = !env_off("LLMINT8_NO_AVX512") && __builtin_cpu_supports("avx512f") ? 2 : 1;
 #endif
         __atomic_store_n(&simd_choice, c, __ATOMIC_RELAXED);
     }
     return c;
+}
+
+int cpu_has_avx2(void) { return simd_level() >= 1; }
+
+const char *cpu_gemm_kernel(void) {
+    static const char *const names[3] = {"portable C", "avx2+fma+f16c", "avx512f+f16c"};
+    return names[simd_level()];
 }
 
 /* ---- portable path --------------------------------------------------------------------- */
@@ -229,6 +240,110 @@ TARGET_AVX2 static void rows_avx2(const Gemm *g, int64_t n_begin, int64_t n_end)
     default: rows_avx2_dt(DT_F32, g, n_begin, n_end); break;
     }
 }
+
+/* ---- AVX-512 path ----------------------------------------------------------------------
+ * The same tiles on zmm registers: 16 floats per load, 32 registers. Each output keeps two
+ * accumulators, one for the even and one for the odd 16-wide steps of k (the decode GEMV
+ * then has 2 x 4 independent FMA chains while the weights stream in). Every output is
+ * summed the same way whatever the tile it belongs to (R, M) and whatever T:
+ *   acc0 += the even 16-blocks, acc1 += the odd ones, s = reduce(acc0 + acc1), then the
+ *   K % 16 leftover products in order, then the bias;
+ * so a token's result does not depend on the other tokens of the call (batch invariance). */
+
+#define KERNEL512 static inline __attribute__((always_inline, target("avx512f,avx2,fma,f16c")))
+
+KERNEL512 __m512 load_w16(DType dt, const void *w, int64_t i) {
+    if (dt == DT_F32) return _mm512_loadu_ps((const float *)w + i);
+    __m256i h = _mm256_loadu_si256((const __m256i *)(const void *)((const uint16_t *)w + i));
+    if (dt == DT_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); /* bfloat16 */
+}
+
+/* y[t0 .. t0+M-1][n0 .. n0+R-1] over all of K (R <= 4, M <= 4, R * M <= 12). */
+KERNEL512 void tile512(DType dt, int R, int M, const Gemm *g, int64_t n0, int64_t t0) {
+    const int64_t K = g->K;
+    const float *x = g->x + t0 * K;
+    __m512 acc[4][4][2];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int m = 0; m < M; m++) acc[r][m][0] = acc[r][m][1] = _mm512_setzero_ps();
+
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m512 wv[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) wv[r] = load_w16(dt, g->w, (n0 + r) * K + k + 16 * h);
+#pragma GCC unroll 4
+            for (int m = 0; m < M; m++) {
+                __m512 xv = _mm512_loadu_ps(x + m * K + k + 16 * h);
+#pragma GCC unroll 4
+                for (int r = 0; r < R; r++) acc[r][m][h] = _mm512_fmadd_ps(wv[r], xv, acc[r][m][h]);
+            }
+        }
+    }
+    if (k + 16 <= K) {
+        __m512 wv[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) wv[r] = load_w16(dt, g->w, (n0 + r) * K + k);
+#pragma GCC unroll 4
+        for (int m = 0; m < M; m++) {
+            __m512 xv = _mm512_loadu_ps(x + m * K + k);
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) acc[r][m][0] = _mm512_fmadd_ps(wv[r], xv, acc[r][m][0]);
+        }
+        k += 16;
+    }
+
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int m = 0; m < M; m++) {
+            float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][m][0], acc[r][m][1]));
+            for (int64_t kk = k; kk < K; kk++) s += load_w1(dt, g->w, (n0 + r) * K + kk) * x[m * K + kk];
+            if (g->bias) s += g->bias[n0 + r];
+            g->y[(t0 + m) * g->N + n0 + r] = s;
+        }
+}
+
+KERNEL512 void row_group512(DType dt, int R, const Gemm *g, int64_t n0, int64_t t_begin, int64_t t_end) {
+    int64_t t = t_begin;
+    for (; t + TILE_M <= t_end; t += TILE_M) tile512(dt, R, TILE_M, g, n0, t);
+    switch (t_end - t) {
+    case 3: tile512(dt, R, 3, g, n0, t); break;
+    case 2: tile512(dt, R, 2, g, n0, t); break;
+    case 1: tile512(dt, R, 1, g, n0, t); break;
+    default: break;
+    }
+}
+
+KERNEL512 void rows_avx512_dt(DType dt, const Gemm *g, int64_t n_begin, int64_t n_end) {
+    if (g->T == 1) {
+        int64_t n = n_begin;
+        for (; n + DECODE_R <= n_end; n += DECODE_R) tile512(dt, DECODE_R, 1, g, n, 0);
+        for (; n < n_end; n++) tile512(dt, 1, 1, g, n, 0);
+        return;
+    }
+    int64_t tb = (256 * 1024) / (g->K * (int64_t)sizeof(float));
+    tb = tb < TILE_M ? TILE_M : tb / TILE_M * TILE_M;
+    for (int64_t t0 = 0; t0 < g->T; t0 += tb) {
+        int64_t t1 = t0 + tb < g->T ? t0 + tb : g->T;
+        int64_t n = n_begin;
+        for (; n + TILE_R <= n_end; n += TILE_R) row_group512(dt, TILE_R, g, n, t0, t1);
+        for (; n < n_end; n++) row_group512(dt, 1, g, n, t0, t1);
+    }
+}
+
+__attribute__((target("avx512f,avx2,fma,f16c"))) static void rows_avx512(const Gemm *g, int64_t n_begin,
+                                                                          int64_t n_end) {
+    switch (g->dt) {
+    case DT_F16: rows_avx512_dt(DT_F16, g, n_begin, n_end); break;
+    case DT_BF16: rows_avx512_dt(DT_BF16, g, n_begin, n_end); break;
+    default: rows_avx512_dt(DT_F32, g, n_begin, n_end); break;
+    }
+}
 #endif /* HAVE_X86 */
 
 /* ---- entry point ----------------------------------------------------------------------- */
@@ -240,7 +355,11 @@ static void gemm_blocks(void *ctx, int64_t b0, int64_t b1, int slot) {
     for (int64_t b = b0; b < b1; b++) {
         int64_t n_begin = b * BLOCK_ROWS, n_end = n_begin + BLOCK_ROWS < g->N ? n_begin + BLOCK_ROWS : g->N;
 #if HAVE_X86
-        if (cpu_has_avx2()) {
+        if (simd_level() == 2) {
+            rows_avx512(g, n_begin, n_end);
+            continue;
+        }
+        if (simd_level() == 1) {
             rows_avx2(g, n_begin, n_end);
             continue;
         }

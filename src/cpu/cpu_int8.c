@@ -370,6 +370,11 @@ BODY void row_codes(const Call *c, int64_t t) {
         for (int64_t k = 0; k < Kp; k++) q2[k] = (uint8_t)(q[k] < 0 ? -q[k] : q[k]);
     else if (c->kern->a2 == INT8_A2_OFFSET)
         for (int64_t k = 0; k < Kp; k++) q2[k] = (uint8_t)(q[k] + 128);
+    else if (c->kern->a2 == INT8_A2_AMX_PACK && c->T >= 2) {
+        /* 4 bytes of k at a time into the token's column of its tile (cpu_internal.h) */
+        uint8_t *tile = c->qa2 + t / INT8_AMX_T * INT8_AMX_T * Kp + 4 * (t % INT8_AMX_T);
+        for (int64_t k = 0; k < Kp; k += 4) memcpy(tile + k / 64 * 1024 + k % 64 * 16, q + k, 4);
+    }
 }
 
 /* Statistics (codes = false) or codes (true) of rows [t0, t1). Compiled twice (below) so
@@ -455,7 +460,9 @@ static void quantize_activations(Call *c) {
             c->za[t] = 0;
         }
     }
-    /* 3. codes */
+    /* 3. codes (AMX: the packed copy's last tile may have columns of no token, which read 0) */
+    if (c->kern->a2 == INT8_A2_AMX_PACK && T >= 2 && T % INT8_AMX_T)
+        memset(c->qa2 + T / INT8_AMX_T * INT8_AMX_T * l->Kp, 0, (size_t)(INT8_AMX_T * l->Kp));
     quantize_rows(c, true);
 }
 
@@ -552,34 +559,56 @@ __attribute__((target("avx2"))) static void dequant_outliers_avx2(const CpuInt8L
     dequant_outliers_body(l, gq, n_out, n0, nb, woT);
 }
 
-/* Steps 3-4 for tokens [t0, t1) and the weight rows [n0, n1) of one block. gq and woT
- * are the thread's scratch for the block's outlier columns, [n_out][BLOCK_ROWS]. */
+/* Steps 3-4 for tokens [t0, t1) (t1 - t0 <= CHUNK_T) and the weight rows [n0, n1) of one
+ * block. gq and woT are the thread's scratch for the block's outlier columns,
+ * [n_out][BLOCK_ROWS]. The loops go weight rows outside, tokens inside: a group of
+ * INT8_ROWS weight rows (4 x Kp bytes) stays in L1 while every token tile of the chunk
+ * passes over it, so each weight load from L2 serves all the chunk's tokens (at small T,
+ * as when decoding many sequences, the weights are the larger operand). The int32 results
+ * of the whole chunk x block wait in c32 for the epilogue, which then runs per token tile
+ * exactly as before: every output's arithmetic is the same whatever T. */
 static void run_block(const Call *c, int64_t t0, int64_t t1, int64_t n0, int64_t n1, int8_t *gq, float *woT,
                       float *y, int32_t *acc32) {
     const CpuInt8Linear *l = c->l;
     const Int8Kernel *kern = c->kern;
     const int64_t Kp = l->Kp, n_out = c->n_out;
     const bool simd = kern->avx2;
-    int32_t c32[INT8_TILE_T * BLOCK_ROWS];
+    int32_t c32[CHUNK_T * BLOCK_ROWS];
+    if (kern->rows16 && c->T >= 2) {
+        /* AMX: all the chunk's tokens against 16 weight rows at a time */
+        for (int64_t n = n0; n < n1; n += INT8_AMX_N) {
+            kern->rows16(c->qa2 + t0 * Kp, t1 - t0, l->w + n * Kp, Kp, c32 + (n - n0), BLOCK_ROWS);
+            for (int64_t j = 0; j < n_out; j++)
+                for (int64_t r = n; r < n + INT8_AMX_N; r++) gq[j * BLOCK_ROWS + (r - n0)] = l->w[r * Kp + c->cols[j]];
+        }
+    }
+    for (int64_t n = n0; n < n1 && !(kern->rows16 && c->T >= 2); n += INT8_ROWS) {
+        for (int64_t t = t0; t < t1;) {
+            const int nt = t1 - t >= INT8_TILE_T ? INT8_TILE_T : 1;
+            int32_t *out = c32 + (t - t0) * BLOCK_ROWS + (n - n0);
+            const int8_t *a = c->qa + t * Kp;
+            const uint8_t *a2 = c->qa2 ? c->qa2 + t * Kp : NULL;
+            if (nt == INT8_TILE_T) {
+                for (int64_t r = 0; r < INT8_ROWS; r += kern->rows4)
+                    kern->tile4(a, a2, l->w + (n + r) * Kp, l->wsum + n + r, Kp, out + r, BLOCK_ROWS);
+            } else {
+                kern->tile1(a, a2, l->w + n * Kp, l->wsum + n, Kp, out, BLOCK_ROWS);
+            }
+            t += nt;
+        }
+        /* The codes of the outlier columns, picked up while these rows are still in L1. */
+        for (int64_t j = 0; j < n_out; j++)
+            for (int64_t r = n; r < n + INT8_ROWS; r++) gq[j * BLOCK_ROWS + (r - n0)] = l->w[r * Kp + c->cols[j]];
+    }
+    if (n_out > 0) {
+        if (simd) dequant_outliers_avx2(l, gq, n_out, n0, n1 - n0, woT);
+        else dequant_outliers_portable(l, gq, n_out, n0, n1 - n0, woT);
+    }
     for (int64_t t = t0; t < t1;) {
         const int nt = t1 - t >= INT8_TILE_T ? INT8_TILE_T : 1;
-        const int rows = nt == INT8_TILE_T ? kern->rows4 : INT8_PAD_N;
-        Int8TileFn *tile = nt == INT8_TILE_T ? kern->tile4 : kern->tile1;
-        for (int64_t n = n0; n < n1; n += rows) {
-            tile(c->qa + t * Kp, c->qa2 ? c->qa2 + t * Kp : NULL, l->w + n * Kp, l->wsum + n, Kp,
-                 c32 + (n - n0), BLOCK_ROWS);
-            /* The first pass over the block picks up the codes of the outlier columns while
-             * the rows the kernel just streamed are still in L1. */
-            if (t == t0)
-                for (int64_t j = 0; j < n_out; j++)
-                    for (int64_t r = n; r < n + rows; r++) gq[j * BLOCK_ROWS + (r - n0)] = l->w[r * Kp + c->cols[j]];
-        }
-        if (t == t0 && n_out > 0) {
-            if (simd) dequant_outliers_avx2(l, gq, n_out, n0, n1 - n0, woT);
-            else dequant_outliers_portable(l, gq, n_out, n0, n1 - n0, woT);
-        }
-        if (simd) epilogue_avx2(c, c32, t, nt, n0, n1 - n0, woT, y, acc32);
-        else epilogue_portable(c, c32, t, nt, n0, n1 - n0, woT, y, acc32);
+        const int32_t *tc = c32 + (t - t0) * BLOCK_ROWS;
+        if (simd) epilogue_avx2(c, tc, t, nt, n0, n1 - n0, woT, y, acc32);
+        else epilogue_portable(c, tc, t, nt, n0, n1 - n0, woT, y, acc32);
         t += nt;
     }
 }
@@ -646,7 +675,8 @@ static void carve_call(Call *c, Carver *cv) {
     c->outlier_col = carve(cv, K);
     c->cols = carve(cv, K * sizeof *c->cols);
     c->qa = carve(cv, codes);
-    c->qa2 = c->kern->a2 != INT8_A2_NONE ? carve(cv, codes) : NULL;
+    const size_t amx_codes = (T + INT8_AMX_T - 1) / INT8_AMX_T * INT8_AMX_T * (size_t)l->Kp;
+    c->qa2 = c->kern->a2 == INT8_A2_NONE ? NULL : carve(cv, c->kern->a2 == INT8_A2_AMX_PACK ? amx_codes : codes);
     c->lo = carve(cv, T * sizeof *c->lo);
     c->hi = carve(cv, T * sizeof *c->hi);
     c->sa = carve(cv, T * sizeof *c->sa);

@@ -5,12 +5,12 @@
  *                       activations, embeddings, QKV split and the logit read-outs; it hands
  *                       projections and attention to the files below.
  *   cpu_gemm.c          y = x W^T (+ b) with W float-typed as stored (F16 / BF16 / F32),
- *                       SIMD (AVX2+FMA+F16C chosen at run time, portable C fallback).
+ *                       SIMD (AVX-512F or AVX2+FMA+F16C chosen at run time, portable C fallback).
  *   cpu_int8.c          int8 projections: weights quantized once, activations per call,
  *                       the GEMM driver, dequantization, the 16-bit outlier product, and the
  *                       paper's ablation modes (QuantMode). The math is docs/QUANT.md's.
- *   cpu_int8_kernels.c  the int8 GEMM micro-kernels (portable C, AVX2, AVX-512 VNNI) and the
- *                       run-time choice between them.
+ *   cpu_int8_kernels.c  the int8 GEMM micro-kernels (portable C, AVX2, AVX-512 VNNI, AMX) and
+ *                       the run-time choice between them.
  *   cpu_attention.c     the 16-bit KV cache: storing rows into it (F16C) and causal softmax
  *                       attention over it (online softmax, AVX2).
  *   cpu_avx2.h          AVX2 helpers shared by cpu_backend.c (GELU) and cpu_attention.c.
@@ -65,6 +65,10 @@ void cpu_gemm_float(const float *x, int64_t T, int64_t K, DType wdt, const void 
 /* True when the AVX2/FMA/F16C kernels are in use (cpu_gemm.c, attention, GELU): chosen once
  * from the CPU, off when LLMINT8_NO_SIMD is set to anything but "" or "0". */
 int cpu_has_avx2(void);
+/* The GEMM kernels in use: "avx512f+f16c" (zmm; when the CPU has AVX-512F and
+ * LLMINT8_NO_AVX512 is unset, "" or "0"), "avx2+fma+f16c" or "portable C". Each sums a
+ * token's outputs in its own fixed order, the same for every T. */
+const char *cpu_gemm_kernel(void);
 
 /* ---- cpu_attention.c ------------------------------------------------------------------------- */
 
@@ -108,7 +112,10 @@ void cpu_int8_scratch_free(CpuInt8Scratch *s);
 enum {
     INT8_PAD_K = 64,   /* bytes: every row of codes is a multiple of this (one zmm, two ymm) */
     INT8_TILE_T = 4,   /* tokens per register tile */
-    INT8_PAD_N = 4,    /* weight rows are padded to a multiple of this (the widest row tile) */
+    INT8_ROWS = 4,     /* weight rows of a tile group: tile1's rows, a multiple of tile4's */
+    INT8_AMX_N = 16,   /* weight rows of an AMX tile */
+    INT8_AMX_T = 16,   /* tokens of an AMX tile */
+    INT8_PAD_N = 16,   /* weight rows are padded to a multiple of this (the widest row tile) */
 };
 
 /* Every kernel computes out[t*ld + r] = sum_k a[t*Kp + k] * w[r*Kp + k] over k < Kp,
@@ -117,14 +124,25 @@ enum {
 typedef void Int8TileFn(const int8_t *a, const uint8_t *a2, const int8_t *w, const int32_t *wsum,
                         int64_t Kp, int32_t *out, int64_t ld);
 
-/* The second copy of the activation codes a kernel reads: none, |a| (AVX2) or a + 128 (VNNI). */
-typedef enum Int8A2 { INT8_A2_NONE, INT8_A2_ABS, INT8_A2_OFFSET } Int8A2;
+/* AMX: the same sums for nt <= 4 * INT8_AMX_T tokens x INT8_AMX_N weight rows, from the
+ * activation codes packed as AMX reads them (INT8_A2_AMX_PACK); apack points at the first
+ * token's tile (a token index that is a multiple of INT8_AMX_T). */
+typedef void Int8Rows16Fn(const uint8_t *apack, int64_t nt, const int8_t *w, int64_t Kp, int32_t *out, int64_t ld);
+
+/* The second copy of the activation codes a kernel reads: none, |a| (AVX2), a + 128 (VNNI),
+ * or (AMX, for calls of 2 tokens or more) the codes of each INT8_AMX_T tokens t0.. as one
+ * block of Kp * INT8_AMX_T bytes: 64-byte slab s of k, then row i < 16 of the slab holds
+ * 4 bytes k = 64 s + 4 i .. + 3 of every token in turn:
+ *     apack[(t / 16) * 16 Kp + s * 1024 + i * 64 + 4 (t % 16) + j] = a[t][64 s + 4 i + j],
+ * tokens past T reading 0 (the "VNNI layout" of the right-hand side of AMX's TDPBSSD). */
+typedef enum Int8A2 { INT8_A2_NONE, INT8_A2_ABS, INT8_A2_OFFSET, INT8_A2_AMX_PACK } Int8A2;
 
 typedef struct Int8Kernel {
-    const char *name;        /* "portable", "avx2", "avx512vnni" */
-    int rows4;               /* weight rows R of tile4 (divides INT8_PAD_N) */
-    Int8TileFn *tile4;       /* INT8_TILE_T tokens x rows4 rows */
-    Int8TileFn *tile1;       /* 1 token x INT8_PAD_N rows */
+    const char *name;        /* "portable", "avx2", "avx512vnni", "amx" */
+    int rows4;               /* weight rows R of tile4 (divides INT8_ROWS) */
+    Int8TileFn *tile4;       /* INT8_TILE_T tokens x rows4 rows (NULL for AMX) */
+    Int8TileFn *tile1;       /* 1 token x INT8_ROWS rows (AMX: reads a, not a2) */
+    Int8Rows16Fn *rows16;    /* AMX: every call of 2 tokens or more; NULL for the others */
     Int8A2 a2;
     bool avx2;               /* the CPU has AVX2: cpu_int8.c may run its AVX2-compiled loops too */
 } Int8Kernel;

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""synth_checkpoint.py — write a random-weight OPT checkpoint of a real model's shape, with the
+"""loadgen_checkpoint.py — write a random-weight OPT checkpoint of a real model's shape, with the
 opt-125m tokenizer from tests/data, so that `llmint8 serve` (and tools/loadgen.py) can be
 measured on a model as large as a real one without downloading it.
 
@@ -7,8 +7,9 @@ Weights are F16 with random signs, exponents of 2^-8..2^-5 (magnitudes ~0.004..0
 of OPT's N(0, 0.02) initialisation) and random mantissas; LayerNorm weights 1, biases 0. The text
 such a model writes is noise; its speed is a real model's. Only the standard library is used.
 
-Usage: python3 tools/synth_checkpoint.py DIR [--shape opt-125m|opt-350m-preln|opt-1.3b]
+Usage: python3 tools/loadgen_checkpoint.py DIR [--shape opt-125m|opt-1.3b|opt-2.7b]
 """
+import argparse
 import json
 import os
 import shutil
@@ -32,10 +33,13 @@ def const_f16(n, value):
 
 
 def main():
-    if len(sys.argv) < 2:
-        sys.exit(__doc__)
-    out = sys.argv[1]
-    shape = sys.argv[sys.argv.index("--shape") + 1] if "--shape" in sys.argv else "opt-125m"
+    ap = argparse.ArgumentParser(description="Write a random-weight OPT checkpoint of a real model's shape.")
+    ap.add_argument("dir", help="the checkpoint directory to create (must not exist)")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="opt-125m")
+    args = ap.parse_args()
+    out, shape = args.dir, args.shape
+    if os.path.lexists(out) or os.path.lexists(out + ".tmp"):
+        sys.exit(f"loadgen_checkpoint.py: {out} (or {out}.tmp) already exists; give a new directory")
     hidden, layers, heads, ffn = SHAPES[shape]
     tensors = [("model.decoder.embed_tokens.weight", [VOCAB, hidden], "r"),
                ("model.decoder.embed_positions.weight", [POSITIONS + 2, hidden], "r"),
@@ -59,7 +63,7 @@ def main():
     h = json.dumps(header).encode()
     h += b" " * (-len(h) % 8)
     tmp = out + ".tmp"
-    os.makedirs(tmp, exist_ok=True)
+    os.makedirs(tmp)
     with open(os.path.join(tmp, "model.safetensors"), "wb") as f:
         f.write(struct.pack("<Q", len(h)) + h)
         for name, dims, kind in tensors:

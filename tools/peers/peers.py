@@ -206,9 +206,22 @@ def run_llmint8(a, ids):
 
 def run_llama(a, ids):
     import llama_cpp
+    import llama_cpp.llama_cpp as lib
     import numpy as np
+    if a.variant == "q8_0" and not a.llama_extra_bufts:
+        # llama.cpp's AMX Q8_0 matmul (an "extra buffer type", chosen on CPUs with AMX-INT8)
+        # crashes with SIGSEGV on the project's VM; without extra buffer types Q8_0 runs the
+        # AVX-512 VNNI dot products (and no repacking).
+        default_params = lib.llama_model_default_params
+
+        def no_extra_bufts():
+            p = default_params()
+            p.use_extra_bufts = False
+            return p
+        lib.llama_model_default_params = no_extra_bufts
     llm = llama_cpp.Llama(model_path=a.model, n_ctx=max(PROMPTS) + DECODE + 8, n_batch=max(PROMPTS),
-                          n_ubatch=max(PROMPTS), n_threads=a.threads, n_threads_batch=a.threads, verbose=False)
+                          n_ubatch=max(PROMPTS), n_threads=a.threads, n_threads_batch=a.threads,
+                          flash_attn=True, verbose=False)  # flash attention: llama-bench's default on CPU
 
     def last_logits():
         return llm.scores[llm.n_tokens - 1]
@@ -441,6 +454,7 @@ def main():
     o.add_argument("--ckpt", required=True)
     o.add_argument("--llmint8", required=True)
     o.add_argument("--model", help="the GGUF file or CTranslate2 directory")
+    o.add_argument("--llama-extra-bufts", action="store_true", help="Q8_0 with AMX/repacked buffers")
     o.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[])
     a = ap.parse_args()
     return cmd_table(a) if a.cmd == "table" else cmd_one(a)

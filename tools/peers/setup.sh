@@ -39,7 +39,7 @@ step() {  # step NAME ARGS...: one pip install, timed; any failure ends setup wi
 }
 read -r -a req <<<"$want"
 torch_req=${req[2]}
-step "pip/wheel/cmake tools" --upgrade pip wheel
+step "pip, wheel" --upgrade pip wheel
 step "numpy, safetensors, gguf" numpy safetensors "${req[1]}"
 if curl -fsS --max-time 10 -o /dev/null https://download.pytorch.org/whl/cpu/torch/ 2>/dev/null; then
   step "$torch_req (CPU wheel)" --index-url https://download.pytorch.org/whl/cpu "$torch_req"

@@ -12,7 +12,8 @@
   `serve --device cpu,cpu` and from `mpirun -np 2 llmint8 serve` as from one process.
   Echo with logprobs is refused under mpirun with a message (400), and the server stays up.
 * SIGTERM to rank 0 of `mpirun -np 2 llmint8 serve` ends every rank: mpirun exits 0 within a
-  time-out, rank 0 says "stopped".
+  time-out, rank 0 says "stopped". Rank 1 killed while serving ends the job non-zero within a
+  time-out, with a message naming rank 1.
 Exits 77 when neither serve nor mpirun can run.
 """
 import json
@@ -133,8 +134,8 @@ def concurrent_completions(srv):
     return results
 
 
-def rank0_pid(mpirun_pid):
-    """The pid of rank 0 among mpirun's descendants (its environment names the rank)."""
+def rank_pid(mpirun_pid, rank=0):
+    """The pid of a rank among mpirun's descendants (its environment names the rank)."""
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -145,7 +146,7 @@ def rank0_pid(mpirun_pid):
                 cmd = f.read().split(b"\0")
         except OSError:
             continue
-        if b"OMPI_COMM_WORLD_RANK=0" in env and cmd and cmd[0].endswith(b"llmint8") and b"serve" in cmd:
+        if f"OMPI_COMM_WORLD_RANK={rank}".encode() in env and cmd and cmd[0].endswith(b"llmint8") and b"serve" in cmd:
             # a descendant of this mpirun
             ppid = pid
             for _ in range(8):
@@ -184,7 +185,7 @@ if serve_built:
         check("mpirun -np 2 serve: echo with logprobs refused with a message",
               st == 400 and "pipeline" in json.dumps(body), f"{st} {body}")
         check("mpirun -np 2 serve: still serving after the refusal", srv.alive())
-        pid = rank0_pid(srv.proc.pid)
+        pid = rank_pid(srv.proc.pid)
         check("mpirun -np 2 serve: rank 0 found", pid is not None)
         if pid:
             os.kill(pid, signal.SIGTERM)
@@ -198,6 +199,30 @@ if serve_built:
             check("mpirun -np 2 serve: SIGTERM to rank 0 ends every rank, exit 0",
                   rc == 0 and "serve: stopped" in log and "Sanitizer" not in log and "runtime error" not in log,
                   f"rc={rc}\n{log[-3000:]}")
+        else:
+            srv.proc.kill()
+
+        # a rank that dies while serving: the job ends non-zero within seconds, naming it
+        srv = servetest.Server(*SERVE_ARGS, launcher=[MPIRUN, *MPI_ARGS, "-np", "2"], env={
+            k: v for k, v in ENV.items() if k.startswith(("LLMINT8_", "LSAN_", "ASAN_"))})
+        st, _ = srv.complete(prompt="It was", max_tokens=2, temperature=0)
+        pid = rank_pid(srv.proc.pid, 1)
+        check("mpirun -np 2 serve: answers, rank 1 found", st == 200 and pid is not None)
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            try:
+                srv.complete(prompt="It was a dark", max_tokens=4, temperature=0)
+            except OSError:
+                pass
+            try:
+                rc = srv.proc.wait(90)
+            except subprocess.TimeoutExpired:
+                srv.proc.kill()
+                rc = -999
+            srv.thread.join(10)
+            log = "".join(srv.lines)
+            check("mpirun -np 2 serve: rank 1 killed ends the job non-zero with a message naming it",
+                  rc not in (0, -999) and "rank 1" in log, f"rc={rc}\n{log[-2000:]}")
         else:
             srv.proc.kill()
 

@@ -14,6 +14,9 @@
 * SIGTERM to rank 0 of `mpirun -np 2 llmint8 serve` ends every rank: mpirun exits 0 within a
   time-out, rank 0 says "stopped". Rank 1 killed while serving ends the job non-zero within a
   time-out, with a message naming rank 1.
+* A hostile rank 0 (tests/pipeline_fake_rank0.c) that removes a sequence rank 1 lacks, claims
+  another slot, runs a sequence from another position, or sends a step table of the wrong
+  size: rank 1 ends the run with a message saying which.
 Exits 77 when neither serve nor mpirun can run.
 """
 import json
@@ -103,6 +106,25 @@ for label, opts in [("greedy", ["--greedy"]), ("seeded f16 cache", ["--temperatu
         check(f"generate --prompts {label}, {name}: the same JSON lines as one process", rc == 0 and out == ref,
               f"rc={rc}\n{out[:500]}\n---\n{ref[:500]}\n{err[-1500:]}")
     ran_any = True
+
+# ---- a hostile rank 0 (tests/pipeline_fake_rank0.c): rank 1 checks the engine's commands --
+fake = os.path.join(os.path.dirname(BIN), "tests", "pipeline_fake_rank0")
+if HAVE_MPI and not os.path.exists(fake):
+    print(f"# {fake} not built: the hostile rank 0 checks are skipped")
+for mode, want in (("remove", "rank 0 removed a sequence this rank does not have"),
+                   ("slot", "rank 0 added sequence slot 5, this rank slot 1: out of step"),
+                   ("pos", "rank 0 runs sequence 1 from position 7, this rank has it at 0: out of step"),
+                   ("size", "rank 0 sent 4 bytes for a step's sequences, expected 12")):
+    if not HAVE_MPI or not os.path.exists(fake):
+        break
+    try:
+        p = subprocess.run([MPIRUN, *MPI_ARGS, "-np", "1", fake, mode, ":", "-np", "1", BIN, "serve", MODEL,
+                            "--threads", "1"], capture_output=True, timeout=120, env=ENV)
+        rc, err = p.returncode, p.stderr.decode("utf-8", "replace")
+    except subprocess.TimeoutExpired:
+        rc, err = -999, "timed out"
+    check(f"a hostile rank 0 ({mode}): rank 1 ends the run with a message", rc not in (0, -999) and want in err
+          and "Sanitizer" not in err and "runtime error" not in err, f"rc={rc}\n{err[-1500:]}")
 
 # ---- serve ---------------------------------------------------------------------------
 serve_built = True

@@ -6,7 +6,7 @@
   are cut into pieces between other prompts' decode steps, per-token outliers): the JSON lines
   of `--device cpu,cpu`, `--device cpu,cpu,cpu --split 0,3,3` (an empty first stage) and, under
   mpirun, `-np 2` and `-np 3` equal the single-process run's byte for byte (greedy and seeded,
-  float32 and 16-bit KV cache).
+  float32 and 16-bit KV cache, stop strings).
 * `serve`: several greedy requests sent at once (different prompts and lengths, with the
   chosen tokens' logprobs) get the same text, tokens, logprobs and finish reasons from
   `serve --device cpu,cpu` and from `mpirun -np 2 llmint8 serve` as from one process.
@@ -90,7 +90,8 @@ prompts_file = os.path.join(tmp, "prompts.txt")
 with open(prompts_file, "w", encoding="utf-8") as f:
     f.write("\n".join(PROMPTS) + "\n")
 n_new = "12" if SANITIZER else "24"
-for label, opts in [("greedy", ["--greedy"]), ("seeded f16 cache", ["--temperature", "0.8", "--kv-cache", "f16"])]:
+for label, opts in [("greedy", ["--greedy"]), ("seeded f16 cache", ["--temperature", "0.8", "--kv-cache", "f16"]),
+                    ("stop strings", ["--greedy", "--stop", "the", "--stop", "\n\n"])]:
     base = ["generate", MODEL, "--prompts", prompts_file, "-n", n_new, "--parallel", "3", "--prefill-chunk", "5",
             "--outliers", "per-token", "--seed", "7", "--threads", "1", *opts]
     rc, ref, err = run(*base)

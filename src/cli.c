@@ -24,7 +24,7 @@ const char CLI_COMMON_HELP[] =
     "  --outliers per-call|per-token  outlier columns chosen over the whole call (bitsandbytes,\n"
     "                         default) or per token (results independent of the rest of the batch)\n"
     "  --device cpu|cuda|auto where to run (default cpu); a list such as cpu,cpu runs the layers as a\n"
-    "                         pipeline, one stage per device (generate, ppl; docs/PIPELINE.md)\n"
+    "                         pipeline, one stage per device (generate, ppl, serve; docs/PIPELINE.md)\n"
     "  --split N,N,...        layers per pipeline stage (default: balanced by bytes of weights)\n"
     "  --threads N            CPU threads (default: one per core)\n"
     "  --tokenizer DIR        tokenizer files from DIR instead of MODEL_DIR\n"
@@ -322,7 +322,7 @@ static int session_open(const CommonOptions *o, bool need_tokenizer, bool want_t
     if (mpi && strchr(o->device, ','))
         return err_set(err, "--device %s: under mpirun each rank is one stage on one device", o->device);
     if (!o->pipelined && strchr(o->device, ','))
-        return err_set(err, "--device %s: a list of devices (a pipeline) is for generate and ppl", o->device);
+        return err_set(err, "--device %s: a list of devices (a pipeline) is for generate, ppl and serve", o->device);
     if (check_model_dir(model_dir, err)) return -1;
     if (checkpoint_open(model_dir, &s->ck, err)) return -1;
     if (!o->lists_unused) warn_unused(s->ck);

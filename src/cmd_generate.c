@@ -584,7 +584,10 @@ static int generate_many(const CommonOptions *co, const GenerateOptions *go) {
     ModelOptions mo = {.ctx = (int)ctx, .batch_tokens = 512, .cache_tokens = (int)(parallel * ctx)};
     if (cli_session_load_model(&s, co, &mo, &err)) goto fail;
     EngineOptions eo = {.max_running = parallel, .prefill_chunk = go->prefill_chunk ? go->prefill_chunk : 128};
-    if (!(e = engine_create(s.model, s.tok, &eo, &err))) goto fail;
+    StepTarget target; /* the whole model, or a pipeline's stages (pipeline.h) */
+    if (s.pipe) pipeline_step_target(s.pipe, &target);
+    else model_step_target(s.model, &target);
+    if (!(e = engine_create_on(&target, s.tok, &eo, &err))) goto fail;
     for (int i = 0; i < n; i++) {
         Job *j = &jobs[i];
         SamplerConfig sc = go->sampling;
@@ -644,8 +647,8 @@ int cmd_generate(int argc, char **argv) {
     co.pipelined = true; /* one prompt may run through a pipeline (generate_pipelined) */
     int rc = parse_args(argc, argv, &co, &go);
     if (rc) return rc;
-    if ((go.prompts_file || go.n_stop) && (strchr(co.device, ',') || pipeline_mpi_size() > 1))
-        return cli_usage_error("generate", "%s runs on the engine of one process: not in a pipeline (a device list "
-                               "or mpirun)", go.prompts_file ? "--prompts" : "--stop");
+    if (!go.prompts_file && go.n_stop && (strchr(co.device, ',') || pipeline_mpi_size() > 1))
+        return cli_usage_error("generate", "--stop with one prompt runs on the engine of one process: not in a "
+                               "pipeline (a device list or mpirun); --prompts runs the engine over a pipeline");
     return go.prompts_file ? generate_many(&co, &go) : generate_one(&co, &go);
 }

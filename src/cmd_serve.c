@@ -190,8 +190,16 @@ int cmd_serve(int argc, char **argv) {
                  .max_connections = 1024, .log_requests = true},
         .parallel = 16, .max_queue = 64, .prefill = 128, .step_tokens = 512, .grace = 30,
     };
+    co.pipelined = true;                      /* the engine runs over a pipeline (docs/PIPELINE.md) */
     int rc = parse_args(argc, argv, &co, &so);
     if (rc) return rc;
+    if (pipeline_mpi_active() && pipeline_mpi_rank() > 0) {
+        /* under mpirun, ranks > 0 serve their pipeline stage (and never come back): no HTTP */
+        Session s;
+        Error err = {{0}};
+        cli_session_open(&co, true, true, &s, &err);
+        return cli_fail(&err);
+    }
     char name_buf[256];
     if (!so.http.model_name) {
         const char *d = co.model_dir;
@@ -247,7 +255,10 @@ int cmd_serve(int argc, char **argv) {
     if (cli_session_load_model(&s, &co, &mo, &err)) goto fail;
     EngineOptions eo = {.max_running = (int)so.parallel, .prefill_chunk = (int)so.prefill,
                         .step_tokens = (int)so.step_tokens, .max_queue = (int)so.max_queue};
-    if (!(engine = engine_create(s.model, s.tok, &eo, &err))) goto fail;
+    StepTarget target; /* the whole model, or a pipeline's stages */
+    if (s.pipe) pipeline_step_target(s.pipe, &target);
+    else model_step_target(s.model, &target);
+    if (!(engine = engine_create_on(&target, s.tok, &eo, &err))) goto fail;
 
     Worker w = {.engine = engine, .metrics = metrics};
     pthread_t worker;

@@ -42,7 +42,7 @@ typedef struct Req {
 } Req;
 
 struct Engine {
-    Model *m;
+    StepTarget t;              /* what runs the steps: a model or a pipeline (model.h) */
     const Tokenizer *tok;
     EngineOptions o;
     int vocab;
@@ -78,7 +78,6 @@ static void req_free(Req *q) {
 }
 
 static int check_request(const Engine *e, const EngineRequest *r, Error *err) {
-    const Model *m = e->m;
     if (!r->prompt || r->n_prompt < 1) return err_set(err, "the request has no prompt tokens");
     for (int i = 0; i < r->n_prompt; i++)
         if (r->prompt[i] < 0 || r->prompt[i] >= e->vocab)
@@ -86,16 +85,18 @@ static int check_request(const Engine *e, const EngineRequest *r, Error *err) {
                            e->vocab - 1);
     if (r->max_tokens < 0) return err_set(err, "max_tokens %d: expected 0 or more", r->max_tokens);
     long total = (long)r->n_prompt + r->max_tokens;
-    if (total > m->ctx)
+    if (total > e->t.ctx)
         return err_set(err, "the prompt's %d tokens and max_tokens %d make %ld positions, beyond the context of %d",
-                       r->n_prompt, r->max_tokens, total, m->ctx);
-    if (total > m->cache_tokens)
+                       r->n_prompt, r->max_tokens, total, e->t.ctx);
+    if (total > e->t.cache_tokens)
         return err_set(err, "the prompt's %d tokens and max_tokens %d need %ld tokens of KV cache, more than the "
-                       "whole budget of %d", r->n_prompt, r->max_tokens, total, m->cache_tokens);
+                       "whole budget of %d", r->n_prompt, r->max_tokens, total, e->t.cache_tokens);
     if (r->logprobs < 0 || r->logprobs > ENGINE_MAX_LOGPROBS)
         return err_set(err, "logprobs %d: expected 0 to %d", r->logprobs, ENGINE_MAX_LOGPROBS);
     if (r->n_stop < 0 || r->n_stop > MAX_STOP || (r->n_stop && !r->stop))
         return err_set(err, "%d stop strings: at most %d", r->n_stop, MAX_STOP);
+    if (r->echo && r->logprobs && !e->t.prompt_logits)
+        return err_set(err, "logprobs of the prompt (echo with logprobs) are not available in a pipeline");
     if (r->n_stop && !e->tok) return err_set(err, "stop strings need a tokenizer (to see the text)");
     for (int i = 0; i < r->n_stop; i++) {
         size_t len = r->stop[i] ? strlen(r->stop[i]) : 0;
@@ -139,10 +140,16 @@ static Req *req_copy(Engine *e, const EngineRequest *r) {
 /* ---- create, submit, cancel, stats -------------------------------------------------------- */
 
 Engine *engine_create(Model *m, const Tokenizer *tok, const EngineOptions *o, Error *err) {
+    StepTarget t;
+    model_step_target(m, &t);
+    return engine_create_on(&t, tok, o, err);
+}
+
+Engine *engine_create_on(const StepTarget *t, const Tokenizer *tok, const EngineOptions *o, Error *err) {
     EngineOptions op = *o;
     if (op.max_running <= 0) op.max_running = 4;
     if (op.prefill_chunk <= 0) op.prefill_chunk = 128;
-    if (op.step_tokens <= 0) op.step_tokens = model_capacity(m) > op.max_running ? model_capacity(m) : op.max_running;
+    if (op.step_tokens <= 0) op.step_tokens = t->capacity > op.max_running ? t->capacity : op.max_running;
     if (op.max_queue <= 0) op.max_queue = 1 << 30;
     if (op.max_running > MODEL_LOGIT_ROWS) {
         err_set(err, "%d requests at once: at most %d", op.max_running, MODEL_LOGIT_ROWS);
@@ -158,7 +165,7 @@ Engine *engine_create(Model *m, const Tokenizer *tok, const EngineOptions *o, Er
         err_set(err, "out of memory");
         return NULL;
     }
-    e->m = m, e->tok = tok, e->o = op, e->vocab = m->cfg.vocab_size;
+    e->t = *t, e->tok = tok, e->o = op, e->vocab = t->vocab;
     e->next_id = 1;
     e->text_cap = tok ? 4 * tokenizer_max_token_bytes(tok) + 64 : 64;
     e->running = calloc((size_t)op.max_running, sizeof *e->running);
@@ -172,10 +179,10 @@ Engine *engine_create(Model *m, const Tokenizer *tok, const EngineOptions *o, Er
         return NULL;
     }
     /* The whole cache is the engine's: the default sequence gives its tokens back. */
-    if (model_seq_len(m, 0) >= 0) model_seq_remove(m, 0, NULL);
+    if (t->seq_len(t->self, 0) >= 0) t->seq_remove(t->self, 0, NULL);
     pthread_mutex_init(&e->lock, NULL);
     pthread_cond_init(&e->work, NULL);
-    e->st.kv_tokens_total = m->cache_tokens;
+    e->st.kv_tokens_total = t->cache_tokens;
     return e;
 }
 
@@ -272,7 +279,7 @@ static void unrun_locked(Engine *e, Req *q) {
             break;
         }
     if (q->seq >= 0) {
-        model_seq_remove(e->m, q->seq, NULL);
+        e->t.seq_remove(e->t.self, q->seq, NULL);
         e->st.kv_tokens_used -= q->reserved;
         q->seq = -1;
     }
@@ -344,7 +351,7 @@ static void top_logprobs(Engine *e, const float *x, int n, double lse) {
 
 /* A copy of a logits row in backend memory, in e->row (before the sampler changes it). */
 static const float *row_copy(Engine *e, const float *row) {
-    Backend *bk = e->m->bk;
+    Backend *bk = e->t.bk;
     if (bk->host_memory) memcpy(e->row, row, (size_t)e->vocab * sizeof *e->row);
     else bk->download(bk, e->row, row, (size_t)e->vocab);
     return e->row;
@@ -357,7 +364,7 @@ static const float *row_copy(Engine *e, const float *row) {
 static void echo_token(Engine *e, Req *q, int i, float *row) {
     EngineToken t = {.id = q->tokens[i], .prompt = true, .index = i, .logprob = NAN};
     if (row && q->r.logprobs) {
-        const float *x = e->m->bk->host_memory ? row : row_copy(e, row);
+        const float *x = e->t.bk->host_memory ? row : row_copy(e, row);
         double lse = logits_logsumexp(x, e->vocab, NULL);
         top_logprobs(e, x, q->r.logprobs, lse);
         t.logprob = (double)x[q->tokens[i]] - lse;
@@ -393,7 +400,7 @@ static void take_token(Engine *e, Req *q, float *row) {
         lse = logits_logsumexp(e->row, e->vocab, NULL);
         top_logprobs(e, e->row, q->r.logprobs, lse);
     }
-    int32_t id = sampler_pick(&q->sampler, e->m->bk, row, q->tokens, (size_t)pos);
+    int32_t id = sampler_pick(&q->sampler, e->t.bk, row, q->tokens, (size_t)pos);
     if (id < 0) {
         Error err;
         err_set(&err, "the logits for the token at position %d (counting from 0; the %s token) hold a NaN or an "
@@ -456,7 +463,6 @@ static int start(Engine *e, Req *q) {
 }
 
 int engine_step(Engine *e, Error *err) {
-    Model *m = e->m;
     /* Under the lock: drop cancelled requests, start waiting ones that fit. */
     Req *gone = NULL, *fresh[MODEL_LOGIT_ROWS];
     int n_fresh = 0;
@@ -473,7 +479,7 @@ int engine_step(Engine *e, Error *err) {
     }
     while (e->q_head && e->n_running < e->o.max_running) {
         Req *q = e->q_head;
-        if (model_seq_add(m, q->reserved, &q->seq, NULL)) break; /* waits until enough is free */
+        if (e->t.seq_add(e->t.self, q->reserved, &q->seq, NULL)) break; /* waits until enough is free */
         e->q_head = q->next;
         if (!e->q_head) e->q_tail = NULL;
         e->n_queued--;
@@ -521,7 +527,7 @@ int engine_step(Engine *e, Error *err) {
             budget -= T;
         }
     if (n == 0) return 0;
-    if (model_step(m, e->steps, n, err)) {
+    if (e->t.step(e->t.self, e->steps, n, err)) {
         for (int i = 0; i < n; i++) finish(e, e->stepped[i], "error", err->msg, false);
         return -1;
     }
@@ -536,7 +542,7 @@ int engine_step(Engine *e, Error *err) {
         q->n_fed += e->steps[i].T;
         if (q->n_fed < q->r.n_prompt) continue;               /* more prompt to read */
         if (q->r.max_tokens == 0) finish(e, q, "length", NULL, true);
-        else take_token(e, q, model_step_logits(m, i));
+        else take_token(e, q, e->t.step_logits(e->t.self, i));
     }
     return n;
 }

@@ -103,6 +103,10 @@ enum { ENGINE_OK = 0, ENGINE_FULL = 1 };
 /* Takes over m's KV cache (removing its default sequence); tok (may be NULL: no text, no
  * stop strings) must outlive the engine. -1 with a message for bad options. */
 Engine *engine_create(Model *m, const Tokenizer *tok, const EngineOptions *o, Error *err);
+/* The same over any StepTarget (model.h): a pipeline's (pipeline_step_target) runs every
+ * step through its stages, each sequence mirrored on every stage. The target's `self` must
+ * outlive the engine. A target without prompt_logits refuses echo with logprobs at submit. */
+Engine *engine_create_on(const StepTarget *t, const Tokenizer *tok, const EngineOptions *o, Error *err);
 /* Requests still queued or running get on_done("cancelled") here, on this thread. */
 void engine_free(Engine *e);
 

@@ -576,6 +576,22 @@ static const float *run_chunk(Model *m, const int32_t *ids, int T) {
     return a->finish(m, T);
 }
 
+/* The chunk's rows through a part (model_step_stage): *hidden = the final hidden states when
+ * it holds the head, else NULL after handing the residual stream on. */
+static int run_part(Model *m, const int32_t *ids, int r0, int T, const StageIO *io, const float **hidden,
+                    Error *err) {
+    const Architecture *a = arch_of(&m->cfg);
+    *hidden = NULL;
+    if (!io->residual_in) a->embed(m, ids, T);
+    else if (io->residual_in(io->ctx, m, r0, T, err)) return -1;
+    for (int l = m->layer_first; l < m->layer_last; l++) a->layer(m, l, T);
+    if (!io->residual_out) {
+        *hidden = a->finish(m, T);
+        return 0;
+    }
+    return io->residual_out(io->ctx, m, r0, T, err);
+}
+
 /* What a step hands back for one sequence. */
 typedef enum {
     OUT_LAST,           /* the last token's logits, left in rs->logits (row = step index) */
@@ -629,7 +645,7 @@ static int check_room(const Model *m, int seq, int T, Error *err) {
 
 /* Runs n steps (checked) whose readouts are outs[i]: all their tokens in chunks of up to
  * capacity rows, a sequence's tokens split across chunks where the chunk is full. */
-static int run_steps(Model *m, const SeqStep *steps, const StepOut *outs, int n, Error *err) {
+static int run_steps(Model *m, const SeqStep *steps, const StepOut *outs, int n, const StageIO *io, Error *err) {
     RunState *s = m->rs;
     const int cap = s->capacity;
     const size_t E = (size_t)m->cfg.word_embed_proj_dim;
@@ -639,20 +655,32 @@ static int run_steps(Model *m, const SeqStep *steps, const StepOut *outs, int n,
         free(ids), free(parts);
         return err_set(err, "out of memory");
     }
-    int n_last = 0;
+    int n_last = 0, r0 = 0;
+    const bool head = !io || !io->residual_out;
     int i = 0, done = 0; /* the step being filled in, and how many of its tokens are done */
     while (i < n) {
         int rows = 0, np = 0;
         int first_i = i, first_done = done;
         while (i < n && rows < cap) {
             int take = steps[i].T - done < cap - rows ? steps[i].T - done : cap - rows;
-            memcpy(ids + rows, steps[i].ids + done, (size_t)take * sizeof *ids);
+            if (steps[i].ids) memcpy(ids + rows, steps[i].ids + done, (size_t)take * sizeof *ids);
             parts[np++] = (ChunkPart){.seq = steps[i].seq, .row0 = rows, .T = take};
             rows += take, done += take;
             if (done == steps[i].T) i++, done = 0;
         }
         set_chunk(m, parts, np);
-        const float *hidden = run_chunk(m, ids, rows);
+        const float *hidden;
+        if (!io) {
+            hidden = run_chunk(m, ids, rows);
+        } else if (run_part(m, ids, r0, rows, io, &hidden, err)) {
+            free(ids), free(parts);
+            return -1;
+        }
+        r0 += rows;
+        if (!hidden) { /* a part before the head: its tokens now count as past */
+            for (int p = 0; p < np; p++) m->seqs[parts[p].seq].n_past += parts[p].T;
+            continue;
+        }
         /* read out each part, then count its tokens as past */
         int si = first_i, sdone = first_done;
         for (int p = 0; p < np; p++, si++, sdone = 0) {
@@ -672,7 +700,7 @@ static int run_steps(Model *m, const SeqStep *steps, const StepOut *outs, int n,
     for (int k = 0; k < n; k++) n_last += outs[k].kind == OUT_LAST || outs[k].kind == OUT_ROWS;
     /* The last-token logits of every step at once: row k of rs->logits is steps[k]'s
      * (rows of steps scored instead hold nothing of use). */
-    if (n_last) m->bk->matmul(m->bk, m->w->lm_head, s->last_hidden, n, s->logits);
+    if (n_last && head) m->bk->matmul(m->bk, m->w->lm_head, s->last_hidden, n, s->logits);
     free(ids), free(parts);
     return m->bk->sync(m->bk, err);
 }
@@ -696,20 +724,65 @@ static int check_step(const Model *m, const SeqStep *st, Error *err) {
     return 0;
 }
 
-int model_step(Model *m, const SeqStep *steps, int n, Error *err) {
+/* The checks of a step on a whole model (whole) or a part: the sequences, their room, and
+ * the ids and targets the model reads; each step's readout in outs[]. */
+static int check_steps(const Model *m, const SeqStep *steps, int n, const StageIO *io, StepOut *outs, Error *err) {
     if (n < 1 || n > MODEL_LOGIT_ROWS)
         return err_set(err, "%d sequences in one step: from 1 to %d", n, MODEL_LOGIT_ROWS);
-    StepOut outs[MODEL_LOGIT_ROWS];
+    /* a part embeds unless its residual stream comes in, and reads out unless it goes on */
+    const bool embeds = !io || !io->residual_in, heads = !io || !io->residual_out;
+    if (!io && check_whole(m, err)) return -1;
+    if (embeds && !model_has_embed(m)) return err_set(err, "this model part does not hold the embeddings");
+    if (heads && !model_has_head(m)) return err_set(err, "this model part does not hold the final norm and head");
     for (int i = 0; i < n; i++) {
-        if (check_step(m, &steps[i], err)) return err_prefix(err, "sequence %d", steps[i].seq);
+        const SeqStep *st = &steps[i];
+        int rc = check_room(m, st->seq, st->T, err);
+        if (rc == 0 && embeds) rc = !st->ids ? err_set(err, "no token ids") : check_ids(m, st->ids, st->T, err);
+        if (rc == 0 && st->nll && heads)
+            for (int t = 0; t < st->T && rc == 0; t++)
+                if (st->targets[t] < -1 || st->targets[t] >= m->cfg.vocab_size)
+                    rc = err_set(err, "target id %d is outside the vocabulary (0..%d)", st->targets[t],
+                                 m->cfg.vocab_size - 1);
+        if (rc) return err_prefix(err, "sequence %d", st->seq);
         for (int j = 0; j < i; j++)
-            if (steps[j].seq == steps[i].seq) return err_set(err, "sequence %d appears twice in one step", steps[i].seq);
-        outs[i] = steps[i].nll         ? (StepOut){.kind = OUT_NLL, .targets = steps[i].targets, .nll = steps[i].nll}
-                  : steps[i].on_logits ? (StepOut){.kind = OUT_ROWS, .on_logits = steps[i].on_logits,
-                                                   .logits_ctx = steps[i].logits_ctx}
-                                       : (StepOut){.kind = OUT_LAST};
+            if (steps[j].seq == st->seq) return err_set(err, "sequence %d appears twice in one step", st->seq);
+        outs[i] = st->nll         ? (StepOut){.kind = OUT_NLL, .targets = st->targets, .nll = st->nll}
+                  : st->on_logits ? (StepOut){.kind = OUT_ROWS, .on_logits = st->on_logits, .logits_ctx = st->logits_ctx}
+                                  : (StepOut){.kind = OUT_LAST};
     }
-    return run_steps(m, steps, outs, n, err);
+    return 0;
+}
+
+int model_step(Model *m, const SeqStep *steps, int n, Error *err) {
+    StepOut outs[MODEL_LOGIT_ROWS];
+    if (check_steps(m, steps, n, NULL, outs, err)) return -1;
+    return run_steps(m, steps, outs, n, NULL, err);
+}
+
+int model_step_check(const Model *m, const SeqStep *steps, int n, const StageIO *io, Error *err) {
+    StepOut outs[MODEL_LOGIT_ROWS];
+    return check_steps(m, steps, n, io, outs, err);
+}
+
+int model_step_stage(Model *m, const SeqStep *steps, int n, const StageIO *io, Error *err) {
+    StepOut outs[MODEL_LOGIT_ROWS];
+    if (check_steps(m, steps, n, io, outs, err)) return -1;
+    return run_steps(m, steps, outs, n, io, err);
+}
+
+static int target_seq_add(void *self, int max_tokens, int *seq, Error *err) {
+    return model_seq_add(self, max_tokens, seq, err);
+}
+static int target_seq_remove(void *self, int seq, Error *err) { return model_seq_remove(self, seq, err); }
+static int target_seq_len(void *self, int seq) { return model_seq_len(self, seq); }
+static int target_step(void *self, const SeqStep *steps, int n, Error *err) { return model_step(self, steps, n, err); }
+static float *target_step_logits(void *self, int i) { return model_step_logits(self, i); }
+
+void model_step_target(Model *m, StepTarget *t) {
+    *t = (StepTarget){.self = m, .vocab = m->cfg.vocab_size, .ctx = m->ctx, .cache_tokens = m->cache_tokens,
+                      .capacity = model_capacity(m), .bk = m->bk, .prompt_logits = true,
+                      .seq_add = target_seq_add, .seq_remove = target_seq_remove, .seq_len = target_seq_len,
+                      .step = target_step, .step_logits = target_step_logits};
 }
 
 float *model_step_logits(Model *m, int i) {
@@ -720,7 +793,7 @@ float *model_step_logits(Model *m, int i) {
 static int forward_default(Model *m, const int32_t *ids, int T, const StepOut *o, Error *err) {
     SeqStep st = {.seq = 0, .ids = ids, .T = T, .targets = o->targets, .nll = o->nll};
     if (check_step(m, &st, err)) return -1;
-    return run_steps(m, &st, o, 1, err);
+    return run_steps(m, &st, o, 1, NULL, err);
 }
 
 int model_forward(Model *m, const int32_t *ids, int T, bool all_logits, float *logits, Error *err) {

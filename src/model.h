@@ -134,6 +134,46 @@ int model_step(Model *m, const SeqStep *steps, int n, Error *err);
  * backend buffer valid until the next call. */
 float *model_step_logits(Model *m, int i);
 
+/* ---- a step in stages (a pipeline, pipeline.h) ----------------------------------------
+ * model_step for a part of the network: the same checks, the same chunks of capacity rows
+ * (so every stage of a pipeline groups the rows as one whole model would), and per chunk:
+ *     io->residual_in fills model_residual(m) (a later stage), or without it the part
+ *       embeds the ids (the first stage: it must hold the embeddings);
+ *     the part's layers;
+ *     io->residual_out hands model_residual(m) on (an earlier stage), or without it the
+ *       final norm and readout run (the last stage: it must hold the head), after which
+ *       model_step_logits holds the last-token logits.
+ * r0 counts the step's rows before the chunk (its rows are r0..r0+rows-1 of all the steps'
+ * tokens in order). Ids are read only by the first stage (else they may be NULL); targets,
+ * nll and on_logits only by the last. Every stage advances its sequences alike. A hook
+ * returns 0, or -1 with a message that ends the step. */
+typedef struct StageIO {
+    int (*residual_in)(void *ctx, Model *m, int r0, int rows, Error *err);
+    int (*residual_out)(void *ctx, Model *m, int r0, int rows, Error *err);
+    void *ctx;
+} StageIO;
+int model_step_stage(Model *m, const SeqStep *steps, int n, const StageIO *io, Error *err);
+/* The checks model_step_stage makes with `io` before it runs anything: -1 with a message. */
+int model_step_check(const Model *m, const SeqStep *steps, int n, const StageIO *io, Error *err);
+
+/* ---- what runs steps: a whole model or a pipeline --------------------------------------
+ * The engine (engine.h) drives its sequences through this table, which a whole model
+ * (model_step_target) and a pipeline of parts (pipeline_step_target, pipeline.h) both
+ * fill in: the model_seq_* and model_step calls above, with the sizes they are checked
+ * against. */
+typedef struct StepTarget {
+    void *self;
+    int vocab, ctx, cache_tokens, capacity;
+    Backend *bk;             /* the backend holding step_logits' rows (for sampler_pick) */
+    bool prompt_logits;      /* whether SeqStep.on_logits is supported */
+    int (*seq_add)(void *self, int max_tokens, int *seq, Error *err);
+    int (*seq_remove)(void *self, int seq, Error *err);
+    int (*seq_len)(void *self, int seq);
+    int (*step)(void *self, const SeqStep *steps, int n, Error *err);
+    float *(*step_logits)(void *self, int i);
+} StepTarget;
+void model_step_target(Model *m, StepTarget *t);
+
 /* Runs ids[0..T) at positions n_past..n_past+T-1 (T may exceed batch_tokens: it is split).
  * Writes logits to `logits` (host, float32): only the last token's [vocab] when
  * all_logits is false, else [T, vocab]. Ids must be < vocab_size and the cache must have

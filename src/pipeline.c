@@ -195,7 +195,8 @@ void pipeline_free(Pipeline *p) {
         if (st->m) model_free(st->m);
         if (st->own_bk && st->bk) st->bk->destroy(st->bk);
     }
-    free(p->host), free(p->landing);
+    if (p->step_logits && p->stages[0].bk) p->stages[0].bk->release(p->stages[0].bk, p->step_logits);
+    free(p->host), free(p->landing), free(p->step_host), free(p->step_landing);
     free(p);
 }
 
@@ -305,6 +306,103 @@ float *pipeline_forward_last(Pipeline *p, const int32_t *ids, int T, Backend **b
     return logits;
 }
 
+/* ---- steps of many sequences (the engine's StepTarget) -------------------------------- */
+
+static int step_seq_add(void *self, int max_tokens, int *seq, Error *err) {
+    Pipeline *p = self;
+    int first = -1;
+    for (int s = 0; s < p->n; s++) {
+        Model *m = p->stages[s].m;
+        if (!m) continue; /* another rank's: mirrored below */
+        int id;
+        int rc = model_seq_add(m, max_tokens, &id, err);
+        if (rc == 0 && first >= 0 && id != first) {
+            model_seq_remove(m, id, NULL);
+            rc = err_set(err, "pipeline stage %d gave sequence slot %d, stage 0 slot %d: the stages are out of step", s,
+                         id, first);
+        }
+        if (rc) {
+            for (int k = 0; k < s && first >= 0; k++)
+                if (p->stages[k].m) model_seq_remove(p->stages[k].m, first, NULL);
+            return -1;
+        }
+        first = id;
+    }
+    if (p->mpi) pipeline_mpi_seq_add(p, max_tokens, first);
+    *seq = first;
+    return 0;
+}
+
+static int step_seq_remove(void *self, int seq, Error *err) {
+    Pipeline *p = self;
+    int rc = 0;
+    for (int s = 0; s < p->n; s++)
+        if (p->stages[s].m && model_seq_remove(p->stages[s].m, seq, err)) rc = -1;
+    if (rc == 0 && p->mpi) pipeline_mpi_seq_remove(p, seq);
+    return rc;
+}
+
+static int step_seq_len(void *self, int seq) { return model_seq_len(((Pipeline *)self)->stages[0].m, seq); }
+
+/* The local stages hand the residual stream on through p->step_host, a whole step's rows. */
+static int local_in(void *ctx, Model *m, int r0, int rows, Error *err) {
+    Pipeline *p = ctx;
+    const size_t H = (size_t)m->cfg.hidden;
+    (void)err;
+    m->bk->upload(m->bk, model_residual(m), p->step_host + (size_t)r0 * H, (size_t)rows * H);
+    return 0;
+}
+
+static int local_out(void *ctx, Model *m, int r0, int rows, Error *err) {
+    Pipeline *p = ctx;
+    const size_t H = (size_t)m->cfg.hidden;
+    m->bk->download(m->bk, p->step_host + (size_t)r0 * H, model_residual(m), (size_t)rows * H);
+    return m->bk->sync(m->bk, err);
+}
+
+static int step_run(void *self, const SeqStep *steps, int n, Error *err) {
+    Pipeline *p = self;
+    if (p->mpi) return pipeline_mpi_step(p, steps, n, err);
+    /* every stage checks first, so that none runs a step another refuses */
+    size_t rows = 0;
+    StageIO io[PIPELINE_MAX_STAGES];
+    for (int s = 0; s < p->n; s++) {
+        io[s] = (StageIO){.residual_in = s > 0 ? local_in : NULL, .residual_out = s < p->n - 1 ? local_out : NULL,
+                          .ctx = p};
+        if (model_step_check(p->stages[s].m, steps, n, &io[s], err)) return err_prefix(err, "pipeline stage %d", s);
+    }
+    for (int i = 0; i < n; i++) rows += (size_t)steps[i].T;
+    const size_t need = rows * (size_t)p->stages[0].m->cfg.hidden;
+    if (need > p->step_host_cap) {
+        float *h = realloc(p->step_host, need * sizeof *h);
+        if (!h) return err_set(err, "out of memory");
+        p->step_host = h, p->step_host_cap = need;
+    }
+    for (int s = 0; s < p->n; s++) {
+        Stage *st = &p->stages[s];
+        double t0 = pipeline_now();
+        if (model_step_stage(st->m, steps, n, &io[s], err)) return err_prefix(err, "pipeline stage %d", s);
+        st->stats.busy_s += pipeline_now() - t0;
+        st->stats.chunks++;
+        if (s < p->n - 1) st->stats.bytes_moved += (double)(need * sizeof(float));
+    }
+    return 0;
+}
+
+static float *step_logits(void *self, int i) {
+    Pipeline *p = self;
+    if (p->mpi) return p->step_logits + (size_t)i * (size_t)p->stages[0].m->cfg.vocab_size;
+    return model_step_logits(p->stages[p->n - 1].m, i);
+}
+
+void pipeline_step_target(Pipeline *p, StepTarget *t) {
+    Model *m = p->stages[0].m;
+    *t = (StepTarget){.self = p, .vocab = m->cfg.vocab_size, .ctx = m->ctx, .cache_tokens = m->cache_tokens,
+                      .capacity = p->capacity, .bk = p->mpi ? p->stages[0].bk : p->stages[p->n - 1].bk,
+                      .prompt_logits = !p->mpi, .seq_add = step_seq_add, .seq_remove = step_seq_remove,
+                      .seq_len = step_seq_len, .step = step_run, .step_logits = step_logits};
+}
+
 void pipeline_report_stage(int s, const char *device, int first, int last, const StageStats *st, double wall) {
     char layers[48];
     if (first < last) snprintf(layers, sizeof layers, "layers %d..%d", first, last - 1);
@@ -365,4 +463,10 @@ int pipeline_mpi_windows(Pipeline *p, int n, const int32_t *const *ids, const in
     return err_set(err, "no MPI");
 }
 void pipeline_mpi_close(Pipeline *p) { (void)p; }
+void pipeline_mpi_seq_add(Pipeline *p, int max_tokens, int seq) { (void)p, (void)max_tokens, (void)seq; }
+void pipeline_mpi_seq_remove(Pipeline *p, int seq) { (void)p, (void)seq; }
+int pipeline_mpi_step(Pipeline *p, const SeqStep *steps, int n, Error *err) {
+    (void)p, (void)steps, (void)n;
+    return err_set(err, "no MPI");
+}
 #endif

@@ -87,6 +87,14 @@ int pipeline_score_windows(Pipeline *p, int n, const int32_t *const *ids, const 
  * returned in *bk (for sampler_pick), valid until the next call; NULL with a message. */
 float *pipeline_forward_last(Pipeline *p, const int32_t *ids, int T, Backend **bk, Error *err);
 
+/* The engine's view of the pipeline (model.h, StepTarget): sequences added and removed on
+ * every stage (each part keeps the KV cache of its layers for the same slots), and steps of
+ * many sequences whose chunks flow through the stages as model_step's would through the
+ * whole model, so a request's tokens are bit for bit those of one process. Under MPI the
+ * other ranks mirror every call (pipeline_mpi_worker); prompt logprobs (SeqStep.on_logits)
+ * are then refused: only the last-token logits come back to rank 0. */
+void pipeline_step_target(Pipeline *p, StepTarget *t);
+
 /* Per stage: seconds busy (running its layers), and what it sent on (the residual stream, or
  * from the last rank the NLLs or logits): bytes and seconds spent moving them. Printed by
  * pipeline_report() as one line a stage. */

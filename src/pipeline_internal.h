@@ -22,6 +22,11 @@ struct Pipeline {
     float *logits;           /* MPI: [vocab] on stage 0's backend, the last rank's logits */
     float *landing;          /* MPI: host [vocab], where those logits arrive */
     double t_start;          /* when built, for the busy share */
+    /* steps of many sequences (pipeline_step_target) */
+    float *step_host;        /* local: host [rows of a step, hidden], the residual stream */
+    size_t step_host_cap;    /* its floats */
+    float *step_logits;      /* MPI: [MODEL_LOGIT_ROWS, vocab] on stage 0's backend */
+    float *step_landing;     /* MPI: host [MODEL_LOGIT_ROWS, vocab], where they arrive */
 };
 
 /* The head's part of a chunk, on the stage that holds it: after model_finish, score rows
@@ -39,6 +44,13 @@ int pipeline_mpi_reset(Pipeline *p, Error *err);
 int pipeline_mpi_windows(Pipeline *p, int n, const int32_t *const *ids, const int *T, const int32_t *const *targets,
                          double *const *nll, Error *err);
 void pipeline_mpi_close(Pipeline *p);
+/* Sequence slots mirrored on every rank (after rank 0's own model_seq_add / _remove
+ * succeeded: the other ranks must get the same slot). */
+void pipeline_mpi_seq_add(Pipeline *p, int max_tokens, int seq);
+void pipeline_mpi_seq_remove(Pipeline *p, int seq);
+/* A step of many sequences through every rank: the last rank's last-token logits land in
+ * p->step_logits. Checked on rank 0 before anything is sent (-1 with a message). */
+int pipeline_mpi_step(Pipeline *p, const SeqStep *steps, int n, Error *err);
 
 double pipeline_now(void);
 /* One stage's busy line for pipeline_report (stage s of a rank or of this process). */

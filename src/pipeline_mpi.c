@@ -11,6 +11,11 @@
  *                    r+1; the last rank reads out (NLLs of the TARGETS, or the last logits)
  *                    and sends RESULT to rank 0
  *              QUIT  rank 0 ends: finalize and exit 0
+ *              SEQ_ADD max_tokens, slot / SEQ_REMOVE slot: the engine's sequences, mirrored
+ *                    (the rank's own model_seq_add must give the same slot)
+ *              STEP  n sequences, rows: then STEP [n x (slot, T, n_past)]; the step's
+ *                    chunks as model_step cuts them, residual in from r-1 and out to r+1;
+ *                    the last rank sends RESULT float [n, vocab], the last-token logits
  *   RESID    [T, hidden] float32 from rank r to r + 1
  *   TARGETS  int32 [T] from rank 0 to the last rank, RESULT back: double [T] or float [vocab]
  * A message of another size, a header with a bad magic or out-of-range fields, or a chunk at
@@ -28,12 +33,12 @@
 
 #include "pipeline_internal.h"
 
-enum { TAG_CMD = 1, TAG_RESID, TAG_TARGETS, TAG_RESULT, TAG_HELLO, TAG_VERDICT };
-enum { OP_LOAD = 1, OP_RESET, OP_CHUNK, OP_QUIT };
+enum { TAG_CMD = 1, TAG_RESID, TAG_TARGETS, TAG_RESULT, TAG_HELLO, TAG_VERDICT, TAG_STEP };
+enum { OP_LOAD = 1, OP_RESET, OP_CHUNK, OP_QUIT, OP_SEQ_ADD, OP_SEQ_REMOVE, OP_STEP };
 enum { READ_NONE = 0, READ_NLL, READ_LAST };
 enum { HDR_WORDS = 16 };
 #define MAGIC 0x4c4d3870 /* "LM8p" */
-#define PROTOCOL 1
+#define PROTOCOL 2
 
 typedef struct Hello {
     int32_t magic, protocol, rank, status;   /* status 0: loaded; else msg says why not */
@@ -215,7 +220,8 @@ bool pipeline_mpi_active(void) {
     if (!size) size = getenv("PMI_SIZE");
     if (!size || atoi(size) < 2) return false;
     int provided;
-    if (MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
+    /* serialized: `serve` runs its steps on the engine's thread, never two MPI calls at once */
+    if (MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided) != MPI_SUCCESS) {
         fprintf(stderr, "llmint8: error: MPI_Init failed\n");
         exit(1);
     }
@@ -470,6 +476,71 @@ int pipeline_mpi_windows(Pipeline *p, int n, const int32_t *const *ids, const in
     return 0;
 }
 
+/* ---- the engine's steps, rank 0 ------------------------------------------------------- */
+
+void pipeline_mpi_seq_add(Pipeline *p, int max_tokens, int seq) {
+    int32_t h[HDR_WORDS] = {MAGIC, OP_SEQ_ADD, max_tokens, seq};
+    for (int r = 1; r < p->n; r++) send_header(r, h);
+}
+
+void pipeline_mpi_seq_remove(Pipeline *p, int seq) {
+    int32_t h[HDR_WORDS] = {MAGIC, OP_SEQ_REMOVE, seq};
+    for (int r = 1; r < p->n; r++) send_header(r, h);
+}
+
+/* Stage 0's chunk of a step goes on to rank 1. */
+static int step_out(void *ctx, Model *m, int r0, int rows, Error *err) {
+    Pipeline *p = ctx;
+    Stage *st = &p->stages[0];
+    (void)r0;
+    size_t n = (size_t)rows * (size_t)m->cfg.hidden;
+    double t1 = pipeline_now();
+    st->bk->download(st->bk, p->host, model_residual(m), n);
+    if (st->bk->sync(st->bk, err)) return -1;
+    send_wait(1, TAG_RESID, p->host, n * sizeof *p->host, "the residual stream", chunk_timeout(rows));
+    st->stats.move_s += pipeline_now() - t1, st->stats.bytes_moved += (double)(n * sizeof(float));
+    return 0;
+}
+
+int pipeline_mpi_step(Pipeline *p, const SeqStep *steps, int n, Error *err) {
+    Stage *st = &p->stages[0];
+    Model *m = st->m;
+    const int last = p->n - 1;
+    const size_t V = (size_t)m->cfg.vocab_size;
+    for (int i = 0; i < n && i < MODEL_LOGIT_ROWS; i++)
+        if (steps[i].nll || steps[i].on_logits)
+            return err_set(err, "under mpirun a step hands back only the last-token logits (no scores, no prompt "
+                           "logprobs)");
+    StageIO io = {.residual_out = step_out, .ctx = p};
+    if (model_step_check(m, steps, n, &io, err)) return -1;
+    if (!p->step_logits) {
+        p->step_landing = malloc(MODEL_LOGIT_ROWS * V * sizeof *p->step_landing);
+        p->step_logits = st->bk->alloc(st->bk, MODEL_LOGIT_ROWS * V);
+        if (!p->step_landing || !p->step_logits) return err_set(err, "out of memory");
+    }
+    int32_t table[3 * MODEL_LOGIT_ROWS];
+    int rows = 0;
+    for (int i = 0; i < n; i++) {
+        table[3 * i] = steps[i].seq, table[3 * i + 1] = steps[i].T, table[3 * i + 2] = model_seq_len(m, steps[i].seq);
+        rows += steps[i].T;
+    }
+    int32_t h[HDR_WORDS] = {MAGIC, OP_STEP, n, rows};
+    for (int r = 1; r < p->n; r++) {
+        send_header(r, h);
+        send_wait(r, TAG_STEP, table, (size_t)n * 3 * sizeof *table, "a step's sequences", g.timeout);
+    }
+    MPI_Request req;
+    post_result(p->step_landing, (size_t)n * V * sizeof *p->step_landing, last, &req);
+    double t0 = pipeline_now(), move0 = st->stats.move_s;
+    /* the other ranks are in the step now: a failure here cannot be undone */
+    if (model_step_stage(m, steps, n, &io, err)) die("%s", err->msg);
+    st->stats.busy_s += pipeline_now() - t0 - (st->stats.move_s - move0);
+    st->stats.chunks++;
+    wait_recv(&req, last, (size_t)n * V * sizeof *p->step_landing, "the logits", chunk_timeout(rows));
+    st->bk->upload(st->bk, p->step_logits, p->step_landing, (size_t)n * V);
+    return st->bk->sync(st->bk, err);
+}
+
 /* ---- ranks > 0 ------------------------------------------------------------------------ */
 
 typedef struct Worker {
@@ -480,6 +551,7 @@ typedef struct Worker {
     float *host;             /* [max(capacity * hidden, vocab)] */
     int32_t *targets;        /* [capacity] */
     double *nll;             /* [capacity] */
+    float *step_host;        /* [MODEL_LOGIT_ROWS, vocab]: a step's logits (last rank), lazily */
     StageStats stats;
     double t_start;
 } Worker;
@@ -492,8 +564,8 @@ static void worker_report(const Worker *w) {
 static void worker_unload(Worker *w) {
     worker_report(w);
     if (w->m) model_free(w->m);
-    free(w->host), free(w->targets), free(w->nll);
-    w->m = NULL, w->host = NULL, w->targets = NULL, w->nll = NULL;
+    free(w->host), free(w->targets), free(w->nll), free(w->step_host);
+    w->m = NULL, w->host = NULL, w->targets = NULL, w->nll = NULL, w->step_host = NULL;
     memset(&w->stats, 0, sizeof w->stats);
 }
 
@@ -583,6 +655,80 @@ static void worker_chunk(Worker *w, const int32_t *h) {
     if (model_advance(m, T, &err)) die("%s", err.msg);
 }
 
+static void worker_seq(Worker *w, const int32_t *h) {
+    Error err = {{0}};
+    if (!w->m) die("a sequence command before the model was loaded");
+    if (h[1] == OP_SEQ_ADD) {
+        int seq = -1;
+        if (model_seq_add(w->m, h[2], &seq, &err)) die("rank 0 added a sequence this rank cannot: %s", err.msg);
+        if (seq != h[3]) die("rank 0 added sequence slot %d, this rank slot %d: out of step", h[3], seq);
+    } else if (model_seq_remove(w->m, h[2], &err)) {
+        die("rank 0 removed a sequence this rank does not have: %s", err.msg);
+    }
+}
+
+/* A chunk of a step arrives from the rank before. */
+static int worker_in(void *ctx, Model *m, int r0, int rows, Error *err) {
+    Worker *w = ctx;
+    (void)r0, (void)err;
+    size_t n = (size_t)rows * (size_t)m->cfg.hidden;
+    recv_exact(g.rank - 1, TAG_RESID, w->host, n * sizeof *w->host, "the residual stream", chunk_timeout(rows));
+    w->bk->upload(w->bk, model_residual(m), w->host, n);
+    return 0;
+}
+
+/* ... and goes on to the next. */
+static int worker_out(void *ctx, Model *m, int r0, int rows, Error *err) {
+    Worker *w = ctx;
+    (void)r0;
+    size_t n = (size_t)rows * (size_t)m->cfg.hidden;
+    double t1 = pipeline_now();
+    w->bk->download(w->bk, w->host, model_residual(m), n);
+    if (w->bk->sync(w->bk, err)) return -1;
+    send_wait(g.rank + 1, TAG_RESID, w->host, n * sizeof *w->host, "the residual stream", chunk_timeout(rows));
+    w->stats.move_s += pipeline_now() - t1, w->stats.bytes_moved += (double)(n * sizeof(float));
+    return 0;
+}
+
+static void worker_step(Worker *w, const int32_t *h) {
+    Error err = {{0}};
+    if (!w->m) die("a step before the model was loaded");
+    Model *m = w->m;
+    const int n = h[2], rows = h[3];
+    if (n < 1 || n > MODEL_LOGIT_ROWS || rows < n || rows > n * m->ctx)
+        die("bad step header from rank 0 (%d sequences, %d tokens)", n, rows);
+    int32_t table[3 * MODEL_LOGIT_ROWS];
+    recv_exact(0, TAG_STEP, table, (size_t)n * 3 * sizeof *table, "a step's sequences", g.timeout);
+    SeqStep steps[MODEL_LOGIT_ROWS];
+    long sum = 0;
+    for (int i = 0; i < n; i++) {
+        int seq = table[3 * i], T = table[3 * i + 1], n_past = table[3 * i + 2];
+        if (model_seq_len(m, seq) < 0 || model_seq_len(m, seq) != n_past)
+            die("rank 0 runs sequence %d from position %d, this rank has it at %d: out of step", seq, n_past,
+                model_seq_len(m, seq));
+        steps[i] = (SeqStep){.seq = seq, .T = T};
+        sum += T;
+    }
+    if (sum != rows) die("a step of %d tokens from rank 0 whose sequences hold %ld", rows, sum);
+    const bool is_last = g.rank == g.size - 1;
+    StageIO io = {.residual_in = worker_in, .residual_out = is_last ? NULL : worker_out, .ctx = w};
+    if (model_step_check(m, steps, n, &io, &err)) die("a step from rank 0: %s", err.msg);
+    double t0 = pipeline_now(), move0 = w->stats.move_s;
+    if (model_step_stage(m, steps, n, &io, &err)) die("%s", err.msg);
+    if (is_last) {
+        const size_t V = (size_t)m->cfg.vocab_size;
+        if (!w->step_host && !(w->step_host = malloc(MODEL_LOGIT_ROWS * V * sizeof *w->step_host)))
+            die("out of memory");
+        double t1 = pipeline_now();
+        w->bk->download(w->bk, w->step_host, model_step_logits(m, 0), (size_t)n * V);
+        if (w->bk->sync(w->bk, &err)) die("%s", err.msg);
+        send_wait(0, TAG_RESULT, w->step_host, (size_t)n * V * sizeof *w->step_host, "the logits", chunk_timeout(rows));
+        w->stats.move_s += pipeline_now() - t1, w->stats.bytes_moved += (double)((size_t)n * V * sizeof(float));
+    }
+    w->stats.busy_s += pipeline_now() - t0 - (w->stats.move_s - move0);
+    w->stats.chunks++;
+}
+
 _Noreturn void pipeline_mpi_worker(Checkpoint *ck, Backend *bk) {
     Worker w = {.ck = ck, .bk = bk};
     for (;;) {
@@ -605,6 +751,9 @@ _Noreturn void pipeline_mpi_worker(Checkpoint *ck, Backend *bk) {
             if (w.m) model_reset(w.m);
             break;
         case OP_CHUNK: worker_chunk(&w, h); break;
+        case OP_SEQ_ADD:
+        case OP_SEQ_REMOVE: worker_seq(&w, h); break;
+        case OP_STEP: worker_step(&w, h); break;
         case OP_QUIT:
             worker_unload(&w);
             bk->destroy(bk);

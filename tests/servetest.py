@@ -28,8 +28,9 @@ def skip_unless_built():
 class Server:
     """A running `llmint8 serve MODEL --port 0 ARGS`; its stderr is collected by a thread."""
 
-    def __init__(self, *args, model=MODEL, env=None, ready=True):
-        self.proc = subprocess.Popen([BIN, "serve", model, "--port", "0", *args], stdin=subprocess.DEVNULL,
+    def __init__(self, *args, model=MODEL, env=None, ready=True, launcher=()):
+        # launcher: words before the binary (["mpirun", "-np", "2"] for a pipeline)
+        self.proc = subprocess.Popen([*launcher, BIN, "serve", model, "--port", "0", *args], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      env=dict(os.environ, **(env or {})))
         self.lines = []

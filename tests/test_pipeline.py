@@ -185,8 +185,9 @@ rc, out, err = run("ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--split"
 check("--split without a pipeline: an error", rc == 1 and "--split" in err, err)
 rc, out, err = run("ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--device", "cpu,cpu", "--compare", "fp16")
 check("--compare with a pipeline: a usage error", rc == 2 and "--compare" in err, err)
-rc, out, err = run("generate", DEMO, "--prompts", TEXT, "--device", "cpu,cpu")
-check("generate --prompts with a pipeline: a usage error", rc == 2 and "--prompts" in err, err)
+# (generate --prompts runs the engine over a pipeline: tests/test_pipeline_serve.py)
+rc, out, err = run("generate", DEMO, "-p", "It was", "--stop", "x", "--device", "cpu,cpu")
+check("generate --stop with one prompt in a pipeline: a usage error", rc == 2 and "--stop" in err, err)
 rc, out, err = run("ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--device", "cpu,cuda:1")
 check("--device cpu,cuda:1: refused with a message", rc == 1 and "cuda:1" in err, err)
 

@@ -5,6 +5,8 @@
  *   - a part refuses what it does not hold (the whole-model calls, embed, finish, other layers);
  *   - pipeline_score over 2 and 3 local stages gives every NLL of model_score bit for bit,
  *     with chunks smaller than the text (several chunks per window);
+ *   - the engine's steps (pipeline_step_target) over 2 and 3 local stages: many sequences'
+ *     last-token logits bit for bit those of the whole model's model_step;
  *   - pipeline_split: balanced by bytes, the user's counts, bad counts refused. */
 #include "test_util.h"
 
@@ -16,6 +18,81 @@ static Model *load(const Checkpoint *ck, Backend *bk, bool partial, int first, i
                        .ctx = 64, .batch_tokens = 24, .partial = partial, .layer_first = first, .layer_last = last};
     Model *m = NULL;
     return model_load(ck, bk, &mo, &m, err) ? NULL : m;
+}
+
+/* Runs steps on a StepTarget: three sequences' prompts (47 tokens: several chunks of 24, a
+ * sequence cut between chunks), then two decode steps; every last-token logits row into out. */
+static int run_target(const StepTarget *t, int V, float *out, Error *err) {
+    int seq[3];
+    int32_t prompt[3][30];
+    const int len[3] = {30, 5, 12};
+    for (int i = 0; i < 3; i++) {
+        for (int k = 0; k < len[i]; k++) prompt[i][k] = (int32_t)((i * 131 + k * 7919 + 3) % V);
+        if (t->seq_add(t->self, 40, &seq[i], err)) return -1;
+    }
+    /* a slot freed and taken again: the stages must agree on it */
+    if (t->seq_remove(t->self, seq[1], err) || t->seq_add(t->self, 40, &seq[1], err)) return -1;
+    SeqStep st[3];
+    for (int i = 0; i < 3; i++) st[i] = (SeqStep){.seq = seq[i], .ids = prompt[i], .T = len[i]};
+    int32_t next[3] = {5, 6, 7};
+    for (int round = 0; round < 3; round++) {
+        if (t->step(t->self, st, 3, err)) return -1;
+        for (int i = 0; i < 3; i++) {
+            memcpy(out + (size_t)(round * 3 + i) * (size_t)V, t->step_logits(t->self, i), (size_t)V * sizeof *out);
+            st[i] = (SeqStep){.seq = seq[i], .ids = &next[i], .T = 1};
+        }
+    }
+    for (int i = 0; i < 3; i++)
+        if (t->seq_remove(t->self, seq[i], err)) return -1;
+    return 0;
+}
+
+/* The engine's steps over 2 and 3 local stages: the last-token logits of every step bit for
+ * bit those of the whole model's model_step, even with per-call outliers (every stage groups
+ * the rows in the same chunks); a stage asked to embed without the embeddings refuses. */
+static void check_steps(const char *name, const Checkpoint *ck, Backend *bk) {
+    Error err;
+    const int V = checkpoint_config(ck)->vocab_size;
+    ModelOptions mo = {.quant = {.mode = QUANT_LLM_INT8, .threshold = 6.0f, .outliers = OUTLIERS_PER_CALL},
+                       .ctx = 64, .cache_tokens = 192, .batch_tokens = 24};
+    float *want = malloc(9 * (size_t)V * sizeof *want), *got = malloc(9 * (size_t)V * sizeof *got);
+    Model *whole = NULL;
+    StepTarget t;
+    int rc = model_load(ck, bk, &mo, &whole, &err);
+    if (rc == 0) {
+        model_step_target(whole, &t);
+        rc = run_target(&t, V, want, &err);
+    }
+    CHECK(rc == 0, "%s: steps on the whole model: %s", name, err.msg);
+    model_free(whole);
+    const char *devices[] = {"cpu,cpu", "cpu,cpu,cpu"};
+    for (int d = 0; d < 2 && rc == 0; d++) {
+        Pipeline *p = NULL;
+        if (pipeline_open_local(ck, bk, devices[d], 1, NULL, &mo, &p, &err)) {
+            CHECK(0, "%s %s: %s", name, devices[d], err.msg);
+            continue;
+        }
+        pipeline_step_target(p, &t);
+        int prc = run_target(&t, V, got, &err);
+        CHECK(prc == 0, "%s %s: steps: %s", name, devices[d], err.msg);
+        for (int r = 0; r < 9 && prc == 0; r++)
+            CHECK(memcmp(got + (size_t)r * (size_t)V, want + (size_t)r * (size_t)V, (size_t)V * sizeof *got) == 0,
+                  "%s %s: step %d, sequence %d: logits differ from the whole model's", name, devices[d], r / 3, r % 3);
+        pipeline_free(p);
+    }
+    /* a later part asked to embed */
+    ModelOptions part = mo;
+    part.partial = true, part.layer_first = 1, part.layer_last = checkpoint_config(ck)->n_layers;
+    Model *b = NULL;
+    if (model_load(ck, bk, &part, &b, &err) == 0) {
+        int32_t ids[2] = {1, 2};
+        SeqStep st = {.seq = 0, .ids = ids, .T = 2};
+        StageIO io = {0};
+        CHECK(model_step_stage(b, &st, 1, &io, &err) != 0 && strstr(err.msg, "embeddings"),
+              "%s: a part without embeddings embedded a step: %s", name, err.msg);
+        model_free(b);
+    }
+    free(want), free(got);
 }
 
 static void check_model(const char *name) {
@@ -84,6 +161,7 @@ static void check_model(const char *name) {
         pipeline_free(p);
     }
     model_free(whole);
+    check_steps(name, ck, bk);
     bk->destroy(bk);
     checkpoint_close(ck);
 }

@@ -24,7 +24,21 @@
 #define WORKSPACE_BYTES ((size_t)32 << 20) /* cuBLASLt's recommendation for Hopper */
 #define STAGING_BYTES ((size_t)64 << 20)
 
-static CudaBackend *cuda_of(Backend *bk) { return (CudaBackend *)bk; }
+/* Every entry point goes through cuda_of, which makes the backend's GPU the calling thread's
+ * current device: several CUDA backends, each on its own GPU, can then serve the stages of one
+ * pipeline in one process (--device cuda:0,cuda:1). The thread remembers its device, so with
+ * one GPU this costs a comparison. */
+static thread_local int current_device = -1;
+
+void cuda_make_current(CudaBackend *cb) {
+    if (current_device != cb->device && cudaSetDevice(cb->device) == cudaSuccess) current_device = cb->device;
+}
+
+static CudaBackend *cuda_of(Backend *bk) {
+    CudaBackend *cb = (CudaBackend *)bk;
+    cuda_make_current(cb);
+    return cb;
+}
 
 /* ---- the sticky error (backend.h: sync) ------------------------------------------------- */
 int cuda_fail(CudaBackend *cb, const char *fmt, ...) {
@@ -531,7 +545,7 @@ static void cu_destroy(Backend *bk) {
     free(cb);
 }
 
-extern "C" Backend *cuda_backend_create(Error *err) {
+extern "C" Backend *cuda_backend_create_on(int device, Error *err) {
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess) {
@@ -551,18 +565,24 @@ extern "C" Backend *cuda_backend_create(Error *err) {
         err_set(err, "CUDA backend: no CUDA device available (cudaGetDeviceCount: 0 devices)");
         return NULL;
     }
+    if (device < 0 || device >= count) {
+        err_set(err, "CUDA backend: no GPU %d: %d GPU%s visible (numbered from 0; CUDA_VISIBLE_DEVICES chooses them)",
+                device, count, count == 1 ? "" : "s");
+        return NULL;
+    }
     CudaBackend *cb = (CudaBackend *)calloc(1, sizeof *cb);
     if (!cb) {
         err_set(err, "CUDA backend: out of host memory");
         return NULL;
     }
-    cb->device = 0; /* CUDA_VISIBLE_DEVICES chooses which GPU this is */
+    cb->device = device; /* counted among the GPUs CUDA_VISIBLE_DEVICES lets us see */
     cudaDeviceProp prop;
     e = cudaSetDevice(cb->device);
+    current_device = e == cudaSuccess ? cb->device : -1;
     if (e == cudaSuccess) e = cudaGetDeviceProperties(&prop, cb->device);
     if (e == cudaSuccess) e = cudaFree(0); /* creates the context now, so that its errors show here */
     if (e != cudaSuccess) {
-        err_set(err, "CUDA backend: cannot use GPU 0: %s", cudaGetErrorString(e));
+        err_set(err, "CUDA backend: cannot use GPU %d: %s", device, cudaGetErrorString(e));
         free(cb);
         return NULL;
     }
@@ -591,7 +611,7 @@ extern "C" Backend *cuda_backend_create(Error *err) {
     }
     cb->workspace_bytes = WORKSPACE_BYTES;
     if (device_alloc(&cb->workspace, cb->workspace_bytes, "the cuBLASLt workspace", err)) goto fail;
-    if (cudaHostAlloc(&cb->staging, STAGING_BYTES, cudaHostAllocDefault) == cudaSuccess) {
+    if (cudaHostAlloc(&cb->staging, STAGING_BYTES, cudaHostAllocPortable) == cudaSuccess) {
         cb->staging_pinned = true;
     } else {
         cudaGetLastError();
@@ -642,3 +662,5 @@ fail:
     cu_destroy(&cb->base);
     return NULL;
 }
+
+extern "C" Backend *cuda_backend_create(Error *err) { return cuda_backend_create_on(0, err); }

@@ -278,6 +278,7 @@ extern "C" int cuda_backend_debug_int8(Backend *bk, const BkLinear *l, const flo
                                        int32_t *acc_host, float *sca_host, int64_t *outlier_cols,
                                        int64_t *n_outliers, Error *err) {
     CudaBackend *cb = (CudaBackend *)bk;
+    cuda_make_current(cb);
     if (!l->is_int8) return err_set(err, "cuda_backend_debug_int8: the projection is not int8");
     if (T <= 0) return err_set(err, "cuda_backend_debug_int8: T must be positive");
     if (cb->failed) return err_set(err, "CUDA backend: %s", cb->error);

@@ -164,6 +164,8 @@ static __device__ __forceinline__ float block_max(float v, float *red) {
 }
 
 /* ---- cuda_backend.cu ---- */
+/* Makes cb's GPU the calling thread's current device (every backend entry point does). */
+void cuda_make_current(CudaBackend *cb);
 /* Records the first failure as the sticky error (printf-style message); returns -1. */
 int cuda_fail(CudaBackend *cb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Checks a CUDA status / the last kernel launch; on failure records "what: reason". */

@@ -1,6 +1,8 @@
 /* backend.c — choosing a backend by name. */
 #include "backend.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 const char *backend_compiled_list(void) {
@@ -27,6 +29,19 @@ Backend *backend_create(const char *name, int threads, Error *fallback, Error *e
         return NULL;
 #endif
     }
-    err_set(err, "--device '%s' is not one of cpu, cuda, auto", name);
+    if (strncmp(name, "cuda:", 5) == 0 && name[5] >= '0' && name[5] <= '9' && strlen(name + 5) <= 3 &&
+        strspn(name + 5, "0123456789") == strlen(name + 5)) { /* one GPU of several */
+#ifdef LLMINT8_HAVE_CUDA
+        Error why;
+        Backend *bk = cuda_backend_create_on(atoi(name + 5), &why);
+        if (!bk) err_set(err, "--device %s: %s", name, why.msg);
+        return bk;
+#else
+        err_set(err, "--device %s: this llmint8 was built without the CUDA backend (compiled backends: %s)", name,
+                backend_compiled_list());
+        return NULL;
+#endif
+    }
+    err_set(err, "--device '%s' is not one of cpu, cuda, cuda:N, auto", name);
     return NULL;
 }

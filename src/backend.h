@@ -145,7 +145,7 @@ struct Backend {
  * than this with no top-k) downloads the whole row instead. */
 #define BACKEND_MAX_CANDIDATES 1024
 
-/* Creates the backend named "cpu" or "cuda"; "auto" is CUDA when a GPU is usable, else
+/* Creates the backend named "cpu", "cuda" or "cuda:N" (GPU N); "auto" is CUDA when a GPU is usable, else
  * the CPU, and then fallback (when not NULL) receives a sentence saying why, for the
  * caller to show (it is left empty otherwise). threads <= 0 means one per core (CPU). */
 Backend *backend_create(const char *name, int threads, Error *fallback, Error *err);
@@ -155,6 +155,9 @@ const char *backend_compiled_list(void);
 Backend *cpu_backend_create(int threads, Error *err);
 #ifdef LLMINT8_HAVE_CUDA
 Backend *cuda_backend_create(Error *err);   /* fails with a clear message when no GPU */
+/* The same on GPU `device` (0 = the first that CUDA_VISIBLE_DEVICES shows). Backends on
+ * different GPUs may be used from one thread one after another (a pipeline's stages). */
+Backend *cuda_backend_create_on(int device, Error *err);
 #endif
 
 #endif

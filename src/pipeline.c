@@ -129,18 +129,8 @@ static Pipeline *pipeline_new(int n) {
     return p;
 }
 
-/* A device name of the list as backend_create takes it: "cuda:0" is the current "cuda";
- * other GPUs need a backend bound to a device, which the CUDA backend does not offer yet. */
+/* A stage's backend: "cuda:N" is GPU N (backend_create); "cuda:0" and "cuda" are the same GPU. */
 static Backend *stage_backend(const char *name, int threads, Error *err) {
-    if (strncmp(name, "cuda:", 5) == 0) {
-        if (strcmp(name, "cuda:0") != 0) {
-            err_set(err, "--device %s: the CUDA backend runs on the current device only; a pipeline over several "
-                    "GPUs in one process is not supported yet (run one process per GPU under mpirun, with "
-                    "CUDA_VISIBLE_DEVICES set per rank)", name);
-            return NULL;
-        }
-        name = "cuda";
-    }
     Error fallback;
     return backend_create(name, threads, &fallback, err);
 }

@@ -188,8 +188,20 @@ check("--compare with a pipeline: a usage error", rc == 2 and "--compare" in err
 # (generate --prompts runs the engine over a pipeline: tests/test_pipeline_serve.py)
 rc, out, err = run("generate", DEMO, "-p", "It was", "--stop", "x", "--device", "cpu,cpu")
 check("generate --stop with one prompt in a pipeline: a usage error", rc == 2 and "--stop" in err, err)
-rc, out, err = run("ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--device", "cpu,cuda:1")
-check("--device cpu,cuda:1: refused with a message", rc == 1 and "cuda:1" in err, err)
+# Two GPUs in one process (the paper's setup): cuda:0,cuda:1 against cuda alone, bit for bit; where
+# a second GPU is not usable, cuda:1 is refused with a message naming it.
+rc, out, err = run("ppl", *common, "--device", "cuda:0,cuda:1")
+if rc == 0:
+    ran_any = True
+    rc_ref, out_ref, _ = run("ppl", *common, "--device", "cuda")
+    got, ref = as_json(out), as_json(out_ref)
+    check("--device cuda:0,cuda:1: every token's NLL bit for bit --device cuda's",
+          rc_ref == 0 and got is not None and ref is not None and got["token_nll"] == ref["token_nll"], err[-800:])
+else:
+    check("--device cuda:0,cuda:1 without two usable GPUs: refused with a message naming the device",
+          rc == 1 and "cuda:" in err, err)
+rc, out, err = run("ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--device", "cpu,cuda:999")
+check("--device cpu,cuda:999: refused with a message", rc == 1 and "cuda:999" in err, err)
 
 if HAVE_MPI:
     ran_any = True

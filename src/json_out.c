@@ -29,21 +29,28 @@ static cJSON *attach(JsonOut *j, cJSON *parent, const char *name, cJSON *item) {
     return item;
 }
 
-/* A cJSON string of s with every invalid UTF-8 byte replaced by U+FFFD. */
-static cJSON *utf8_string(const char *s) {
+cJSON *json_bytes_string(const char *s, size_t n) {
     const unsigned char *p = (const unsigned char *)s;
-    size_t n = strlen(s), bad = 0;
+    size_t bad = 0;
     for (size_t i = 0; i < n;) {
-        size_t k = utf8_valid_length(p + i, n - i);
+        size_t k = p[i] ? utf8_valid_length(p + i, n - i) : 0;
         if (k == 0) bad++, k = 1;
         i += k;
     }
-    if (bad == 0) return cJSON_CreateString(s);
+    if (bad == 0) {
+        char *copy = malloc(n + 1);
+        if (!copy) return NULL;
+        memcpy(copy, s, n);
+        copy[n] = 0;
+        cJSON *item = cJSON_CreateString(copy);
+        free(copy);
+        return item;
+    }
     char *clean = malloc(n + 2 * bad + 1); /* each bad byte grows into 3 */
     if (!clean) return NULL;
     size_t o = 0;
     for (size_t i = 0; i < n;) {
-        size_t k = utf8_valid_length(p + i, n - i);
+        size_t k = p[i] ? utf8_valid_length(p + i, n - i) : 0;
         if (k == 0) {
             memcpy(clean + o, "\xEF\xBF\xBD", 3);
             o += 3;
@@ -59,6 +66,9 @@ static cJSON *utf8_string(const char *s) {
     free(clean);
     return item;
 }
+
+/* A cJSON string of s with every invalid UTF-8 byte replaced by U+FFFD. */
+static cJSON *utf8_string(const char *s) { return json_bytes_string(s, strlen(s)); }
 
 cJSON *json_add_object(JsonOut *j, cJSON *parent, const char *name) {
     return attach(j, parent, name, cJSON_CreateObject());

@@ -50,6 +50,10 @@ void json_append_int(JsonOut *j, cJSON *array, int64_t value);
 void json_append_number(JsonOut *j, cJSON *array, double value);
 void json_append_string(JsonOut *j, cJSON *array, const char *value);
 
+/* A new cJSON string (not attached anywhere) of the bytes s[0..n): NUL bytes and invalid UTF-8
+ * become U+FFFD, so any bytes make valid JSON. NULL when out of memory. */
+cJSON *json_bytes_string(const char *s, size_t n);
+
 /* Prints the tree to `out` with a final newline (indented if pretty, else on one line) and
  * frees it. Returns 0, or -1 with err set if building or printing ran out of memory. Write
  * errors on stdout are reported when the program exits (main.c); a caller printing to a

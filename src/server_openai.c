@@ -10,6 +10,7 @@
 #include <cjson/cJSON.h>
 
 #include "json_in.h"
+#include "json_out.h"
 #include "utf8.h"
 
 int api_error(ApiError *e, int status, const char *type, const char *param, const char *fmt, ...) {
@@ -25,28 +26,6 @@ int api_error(ApiError *e, int status, const char *type, const char *param, cons
 
 /* ---- building ------------------------------------------------------------------------ */
 
-/* A cJSON string of bytes s[0..n) (any bytes: NULs and invalid UTF-8 become U+FFFD). */
-static cJSON *bytes_string(const char *s, size_t n) {
-    char *clean = malloc(3 * n + 1);
-    if (!clean) return NULL;
-    size_t o = 0;
-    for (size_t i = 0; i < n;) {
-        size_t k = s[i] ? utf8_valid_length((const unsigned char *)s + i, n - i) : 0;
-        if (k == 0) {
-            memcpy(clean + o, "\xEF\xBF\xBD", 3);
-            o += 3;
-            i++;
-        } else {
-            memcpy(clean + o, s + i, k);
-            o += k;
-            i += k;
-        }
-    }
-    clean[o] = 0;
-    cJSON *item = cJSON_CreateString(clean);
-    free(clean);
-    return item;
-}
 
 /* Builder state: every add checks, a failure is remembered once. */
 typedef struct B { bool failed; } B;
@@ -72,7 +51,7 @@ char *openai_error_json(const ApiError *e) {
     B b = {0};
     cJSON *root = cJSON_CreateObject();
     cJSON *err = add(&b, root, "error", cJSON_CreateObject());
-    add(&b, err, "message", bytes_string(e->message, strlen(e->message)));
+    add(&b, err, "message", json_bytes_string(e->message, strlen(e->message)));
     add(&b, err, "type", cJSON_CreateString(e->type ? e->type : "invalid_request_error"));
     add(&b, err, "param", e->param ? cJSON_CreateString(e->param) : cJSON_CreateNull());
     add(&b, err, "code", cJSON_CreateNull());
@@ -83,7 +62,7 @@ char *openai_error_json(const ApiError *e) {
 static cJSON *token_string(const Tokenizer *tok, int32_t id) {
     size_t n = 0;
     const uint8_t *p = tokenizer_token_bytes(tok, id, &n);
-    return bytes_string(p ? (const char *)p : "", p ? n : 0);
+    return json_bytes_string(p ? (const char *)p : "", p ? n : 0);
 }
 
 /* OpenAI's legacy logprobs object: tokens, token_logprobs, top_logprobs, text_offset. */
@@ -108,7 +87,7 @@ static void add_logprobs(B *b, cJSON *choice, const ResponseMeta *m, const Token
             for (int k = 0; k < t->n_top && !b->failed; k++) {
                 size_t len = 0;
                 const uint8_t *p = tokenizer_token_bytes(m->tok, t->top_ids[k], &len);
-                cJSON *key = bytes_string(p ? (const char *)p : "", p ? len : 0);
+                cJSON *key = json_bytes_string(p ? (const char *)p : "", p ? len : 0);
                 if (!key) {
                     b->failed = true;
                     break;
@@ -127,7 +106,7 @@ static cJSON *begin_response(B *b, const ResponseMeta *m) {
     add(b, root, "id", cJSON_CreateString(m->id));
     add(b, root, "object", cJSON_CreateString("text_completion"));
     add(b, root, "created", cJSON_CreateNumber((double)m->created));
-    add(b, root, "model", bytes_string(m->model, strlen(m->model)));
+    add(b, root, "model", json_bytes_string(m->model, strlen(m->model)));
     return root;
 }
 
@@ -146,7 +125,7 @@ char *openai_completion_json(const ResponseMeta *m, const Choice *choices, int n
     for (int i = 0; i < n; i++) {
         const Choice *c = &choices[i];
         cJSON *o = add(&b, arr, NULL, cJSON_CreateObject());
-        add(&b, o, "text", bytes_string(c->text ? c->text : "", c->len));
+        add(&b, o, "text", json_bytes_string(c->text ? c->text : "", c->len));
         add(&b, o, "index", cJSON_CreateNumber(i));
         add_logprobs(&b, o, m, c->logs, c->n_logs);
         add(&b, o, "finish_reason", c->finish_reason ? cJSON_CreateString(c->finish_reason) : cJSON_CreateNull());
@@ -163,7 +142,7 @@ char *openai_chunk_json(const ResponseMeta *m, int index, const char *text, size
     cJSON *root = begin_response(&b, m);
     cJSON *arr = add(&b, root, "choices", cJSON_CreateArray());
     cJSON *o = add(&b, arr, NULL, cJSON_CreateObject());
-    add(&b, o, "text", bytes_string(text ? text : "", len));
+    add(&b, o, "text", json_bytes_string(text ? text : "", len));
     add(&b, o, "index", cJSON_CreateNumber(index));
     add_logprobs(&b, o, m, logs, n_logs);
     add(&b, o, "finish_reason", finish_reason ? cJSON_CreateString(finish_reason) : cJSON_CreateNull());
@@ -185,7 +164,7 @@ char *openai_models_json(const char *model, long created, int max_model_len) {
     add(&b, root, "object", cJSON_CreateString("list"));
     cJSON *data = add(&b, root, "data", cJSON_CreateArray());
     cJSON *o = add(&b, data, NULL, cJSON_CreateObject());
-    add(&b, o, "id", bytes_string(model, strlen(model)));
+    add(&b, o, "id", json_bytes_string(model, strlen(model)));
     add(&b, o, "object", cJSON_CreateString("model"));
     add(&b, o, "created", cJSON_CreateNumber((double)created));
     add(&b, o, "owned_by", cJSON_CreateString("llmint8"));
@@ -528,7 +507,7 @@ char *openai_detokenize(const char *body, size_t len, const Tokenizer *tok, int 
     B b = {0};
     cJSON *o = cJSON_CreateObject();
     if (!o) b.failed = true;
-    add(&b, o, "prompt", bytes_string(text, strlen(text)));
+    add(&b, o, "prompt", json_bytes_string(text, strlen(text)));
     free(text);
     out = finish(&b, o);
     if (!out) api_error(e, 503, "server_error", NULL, "out of memory");

@@ -23,17 +23,22 @@ def check(name, cond, detail=""):
     sys.stdout.flush()
 
 
-def run(*args, stdin=None, timeout=900):
-    """Runs llmint8 ARGS; returns (exit status, stdout, stderr) as text. A sanitizer report
+def run_argv(argv, stdin=None, timeout=900, env=None):
+    """Runs a command; returns (exit status, stdout, stderr) as text. A sanitizer report
     counts as a failure whatever the exit status (-1000); a time-out gives -999."""
     try:
-        p = subprocess.run([BIN, *args], input=stdin, capture_output=True, timeout=timeout)
+        p = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return -999, "", "timed out"
     err = p.stderr.decode("utf-8", "replace")
     if "Sanitizer" in err or "runtime error:" in err:
         return -1000, "", err
     return p.returncode, p.stdout.decode("utf-8", "replace"), err
+
+
+def run(*args, stdin=None, timeout=900):
+    """Runs llmint8 ARGS (see run_argv)."""
+    return run_argv([BIN, *args], stdin=stdin, timeout=timeout)
 
 
 def failures():

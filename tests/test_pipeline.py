@@ -27,21 +27,11 @@ import tempfile
 import time
 
 from clitest import BIN, SANITIZER, check, finish, run
+from mpitest import ENV, MPI_ARGS, MPIRUN, mpi, mpi_works
 
 FIX = "tests/data/fixtures"
 DEMO = "models/opt-gutenberg-7m"
 TEXT = "tests/data/eval/wiki.test.raw"
-MPIRUN = shutil.which("mpirun")
-MPI_ARGS = ["--oversubscribe", "--allow-run-as-root"]
-ENV = dict(os.environ, LLMINT8_MPI_TIMEOUT="20")
-if SANITIZER:
-    # Open MPI keeps memory past MPI_Finalize: its libraries' leaks are suppressed, found by
-    # full stack traces (MPI's components have no frame pointers), and MPI waits longer.
-    supp = os.path.abspath("tests/data/lsan-mpi.supp")
-    ENV["LSAN_OPTIONS"] = f"suppressions={supp}:print_suppressions=0:fast_unwind_on_malloc=0"
-    ENV["ASAN_OPTIONS"] = (os.environ.get("ASAN_OPTIONS", "") + ":fast_unwind_on_malloc=0").lstrip(":")
-    ENV["LLMINT8_MPI_TIMEOUT"] = "60"
-    MPI_ARGS += ["-x", "LSAN_OPTIONS", "-x", "ASAN_OPTIONS"]
 
 
 def ids_file(tmp, n, vocab, name):
@@ -56,31 +46,6 @@ def ids_file(tmp, n, vocab, name):
     return path
 
 
-def mpi(np, *args, env=None, timeout=120):
-    """Runs llmint8 ARGS under mpirun with np ranks: (status, stdout, stderr)."""
-    try:
-        p = subprocess.run([MPIRUN, *MPI_ARGS, "-np", str(np), BIN, *args], capture_output=True, timeout=timeout,
-                           env=env or ENV)
-    except subprocess.TimeoutExpired:
-        return -999, "", "timed out"
-    err = p.stderr.decode("utf-8", "replace")
-    if "Sanitizer" in err or "runtime error:" in err:
-        return -1000, "", err
-    return p.returncode, p.stdout.decode("utf-8", "replace"), err
-
-
-def mpi_works():
-    if not MPIRUN:
-        print("# mpirun not found: the MPI checks are skipped")
-        return False
-    rc, out, err = mpi(2, "ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--json", "--threads", "1")
-    if "built without MPI" in err:
-        print("# this llmint8 was built without MPI: the MPI checks are skipped")
-        return False
-    if rc != 0 and ("not enough slots" in err or "ORTE" in err or "PMIx" in err or "orted" in err):
-        print(f"# mpirun cannot start ranks here: the MPI checks are skipped\n# {err[:300]}")
-        return False
-    return True
 
 
 def as_json(out):
@@ -102,7 +67,7 @@ for name, d in MODELS.items():
     IDS[name] = ids_file(tmp, 200, vocab, name + ".ids")
     PROMPTS[name] = ids_file(tmp, 12, vocab, name + ".prompt")
 
-HAVE_MPI = mpi_works()
+HAVE_MPI = mpi_works("ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--json", "--threads", "1")
 ran_any = False
 
 

@@ -21,7 +21,6 @@ Exits 77 when neither serve nor mpirun can run.
 """
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,18 +29,10 @@ import threading
 import time
 
 from clitest import BIN, SANITIZER, check, finish, run
+from mpitest import ENV, MPI_ARGS, MPIRUN, mpi, mpi_works
 import servetest
 
 MODEL = "models/opt-gutenberg-7m"
-MPIRUN = shutil.which("mpirun")
-MPI_ARGS = ["--oversubscribe", "--allow-run-as-root"]
-ENV = dict(os.environ, LLMINT8_MPI_TIMEOUT="20")
-if SANITIZER:
-    supp = os.path.abspath("tests/data/lsan-mpi.supp")
-    ENV["LSAN_OPTIONS"] = f"suppressions={supp}:print_suppressions=0:fast_unwind_on_malloc=0"
-    ENV["ASAN_OPTIONS"] = (os.environ.get("ASAN_OPTIONS", "") + ":fast_unwind_on_malloc=0").lstrip(":")
-    ENV["LLMINT8_MPI_TIMEOUT"] = "60"
-    MPI_ARGS += ["-x", "LSAN_OPTIONS", "-x", "ASAN_OPTIONS"]
 
 PROMPTS = [
     "It was a dark and stormy night",
@@ -55,33 +46,9 @@ if SANITIZER:
     PROMPTS = PROMPTS[:3]
 
 
-def mpi(np, *args, timeout=300):
-    try:
-        p = subprocess.run([MPIRUN, *MPI_ARGS, "-np", str(np), BIN, *args], capture_output=True, timeout=timeout,
-                           env=ENV)
-    except subprocess.TimeoutExpired:
-        return -999, "", "timed out"
-    err = p.stderr.decode("utf-8", "replace")
-    if "Sanitizer" in err or "runtime error:" in err:
-        return -1000, "", err
-    return p.returncode, p.stdout.decode("utf-8", "replace"), err
 
 
-def mpi_works():
-    if not MPIRUN:
-        print("# mpirun not found: the MPI checks are skipped")
-        return False
-    rc, out, err = mpi(2, "generate", MODEL, "-p", "A", "-n", "2", "--greedy", "--threads", "1")
-    if "built without MPI" in err:
-        print("# this llmint8 was built without MPI: the MPI checks are skipped")
-        return False
-    if rc != 0 and ("not enough slots" in err or "ORTE" in err or "PMIx" in err or "orted" in err):
-        print(f"# mpirun cannot start ranks here: the MPI checks are skipped\n# {err[:300]}")
-        return False
-    return True
-
-
-HAVE_MPI = mpi_works()
+HAVE_MPI = mpi_works("generate", MODEL, "-p", "A", "-n", "2", "--greedy", "--threads", "1")
 ran_any = False
 tmp = tempfile.mkdtemp(prefix="llmint8-pipeline-serve-")
 
@@ -99,9 +66,9 @@ for label, opts in [("greedy", ["--greedy"]), ("seeded f16 cache", ["--temperatu
     variants = [("--device cpu,cpu", lambda: run(*base, "--device", "cpu,cpu")),
                 ("--device cpu,cpu,cpu --split 0,3,3", lambda: run(*base, "--device", "cpu,cpu,cpu", "--split", "0,3,3"))]
     if HAVE_MPI:
-        variants.append(("mpirun -np 2", lambda: mpi(2, *base)))
+        variants.append(("mpirun -np 2", lambda: mpi(2, *base, timeout=300)))
         if not SANITIZER:
-            variants.append(("mpirun -np 3", lambda: mpi(3, *base)))
+            variants.append(("mpirun -np 3", lambda: mpi(3, *base, timeout=300)))
     for name, fn in variants:
         rc, out, err = fn()
         check(f"generate --prompts {label}, {name}: the same JSON lines as one process", rc == 0 and out == ref,

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "cli.h"
@@ -54,6 +55,11 @@ static void usage(FILE *out) {
 }
 
 int main(int argc, char **argv) {
+    /* stdio forgets why a write failed (only the error flag stays), so output is buffered
+     * in blocks larger than any help text or report: the write that fails is then the flush
+     * at exit (or a command's own cli_flush_stdout), which knows errno. */
+    static char stdout_buffer[1 << 16];
+    if (!isatty(STDOUT_FILENO)) setvbuf(stdout, stdout_buffer, _IOFBF, sizeof stdout_buffer);
     atexit(cli_close_stdout); /* every command's output is checked once it is done */
     if (argc < 2) {
         usage(stderr);

@@ -25,7 +25,8 @@
 #
 # The library is compiled with clang whatever compiler the Meson build uses: libFuzzer
 # needs clang's -fsanitize=fuzzer. Library sources are src/*.c and src/cpu/*.c except
-# main.c, cmd_*.c and bench_*.c (cli.c is included: the --ids reader lives there).
+# main.c, cmd_*.c, bench_*.c and pipeline_mpi.c (MPI's headers; nothing a harness reaches) (cli.c is
+# included: the --ids reader lives there).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -66,7 +67,7 @@ common=(-std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -Isrc $pkg_cflags
 common+=(${FUZZ_EXTRA_CFLAGS:-})
 lib_srcs=()
 for f in src/*.c src/cpu/*.c; do
-  case "$(basename "$f")" in main.c|cmd_*.c|bench_*.c) ;; *) lib_srcs+=("$f") ;; esac
+  case "$(basename "$f")" in main.c|cmd_*.c|bench_*.c|pipeline_mpi.c) ;; *) lib_srcs+=("$f") ;; esac
 done
 
 # Library objects carry coverage instrumentation (fuzzer-no-link); rebuilt when the source

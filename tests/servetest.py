@@ -135,17 +135,22 @@ class Server:
         except OSError:
             return False
 
-    def stop(self, name="server"):
-        """SIGTERM; checks that it exits 0 and that no sanitizer spoke."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+    def wait_exit(self, timeout):
+        """Waits for the server (or mpirun) to exit, killing it after timeout seconds:
+        (exit status or -999, everything it wrote to stderr)."""
         try:
-            rc = self.proc.wait(120)
+            rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             rc = -999
         self.thread.join(10)
-        log = "".join(self.lines)
+        return rc, "".join(self.lines)
+
+    def stop(self, name="server"):
+        """SIGTERM; checks that it exits 0 and that no sanitizer spoke."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        rc, log = self.wait_exit(120)
         bad = "Sanitizer" in log or "runtime error:" in log
         check(f"{name}: exits 0 on SIGTERM without sanitizer reports", rc == 0 and not bad, f"rc={rc}\n{log[-3000:]}")
         return rc

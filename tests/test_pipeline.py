@@ -250,60 +250,48 @@ if HAVE_MPI:
         check(f"mpirun with a hostile rank 1 ({mode}): rank 0 refuses it with a message", rc not in (0, -999)
               and want in err, f"rc {rc}: {err[-1500:]}")
 
-    # One rank killed in the middle of a generation.
+    # Faults in the middle of a generation: rank 1's pid is recorded by a wrapper.
     pids = os.path.join(tmp, "pids")
     os.mkdir(pids)
     wrapper = os.path.join(tmp, "record-pid.sh")
     with open(wrapper, "w") as f:
         f.write(f'#!/bin/sh\necho $$ > "{pids}/$OMPI_COMM_WORLD_RANK"\nexec "$@"\n')
     os.chmod(wrapper, 0o755)
-    p = subprocess.Popen([MPIRUN, *MPI_ARGS, "-np", "3", wrapper, BIN, "generate", DEMO, "-p", "Once upon a time",
-                          "-n", "480", "--ignore-eos", "--greedy", "--print-ids", "--threads", "1"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
-    first = p.stdout.read(8)  # the first new tokens: the generation is under way
-    killed = False
-    if first and os.path.exists(f"{pids}/1"):
+
+    def signal_rank1_mid_generation(sig, env):
+        """Starts a 3-rank generation, sends sig to rank 1 once the first tokens are out, and
+        waits at most 60 s: (signal sent, exit status or -999, stderr, seconds waited)."""
+        for f in os.listdir(pids):
+            os.unlink(os.path.join(pids, f))
+        p = subprocess.Popen([MPIRUN, *MPI_ARGS, "-np", "3", wrapper, BIN, "generate", DEMO, "-p", "Once upon a time",
+                              "-n", "480", "--ignore-eos", "--greedy", "--print-ids", "--threads", "1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        first = p.stdout.read(8)  # the first new tokens: the generation is under way
+        sent = False
+        if first and os.path.exists(f"{pids}/1"):
+            try:
+                os.kill(int(open(f"{pids}/1").read()), sig)
+                sent = True
+            except (ProcessLookupError, ValueError):
+                pass
+        t0 = time.time()
         try:
-            os.kill(int(open(f"{pids}/1").read()), signal.SIGKILL)
-            killed = True
-        except (ProcessLookupError, ValueError):
-            pass
-    t0 = time.time()
-    try:
-        out, err = p.communicate(timeout=60)
-        rc = p.returncode
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-        rc = -999
-    took = time.time() - t0
-    err = err.decode("utf-8", "replace")
+            _, err = p.communicate(timeout=60)
+            rc = p.returncode
+        except subprocess.TimeoutExpired:
+            p.kill()
+            _, err = p.communicate()
+            rc = -999
+        return sent, rc, err.decode("utf-8", "replace"), time.time() - t0
+
+    # One rank killed (SIGKILL).
+    killed, rc, err, took = signal_rank1_mid_generation(signal.SIGKILL, ENV)
     check("mpirun: rank 1 killed mid-generation: the run ends non-zero within 60 s, naming rank 1",
           killed and rc not in (0, -999) and "rank 1" in err, f"killed {killed} rc {rc} after {took:.1f} s: {err[-1500:]}")
 
     # One rank stopped (SIGSTOP: alive but silent): the others give up after LLMINT8_MPI_TIMEOUT
     # and the message names it.
-    for f in os.listdir(pids):
-        os.unlink(os.path.join(pids, f))
-    p = subprocess.Popen([MPIRUN, *MPI_ARGS, "-np", "3", wrapper, BIN, "generate", DEMO, "-p", "Once upon a time",
-                          "-n", "480", "--ignore-eos", "--greedy", "--print-ids", "--threads", "1"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(ENV, LLMINT8_MPI_TIMEOUT="3"))
-    first = p.stdout.read(8)
-    stopped = False
-    if first and os.path.exists(f"{pids}/1"):
-        try:
-            os.kill(int(open(f"{pids}/1").read()), signal.SIGSTOP)
-            stopped = True
-        except (ProcessLookupError, ValueError):
-            pass
-    try:
-        out, err = p.communicate(timeout=60)
-        rc = p.returncode
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-        rc = -999
-    err = err.decode("utf-8", "replace")
+    stopped, rc, err, _ = signal_rank1_mid_generation(signal.SIGSTOP, dict(ENV, LLMINT8_MPI_TIMEOUT="3"))
     check("mpirun: rank 1 stopped mid-generation: the others time out, non-zero, naming rank 1",
           stopped and rc not in (0, -999) and "rank 1 died or hangs" in err, f"stopped {stopped} rc {rc}: {err[-1500:]}")
 

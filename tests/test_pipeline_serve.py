@@ -179,13 +179,7 @@ if serve_built:
         check("mpirun -np 2 serve: rank 0 found", pid is not None)
         if pid:
             os.kill(pid, signal.SIGTERM)
-            try:
-                rc = srv.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                srv.proc.kill()
-                rc = -999
-            srv.thread.join(10)
-            log = "".join(srv.lines)
+            rc, log = srv.wait_exit(60)
             check("mpirun -np 2 serve: SIGTERM to rank 0 ends every rank, exit 0",
                   rc == 0 and "serve: stopped" in log and "Sanitizer" not in log and "runtime error" not in log,
                   f"rc={rc}\n{log[-3000:]}")
@@ -204,13 +198,7 @@ if serve_built:
                 srv.complete(prompt="It was a dark", max_tokens=4, temperature=0)
             except OSError:
                 pass
-            try:
-                rc = srv.proc.wait(90)
-            except subprocess.TimeoutExpired:
-                srv.proc.kill()
-                rc = -999
-            srv.thread.join(10)
-            log = "".join(srv.lines)
+            rc, log = srv.wait_exit(90)
             check("mpirun -np 2 serve: rank 1 killed ends the job non-zero with a message naming it",
                   rc not in (0, -999) and "rank 1" in log, f"rc={rc}\n{log[-2000:]}")
         else:

@@ -771,6 +771,15 @@ static void test_adaptive_default(void) {
           cpu_pool_threads_in_use(), want);
     cpu_pool_assume_load((double)cpus);
     CHECK(cpu_pool_threads_in_use() == 1, "all CPUs busy: %d threads in use", cpu_pool_threads_in_use());
+    /* waiting threads spin long only while the others leave the CPUs idle */
+    cpu_pool_assume_load(0.0);
+    const long spin_idle = cpu_pool_spin_ns();
+    cpu_pool_assume_load(CPU_POOL_IDLE_OTHERS);
+    const long spin_edge = cpu_pool_spin_ns();
+    cpu_pool_assume_load(1.0);
+    const long spin_busy = cpu_pool_spin_ns();
+    CHECK(spin_idle > spin_busy && spin_edge == spin_busy && spin_busy > 0,
+          "spin: idle %ld ns, at the idle limit %ld ns, one CPU busy %ld ns", spin_idle, spin_edge, spin_busy);
     /* measured from /proc/stat again: whatever the machine's load, between 1 and all */
     cpu_pool_assume_load(-1.0);
     int64_t grain = 1;
@@ -784,6 +793,11 @@ static void test_adaptive_default(void) {
     b = cpu_backend_create(3, &err);
     CHECK(b && !cpu_pool_adaptive() && cpu_pool_threads_in_use() == 3, "--threads 3 under load: %d in use",
           cpu_pool_threads_in_use());
+    CHECK(cpu_pool_spin_ns() == spin_busy, "--threads 3 under load: spin %ld ns, expected the short %ld",
+          cpu_pool_spin_ns(), spin_busy);
+    cpu_pool_assume_load(0.0);
+    CHECK(cpu_pool_spin_ns() == spin_idle, "--threads 3 idle: spin %ld ns, expected the long %ld", cpu_pool_spin_ns(),
+          spin_idle);
     cpu_pool_assume_load(-1.0);
     if (b) b->destroy(b);
 }

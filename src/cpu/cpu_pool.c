@@ -11,9 +11,14 @@
  *    then claims pieces itself, one at a time, from a shared counter, while workers that
  *    are awake claim the others. The caller waits only for pieces already claimed and
  *    running, never for a worker that has not woken up: a late worker finds nothing left
- *    and goes back to waiting. Workers spin only briefly (SPIN_NS) for the next loop, then
- *    sleep on a futex; a thread that sleeps often is one the scheduler runs promptly when
- *    woken, instead of one it makes wait for a slice.
+ *    and goes back to waiting. Workers spin only briefly for the next loop, then sleep on a
+ *    futex; a thread that sleeps often is one the scheduler runs promptly when woken,
+ *    instead of one it makes wait for a slice. How briefly follows the same load
+ *    measurement as point 2: SPIN_LONG_NS while other processes leave the CPUs idle
+ *    (others_busy < CPU_POOL_IDLE_OTHERS in the last window), where a long spin costs nobody
+ *    anything and saves a futex wake-up between the hundred-odd short loops of a decode
+ *    step; SPIN_SHORT_NS otherwise, and from every thread-count change until the first
+ *    window is measured.
  *
  * 2. An adaptive default. With the default thread count (no --threads), the caller measures,
  *    at most every SAMPLE_S seconds and only when a loop starts, how busy the CPUs it may
@@ -44,6 +49,7 @@
  * a wake-up is never lost. */
 #include "cpu_pool.h"
 
+#include <dirent.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
@@ -60,8 +66,10 @@
 #endif
 
 enum { MAX_THREADS = 1024 };
-#define SPIN_NS 100000L      /* how long a waiting thread spins before it sleeps: 100 us */
+#define SPIN_SHORT_NS 100000L /* how long a waiting thread spins before it sleeps: 100 us, */
+#define SPIN_LONG_NS 1000000L /* or 1 ms while the other processes leave the CPUs idle */
 #define SAMPLE_S 0.1         /* adaptive: the shortest window the load is measured over */
+#define FIRST_LOOKS 5        /* adaptive: snapshots of the runnable threads before the first window */
 
 static struct {
     pthread_mutex_t lock;       /* threads, workers, the load sample */
@@ -83,11 +91,12 @@ static struct {
     _Atomic uint32_t job_seq;   /* futex: workers in use wait for it to change */
     _Atomic int sleepers;       /* workers asleep on job_seq */
     _Atomic int caller_waiting; /* the caller asleep on done */
+    _Atomic long spin_ns;       /* how long a waiting thread spins: SPIN_SHORT_NS or SPIN_LONG_NS */
     /* adaptive: the last load sample, and a load figure imposed by tests (< 0: none) */
     bool have_sample;
     double sample_wall, sample_own, sample_busy_s;
     double assumed_load;
-} P = {.lock = PTHREAD_MUTEX_INITIALIZER, .busy = ATOMIC_FLAG_INIT, .assumed_load = -1.0};
+} P = {.lock = PTHREAD_MUTEX_INITIALIZER, .busy = ATOMIC_FLAG_INIT, .spin_ns = SPIN_SHORT_NS, .assumed_load = -1.0};
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static _Thread_local int my_slot; /* 0 for every thread but the workers */
@@ -129,9 +138,10 @@ static long long now_ns(void) {
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* Spins until *word != seen, for at most SPIN_NS (a worker: or until it is no longer in
+/* Spins until *word != seen, for at most P.spin_ns (a worker: or until it is no longer in
  * use). Returns the value seen last. */
 static uint32_t spin_while_equal(_Atomic uint32_t *word, uint32_t seen, int slot) {
+    const long spin_ns = atomic_load_explicit(&P.spin_ns, memory_order_relaxed);
     long long start = 0;
     for (unsigned i = 0;; i++) {
         uint32_t v = atomic_load_explicit(word, memory_order_acquire);
@@ -140,7 +150,7 @@ static uint32_t spin_while_equal(_Atomic uint32_t *word, uint32_t seen, int slot
             if (slot >= atomic_load_explicit(&P.in_use, memory_order_relaxed)) return v;
             long long t = now_ns();
             if (start == 0) start = t;
-            else if (t - start > SPIN_NS) return v;
+            else if (t - start > spin_ns) return v;
         }
         cpu_relax();
     }
@@ -239,6 +249,11 @@ static int affinity_cpus(cpu_set_t *mask) {
     return n > 0 ? (int)(n < MAX_THREADS ? n : MAX_THREADS) : 1;
 }
 
+/* The spin length for a load figure (others_busy, in CPUs). */
+static void set_spin_for_load(double others_busy) {
+    atomic_store(&P.spin_ns, others_busy >= 0.0 && others_busy < CPU_POOL_IDLE_OTHERS ? SPIN_LONG_NS : SPIN_SHORT_NS);
+}
+
 static void set_in_use(int t) {
     if (atomic_load(&P.in_use) == t) return;
     atomic_store(&P.in_use, t);
@@ -277,9 +292,32 @@ static int read_load(double *busy_s, double *own_s) {
     return 0;
 }
 
+/* This process's threads that are runnable right now (state R in /proc/self/task/TID/stat,
+ * the calling thread included); -1 if unknown. */
+static int own_running_now(void) {
+    DIR *dir = opendir("/proc/self/task");
+    if (!dir) return -1;
+    int running = 0;
+    struct dirent *e;
+    while ((e = readdir(dir))) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        char path[64], stat[512];
+        snprintf(path, sizeof path, "/proc/self/task/%.20s/stat", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f) continue; /* the thread has just exited */
+        size_t got = fread(stat, 1, sizeof stat - 1, f);
+        fclose(f);
+        stat[got] = '\0';
+        const char *paren = strrchr(stat, ')'); /* "TID (name) STATE ...": the name may hold ')' */
+        if (paren && paren[1] == ' ' && paren[2] == 'R') running++;
+    }
+    closedir(dir);
+    return running > 0 ? running : 1;
+}
+
 /* Threads of other processes that are runnable right now: the 4th field of /proc/loadavg
- * ("running/total", all CPUs) less this thread and our workers that may be awake; -1 if
- * unknown. A snapshot, so only a first guess until a measurement over time replaces it. */
+ * ("running/total", all CPUs) less this process's runnable threads; -1 if unknown. A
+ * snapshot, so only a first guess until a measurement over time replaces it. */
 static double running_now(void) {
     FILE *f = fopen("/proc/loadavg", "r");
     if (!f) return -1.0;
@@ -288,11 +326,13 @@ static double running_now(void) {
     int got = fscanf(f, "%lf %lf %lf %d/", &l1, &l5, &l15, &running);
     fclose(f);
     if (got != 4 || running < 1) return -1.0;
-    int ours = 1 + (P.n_workers < atomic_load(&P.in_use) - 1 ? P.n_workers : atomic_load(&P.in_use) - 1);
+    int ours = own_running_now();
+    if (ours < 0) return -1.0;
     return running > ours ? (double)(running - ours) : 0.0;
 }
 
-/* Adaptive only: a new load sample when the last is SAMPLE_S old, and the choice it gives. */
+/* A new load sample when the last is SAMPLE_S old, and the spin length it gives; with the
+ * adaptive default, also the thread count it gives. */
 static void adapt(void) {
     double wall = now_s();
     if (P.have_sample && wall - P.sample_wall < SAMPLE_S) return;
@@ -300,7 +340,9 @@ static void adapt(void) {
     if (read_load(&busy_s, &own_s)) return; /* no /proc: keep the current choice */
     if (P.have_sample) {
         double others = (busy_s - P.sample_busy_s - (own_s - P.sample_own)) / (wall - P.sample_wall);
-        set_in_use(cpu_threads_for_load(P.cpus, P.threads, others));
+        if (!(others > 0.0)) others = 0.0; /* ticks of 10 ms make a 0.1 s window read up to 0.2 low */
+        set_spin_for_load(others);
+        if (P.adaptive) set_in_use(cpu_threads_for_load(P.cpus, P.threads, others));
     }
     P.have_sample = true;
     P.sample_wall = wall, P.sample_busy_s = busy_s, P.sample_own = own_s;
@@ -313,10 +355,18 @@ static void apply_threads(int threads) {
     P.threads = P.adaptive ? P.cpus : threads;
     if (P.threads > MAX_THREADS) P.threads = MAX_THREADS;
     P.have_sample = false;
+    set_spin_for_load(P.assumed_load); /* short until measured, unless a load is imposed */
     if (P.adaptive && P.assumed_load >= 0.0) {
         set_in_use(cpu_threads_for_load(P.cpus, P.threads, P.assumed_load));
-    } else if (P.adaptive) { /* until the first measurement: what runs right now */
+    } else if (P.adaptive) { /* until the first measurement: what runs right now (the least of
+                                * a few looks 0.5 ms apart, so a thread runnable for an instant,
+                                * such as a kernel worker, does not count) */
         double others = running_now();
+        for (int look = 1; look < FIRST_LOOKS && others > 0.0; look++) {
+            nanosleep(&(struct timespec){.tv_nsec = 500000}, NULL);
+            double again = running_now();
+            if (again < others) others = again;
+        }
         set_in_use(others >= 0.0 ? cpu_threads_for_load(P.cpus, P.threads, others) : P.threads);
     } else {
         set_in_use(P.threads);
@@ -342,7 +392,7 @@ void cpu_pool_set_threads(int threads) {
     pthread_once(&init_once, init);
     pthread_mutex_lock(&P.lock);
     apply_threads(threads);
-    if (P.adaptive) adapt(); /* the first sample: the window starts now */
+    if (P.assumed_load < 0.0) adapt(); /* the first sample: the window starts now */
     pthread_mutex_unlock(&P.lock);
 }
 
@@ -351,10 +401,9 @@ void cpu_pool_assume_load(double others_busy) {
     pthread_mutex_lock(&P.lock);
     P.assumed_load = others_busy >= 0.0 ? others_busy : -1.0;
     P.have_sample = false;
-    if (P.adaptive) {
-        if (P.assumed_load >= 0.0) set_in_use(cpu_threads_for_load(P.cpus, P.threads, P.assumed_load));
-        else adapt();
-    }
+    set_spin_for_load(P.assumed_load);
+    if (P.assumed_load < 0.0) adapt();
+    else if (P.adaptive) set_in_use(cpu_threads_for_load(P.cpus, P.threads, P.assumed_load));
     pthread_mutex_unlock(&P.lock);
 }
 
@@ -378,6 +427,11 @@ int cpu_pool_slots(void) {
     return P.threads; /* >= in_use, and workers past in_use claim nothing */
 }
 
+long cpu_pool_spin_ns(void) {
+    pthread_once(&init_once, init);
+    return atomic_load(&P.spin_ns);
+}
+
 int cpu_pool_cpus(void) {
     pthread_once(&init_once, init);
     return P.cpus;
@@ -396,7 +450,7 @@ void cpu_parallel_for(int64_t n, int64_t grain, bool parallel, CpuRangeFn *fn, v
         return;
     }
     if (pthread_mutex_trylock(&P.lock) == 0) { /* taken: set_threads is busy; measure next time */
-        if (P.adaptive && P.assumed_load < 0.0) adapt();
+        if (P.assumed_load < 0.0) adapt();
         pthread_mutex_unlock(&P.lock);
     }
     int use = atomic_load(&P.in_use);
@@ -422,7 +476,7 @@ void cpu_parallel_for(int64_t n, int64_t grain, bool parallel, CpuRangeFn *fn, v
     for (;;) {
         uint32_t d = atomic_load(&P.done);
         if (d == (uint32_t)pieces) break;
-        d = spin_while_equal(&P.done, d, 0); /* returns on progress, or after SPIN_NS without */
+        d = spin_while_equal(&P.done, d, 0); /* returns on progress, or after spin_ns without */
         if (d == (uint32_t)pieces) break;
         atomic_store(&P.caller_waiting, 1);
         d = atomic_load(&P.done);

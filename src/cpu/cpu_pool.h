@@ -43,10 +43,18 @@ int cpu_pool_cpus(void);
  * it up: a thread sharing its CPU with a busy process gets only part of it, and every
  * loop would wait for that thread. */
 #define CPU_POOL_BUSY_SHARE 0.4
+/* Below this load from other processes (in CPUs) the machine counts as idle, and waiting
+ * threads spin longer before they sleep (whatever the thread count setting). */
+#define CPU_POOL_IDLE_OTHERS 0.3
 int cpu_threads_for_load(int cpus, int max_threads, double others_busy);
 
-/* For tests and bench: the adaptive choice made now from an explicit load figure, as if
- * measured (others_busy in CPUs; negative: measure again from /proc/stat from now on). */
+/* How long a waiting thread spins before it sleeps, in ns: long while the last load figure
+ * (measured or assumed) is below CPU_POOL_IDLE_OTHERS, short otherwise and before any. */
+long cpu_pool_spin_ns(void);
+
+/* For tests and bench: the adaptive choice (and the spin length) made now from an explicit
+ * load figure, as if measured (others_busy in CPUs; negative: measure again from /proc/stat
+ * from now on). */
 void cpu_pool_assume_load(double others_busy);
 
 #endif

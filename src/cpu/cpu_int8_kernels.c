@@ -108,6 +108,7 @@ __attribute__((target("avx2"))) static void avx2_tile1(const int8_t *a, const ui
  * operand, on a Sapphire Rapids-class Xeon.) */
 #define VNNI_TARGET "avx512vnni,avx512vl,avx512bw,avx512f,avx2"
 #define LOAD512(p) _mm512_loadu_si512((const void *)(p))
+#define PREFETCH_T1(p) _mm_prefetch((const char *)(p), _MM_HINT_T1)
 
 __attribute__((target(VNNI_TARGET))) static inline int32_t vnni_finish(__m512i acc, int32_t wsum) {
     return (int32_t)((uint32_t)_mm512_reduce_add_epi32(acc) - 128u * (uint32_t)wsum);
@@ -123,6 +124,7 @@ __attribute__((target(VNNI_TARGET))) static void vnni_tile4(const int8_t *a, con
     for (int64_t k = 0; k < Kp; k += 64) {
         __m512i b[INT8_ROWS];
         for (int r = 0; r < INT8_ROWS; r++) b[r] = LOAD512(w + r * Kp + k);
+        for (int r = 0; r < INT8_ROWS; r++) PREFETCH_T1(w + (2 * INT8_ROWS + r) * Kp + k);
         for (int t = 0; t < INT8_TILE_T; t++) {
             __m512i au = LOAD512(a_u8 + t * Kp + k);
             for (int r = 0; r < INT8_ROWS; r++) acc[t][r] = _mm512_dpbusd_epi32(acc[t][r], au, b[r]);
@@ -146,6 +148,8 @@ __attribute__((target(VNNI_TARGET))) static void vnni_tile1(const int8_t *a, con
         for (int r = 0; r < INT8_ROWS; r++) {
             acc[0][r] = _mm512_dpbusd_epi32(acc[0][r], au0, LOAD512(w + r * Kp + k));
             acc[1][r] = _mm512_dpbusd_epi32(acc[1][r], au1, LOAD512(w + r * Kp + k + 64));
+            PREFETCH_T1(w + (2 * INT8_ROWS + r) * Kp + k);
+            PREFETCH_T1(w + (2 * INT8_ROWS + r) * Kp + k + 64);
         }
     }
     if (k < Kp) {
@@ -234,6 +238,8 @@ __attribute__((target(VNNI_TARGET))) static void amx_tile1(const int8_t *a, cons
         for (int r = 0; r < INT8_ROWS; r++) {
             acc[0][r] = _mm512_dpbusd_epi32(acc[0][r], au0, LOAD512(w + r * Kp + k));
             acc[1][r] = _mm512_dpbusd_epi32(acc[1][r], au1, LOAD512(w + r * Kp + k + 64));
+            PREFETCH_T1(w + (2 * INT8_ROWS + r) * Kp + k);
+            PREFETCH_T1(w + (2 * INT8_ROWS + r) * Kp + k + 64);
         }
     }
     if (k < Kp) {

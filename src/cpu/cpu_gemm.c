@@ -269,9 +269,10 @@ KERNEL512 void tile512(DType dt, int R, int M, const Gemm *g, int64_t n0, int64_
 #pragma GCC unroll 4
         for (int m = 0; m < M; m++) acc[r][m][0] = acc[r][m][1] = _mm512_setzero_ps();
 
-    /* Decoding (M == 1) reads each weight once, straight from memory: ask for the rows two
-     * groups ahead while these compute (16-bit weights: one 64-byte line per row per step). */
-    const bool prefetch = M == 1 && dt != DT_F32;
+    /* 16-bit weights come straight from memory (decoding reads each once; with more tokens
+     * the first tile of a row group does): ask for the rows about two groups ahead while
+     * these compute (one 64-byte line per row per step). */
+    const bool prefetch = dt != DT_F32;
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
         if (prefetch)

@@ -91,7 +91,8 @@ struct CpuInt8Linear {
  * inlining makes sure the AVX2 copy really contains the loops. */
 #define BODY static inline __attribute__((always_inline))
 
-typedef float F8 __attribute__((vector_size(32))); /* 8 floats, element-wise IEEE arithmetic */
+typedef float F8 __attribute__((vector_size(32)));   /* 8 floats, element-wise IEEE arithmetic */
+typedef float F16V __attribute__((vector_size(64))); /* 16 floats, likewise (AVX-512 code only) */
 
 /* ---- scalar quantization helpers (the reference arithmetic of quant.c) ------------- */
 
@@ -484,7 +485,7 @@ static void gather_outlier_inputs(Call *c) {
  * (vectorizes) while each output still sums its outlier terms in ascending column
  * order — the same float operations in the same order as quant_ref_linear. */
 BODY void epilogue_body(const Call *c, const int32_t *c32, int64_t t0, int nt, int64_t n0,
-                                 int64_t nb, const float *woT, float *y, int32_t *acc32) {
+                                 int64_t nb, const float *woT, float *y, int32_t *acc32, bool wide) {
     const CpuInt8Linear *l = c->l;
     const int64_t N = l->N, nv = n0 + nb <= N ? nb : N - n0; /* rows past N are padding */
     const float *scb = l->scb + n0, *bias = l->bias ? l->bias + n0 : NULL;
@@ -505,7 +506,27 @@ BODY void epilogue_body(const Call *c, const int32_t *c32, int64_t t0, int nt, i
         }
         if (bias)
             for (int64_t r = 0; r < nv; r++) v[r] += bias[r];
-        if (c->n_out > 0) {
+        if (c->n_out > 0 && wide) {
+            /* AVX-512: all BLOCK_ROWS rows at once, in four 16-float vectors, so each xo[j]
+             * is loaded once per token; lane e of each still computes the scalar loop's sum
+             * in the scalar loop's order (rows past nv compute zeros and are not stored) */
+            const float *xo = c->xo + t * c->n_out;
+            F16V s[BLOCK_ROWS / 16] = {{0}};
+            for (int64_t j = 0; j < c->n_out; j++) {
+                const float xj = xo[j];
+                for (int q = 0; q < BLOCK_ROWS / 16; q++) {
+                    F16V w16;
+                    memcpy(&w16, woT + j * BLOCK_ROWS + 16 * q, sizeof w16);
+                    s[q] += xj * w16;
+                }
+            }
+            for (int q = 0; q < BLOCK_ROWS / 16; q++) {
+                F16V v16;
+                memcpy(&v16, v + 16 * q, sizeof v16);
+                v16 += s[q];
+                memcpy(v + 16 * q, &v16, sizeof v16);
+            }
+        } else if (c->n_out > 0) {
             /* 8 rows at a time in a GCC vector (one ymm register with AVX2): lane e
              * computes the same sum, in the same order, as the scalar loop would */
             const float *xo = c->xo + t * c->n_out;
@@ -528,13 +549,19 @@ BODY void epilogue_body(const Call *c, const int32_t *c32, int64_t t0, int nt, i
 
 static void epilogue_portable(const Call *c, const int32_t *c32, int64_t t0, int nt, int64_t n0, int64_t nb,
                               const float *woT, float *y, int32_t *acc32) {
-    epilogue_body(c, c32, t0, nt, n0, nb, woT, y, acc32);
+    epilogue_body(c, c32, t0, nt, n0, nb, woT, y, acc32, false);
 }
 
 __attribute__((target("avx2"))) static void epilogue_avx2(const Call *c, const int32_t *c32, int64_t t0, int nt,
                                                           int64_t n0, int64_t nb, const float *woT, float *y,
                                                           int32_t *acc32) {
-    epilogue_body(c, c32, t0, nt, n0, nb, woT, y, acc32);
+    epilogue_body(c, c32, t0, nt, n0, nb, woT, y, acc32, false);
+}
+
+__attribute__((target("avx512f,avx2"))) static void epilogue_avx512(const Call *c, const int32_t *c32, int64_t t0,
+                                                                    int nt, int64_t n0, int64_t nb, const float *woT,
+                                                                    float *y, int32_t *acc32) {
+    epilogue_body(c, c32, t0, nt, n0, nb, woT, y, acc32, true);
 }
 
 /* woT[j][r] = the dequantized weight of gathered code gq[j][r] of row n0 + r. */
@@ -607,7 +634,8 @@ static void run_block(const Call *c, int64_t t0, int64_t t1, int64_t n0, int64_t
     for (int64_t t = t0; t < t1;) {
         const int nt = t1 - t >= INT8_TILE_T ? INT8_TILE_T : 1;
         const int32_t *tc = c32 + (t - t0) * BLOCK_ROWS;
-        if (simd) epilogue_avx2(c, tc, t, nt, n0, n1 - n0, woT, y, acc32);
+        if (kern->avx512) epilogue_avx512(c, tc, t, nt, n0, n1 - n0, woT, y, acc32);
+        else if (simd) epilogue_avx2(c, tc, t, nt, n0, n1 - n0, woT, y, acc32);
         else epilogue_portable(c, tc, t, nt, n0, n1 - n0, woT, y, acc32);
         t += nt;
     }

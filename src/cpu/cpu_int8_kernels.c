@@ -252,10 +252,10 @@ __attribute__((target(VNNI_TARGET))) static void amx_tile1(const int8_t *a, cons
 /* ---- the choice ---- */
 
 static const Int8Kernel KERNELS[] = {
-    {"portable", INT8_ROWS, portable_tile4, portable_tile1, NULL, INT8_A2_NONE, false},
-    {"avx2", 2, avx2_tile4, avx2_tile1, NULL, INT8_A2_ABS, true},
-    {"avx512vnni", INT8_ROWS, vnni_tile4, vnni_tile1, NULL, INT8_A2_OFFSET, true},
-    {"amx", INT8_ROWS, NULL, amx_tile1, amx_rows16, INT8_A2_AMX_PACK, true},
+    {"portable", INT8_ROWS, portable_tile4, portable_tile1, NULL, INT8_A2_NONE, false, false},
+    {"avx2", 2, avx2_tile4, avx2_tile1, NULL, INT8_A2_ABS, true, false},
+    {"avx512vnni", INT8_ROWS, vnni_tile4, vnni_tile1, NULL, INT8_A2_OFFSET, true, true},
+    {"amx", INT8_ROWS, NULL, amx_tile1, amx_rows16, INT8_A2_AMX_PACK, true, true},
 };
 enum { KERNEL_PORTABLE, KERNEL_AVX2, KERNEL_VNNI, KERNEL_AMX, KERNEL_COUNT };
 

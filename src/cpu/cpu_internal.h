@@ -145,6 +145,7 @@ typedef struct Int8Kernel {
     Int8Rows16Fn *rows16;    /* AMX: every call of 2 tokens or more; NULL for the others */
     Int8A2 a2;
     bool avx2;               /* the CPU has AVX2: cpu_int8.c may run its AVX2-compiled loops too */
+    bool avx512;             /* and AVX-512F (the VNNI and AMX kernels): its AVX-512 loops too */
 } Int8Kernel;
 
 /* The kernel in use: the best this CPU runs, chosen once ("portable" when LLMINT8_NO_SIMD

@@ -9,8 +9,10 @@ cut into pieces between other prompts' decode steps): every line's ids are the s
 JSON Lines with per-line seed and max_tokens, --stop, and bad input. Run from the repository
 root with the binary's path as argv[1].
 """
+import atexit
 import json
 import os
+import shutil
 import tempfile
 
 from clitest import SANITIZER, check, finish, run
@@ -34,6 +36,7 @@ if SANITIZER:
     PROMPTS = PROMPTS[:4]
 
 tmp = tempfile.mkdtemp()
+atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # ours: made just above
 
 
 def write(name, text):

@@ -8,9 +8,11 @@ them and nothing else. The 16-bit pass must also reproduce the fixture's golden 
 (Hugging Face transformers), and the SVG must be well-formed XML.
 Run from the repository root with the binary's path as argv[1].
 """
+import atexit
 import json
 import math
 import os
+import shutil
 import random
 import subprocess
 import sys
@@ -52,6 +54,7 @@ def check_svg(name, path, dims):
 
 
 tmp = tempfile.mkdtemp(prefix="llmint8-outliers-")
+atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # ours: made just above
 
 # --- usage ---------------------------------------------------------------------------------
 p = subprocess.run([BIN, "outliers", "--help"], capture_output=True)

@@ -19,8 +19,10 @@
   size: rank 1 ends the run with a message saying which.
 Exits 77 when neither serve nor mpirun can run.
 """
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,6 +53,7 @@ if SANITIZER:
 HAVE_MPI = mpi_works("generate", MODEL, "-p", "A", "-n", "2", "--greedy", "--threads", "1")
 ran_any = False
 tmp = tempfile.mkdtemp(prefix="llmint8-pipeline-serve-")
+atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # ours: made just above
 
 # ---- generate --prompts ----------------------------------------------------------------
 prompts_file = os.path.join(tmp, "prompts.txt")

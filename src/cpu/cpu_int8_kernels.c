@@ -114,6 +114,23 @@ __attribute__((target(VNNI_TARGET))) static inline int32_t vnni_finish(__m512i a
     return (int32_t)((uint32_t)_mm512_reduce_add_epi32(acc) - 128u * (uint32_t)wsum);
 }
 
+/* Lane i of the result = the sum of the 16 lanes of v[i], for 16 vectors. Each level adds
+ * pairs of vectors after interleaving them, halving the vectors and doubling what each lane
+ * sums: 32-bit pairs, 64-bit pairs, then 128-bit lanes twice. */
+__attribute__((target(VNNI_TARGET))) static inline __m512i vnni_sum16(const __m512i v[16]) {
+    __m512i a[8], b[4], c[2];
+    for (int i = 0; i < 8; i++) /* lane quad j: [v0 j0+j2, v1 j0+j2, v0 j1+j3, v1 j1+j3] */
+        a[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]),
+                                _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++) /* lane quad j: the quad-j sums of v[4i .. 4i+3] */
+        b[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(a[2 * i], a[2 * i + 1]),
+                                _mm512_unpackhi_epi64(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 2; i++) /* quads 0+1 and 2+3 of b[2i], then of b[2i+1] */
+        c[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(b[2 * i], b[2 * i + 1], 0x88),
+                                _mm512_shuffle_i32x4(b[2 * i], b[2 * i + 1], 0xdd));
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(c[0], c[1], 0x88), _mm512_shuffle_i32x4(c[0], c[1], 0xdd));
+}
+
 __attribute__((target(VNNI_TARGET))) static void vnni_tile4(const int8_t *a, const uint8_t *a_u8,
                                                             const int8_t *w, const int32_t *wsum,
                                                             int64_t Kp, int32_t *out, int64_t ld) {
@@ -130,8 +147,19 @@ __attribute__((target(VNNI_TARGET))) static void vnni_tile4(const int8_t *a, con
             for (int r = 0; r < INT8_ROWS; r++) acc[t][r] = _mm512_dpbusd_epi32(acc[t][r], au, b[r]);
         }
     }
+    /* The 16 horizontal sums at once: a butterfly of 45 instructions instead of 16
+     * separate reductions (~130), leaving sum[4 t + r] in lane 4 t + r. int32 addition
+     * wraps exactly, so any order gives vnni_finish's result. */
+    __m512i v[INT8_TILE_T * INT8_ROWS];
     for (int t = 0; t < INT8_TILE_T; t++)
-        for (int r = 0; r < INT8_ROWS; r++) out[t * ld + r] = vnni_finish(acc[t][r], wsum[r]);
+        for (int r = 0; r < INT8_ROWS; r++) v[t * INT8_ROWS + r] = acc[t][r];
+    const __m512i sums = vnni_sum16(v);
+    const __m512i corr = _mm512_slli_epi32(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)wsum)), 7);
+    const __m512i res = _mm512_sub_epi32(sums, corr); /* sum - 128 wsum[r], modulo 2^32 */
+    _mm_storeu_si128((__m128i *)(void *)(out + 0 * ld), _mm512_extracti32x4_epi32(res, 0));
+    _mm_storeu_si128((__m128i *)(void *)(out + 1 * ld), _mm512_extracti32x4_epi32(res, 1));
+    _mm_storeu_si128((__m128i *)(void *)(out + 2 * ld), _mm512_extracti32x4_epi32(res, 2));
+    _mm_storeu_si128((__m128i *)(void *)(out + 3 * ld), _mm512_extracti32x4_epi32(res, 3));
 }
 
 /* 1 token x 4 rows (decoding): two accumulators per row (even and odd 64-byte steps), so

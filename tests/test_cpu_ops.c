@@ -584,6 +584,10 @@ static void test_attention(void) {
     test_attention_case(150, 3, 2, 16, true, 1.0f);   /* several blocks of queries */
     test_attention_case(7, 600, 3, 24, true, 1.0f);   /* several key chunks, rising ALiBi scores */
     test_attention_case(3, 520, 2, 64, false, 30.0f); /* peaked softmax across chunks */
+    /* head sizes of 64 and 128 take queries three at a time (AVX-512): groups that straddle
+     * a key chunk (one query without keys in the next), and leftovers after the groups */
+    test_attention_case(7, 254, 2, 64, true, 1.0f);
+    test_attention_case(70, 200, 2, 128, false, 1.0f);
 }
 
 /* ---- threads -------------------------------------------------------------------------------- */

@@ -72,36 +72,40 @@ static void weighted_sum_plain(const HeadView *hv, int j0, int nc, const float *
 /* Eight keys at a time: eight independent dot products (one accumulator each), folded
  * into one vector of eight scores by a tree of horizontal adds. Needs hd % 8 == 0 (true
  * of every real model); other head sizes and the last nc % 8 keys go one by one. */
-TARGET_AVX2 static float scores_avx2(const HeadView *hv, int j0, int nc, float *s) {
-    const int hd = hv->hd;
-    __m256 vmax = _mm256_set1_ps(-INFINITY);
-    int j = 0;
-    if (hd % 8 == 0) {
-        for (; j + 8 <= nc; j += 8) {
-            const float *k = hv->k + (int64_t)(j0 + j) * hv->stride;
-            __m256 acc[8];
+
+/* The eight scores of keys j0+j .. j0+j+7 from their dot-product accumulators (acc[l]: the
+ * 8 partial sums of key l): stored at s + j and folded into *vmax. */
+INLINE_AVX2 void scores8_finish(const HeadView *hv, int j0, int j, const __m256 acc[8], float *s, __m256 *vmax) {
+    /* hadd pairs, then pairs of pairs: lane halves hold partial sums of keys 0-3 / 4-7 */
+    __m256 h01 = _mm256_hadd_ps(acc[0], acc[1]), h23 = _mm256_hadd_ps(acc[2], acc[3]);
+    __m256 h45 = _mm256_hadd_ps(acc[4], acc[5]), h67 = _mm256_hadd_ps(acc[6], acc[7]);
+    __m256 h0123 = _mm256_hadd_ps(h01, h23), h4567 = _mm256_hadd_ps(h45, h67);
+    __m256 dots = _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20),
+                                _mm256_permute2f128_ps(h0123, h4567, 0x31));
+    __m256 pos = _mm256_add_ps(_mm256_set1_ps((float)(j0 + j)), _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256 sc = _mm256_fmadd_ps(_mm256_set1_ps(hv->scale), dots, _mm256_mul_ps(_mm256_set1_ps(hv->slope), pos));
+    _mm256_storeu_ps(s + j, sc);
+    *vmax = _mm256_max_ps(*vmax, sc);
+}
+
+/* Keys j0+j .. j0+j+7 against one query. */
+INLINE_AVX2 void scores8(const HeadView *hv, int j0, int j, float *s, __m256 *vmax) {
+    const float *k = hv->k + (int64_t)(j0 + j) * hv->stride;
+    __m256 acc[8];
 #pragma GCC unroll 8
-            for (int l = 0; l < 8; l++) acc[l] = _mm256_setzero_ps();
-            for (int i = 0; i < hd; i += 8) {
-                __m256 q = _mm256_loadu_ps(hv->q + i);
+    for (int l = 0; l < 8; l++) acc[l] = _mm256_setzero_ps();
+    for (int i = 0; i < hv->hd; i += 8) {
+        __m256 q = _mm256_loadu_ps(hv->q + i);
 #pragma GCC unroll 8
-                for (int l = 0; l < 8; l++)
-                    acc[l] = _mm256_fmadd_ps(q, _mm256_loadu_ps(k + l * hv->stride + i), acc[l]);
-            }
-            /* hadd pairs, then pairs of pairs: lane halves hold partial sums of keys 0-3 / 4-7 */
-            __m256 h01 = _mm256_hadd_ps(acc[0], acc[1]), h23 = _mm256_hadd_ps(acc[2], acc[3]);
-            __m256 h45 = _mm256_hadd_ps(acc[4], acc[5]), h67 = _mm256_hadd_ps(acc[6], acc[7]);
-            __m256 h0123 = _mm256_hadd_ps(h01, h23), h4567 = _mm256_hadd_ps(h45, h67);
-            __m256 dots = _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20),
-                                        _mm256_permute2f128_ps(h0123, h4567, 0x31));
-            __m256 pos = _mm256_add_ps(_mm256_set1_ps((float)(j0 + j)),
-                                       _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7));
-            __m256 sc = _mm256_fmadd_ps(_mm256_set1_ps(hv->scale), dots,
-                                        _mm256_mul_ps(_mm256_set1_ps(hv->slope), pos));
-            _mm256_storeu_ps(s + j, sc);
-            vmax = _mm256_max_ps(vmax, sc);
-        }
+        for (int l = 0; l < 8; l++) acc[l] = _mm256_fmadd_ps(q, _mm256_loadu_ps(k + l * hv->stride + i), acc[l]);
     }
+    scores8_finish(hv, j0, j, acc, s, vmax);
+}
+
+/* What scores_avx2 does after its blocks of eight (which ended at key j0 + j): the largest
+ * score of those blocks, then the keys left one by one. */
+INLINE_AVX2 float scores_tail(const HeadView *hv, int j0, int j, int nc, float *s, __m256 vmax) {
+    const int hd = hv->hd;
     float mx = -INFINITY, lanes[8];
     _mm256_storeu_ps(lanes, vmax);
     for (int l = 0; l < 8; l++) mx = lanes[l] > mx ? lanes[l] : mx;
@@ -116,6 +120,14 @@ TARGET_AVX2 static float scores_avx2(const HeadView *hv, int j0, int nc, float *
         if (s[j] > mx) mx = s[j];
     }
     return mx;
+}
+
+TARGET_AVX2 static float scores_avx2(const HeadView *hv, int j0, int nc, float *s) {
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    int j = 0;
+    if (hv->hd % 8 == 0)
+        for (; j + 8 <= nc; j += 8) scores8(hv, j0, j, s, &vmax);
+    return scores_tail(hv, j0, j, nc, s, vmax);
 }
 
 TARGET_AVX2 static float softmax_weights_avx2(float *s, int nc, float m) {
@@ -158,6 +170,118 @@ TARGET_AVX2 static void weighted_sum_avx2(const HeadView *hv, int j0, int nc, co
     }
     for (; i < hv->hd; i++)
         for (int j = 0; j < nc; j++) out[i] += p[j] * vbase[(int64_t)j * hv->stride + i];
+}
+#endif
+
+#if HAVE_X86
+/* ---- three queries at once (AVX-512VL: 32 ymm registers) ----------------------------------
+ * A prompt's consecutive queries read the same keys and values. Taking three at a time, each
+ * key and value row is loaded once for the three, while every query still gets exactly the
+ * operations attend_one would do, in the same order (the same ymm FMAs and the same folding
+ * trees; the registers are just more): a query's output stays the same whether it runs alone
+ * or beside others. Only for head sizes that are a multiple of 64. */
+#define INLINE_WIDE static inline __attribute__((always_inline, target("avx512f,avx512vl,avx2,fma")))
+enum { ATT_GROUP = 3 };
+
+/* scores8 for the ATT_GROUP queries of hv, sharing the key loads. */
+INLINE_WIDE void scores8_group(const HeadView *hv, int j0, int j, float (*s)[ATT_CHUNK], __m256 *vmax) {
+    const float *k = hv[0].k + (int64_t)(j0 + j) * hv[0].stride;
+    __m256 acc[ATT_GROUP][8];
+#pragma GCC unroll 3
+    for (int q = 0; q < ATT_GROUP; q++)
+#pragma GCC unroll 8
+        for (int l = 0; l < 8; l++) acc[q][l] = _mm256_setzero_ps();
+    for (int i = 0; i < hv[0].hd; i += 8) {
+        __m256 qv[ATT_GROUP];
+#pragma GCC unroll 3
+        for (int q = 0; q < ATT_GROUP; q++) qv[q] = _mm256_loadu_ps(hv[q].q + i);
+#pragma GCC unroll 8
+        for (int l = 0; l < 8; l++) {
+            __m256 kv = _mm256_loadu_ps(k + l * hv[0].stride + i);
+#pragma GCC unroll 3
+            for (int q = 0; q < ATT_GROUP; q++) acc[q][l] = _mm256_fmadd_ps(qv[q], kv, acc[q][l]);
+        }
+    }
+#pragma GCC unroll 3
+    for (int q = 0; q < ATT_GROUP; q++) scores8_finish(&hv[q], j0, j, acc[q], s[q], &vmax[q]);
+}
+
+/* weighted_sum_avx2 for the queries of hv, query q over nc[q] keys (nc ascending), sharing
+ * the value loads of the keys all of them take. */
+INLINE_WIDE void weighted_sum_group(const HeadView *hv, int j0, const int *nc, float (*p)[ATT_CHUNK]) {
+    const int64_t stride = hv[0].stride;
+    const float *vbase = hv[0].v + (int64_t)j0 * stride;
+    for (int i = 0; i < hv[0].hd; i += 64) {
+        __m256 acc[ATT_GROUP][8];
+#pragma GCC unroll 3
+        for (int q = 0; q < ATT_GROUP; q++)
+#pragma GCC unroll 8
+            for (int l = 0; l < 8; l++) acc[q][l] = _mm256_loadu_ps(hv[q].out + i + 8 * l);
+        for (int j = 0; j < nc[0]; j++) {
+            const float *v = vbase + (int64_t)j * stride + i;
+            __m256 pj[ATT_GROUP];
+#pragma GCC unroll 3
+            for (int q = 0; q < ATT_GROUP; q++) pj[q] = _mm256_set1_ps(p[q][j]);
+#pragma GCC unroll 8
+            for (int l = 0; l < 8; l++) {
+                __m256 vv = _mm256_loadu_ps(v + 8 * l);
+#pragma GCC unroll 3
+                for (int q = 0; q < ATT_GROUP; q++) acc[q][l] = _mm256_fmadd_ps(pj[q], vv, acc[q][l]);
+            }
+        }
+        for (int q = 1; q < ATT_GROUP; q++) /* the keys only the later queries take */
+            for (int j = nc[0]; j < nc[q]; j++) {
+                const float *v = vbase + (int64_t)j * stride + i;
+                __m256 pj = _mm256_set1_ps(p[q][j]);
+#pragma GCC unroll 8
+                for (int l = 0; l < 8; l++) acc[q][l] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 8 * l), acc[q][l]);
+            }
+#pragma GCC unroll 3
+        for (int q = 0; q < ATT_GROUP; q++)
+#pragma GCC unroll 8
+            for (int l = 0; l < 8; l++) _mm256_storeu_ps(hv[q].out + i + 8 * l, acc[q][l]);
+    }
+}
+
+/* attend_one for ATT_GROUP queries, query q against keys 0 .. n_first + q - 1. */
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) static void attend_group(const HeadView *hv, int n_first) {
+    float s[ATT_GROUP][ATT_CHUNK];
+    float m[ATT_GROUP], sum[ATT_GROUP];
+    for (int q = 0; q < ATT_GROUP; q++) {
+        m[q] = -INFINITY, sum[q] = 0.0f;
+        memset(hv[q].out, 0, (size_t)hv[q].hd * sizeof(float));
+    }
+    for (int j0 = 0; j0 < n_first + ATT_GROUP - 1; j0 += ATT_CHUNK) {
+        int nc[ATT_GROUP]; /* keys of this chunk per query: ascending, 0 for one that has none */
+        for (int q = 0; q < ATT_GROUP; q++) {
+            int left = n_first + q - j0;
+            nc[q] = left <= 0 ? 0 : left < ATT_CHUNK ? left : ATT_CHUNK;
+        }
+        __m256 vmax[ATT_GROUP];
+        for (int q = 0; q < ATT_GROUP; q++) vmax[q] = _mm256_set1_ps(-INFINITY);
+        int shared = 0;
+        for (; shared + 8 <= nc[0]; shared += 8) scores8_group(hv, j0, shared, s, vmax);
+        for (int q = 0; q < ATT_GROUP; q++) {
+            if (nc[q] == 0) continue;
+            int j = shared;
+            for (; j + 8 <= nc[q]; j += 8) scores8(&hv[q], j0, j, s[q], &vmax[q]);
+            float cmax = scores_tail(&hv[q], j0, j, nc[q], s[q], vmax[q]);
+            if (cmax > m[q]) { /* as in attend_one */
+                if (sum[q] > 0.0f) {
+                    float r = expf(m[q] - cmax);
+                    sum[q] *= r;
+                    for (int i = 0; i < hv[q].hd; i++) hv[q].out[i] *= r;
+                }
+                m[q] = cmax;
+            }
+            sum[q] += softmax_weights_avx2(s[q], nc[q], m[q]);
+        }
+        weighted_sum_group(hv, j0, nc, s);
+    }
+    for (int q = 0; q < ATT_GROUP; q++) {
+        float inv = 1.0f / sum[q];
+        for (int i = 0; i < hv[q].hd; i++) hv[q].out[i] *= inv;
+    }
 }
 #endif
 
@@ -254,6 +378,7 @@ typedef struct AttentionJob {
     const AttentionArgs *a;
     int nblocks;
     bool simd;
+    bool group;      /* queries three at a time (attend_group) */
     float **kv;      /* per thread slot, made on first use */
     int *failed;     /* per thread slot: its copy could not be allocated */
 } AttentionJob;
@@ -278,12 +403,36 @@ static void attention_units(void *ctx, int64_t i0, int64_t i1, int slot) {
         widen_rows(a->v, a->kv_f16, (int64_t)h * hd, stride, n, hd, vc, j->simd);
         HeadView hv = {.k = kc, .v = vc, .stride = hd, .hd = hd, .scale = a->scale,
                        .slope = a->alibi ? a->alibi[h] : 0.0f};
-        for (int t = t0; t < t1; t++) {
+        int t = t0;
+#if HAVE_X86
+        for (; j->group && t + ATT_GROUP <= t1; t += ATT_GROUP) {
+            HeadView g[ATT_GROUP];
+            for (int q = 0; q < ATT_GROUP; q++) {
+                g[q] = hv;
+                g[q].q = a->q + (t + q) * stride + (int64_t)h * hd;
+                g[q].out = a->out + (t + q) * stride + (int64_t)h * hd;
+            }
+            attend_group(g, a->n_past + t + 1);
+        }
+#endif
+        for (; t < t1; t++) {
             hv.q = a->q + t * stride + (int64_t)h * hd;
             hv.out = a->out + t * stride + (int64_t)h * hd;
             attend_one(&hv, a->n_past + t + 1, j->simd);
         }
     }
+}
+
+/* Whether attend_group runs: the AVX-512 kernels in use and AVX-512VL (its 32 ymm registers
+ * hold three queries' accumulators), and a head size that is a multiple of 64. */
+static bool attention_groups(int head_dim) {
+#if HAVE_X86
+    __builtin_cpu_init();
+    return cpu_has_avx512() && __builtin_cpu_supports("avx512vl") && head_dim % 64 == 0;
+#else
+    (void)head_dim;
+    return false;
+#endif
 }
 
 /* Returns -1 when a thread's copy cannot be allocated. */
@@ -294,7 +443,7 @@ int cpu_attention(const AttentionArgs *a) {
     const int nblocks = (a->T + ATT_QUERIES - 1) / ATT_QUERIES, items = a->heads * nblocks;
     const bool par = items > 1 && (int64_t)a->T * len * stride >= CPU_PAR_MIN;
     const int slots = cpu_pool_slots();
-    AttentionJob j = {.a = a, .nblocks = nblocks, .simd = cpu_has_avx2(),
+    AttentionJob j = {.a = a, .nblocks = nblocks, .simd = cpu_has_avx2(), .group = attention_groups(a->head_dim),
                       .kv = calloc((size_t)slots, sizeof(float *)), .failed = calloc((size_t)slots, sizeof(int))};
     int failed = !j.kv || !j.failed;
     if (!failed) cpu_parallel_for(items, 1, par, attention_units, &j);

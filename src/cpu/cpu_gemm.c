@@ -104,6 +104,8 @@ static int simd_level(void) {
 
 int cpu_has_avx2(void) { return simd_level() >= 1; }
 
+int cpu_has_avx512(void) { return simd_level() >= 2; }
+
 const char *cpu_gemm_kernel(void) {
     static const char *const names[3] = {"portable C", "avx2+fma+f16c", "avx512f+f16c"};
     return names[simd_level()];

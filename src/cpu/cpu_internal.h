@@ -65,6 +65,9 @@ void cpu_gemm_float(const float *x, int64_t T, int64_t K, DType wdt, const void 
 /* True when the AVX2/FMA/F16C kernels are in use (cpu_gemm.c, attention, GELU): chosen once
  * from the CPU, off when LLMINT8_NO_SIMD is set to anything but "" or "0". */
 int cpu_has_avx2(void);
+/* True when, beyond that, the AVX-512F kernels are in use (LLMINT8_NO_AVX512 unset, "" or
+ * "0"): the GEMM on zmm registers, attention's three-queries-at-once path. */
+int cpu_has_avx512(void);
 /* The GEMM kernels in use: "avx512f+f16c" (zmm; when the CPU has AVX-512F and
  * LLMINT8_NO_AVX512 is unset, "" or "0"), "avx2+fma+f16c" or "portable C". Each sums a
  * token's outputs in its own fixed order, the same for every T. */

@@ -24,8 +24,9 @@
  *  3. One core busy (--busy-core, instead of 1 and 2). The whole model in int8, four ways:
  *     with the thread count as given (the default: adaptive, cpu_pool.h) and with one
  *     thread, first on the machine as it is, then while another process (bench_busy.h)
- *     spins on one CPU; three rounds of each, every figure the best of its three. It shows whether the default copes with a core taken by another
- *     program: it should never be much slower than one thread.
+ *     spins on one CPU; three rounds of each, every figure the best of its three. It shows
+ *     whether the default copes with a core taken by another program: it should never be
+ *     much slower than one thread.
  *
  * Every measurement runs in a forked child process (bench_proc.h). That gives each precision
  * its own peak-RSS counter (VmHWM is per process), and keeps worker threads and GPU state out of the

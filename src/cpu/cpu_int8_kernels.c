@@ -154,8 +154,9 @@ __attribute__((target(VNNI_TARGET))) static void vnni_tile4(const int8_t *a, con
     for (int t = 0; t < INT8_TILE_T; t++)
         for (int r = 0; r < INT8_ROWS; r++) v[t * INT8_ROWS + r] = acc[t][r];
     const __m512i sums = vnni_sum16(v);
-    const __m512i corr = _mm512_slli_epi32(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)wsum)), 7);
-    const __m512i res = _mm512_sub_epi32(sums, corr); /* sum - 128 wsum[r], modulo 2^32 */
+    const __m128i wsum4 = _mm_loadu_si128((const __m128i *)(const void *)wsum);
+    const __m512i corr = _mm512_slli_epi32(_mm512_broadcast_i32x4(wsum4), 7); /* 128 wsum[r] in lane 4 t + r */
+    const __m512i res = _mm512_sub_epi32(sums, corr);                           /* modulo 2^32 */
     _mm_storeu_si128((__m128i *)(void *)(out + 0 * ld), _mm512_extracti32x4_epi32(res, 0));
     _mm_storeu_si128((__m128i *)(void *)(out + 1 * ld), _mm512_extracti32x4_epi32(res, 1));
     _mm_storeu_si128((__m128i *)(void *)(out + 2 * ld), _mm512_extracti32x4_epi32(res, 2));

@@ -173,6 +173,26 @@ TARGET_AVX2 static void weighted_sum_avx2(const HeadView *hv, int j0, int nc, co
 }
 #endif
 
+/* The online softmax's bookkeeping, shared by attend_one and attend_group. A chunk whose
+ * largest score cmax beats the running maximum m: rescale what was accumulated against the
+ * old maximum (sum and out) by exp(m - cmax), then m = cmax. */
+static inline void raise_max(const HeadView *hv, float cmax, float *m, float *sum) {
+    if (!(cmax > *m)) return;
+    if (*sum > 0.0f) {
+        float r = expf(*m - cmax);
+        *sum *= r;
+        for (int i = 0; i < hv->hd; i++) hv->out[i] *= r;
+    }
+    *m = cmax;
+}
+
+/* out /= sum, as out * (1 / sum). sum >= 1 (the largest score contributes exp(0)) unless
+ * scores were NaN or infinite; then the output is NaN, as in PyTorch. */
+static inline void normalize(const HeadView *hv, float sum) {
+    float inv = 1.0f / sum;
+    for (int i = 0; i < hv->hd; i++) hv->out[i] *= inv;
+}
+
 #if HAVE_X86
 /* ---- three queries at once (AVX-512VL: 32 ymm registers) ----------------------------------
  * A prompt's consecutive queries read the same keys and values. Taking three at a time, each
@@ -266,22 +286,12 @@ __attribute__((target("avx512f,avx512vl,avx2,fma"))) static void attend_group(co
             int j = shared;
             for (; j + 8 <= nc[q]; j += 8) scores8(&hv[q], j0, j, s[q], &vmax[q]);
             float cmax = scores_tail(&hv[q], j0, j, nc[q], s[q], vmax[q]);
-            if (cmax > m[q]) { /* as in attend_one */
-                if (sum[q] > 0.0f) {
-                    float r = expf(m[q] - cmax);
-                    sum[q] *= r;
-                    for (int i = 0; i < hv[q].hd; i++) hv[q].out[i] *= r;
-                }
-                m[q] = cmax;
-            }
+            raise_max(&hv[q], cmax, &m[q], &sum[q]);
             sum[q] += softmax_weights_avx2(s[q], nc[q], m[q]);
         }
         weighted_sum_group(hv, j0, nc, s);
     }
-    for (int q = 0; q < ATT_GROUP; q++) {
-        float inv = 1.0f / sum[q];
-        for (int i = 0; i < hv[q].hd; i++) hv[q].out[i] *= inv;
-    }
+    for (int q = 0; q < ATT_GROUP; q++) normalize(&hv[q], sum[q]);
 }
 #endif
 
@@ -298,14 +308,7 @@ static void attend_one(const HeadView *hv, int n_keys, bool simd) {
 #else
         float cmax = scores_plain(hv, j0, nc, s);
 #endif
-        if (cmax > m) { /* new maximum: rescale what was accumulated against the old one */
-            if (sum > 0.0f) {
-                float r = expf(m - cmax);
-                sum *= r;
-                for (int i = 0; i < hv->hd; i++) hv->out[i] *= r;
-            }
-            m = cmax;
-        }
+        raise_max(hv, cmax, &m, &sum);
 #if HAVE_X86
         if (simd) {
             sum += softmax_weights_avx2(s, nc, m);
@@ -316,10 +319,7 @@ static void attend_one(const HeadView *hv, int n_keys, bool simd) {
         sum += softmax_weights_plain(s, nc, m);
         weighted_sum_plain(hv, j0, nc, s);
     }
-    /* sum >= 1 (the largest score contributes exp(0)) unless scores were NaN or infinite;
-     * then the output is NaN, as in PyTorch. */
-    float inv = 1.0f / sum;
-    for (int i = 0; i < hv->hd; i++) hv->out[i] *= inv;
+    normalize(hv, sum);
     (void)simd;
 }
 

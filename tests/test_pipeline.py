@@ -48,6 +48,17 @@ def ids_file(tmp, n, vocab, name):
 
 
 
+def mpirun_through(wrapper, np, *args):
+    """`mpirun -np NP WRAPPER llmint8 ARGS...`: (exit status, stderr text), or (-999, "timed out")
+    after 90 s. The wrapper script sets what differs per rank, then execs its arguments."""
+    try:
+        p = subprocess.run([MPIRUN, *MPI_ARGS, "-np", str(np), wrapper, BIN, *args], capture_output=True,
+                           timeout=90, env=ENV)
+        return p.returncode, p.stderr.decode("utf-8", "replace")
+    except subprocess.TimeoutExpired:
+        return -999, "timed out"
+
+
 def as_json(out):
     try:
         return json.loads(out)
@@ -171,17 +182,11 @@ check("--device cpu,cuda:999: refused with a message", rc == 1 and "cuda:999" in
 if HAVE_MPI:
     ran_any = True
     # A bad --split: every rank says so and the run ends non-zero.
-    t0 = time.time()
     each = os.path.join(tmp, "each-stderr.sh")
     with open(each, "w") as f:
         f.write(f'#!/bin/sh\nexec "$@" 2> "{tmp}/split.$OMPI_COMM_WORLD_RANK"\n')
     os.chmod(each, 0o755)
-    try:
-        p = subprocess.run([MPIRUN, *MPI_ARGS, "-np", "3", each, BIN, "ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"],
-                            "--split", "1,0,2"], capture_output=True, timeout=90, env=ENV)
-        rc = p.returncode
-    except subprocess.TimeoutExpired:
-        rc = -999
+    rc, _ = mpirun_through(each, 3, "ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--split", "1,0,2")
     said = [open(f"{tmp}/split.{r}").read() if os.path.exists(f"{tmp}/split.{r}") else "" for r in range(3)]
     check("mpirun: a bad --split is an error on every rank", rc not in (0, -999)
           and all("llmint8: error: " in x and "--split '1,0,2'" in x for x in said), f"rc {rc}: {said}")
@@ -199,13 +204,7 @@ if HAVE_MPI:
         f.write(f'#!/bin/sh\n[ "$OMPI_COMM_WORLD_RANK" = 1 ] && export LLMINT8_MODEL_DIR="{other}"\n'
                 f'exec "$@" 2> "{tmp}/stderr.$OMPI_COMM_WORLD_RANK"\n')
     os.chmod(wrapper, 0o755)
-    t0 = time.time()
-    try:
-        p = subprocess.run([MPIRUN, *MPI_ARGS, "-np", "2", wrapper, BIN, "ppl", f"{FIX}/opt-tiny", "--ids",
-                            IDS["opt-tiny"], "--threads", "1"], capture_output=True, timeout=90, env=ENV)
-        rc, err = p.returncode, p.stderr.decode("utf-8", "replace")
-    except subprocess.TimeoutExpired:
-        rc, err = -999, "timed out"
+    rc, err = mpirun_through(wrapper, 2, "ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--threads", "1")
     said = [open(f"{tmp}/stderr.{r}").read() if os.path.exists(f"{tmp}/stderr.{r}") else "" for r in (0, 1)]
     check("mpirun: a rank with another checkpoint fails on every rank, naming it",
           rc not in (0, -999) and "llmint8: error: rank 1 sees a different checkpoint" in said[0]
@@ -214,12 +213,7 @@ if HAVE_MPI:
     # A rank whose checkpoint directory does not exist: the error names the rank.
     with open(wrapper, "w") as f:
         f.write('#!/bin/sh\n[ "$OMPI_COMM_WORLD_RANK" = 1 ] && export LLMINT8_MODEL_DIR=/nonexistent-llmint8\nexec "$@"\n')
-    try:
-        p = subprocess.run([MPIRUN, *MPI_ARGS, "-np", "2", wrapper, BIN, "ppl", f"{FIX}/opt-tiny", "--ids",
-                            IDS["opt-tiny"], "--threads", "1"], capture_output=True, timeout=90, env=ENV)
-        rc, err = p.returncode, p.stderr.decode("utf-8", "replace")
-    except subprocess.TimeoutExpired:
-        rc, err = -999, "timed out"
+    rc, err = mpirun_through(wrapper, 2, "ppl", f"{FIX}/opt-tiny", "--ids", IDS["opt-tiny"], "--threads", "1")
     check("mpirun: a rank without its checkpoint: an error naming the rank and the directory",
           rc not in (0, -999) and "llmint8: error: rank 1: /nonexistent-llmint8" in err, f"rc {rc}: {err[-1500:]}")
 

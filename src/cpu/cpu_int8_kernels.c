@@ -7,6 +7,7 @@
  * process from the CPU's features: portable C, AVX2, and AVX-512 VNNI (zmm registers).
  * The reasoning for exactness is beside each one and in docs/QUANT.md. */
 #include <cpuid.h>
+#include <stdbool.h>
 #include <immintrin.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -164,16 +165,18 @@ __attribute__((target(VNNI_TARGET))) static void vnni_tile4(const int8_t *a, con
 }
 
 /* 1 token x 4 rows (decoding): two accumulators per row (even and odd 64-byte steps), so
- * that 8 independent dpbusd chains hide its latency while the weights stream in. */
-__attribute__((target(VNNI_TARGET))) static void vnni_tile1(const int8_t *a, const uint8_t *a_u8,
-                                                            const int8_t *w, const int32_t *wsum,
-                                                            int64_t Kp, int32_t *out, int64_t ld) {
-    (void)a, (void)ld; /* one token: a single output row */
+ * that 8 independent dpbusd chains hide its latency while the weights stream in. act holds
+ * a + 128 (flip false), or the signed codes a, made a + 128 here as a XOR 0x80 (flip true,
+ * the AMX kernel's decoding, which has no offset copy). */
+__attribute__((target(VNNI_TARGET))) static inline __attribute__((always_inline)) void
+vnni_gemv4(const void *act, bool flip, const int8_t *w, const int32_t *wsum, int64_t Kp, int32_t *out) {
+    const unsigned char *x = act;
+    const __m512i mask = _mm512_set1_epi8(flip ? (char)0x80 : 0);
     __m512i acc[2][INT8_ROWS];
     for (int r = 0; r < INT8_ROWS; r++) acc[0][r] = acc[1][r] = _mm512_setzero_si512();
     int64_t k = 0;
     for (; k + 128 <= Kp; k += 128) {
-        __m512i au0 = LOAD512(a_u8 + k), au1 = LOAD512(a_u8 + k + 64);
+        __m512i au0 = _mm512_xor_si512(LOAD512(x + k), mask), au1 = _mm512_xor_si512(LOAD512(x + k + 64), mask);
         for (int r = 0; r < INT8_ROWS; r++) {
             acc[0][r] = _mm512_dpbusd_epi32(acc[0][r], au0, LOAD512(w + r * Kp + k));
             acc[1][r] = _mm512_dpbusd_epi32(acc[1][r], au1, LOAD512(w + r * Kp + k + 64));
@@ -182,11 +185,18 @@ __attribute__((target(VNNI_TARGET))) static void vnni_tile1(const int8_t *a, con
         }
     }
     if (k < Kp) {
-        __m512i au0 = LOAD512(a_u8 + k);
+        __m512i au0 = _mm512_xor_si512(LOAD512(x + k), mask);
         for (int r = 0; r < INT8_ROWS; r++) acc[0][r] = _mm512_dpbusd_epi32(acc[0][r], au0, LOAD512(w + r * Kp + k));
     }
     /* int32 addition is exact (modulo 2^32, undone by the correction): any order gives the same sum */
     for (int r = 0; r < INT8_ROWS; r++) out[r] = vnni_finish(_mm512_add_epi32(acc[0][r], acc[1][r]), wsum[r]);
+}
+
+__attribute__((target(VNNI_TARGET))) static void vnni_tile1(const int8_t *a, const uint8_t *a_u8,
+                                                            const int8_t *w, const int32_t *wsum,
+                                                            int64_t Kp, int32_t *out, int64_t ld) {
+    (void)a, (void)ld; /* one token: a single output row */
+    vnni_gemv4(a_u8, false, w, wsum, Kp, out);
 }
 
 /* ---- AMX (Sapphire Rapids and later) ----
@@ -253,29 +263,12 @@ __attribute__((target(AMX_TARGET))) static void amx_rows16(const uint8_t *apack,
 }
 
 /* Decoding with the AMX kernel (one token: AMX would waste 15 of its 16 columns): the VNNI
- * GEMV, which makes a + 128 itself from the signed codes: as bytes, a + 128 = a XOR 0x80. */
+ * GEMV, on the signed codes (the AMX kernel keeps no a + 128 copy). */
 __attribute__((target(VNNI_TARGET))) static void amx_tile1(const int8_t *a, const uint8_t *a2, const int8_t *w,
                                                            const int32_t *wsum, int64_t Kp, int32_t *out,
                                                            int64_t ld) {
     (void)a2, (void)ld;
-    const __m512i flip = _mm512_set1_epi8((char)0x80);
-    __m512i acc[2][INT8_ROWS];
-    for (int r = 0; r < INT8_ROWS; r++) acc[0][r] = acc[1][r] = _mm512_setzero_si512();
-    int64_t k = 0;
-    for (; k + 128 <= Kp; k += 128) {
-        __m512i au0 = _mm512_xor_si512(LOAD512(a + k), flip), au1 = _mm512_xor_si512(LOAD512(a + k + 64), flip);
-        for (int r = 0; r < INT8_ROWS; r++) {
-            acc[0][r] = _mm512_dpbusd_epi32(acc[0][r], au0, LOAD512(w + r * Kp + k));
-            acc[1][r] = _mm512_dpbusd_epi32(acc[1][r], au1, LOAD512(w + r * Kp + k + 64));
-            PREFETCH_T1(w + (2 * INT8_ROWS + r) * Kp + k);
-            PREFETCH_T1(w + (2 * INT8_ROWS + r) * Kp + k + 64);
-        }
-    }
-    if (k < Kp) {
-        __m512i au0 = _mm512_xor_si512(LOAD512(a + k), flip);
-        for (int r = 0; r < INT8_ROWS; r++) acc[0][r] = _mm512_dpbusd_epi32(acc[0][r], au0, LOAD512(w + r * Kp + k));
-    }
-    for (int r = 0; r < INT8_ROWS; r++) out[r] = vnni_finish(_mm512_add_epi32(acc[0][r], acc[1][r]), wsum[r]);
+    vnni_gemv4(a, true, w, wsum, Kp, out);
 }
 
 /* ---- the choice ---- */

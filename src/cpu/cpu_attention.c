@@ -6,7 +6,9 @@
  *     s_j = scale * q.k_j + slope_h * j,   p = softmax(s),   out = sum_j p_j v_j.
  * A unit of work (one head, a block of queries) first copies the rows of its head's keys
  * and values it needs side by side, as float32: half caches are widened (F16C when
- * available; the conversion is exact either way), float32 ones copied. For one (t, h), keys are then taken in chunks of ATT_CHUNK: a chunk's
+ * available; the conversion is exact either way), float32 ones copied. A unit of one or two
+ * queries (decoding) skips the copy and widens a half cache's values in registers as it
+ * reads them: the same numbers, the same arithmetic. For one (t, h), keys are then taken in chunks of ATT_CHUNK: a chunk's
  * scores go to a stack buffer, become weights exp(s_j - m), where m is the largest score
  * seen so far, and the weighted values are added to out; when a chunk raises m, what was
  * accumulated is first rescaled by exp(m_old - m_new) (the "online softmax"). With at most
@@ -27,11 +29,13 @@
 
 enum { ATT_CHUNK = 256 };
 
-/* What one (t, h) pair reads: rows j of K and V for this head are k + j * stride. */
+/* What one (t, h) pair reads: rows j of K and V for this head are k + j * stride, or, when
+ * k16 is set, k16 + j * stride (likewise v16): read straight from the 16-bit cache. */
 typedef struct HeadView {
     const float *q, *k, *v;
+    const uint16_t *k16, *v16;
     float *out;
-    int64_t stride;       /* heads * head_dim */
+    int64_t stride;       /* heads * head_dim, or head_dim in a widened copy */
     int hd;
     float scale, slope;
 } HeadView;
@@ -69,6 +73,39 @@ static void weighted_sum_plain(const HeadView *hv, int j0, int nc, const float *
 }
 
 #if HAVE_X86
+/* The SIMD code reads rows of float copies (half = false) or of the 16-bit cache itself
+ * (half = true, F16C widening each 8 values in a register: exact, so the arithmetic and its
+ * result are the same either way). Each function below takes `half` as a constant. */
+#define INLINE_KV static inline __attribute__((always_inline, target("avx2,fma,f16c")))
+#define TARGET_KV __attribute__((target("avx2,fma,f16c")))
+
+INLINE_KV __m256 key8(const HeadView *hv, int64_t j, int i, bool half) {
+    if (half) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(hv->k16 + j * hv->stride + i)));
+    return _mm256_loadu_ps(hv->k + j * hv->stride + i);
+}
+
+INLINE_KV __m256 value8(const HeadView *hv, int64_t j, int i, bool half) {
+    if (half) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(hv->v16 + j * hv->stride + i)));
+    return _mm256_loadu_ps(hv->v + j * hv->stride + i);
+}
+
+INLINE_KV float key1(const HeadView *hv, int64_t j, int i, bool half) {
+    return half ? f16_to_f32(hv->k16[j * hv->stride + i]) : hv->k[j * hv->stride + i];
+}
+
+INLINE_KV float value1(const HeadView *hv, int64_t j, int i, bool half) {
+    return half ? f16_to_f32(hv->v16[j * hv->stride + i]) : hv->v[j * hv->stride + i];
+}
+
+/* Rows of the cache are heads*head_dim halves apart — a new 4 KiB page every row or few
+ * for real models — which the hardware prefetchers do not follow, so whatever reads the
+ * cache asks for the rows this many keys ahead itself. */
+enum { PREFETCH_KEYS = 16 };
+
+INLINE_KV void prefetch_row(const uint16_t *row, int hd) {
+    for (int i = 0; i < hd; i += 32) _mm_prefetch((const char *)(row + i), _MM_HINT_T0);
+}
+
 /* Eight keys at a time: eight independent dot products (one accumulator each), folded
  * into one vector of eight scores by a tree of horizontal adds. Needs hd % 8 == 0 (true
  * of every real model); other head sizes and the last nc % 8 keys go one by one. */
@@ -88,46 +125,48 @@ INLINE_AVX2 void scores8_finish(const HeadView *hv, int j0, int j, const __m256 
     *vmax = _mm256_max_ps(*vmax, sc);
 }
 
-/* Keys j0+j .. j0+j+7 against one query. */
-INLINE_AVX2 void scores8(const HeadView *hv, int j0, int j, float *s, __m256 *vmax) {
-    const float *k = hv->k + (int64_t)(j0 + j) * hv->stride;
+/* Keys j0+j .. j0+j+7 against one query (nc: the keys of the chunk, for the prefetch). */
+INLINE_KV void scores8(const HeadView *hv, int j0, int j, int nc, float *s, __m256 *vmax, bool half) {
+    const int64_t k0 = j0 + j;
+    if (half && j + PREFETCH_KEYS + 8 <= nc)
+        for (int l = 0; l < 8; l++) prefetch_row(hv->k16 + (k0 + PREFETCH_KEYS + l) * hv->stride, hv->hd);
     __m256 acc[8];
 #pragma GCC unroll 8
     for (int l = 0; l < 8; l++) acc[l] = _mm256_setzero_ps();
     for (int i = 0; i < hv->hd; i += 8) {
         __m256 q = _mm256_loadu_ps(hv->q + i);
 #pragma GCC unroll 8
-        for (int l = 0; l < 8; l++) acc[l] = _mm256_fmadd_ps(q, _mm256_loadu_ps(k + l * hv->stride + i), acc[l]);
+        for (int l = 0; l < 8; l++) acc[l] = _mm256_fmadd_ps(q, key8(hv, k0 + l, i, half), acc[l]);
     }
     scores8_finish(hv, j0, j, acc, s, vmax);
 }
 
 /* What scores_avx2 does after its blocks of eight (which ended at key j0 + j): the largest
  * score of those blocks, then the keys left one by one. */
-INLINE_AVX2 float scores_tail(const HeadView *hv, int j0, int j, int nc, float *s, __m256 vmax) {
+INLINE_KV float scores_tail(const HeadView *hv, int j0, int j, int nc, float *s, __m256 vmax, bool half) {
     const int hd = hv->hd;
     float mx = -INFINITY, lanes[8];
     _mm256_storeu_ps(lanes, vmax);
     for (int l = 0; l < 8; l++) mx = lanes[l] > mx ? lanes[l] : mx;
     for (; j < nc; j++) {
-        const float *k = hv->k + (int64_t)(j0 + j) * hv->stride;
+        const int64_t key = j0 + j;
         __m256 acc = _mm256_setzero_ps();
         int i = 0;
-        for (; i + 8 <= hd; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(hv->q + i), _mm256_loadu_ps(k + i), acc);
+        for (; i + 8 <= hd; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(hv->q + i), key8(hv, key, i, half), acc);
         float d = hsum8(acc);
-        for (; i < hd; i++) d += hv->q[i] * k[i];
+        for (; i < hd; i++) d += hv->q[i] * key1(hv, key, i, half);
         s[j] = hv->scale * d + hv->slope * (float)(j0 + j);
         if (s[j] > mx) mx = s[j];
     }
     return mx;
 }
 
-TARGET_AVX2 static float scores_avx2(const HeadView *hv, int j0, int nc, float *s) {
+INLINE_KV float scores_simd(const HeadView *hv, int j0, int nc, float *s, bool half) {
     __m256 vmax = _mm256_set1_ps(-INFINITY);
     int j = 0;
     if (hv->hd % 8 == 0)
-        for (; j + 8 <= nc; j += 8) scores8(hv, j0, j, s, &vmax);
-    return scores_tail(hv, j0, j, nc, s, vmax);
+        for (; j + 8 <= nc; j += 8) scores8(hv, j0, j, nc, s, &vmax, half);
+    return scores_tail(hv, j0, j, nc, s, vmax, half);
 }
 
 TARGET_AVX2 static float softmax_weights_avx2(float *s, int nc, float m) {
@@ -145,8 +184,7 @@ TARGET_AVX2 static float softmax_weights_avx2(float *s, int nc, float m) {
 
 /* out += sum_j p[j] v_j, 64 output values at a time held in 8 registers while all the
  * chunk's value rows go by (then 8 at a time, then the last hd % 8 one by one). */
-TARGET_AVX2 static void weighted_sum_avx2(const HeadView *hv, int j0, int nc, const float *p) {
-    const float *vbase = hv->v + (int64_t)j0 * hv->stride;
+INLINE_KV void weighted_sum_simd(const HeadView *hv, int j0, int nc, const float *p, bool half) {
     float *out = hv->out;
     int i = 0;
     for (; i + 64 <= hv->hd; i += 64) {
@@ -154,22 +192,22 @@ TARGET_AVX2 static void weighted_sum_avx2(const HeadView *hv, int j0, int nc, co
 #pragma GCC unroll 8
         for (int l = 0; l < 8; l++) acc[l] = _mm256_loadu_ps(out + i + 8 * l);
         for (int j = 0; j < nc; j++) {
-            const float *v = vbase + (int64_t)j * hv->stride + i;
+            if (half && i == 0 && j + PREFETCH_KEYS < nc)
+                prefetch_row(hv->v16 + (int64_t)(j0 + j + PREFETCH_KEYS) * hv->stride, hv->hd);
             __m256 pj = _mm256_set1_ps(p[j]);
 #pragma GCC unroll 8
-            for (int l = 0; l < 8; l++) acc[l] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + 8 * l), acc[l]);
+            for (int l = 0; l < 8; l++) acc[l] = _mm256_fmadd_ps(pj, value8(hv, j0 + j, i + 8 * l, half), acc[l]);
         }
 #pragma GCC unroll 8
         for (int l = 0; l < 8; l++) _mm256_storeu_ps(out + i + 8 * l, acc[l]);
     }
     for (; i + 8 <= hv->hd; i += 8) {
         __m256 acc = _mm256_loadu_ps(out + i);
-        for (int j = 0; j < nc; j++)
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), _mm256_loadu_ps(vbase + (int64_t)j * hv->stride + i), acc);
+        for (int j = 0; j < nc; j++) acc = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), value8(hv, j0 + j, i, half), acc);
         _mm256_storeu_ps(out + i, acc);
     }
     for (; i < hv->hd; i++)
-        for (int j = 0; j < nc; j++) out[i] += p[j] * vbase[(int64_t)j * hv->stride + i];
+        for (int j = 0; j < nc; j++) out[i] += p[j] * value1(hv, j0 + j, i, half);
 }
 #endif
 
@@ -200,7 +238,7 @@ static inline void normalize(const HeadView *hv, float sum) {
  * operations attend_one would do, in the same order (the same ymm FMAs and the same folding
  * trees; the registers are just more): a query's output stays the same whether it runs alone
  * or beside others. Only for head sizes that are a multiple of 64. */
-#define INLINE_WIDE static inline __attribute__((always_inline, target("avx512f,avx512vl,avx2,fma")))
+#define INLINE_WIDE static inline __attribute__((always_inline, target("avx512f,avx512vl,avx2,fma,f16c")))
 enum { ATT_GROUP = 3 };
 
 /* scores8 for the ATT_GROUP queries of hv, sharing the key loads. */
@@ -264,7 +302,7 @@ INLINE_WIDE void weighted_sum_group(const HeadView *hv, int j0, const int *nc, f
 }
 
 /* attend_one for ATT_GROUP queries, query q against keys 0 .. n_first + q - 1. */
-__attribute__((target("avx512f,avx512vl,avx2,fma"))) static void attend_group(const HeadView *hv, int n_first) {
+__attribute__((target("avx512f,avx512vl,avx2,fma,f16c"))) static void attend_group(const HeadView *hv, int n_first) {
     float s[ATT_GROUP][ATT_CHUNK];
     float m[ATT_GROUP], sum[ATT_GROUP];
     for (int q = 0; q < ATT_GROUP; q++) {
@@ -284,8 +322,8 @@ __attribute__((target("avx512f,avx512vl,avx2,fma"))) static void attend_group(co
         for (int q = 0; q < ATT_GROUP; q++) {
             if (nc[q] == 0) continue;
             int j = shared;
-            for (; j + 8 <= nc[q]; j += 8) scores8(&hv[q], j0, j, s[q], &vmax[q]);
-            float cmax = scores_tail(&hv[q], j0, j, nc[q], s[q], vmax[q]);
+            for (; j + 8 <= nc[q]; j += 8) scores8(&hv[q], j0, j, nc[q], s[q], &vmax[q], false);
+            float cmax = scores_tail(&hv[q], j0, j, nc[q], s[q], vmax[q], false);
             raise_max(&hv[q], cmax, &m[q], &sum[q]);
             sum[q] += softmax_weights_avx2(s[q], nc[q], m[q]);
         }
@@ -295,38 +333,47 @@ __attribute__((target("avx512f,avx512vl,avx2,fma"))) static void attend_group(co
 }
 #endif
 
-/* One query against keys 0 .. n_keys-1 (see the top of this section). */
-static void attend_one(const HeadView *hv, int n_keys, bool simd) {
+#if HAVE_X86
+/* attend_one's SIMD form: the same steps as its plain loop below, on float copies or (half)
+ * on the 16-bit cache. */
+INLINE_KV void attend_one_simd(const HeadView *hv, int n_keys, bool half) {
     float s[ATT_CHUNK];
     float m = -INFINITY, sum = 0.0f;
-
     memset(hv->out, 0, (size_t)hv->hd * sizeof(float));
     for (int j0 = 0; j0 < n_keys; j0 += ATT_CHUNK) {
         int nc = n_keys - j0 < ATT_CHUNK ? n_keys - j0 : ATT_CHUNK;
-#if HAVE_X86
-        float cmax = simd ? scores_avx2(hv, j0, nc, s) : scores_plain(hv, j0, nc, s);
-#else
-        float cmax = scores_plain(hv, j0, nc, s);
+        raise_max(hv, scores_simd(hv, j0, nc, s, half), &m, &sum);
+        sum += softmax_weights_avx2(s, nc, m);
+        weighted_sum_simd(hv, j0, nc, s, half);
+    }
+    normalize(hv, sum);
+}
+
+TARGET_KV static void attend_one_f32(const HeadView *hv, int n_keys) { attend_one_simd(hv, n_keys, false); }
+TARGET_KV static void attend_one_f16(const HeadView *hv, int n_keys) { attend_one_simd(hv, n_keys, true); }
 #endif
-        raise_max(hv, cmax, &m, &sum);
+
+/* One query against keys 0 .. n_keys-1 (see the top of this section). */
+static void attend_one(const HeadView *hv, int n_keys, bool simd) {
 #if HAVE_X86
-        if (simd) {
-            sum += softmax_weights_avx2(s, nc, m);
-            weighted_sum_avx2(hv, j0, nc, s);
-            continue;
-        }
+    if (simd) {
+        if (hv->k16) attend_one_f16(hv, n_keys);
+        else attend_one_f32(hv, n_keys);
+        return;
+    }
 #endif
+    float s[ATT_CHUNK];
+    float m = -INFINITY, sum = 0.0f;
+    memset(hv->out, 0, (size_t)hv->hd * sizeof(float));
+    for (int j0 = 0; j0 < n_keys; j0 += ATT_CHUNK) {
+        int nc = n_keys - j0 < ATT_CHUNK ? n_keys - j0 : ATT_CHUNK;
+        raise_max(hv, scores_plain(hv, j0, nc, s), &m, &sum);
         sum += softmax_weights_plain(s, nc, m);
         weighted_sum_plain(hv, j0, nc, s);
     }
     normalize(hv, sum);
     (void)simd;
 }
-
-/* Rows of the cache are heads*head_dim halves apart — a new 4 KiB page every row or few
- * for real models — which the hardware prefetchers do not follow, so the widening asks for
- * the rows this many keys ahead itself. */
-enum { PREFETCH_KEYS = 16 };
 
 #if HAVE_X86
 /* dst[j][0..hd) = float(src[j * stride + 0..hd)) for j < n, 8 values at a time by F16C. */
@@ -366,8 +413,10 @@ static void widen_rows(const void *cache, bool f16, int64_t offset, int64_t stri
 }
 
 /* Queries per unit of work; the unit's queries share one widened copy of their head's keys
- * and values. */
-enum { ATT_QUERIES = 64 };
+ * and values. A unit of at most ATT_DIRECT queries (decoding: one) reads a 16-bit cache
+ * directly instead: it reads each row about once, and copying it first only adds a write
+ * and a read (and attend_group, which wants the copy, needs three queries). */
+enum { ATT_QUERIES = 64, ATT_DIRECT = 2 };
 
 /* Units of work are (head, block of up to ATT_QUERIES new tokens), the blocks with the most
  * keys first. Each thread slot holds one float copy of a head's keys (rows 0..len-1) and
@@ -388,21 +437,26 @@ static void attention_units(void *ctx, int64_t i0, int64_t i1, int slot) {
     const AttentionArgs *a = j->a;
     const int hd = a->head_dim, len = a->n_past + a->T, nblocks = j->nblocks;
     const int64_t stride = (int64_t)a->heads * hd;
-    if (!j->kv[slot]) j->kv[slot] = malloc((size_t)len * (size_t)hd * 2 * sizeof(float));
-    float *kv = j->kv[slot];
-    if (!kv) {
-        j->failed[slot] = 1;
-        return;
-    }
     for (int64_t i = i0; i < i1; i++) {
         const int h = (int)(i % a->heads), blk = nblocks - 1 - (int)(i / a->heads);
         const int t0 = blk * ATT_QUERIES, t1 = t0 + ATT_QUERIES < a->T ? t0 + ATT_QUERIES : a->T;
         const int n = a->n_past + t1; /* the keys the block's last query sees */
-        float *kc = kv, *vc = kv + (size_t)len * hd;
-        widen_rows(a->k, a->kv_f16, (int64_t)h * hd, stride, n, hd, kc, j->simd);
-        widen_rows(a->v, a->kv_f16, (int64_t)h * hd, stride, n, hd, vc, j->simd);
-        HeadView hv = {.k = kc, .v = vc, .stride = hd, .hd = hd, .scale = a->scale,
-                       .slope = a->alibi ? a->alibi[h] : 0.0f};
+        HeadView hv = {.hd = hd, .scale = a->scale, .slope = a->alibi ? a->alibi[h] : 0.0f};
+        if (j->simd && a->kv_f16 && t1 - t0 <= ATT_DIRECT) {
+            hv.k16 = (const uint16_t *)a->k + (int64_t)h * hd;
+            hv.v16 = (const uint16_t *)a->v + (int64_t)h * hd;
+            hv.stride = stride;
+        } else {
+            if (!j->kv[slot]) j->kv[slot] = malloc((size_t)len * (size_t)hd * 2 * sizeof(float));
+            float *kc = j->kv[slot], *vc = kc + (size_t)len * hd;
+            if (!kc) {
+                j->failed[slot] = 1;
+                return;
+            }
+            widen_rows(a->k, a->kv_f16, (int64_t)h * hd, stride, n, hd, kc, j->simd);
+            widen_rows(a->v, a->kv_f16, (int64_t)h * hd, stride, n, hd, vc, j->simd);
+            hv.k = kc, hv.v = vc, hv.stride = hd;
+        }
         int t = t0;
 #if HAVE_X86
         for (; j->group && t + ATT_GROUP <= t1; t += ATT_GROUP) {

@@ -289,6 +289,7 @@ KERNEL512 void tile512(DType dt, int R, int M, const Gemm *g, int64_t n0, int64_
 #pragma GCC unroll 4
             for (int m = 0; m < M; m++) {
                 __m512 xv = _mm512_loadu_ps(x + m * K + k + 16 * h);
+                __asm__("" : "+v"(xv)); /* one load for the R FMAs below, not one folded into each */
 #pragma GCC unroll 4
                 for (int r = 0; r < R; r++) acc[r][m][h] = _mm512_fmadd_ps(wv[r], xv, acc[r][m][h]);
             }
@@ -318,15 +319,11 @@ KERNEL512 void tile512(DType dt, int R, int M, const Gemm *g, int64_t n0, int64_
         }
 }
 
-KERNEL512 void row_group512(DType dt, int R, const Gemm *g, int64_t n0, int64_t t_begin, int64_t t_end) {
-    int64_t t = t_begin;
-    for (; t + TILE_M <= t_end; t += TILE_M) tile512(dt, R, TILE_M, g, n0, t);
-    switch (t_end - t) {
-    case 3: tile512(dt, R, 3, g, n0, t); break;
-    case 2: tile512(dt, R, 2, g, n0, t); break;
-    case 1: tile512(dt, R, 1, g, n0, t); break;
-    default: break;
-    }
+/* Tokens t0 .. t0+M-1 against weight rows n_begin .. n_end-1, TILE_R rows at a time. */
+KERNEL512 void rows_tile512(DType dt, int M, const Gemm *g, int64_t n_begin, int64_t n_end, int64_t t0) {
+    int64_t n = n_begin;
+    for (; n + TILE_R <= n_end; n += TILE_R) tile512(dt, TILE_R, M, g, n, t0);
+    for (; n < n_end; n++) tile512(dt, 1, M, g, n, t0);
 }
 
 KERNEL512 void rows_avx512_dt(DType dt, const Gemm *g, int64_t n_begin, int64_t n_end) {
@@ -336,13 +333,16 @@ KERNEL512 void rows_avx512_dt(DType dt, const Gemm *g, int64_t n_begin, int64_t 
         for (; n < n_end; n++) tile512(dt, 1, 1, g, n, 0);
         return;
     }
-    int64_t tb = (256 * 1024) / (g->K * (int64_t)sizeof(float));
-    tb = tb < TILE_M ? TILE_M : tb / TILE_M * TILE_M;
-    for (int64_t t0 = 0; t0 < g->T; t0 += tb) {
-        int64_t t1 = t0 + tb < g->T ? t0 + tb : g->T;
-        int64_t n = n_begin;
-        for (; n + TILE_R <= n_end; n += TILE_R) row_group512(dt, TILE_R, g, n, t0, t1);
-        for (; n < n_end; n++) row_group512(dt, 1, g, n, t0, t1);
+    /* Token tiles outside, the block's rows inside: a tile's TILE_M rows of x stay in L1
+     * (4 x K floats) while the block's weights come by from L2, so the many loads of x (each
+     * FMA takes its x straight from memory) hit L1. */
+    int64_t t = 0;
+    for (; t + TILE_M <= g->T; t += TILE_M) rows_tile512(dt, TILE_M, g, n_begin, n_end, t);
+    switch (g->T - t) {
+    case 3: rows_tile512(dt, 3, g, n_begin, n_end, t); break;
+    case 2: rows_tile512(dt, 2, g, n_begin, n_end, t); break;
+    case 1: rows_tile512(dt, 1, g, n_begin, n_end, t); break;
+    default: break;
     }
 }
 

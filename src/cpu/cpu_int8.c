@@ -20,8 +20,9 @@
  * call allocates nothing once the area has grown to the largest T seen.
  *
  * Weights are kept as int8 codes [Np, Kp] (rows padded to a multiple of 64 bytes and the
- * row count to a multiple of 4, padding zero, so kernels need no tail code) plus one
- * float per row; the 16-bit source is not kept. For the bitsandbytes modes the codes
+ * row count to a multiple of 64, padding zero, so kernels need no tail code), row-major or,
+ * for the VNNI kernel, reordered in panels of 16 rows (cpu_internal.h, Int8BlockFn), plus
+ * one float per row; the 16-bit source is not kept. For the bitsandbytes modes the codes
  * and scales are exactly bnb's CB and SCB, whether quantized here or read from an int8
  * checkpoint. */
 #include <math.h>
@@ -37,6 +38,8 @@ enum {
     CHUNK_T = 64,     /* tokens per chunk: their codes (2 x 64 x Kp bytes) stay in L2 while
                        * every weight block passes over them */
 };
+_Static_assert(BLOCK_ROWS == INT8_PANELS * INT8_PANEL_N && INT8_PAD_N % BLOCK_ROWS == 0,
+               "a block is what one Int8BlockFn call computes, and every block is whole");
 
 /* ---- what each mode quantizes how ------------------------------------------------ */
 
@@ -76,7 +79,9 @@ struct CpuInt8Linear {
     OutlierScope scope;
     int64_t N, K;          /* out_features, in_features */
     int64_t Np, Kp;        /* padded */
-    int8_t *w;             /* [Np, Kp] weight codes, padding 0 */
+    const Int8Kernel *kern;/* the kernel chosen when it was made: it decides the layout of w */
+    int8_t *w;             /* [Np, Kp] weight codes, padding 0: row-major, or in panels of 16
+                            * rows for a kernel with `block` (Int8BlockFn, cpu_internal.h) */
     float *scb;            /* [Np] weight statistic per row: absmax (SCB), or the range of
                             * zero-point weights (the same value in every row for the
                             * tensor-wise schemes) */
@@ -207,6 +212,35 @@ static void quantize_weights(CpuInt8Linear *l, const HostMatrix *w) {
     }
 }
 
+typedef struct PackJob {
+    CpuInt8Linear *l;
+    int8_t *copies; /* one panel's worth of bytes per thread slot */
+} PackJob;
+
+/* Panels [p0, p1) from row-major to the packed layout, in place (a panel's 16 rows occupy
+ * the same bytes in both), through the slot's copy; 4-byte groups of k move as one. */
+static void pack_panel_range(void *ctx, int64_t p0, int64_t p1, int slot) {
+    const PackJob *j = ctx;
+    const int64_t Kp = j->l->Kp, bytes = INT8_PANEL_N * Kp;
+    int8_t *rows = j->copies + slot * bytes;
+    for (int64_t p = p0; p < p1; p++) {
+        int8_t *panel = j->l->w + p * bytes;
+        memcpy(rows, panel, (size_t)bytes);
+        for (int64_t k = 0; k < Kp; k += 4)
+            for (int r = 0; r < INT8_PANEL_N; r++) memcpy(panel + k * INT8_PANEL_N + 4 * r, rows + r * Kp + k, 4);
+    }
+}
+
+/* The weights into the kernel's layout: 0, or -1 when out of memory (w unchanged). */
+static int pack_weights(CpuInt8Linear *l) {
+    if (!l->kern->block) return 0;
+    PackJob j = {.l = l, .copies = malloc((size_t)cpu_pool_slots() * INT8_PANEL_N * (size_t)l->Kp)};
+    if (!j.copies) return -1;
+    cpu_parallel_for(l->Np / INT8_PANEL_N, 4, l->Np * l->Kp >= (1 << 20), pack_panel_range, &j);
+    free(j.copies);
+    return 0;
+}
+
 CpuInt8Linear *cpu_int8_create(const HostMatrix *w, const float *bias, const QuantConfig *q, Error *err) {
     if (!w || !q || !w->data) {
         err_set(err, "int8 projection: no weight given");
@@ -242,6 +276,7 @@ CpuInt8Linear *cpu_int8_create(const HostMatrix *w, const float *bias, const Qua
     l->wq = MODES[q->mode].w;
     l->tau = MODES[q->mode].decompose ? q->threshold : 0.0f;
     l->scope = q->outliers;
+    l->kern = cpu_int8_active_kernel();
     l->N = w->rows;
     l->K = w->cols;
     l->Np = (l->N + INT8_PAD_N - 1) / INT8_PAD_N * INT8_PAD_N;
@@ -263,6 +298,7 @@ CpuInt8Linear *cpu_int8_create(const HostMatrix *w, const float *bias, const Qua
         memcpy(l->bias, bias, (size_t)l->N * sizeof(float));
     }
     quantize_weights(l, w);
+    if (pack_weights(l)) goto oom;
     return l;
 oom:
     err_set(err, "int8 projection [%lld x %lld]: out of memory", (long long)w->rows, (long long)w->cols);
@@ -588,12 +624,13 @@ __attribute__((target("avx2"))) static void dequant_outliers_avx2(const CpuInt8L
 
 /* Steps 3-4 for tokens [t0, t1) (t1 - t0 <= CHUNK_T) and the weight rows [n0, n1) of one
  * block. gq and woT are the thread's scratch for the block's outlier columns,
- * [n_out][BLOCK_ROWS]. The loops go weight rows outside, tokens inside: a group of
- * INT8_ROWS weight rows (4 x Kp bytes) stays in L1 while every token tile of the chunk
- * passes over it, so each weight load from L2 serves all the chunk's tokens (at small T,
- * as when decoding many sequences, the weights are the larger operand). The int32 results
- * of the whole chunk x block wait in c32 for the epilogue, which then runs per token tile
- * exactly as before: every output's arithmetic is the same whatever T. */
+ * [n_out][BLOCK_ROWS]. Three ways to the int32 sums, by kernel: AMX's 16-row tiles, the
+ * VNNI kernel's whole block (it picks its own tiles), or the row-major tiles of the others,
+ * whose loops go weight rows outside, tokens inside: a group of INT8_ROWS weight rows
+ * (4 x Kp bytes) stays in L1 while every token tile of the chunk passes over it, so each
+ * weight load from L2 serves all the chunk's tokens. The int32 results of the whole chunk
+ * x block wait in c32 for the epilogue, which then runs per token tile exactly as before:
+ * every output's arithmetic is the same whatever T. */
 static void run_block(const Call *c, int64_t t0, int64_t t1, int64_t n0, int64_t n1, int8_t *gq, float *woT,
                       float *y, int32_t *acc32) {
     const CpuInt8Linear *l = c->l;
@@ -608,8 +645,20 @@ static void run_block(const Call *c, int64_t t0, int64_t t1, int64_t n0, int64_t
             for (int64_t j = 0; j < n_out; j++)
                 for (int64_t r = n; r < n + INT8_AMX_N; r++) gq[j * BLOCK_ROWS + (r - n0)] = l->w[r * Kp + c->cols[j]];
         }
+    } else if (kern->block) {
+        /* VNNI: the block's 64 rows at once for all the chunk's tokens, from the panels */
+        const int8_t *wp = l->w + n0 * Kp;
+        kern->block(c->qa2 + t0 * Kp, t1 - t0, wp, l->wsum + n0, Kp, c32, BLOCK_ROWS);
+        /* column k of a panel's 16 rows: every 4th byte of one 64-byte line */
+        for (int64_t j = 0; j < n_out; j++) {
+            const int64_t k = c->cols[j];
+            for (int p = 0; p < INT8_PANELS; p++) {
+                const int8_t *line = wp + p * INT8_PANEL_N * Kp + k / 4 * 64 + k % 4;
+                for (int r = 0; r < INT8_PANEL_N; r++) gq[j * BLOCK_ROWS + p * INT8_PANEL_N + r] = line[4 * r];
+            }
+        }
     }
-    for (int64_t n = n0; n < n1 && !(kern->rows16 && c->T >= 2); n += INT8_ROWS) {
+    for (int64_t n = n0; n < n1 && !(kern->rows16 && c->T >= 2) && !kern->block; n += INT8_ROWS) {
         for (int64_t t = t0; t < t1;) {
             const int nt = t1 - t >= INT8_TILE_T ? INT8_TILE_T : 1;
             int32_t *out = c32 + (t - t0) * BLOCK_ROWS + (n - n0);
@@ -726,7 +775,7 @@ static int out_of_memory(const CpuInt8Linear *l, int64_t T, size_t bytes, Error 
 
 static int forward(const CpuInt8Linear *l, CpuInt8Scratch *scratch, const float *x, int64_t T, float *y,
                    int32_t *acc32, float *sca, Error *err) {
-    Call c = {.l = l, .kern = cpu_int8_active_kernel(), .x = x, .T = T};
+    Call c = {.l = l, .kern = l->kern, .x = x, .T = T};
     Carver size = {0};
     carve_call(&c, &size);
     Carver cv = {.base = cpu_scratch_reserve(&scratch->call, size.used)};

@@ -1,11 +1,12 @@
 /* cpu/cpu_int8_kernels.c — the int8 GEMM micro-kernels and the run-time choice between them.
  *
- * A kernel computes the exact int32 products of a tile of activation codes with a tile of
- * weight codes (the contract is Int8TileFn in cpu_internal.h): 4 tokens x R weight rows for
- * prompts, 1 token x 4 rows for decoding. cpu_int8.c drives them over blocks of weight rows
- * and does everything else (quantization, epilogue). Three implementations, one chosen per
- * process from the CPU's features: portable C, AVX2, and AVX-512 VNNI (zmm registers).
- * The reasoning for exactness is beside each one and in docs/QUANT.md. */
+ * A kernel computes the exact int32 products of activation codes with weight codes (the
+ * contracts are Int8TileFn, Int8Rows16Fn and Int8BlockFn in cpu_internal.h). cpu_int8.c
+ * drives them over blocks of weight rows and does everything else (quantization, epilogue).
+ * Four implementations, one chosen per process from the CPU's features: portable C and AVX2
+ * (tiles of 4 tokens x R rows, 1 token x 4 rows, on row-major weights), AVX-512 VNNI (zmm
+ * registers, on weights packed in panels of 16 rows) and AMX. The reasoning for exactness is
+ * beside each one and in docs/QUANT.md. */
 #include <cpuid.h>
 #include <stdbool.h>
 #include <immintrin.h>
@@ -102,11 +103,9 @@ __attribute__((target("avx2"))) static void avx2_tile1(const int8_t *a, const ui
  * activations shifted to unsigned, a + 128 in [1, 255], one instruction does 64
  * multiply-adds:  sum (a+128) b = sum a b + 128 sum b,  and the second term is the
  * precomputed row sum. Intermediate int32 wrap-around cancels in the subtraction.
- * Kp is a multiple of INT8_PAD_K = 64 bytes, one zmm. The 4 x 4 tile keeps 16
- * accumulators, 4 weight vectors and one activation vector in the 32 zmm registers; each
- * weight load serves 4 tokens and each activation load 4 rows. (zmm rather than ymm:
- * measured 1.7x the multiply-adds per second of the same tile on ymm, from an L1-resident
- * operand, on a Sapphire Rapids-class Xeon.) */
+ * Kp is a multiple of INT8_PAD_K = 64 bytes, one zmm. Two users: the VNNI kernel proper,
+ * on weights packed in panels (vnni_block, below), and the AMX kernel's decoding, a GEMV on
+ * row-major weights (vnni_gemv4). */
 #define VNNI_TARGET "avx512vnni,avx512vl,avx512bw,avx512f,avx2"
 #define LOAD512(p) _mm512_loadu_si512((const void *)(p))
 #define PREFETCH_T1(p) _mm_prefetch((const char *)(p), _MM_HINT_T1)
@@ -115,59 +114,10 @@ __attribute__((target(VNNI_TARGET))) static inline int32_t vnni_finish(__m512i a
     return (int32_t)((uint32_t)_mm512_reduce_add_epi32(acc) - 128u * (uint32_t)wsum);
 }
 
-/* Lane i of the result = the sum of the 16 lanes of v[i], for 16 vectors. Each level adds
- * pairs of vectors after interleaving them, halving the vectors and doubling what each lane
- * sums: 32-bit pairs, 64-bit pairs, then 128-bit lanes twice. */
-__attribute__((target(VNNI_TARGET))) static inline __m512i vnni_sum16(const __m512i v[16]) {
-    __m512i a[8], b[4], c[2];
-    for (int i = 0; i < 8; i++) /* lane quad j: [v0 j0+j2, v1 j0+j2, v0 j1+j3, v1 j1+j3] */
-        a[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]),
-                                _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
-    for (int i = 0; i < 4; i++) /* lane quad j: the quad-j sums of v[4i .. 4i+3] */
-        b[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(a[2 * i], a[2 * i + 1]),
-                                _mm512_unpackhi_epi64(a[2 * i], a[2 * i + 1]));
-    for (int i = 0; i < 2; i++) /* quads 0+1 and 2+3 of b[2i], then of b[2i+1] */
-        c[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(b[2 * i], b[2 * i + 1], 0x88),
-                                _mm512_shuffle_i32x4(b[2 * i], b[2 * i + 1], 0xdd));
-    return _mm512_add_epi32(_mm512_shuffle_i32x4(c[0], c[1], 0x88), _mm512_shuffle_i32x4(c[0], c[1], 0xdd));
-}
-
-__attribute__((target(VNNI_TARGET))) static void vnni_tile4(const int8_t *a, const uint8_t *a_u8,
-                                                            const int8_t *w, const int32_t *wsum,
-                                                            int64_t Kp, int32_t *out, int64_t ld) {
-    (void)a;
-    __m512i acc[INT8_TILE_T][INT8_ROWS];
-    for (int t = 0; t < INT8_TILE_T; t++)
-        for (int r = 0; r < INT8_ROWS; r++) acc[t][r] = _mm512_setzero_si512();
-    for (int64_t k = 0; k < Kp; k += 64) {
-        __m512i b[INT8_ROWS];
-        for (int r = 0; r < INT8_ROWS; r++) b[r] = LOAD512(w + r * Kp + k);
-        for (int r = 0; r < INT8_ROWS; r++) PREFETCH_T1(w + (2 * INT8_ROWS + r) * Kp + k);
-        for (int t = 0; t < INT8_TILE_T; t++) {
-            __m512i au = LOAD512(a_u8 + t * Kp + k);
-            for (int r = 0; r < INT8_ROWS; r++) acc[t][r] = _mm512_dpbusd_epi32(acc[t][r], au, b[r]);
-        }
-    }
-    /* The 16 horizontal sums at once: a butterfly of 45 instructions instead of 16
-     * separate reductions (~130), leaving sum[4 t + r] in lane 4 t + r. int32 addition
-     * wraps exactly, so any order gives vnni_finish's result. */
-    __m512i v[INT8_TILE_T * INT8_ROWS];
-    for (int t = 0; t < INT8_TILE_T; t++)
-        for (int r = 0; r < INT8_ROWS; r++) v[t * INT8_ROWS + r] = acc[t][r];
-    const __m512i sums = vnni_sum16(v);
-    const __m128i wsum4 = _mm_loadu_si128((const __m128i *)(const void *)wsum);
-    const __m512i corr = _mm512_slli_epi32(_mm512_broadcast_i32x4(wsum4), 7); /* 128 wsum[r] in lane 4 t + r */
-    const __m512i res = _mm512_sub_epi32(sums, corr);                           /* modulo 2^32 */
-    _mm_storeu_si128((__m128i *)(void *)(out + 0 * ld), _mm512_extracti32x4_epi32(res, 0));
-    _mm_storeu_si128((__m128i *)(void *)(out + 1 * ld), _mm512_extracti32x4_epi32(res, 1));
-    _mm_storeu_si128((__m128i *)(void *)(out + 2 * ld), _mm512_extracti32x4_epi32(res, 2));
-    _mm_storeu_si128((__m128i *)(void *)(out + 3 * ld), _mm512_extracti32x4_epi32(res, 3));
-}
-
-/* 1 token x 4 rows (decoding): two accumulators per row (even and odd 64-byte steps), so
- * that 8 independent dpbusd chains hide its latency while the weights stream in. act holds
- * a + 128 (flip false), or the signed codes a, made a + 128 here as a XOR 0x80 (flip true,
- * the AMX kernel's decoding, which has no offset copy). */
+/* 1 token x 4 row-major rows (the AMX kernel's decoding): two accumulators per row (even and
+ * odd 64-byte steps), so that 8 independent dpbusd chains hide its latency while the weights
+ * stream in. act holds a + 128 (flip false), or the signed codes a, made a + 128 here as
+ * a XOR 0x80 (flip true: AMX keeps no offset copy). */
 __attribute__((target(VNNI_TARGET))) static inline __attribute__((always_inline)) void
 vnni_gemv4(const void *act, bool flip, const int8_t *w, const int32_t *wsum, int64_t Kp, int32_t *out) {
     const unsigned char *x = act;
@@ -192,11 +142,101 @@ vnni_gemv4(const void *act, bool flip, const int8_t *w, const int32_t *wsum, int
     for (int r = 0; r < INT8_ROWS; r++) out[r] = vnni_finish(_mm512_add_epi32(acc[0][r], acc[1][r]), wsum[r]);
 }
 
-__attribute__((target(VNNI_TARGET))) static void vnni_tile1(const int8_t *a, const uint8_t *a_u8,
-                                                            const int8_t *w, const int32_t *wsum,
-                                                            int64_t Kp, int32_t *out, int64_t ld) {
-    (void)a, (void)ld; /* one token: a single output row */
-    vnni_gemv4(a_u8, false, w, wsum, Kp, out);
+/* The same instruction on weights packed in panels (Int8PanelFn, cpu_internal.h): one zmm
+ * load holds 4 bytes of k for 16 weight rows, and one 4-byte broadcast of a token's a + 128
+ * meets all 16 at once, so each lane of an accumulator is one output's own sum and no
+ * horizontal sums are needed. A tile is NT tokens x the 4 panels of a block (64 rows):
+ * 4 NT accumulators, 4 weight vectors and one broadcast in the 32 zmm registers (NT <= 6).
+ * Per 4 bytes of k it loads 4 x 64 bytes of weights and NT x 4 bytes of codes for 4 NT
+ * instructions, about a third of the bytes per instruction of the 4 x 4 tile above, so
+ * it stays fed from L1 and L2 at two instructions per cycle; the weights of a block are
+ * one sequential stream per panel while the memory delivers them. */
+enum { PANEL_PREFETCH = 4096 }; /* bytes ahead in each panel's stream, a few hundred cycles */
+
+/* acc + the dot products of a (unsigned) and b (signed) per int32 lane: _mm512_dpbusd_epi32
+ * written as the instruction itself. With the intrinsic, GCC 12 copies every accumulator
+ * into a scratch register and back around each instruction once the tile holds more than a
+ * few (65 register moves per 24 instructions in the 6-token tile, seen in objdump); tied
+ * as an in-out operand here, each accumulator stays in its register. */
+__attribute__((target(VNNI_TARGET))) static inline __attribute__((always_inline)) __m512i
+dpbusd(__m512i acc, __m512i a, __m512i b) {
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+    return acc;
+}
+
+__attribute__((target(VNNI_TARGET))) static inline __attribute__((always_inline)) void
+vnni_panels(const uint8_t *a_u8, const int8_t *wp, const int32_t *wsum, int64_t Kp, int32_t *out, int64_t ld,
+            const int NT, const int NP) {
+    const int64_t panel = INT8_PANEL_N * Kp;
+    __m512i acc[16][INT8_PANELS];
+    for (int t = 0; t < NT; t++)
+        for (int p = 0; p < NP; p++) acc[t][p] = _mm512_setzero_si512();
+    for (int64_t k = 0; k < Kp; k += 4) {
+        const int8_t *wk = wp + 16 * k; /* 4 bytes of k x 16 rows = 64 bytes per k step of 4 */
+        __m512i b[INT8_PANELS];
+        for (int p = 0; p < NP; p++) b[p] = LOAD512(wk + p * panel);
+        for (int p = 0; p < NP; p++) PREFETCH_T1(wk + p * panel + PANEL_PREFETCH); /* a line per step */
+        for (int t = 0; t < NT; t++) {
+            int32_t a4;
+            memcpy(&a4, a_u8 + t * Kp + k, sizeof a4);
+            const __m512i au = _mm512_set1_epi32(a4);
+            for (int p = 0; p < NP; p++) acc[t][p] = dpbusd(acc[t][p], au, b[p]);
+        }
+    }
+    for (int p = 0; p < NP; p++) {
+        const __m512i corr = _mm512_slli_epi32(LOAD512(wsum + 16 * p), 7); /* 128 wsum[r], modulo 2^32 */
+        for (int t = 0; t < NT; t++)
+            _mm512_storeu_si512((void *)(out + t * ld + 16 * p), _mm512_sub_epi32(acc[t][p], corr));
+    }
+}
+
+typedef void PanelTileFn(const uint8_t *a_u8, const int8_t *wp, const int32_t *wsum, int64_t Kp, int32_t *out,
+                         int64_t ld);
+
+/* The tiles as functions: NT tokens x NP panels. */
+#define PANEL_TILE(NT, NP)                                                                                     \
+    __attribute__((target(VNNI_TARGET))) static void vnni_tile_##NT##x##NP(                                   \
+        const uint8_t *a_u8, const int8_t *wp, const int32_t *wsum, int64_t Kp, int32_t *out, int64_t ld) {   \
+        vnni_panels(a_u8, wp, wsum, Kp, out, ld, NT, NP);                                                      \
+    }
+PANEL_TILE(1, 4) PANEL_TILE(2, 4) PANEL_TILE(3, 4) PANEL_TILE(4, 4) PANEL_TILE(5, 4) PANEL_TILE(6, 4)
+PANEL_TILE(4, 1) PANEL_TILE(5, 1) PANEL_TILE(6, 1) PANEL_TILE(7, 1) PANEL_TILE(8, 1) PANEL_TILE(9, 1)
+PANEL_TILE(10, 1) PANEL_TILE(11, 1) PANEL_TILE(12, 1) PANEL_TILE(13, 1) PANEL_TILE(14, 1) PANEL_TILE(15, 1)
+PANEL_TILE(16, 1)
+#undef PANEL_TILE
+
+/* nt tokens (any count; rows a_u8 + t Kp) x the 64 rows of one block, by the tile that
+ * measured fastest (`bench --gemm-only`):
+ *   - up to 3 tokens: all 4 panels at once (4 to 12 independent accumulators while the
+ *     weights stream in from memory);
+ *   - 4 to 16 (decoding a batch): one panel at a time against all the tokens, so each weight
+ *     is read once, as the memory streams the block in; 16 tokens: 470 GOP/s per core
+ *     against 404 for 6 x 4 tiles, whose three passes leave the memory idle in two;
+ *   - more (a prompt's chunk: the arithmetic, not the memory, is the bound): 4 panels x 6
+ *     tokens, the fewest loads per instruction, split evenly (16 + 1 tokens: 6 + 6 + 5). */
+__attribute__((target(VNNI_TARGET))) static void vnni_block(const uint8_t *a_u8, int64_t nt, const int8_t *wp,
+                                                            const int32_t *wsum, int64_t Kp, int32_t *out,
+                                                            int64_t ld) {
+    static PanelTileFn *const wide[7] = {NULL,          vnni_tile_1x4, vnni_tile_2x4, vnni_tile_3x4,
+                                         vnni_tile_4x4, vnni_tile_5x4, vnni_tile_6x4};
+    static PanelTileFn *const tall[17] = {
+        NULL,          NULL,          NULL,          NULL,          vnni_tile_4x1,  vnni_tile_5x1,
+        vnni_tile_6x1, vnni_tile_7x1, vnni_tile_8x1, vnni_tile_9x1, vnni_tile_10x1, vnni_tile_11x1,
+        vnni_tile_12x1, vnni_tile_13x1, vnni_tile_14x1, vnni_tile_15x1, vnni_tile_16x1};
+    if (nt <= 3) {
+        wide[nt](a_u8, wp, wsum, Kp, out, ld);
+        return;
+    }
+    if (nt <= 16) {
+        for (int p = 0; p < INT8_PANELS; p++)
+            tall[nt](a_u8, wp + p * INT8_PANEL_N * Kp, wsum + p * INT8_PANEL_N, Kp, out + p * INT8_PANEL_N, ld);
+        return;
+    }
+    while (nt > 0) {
+        const int64_t tiles = (nt + 5) / 6, n = (nt + tiles - 1) / tiles; /* 3 < n <= 6 */
+        wide[n](a_u8, wp, wsum, Kp, out, ld);
+        a_u8 += n * Kp, out += n * ld, nt -= n;
+    }
 }
 
 /* ---- AMX (Sapphire Rapids and later) ----
@@ -274,10 +314,10 @@ __attribute__((target(VNNI_TARGET))) static void amx_tile1(const int8_t *a, cons
 /* ---- the choice ---- */
 
 static const Int8Kernel KERNELS[] = {
-    {"portable", INT8_ROWS, portable_tile4, portable_tile1, NULL, INT8_A2_NONE, false, false},
-    {"avx2", 2, avx2_tile4, avx2_tile1, NULL, INT8_A2_ABS, true, false},
-    {"avx512vnni", INT8_ROWS, vnni_tile4, vnni_tile1, NULL, INT8_A2_OFFSET, true, true},
-    {"amx", INT8_ROWS, NULL, amx_tile1, amx_rows16, INT8_A2_AMX_PACK, true, true},
+    {"portable", INT8_ROWS, portable_tile4, portable_tile1, NULL, NULL, INT8_A2_NONE, false, false},
+    {"avx2", 2, avx2_tile4, avx2_tile1, NULL, NULL, INT8_A2_ABS, true, false},
+    {"avx512vnni", INT8_ROWS, NULL, NULL, NULL, vnni_block, INT8_A2_OFFSET, true, true},
+    {"amx", INT8_ROWS, NULL, amx_tile1, amx_rows16, NULL, INT8_A2_AMX_PACK, true, true},
 };
 enum { KERNEL_PORTABLE, KERNEL_AVX2, KERNEL_VNNI, KERNEL_AMX, KERNEL_COUNT };
 

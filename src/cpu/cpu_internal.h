@@ -118,7 +118,9 @@ enum {
     INT8_ROWS = 4,     /* weight rows of a tile group: tile1's rows, a multiple of tile4's */
     INT8_AMX_N = 16,   /* weight rows of an AMX tile */
     INT8_AMX_T = 16,   /* tokens of an AMX tile */
-    INT8_PAD_N = 16,   /* weight rows are padded to a multiple of this (the widest row tile) */
+    INT8_PANEL_N = 16, /* weight rows of a panel (the packed layout of Int8BlockFn) */
+    INT8_PANELS = 4,   /* panels of a block: the rows one Int8BlockFn call computes */
+    INT8_PAD_N = 64,   /* weight rows are padded to a multiple of this (the widest row tile) */
 };
 
 /* Every kernel computes out[t*ld + r] = sum_k a[t*Kp + k] * w[r*Kp + k] over k < Kp,
@@ -131,6 +133,15 @@ typedef void Int8TileFn(const int8_t *a, const uint8_t *a2, const int8_t *w, con
  * activation codes packed as AMX reads them (INT8_A2_AMX_PACK); apack points at the first
  * token's tile (a token index that is a multiple of INT8_AMX_T). */
 typedef void Int8Rows16Fn(const uint8_t *apack, int64_t nt, const int8_t *w, int64_t Kp, int32_t *out, int64_t ld);
+
+/* VNNI: the same sums for nt tokens (any count; rows of a + 128 at a_u8 + t Kp) x the
+ * INT8_PANELS * INT8_PANEL_N = 64 weight rows of one block, the weights packed in panels:
+ * panel p holds rows 16 p .. 16 p + 15 in the same 16 Kp bytes as the row-major layout,
+ * reordered so that 4 bytes of k of the 16 rows follow one another,
+ *     wp[p * 16 Kp + (k / 4) * 64 + (r % 16) * 4 + k % 4] = w[16 p + r % 16][k],
+ * and wp points at the block's first panel. wsum: the block's 64 row sums. */
+typedef void Int8BlockFn(const uint8_t *a_u8, int64_t nt, const int8_t *wp, const int32_t *wsum, int64_t Kp,
+                         int32_t *out, int64_t ld);
 
 /* The second copy of the activation codes a kernel reads: none, |a| (AVX2), a + 128 (VNNI),
  * or (AMX, for calls of 2 tokens or more) the codes of each INT8_AMX_T tokens t0.. as one
@@ -146,6 +157,7 @@ typedef struct Int8Kernel {
     Int8TileFn *tile4;       /* INT8_TILE_T tokens x rows4 rows (NULL for AMX) */
     Int8TileFn *tile1;       /* 1 token x INT8_ROWS rows (AMX: reads a, not a2) */
     Int8Rows16Fn *rows16;    /* AMX: every call of 2 tokens or more; NULL for the others */
+    Int8BlockFn *block;      /* VNNI: every call, on weights packed in panels; NULL for the others */
     Int8A2 a2;
     bool avx2;               /* the CPU has AVX2: cpu_int8.c may run its AVX2-compiled loops too */
     bool avx512;             /* and AVX-512F (the VNNI and AMX kernels): its AVX-512 loops too */

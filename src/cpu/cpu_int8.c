@@ -657,24 +657,25 @@ static void run_block(const Call *c, int64_t t0, int64_t t1, int64_t n0, int64_t
                 for (int r = 0; r < INT8_PANEL_N; r++) gq[j * BLOCK_ROWS + p * INT8_PANEL_N + r] = line[4 * r];
             }
         }
-    }
-    for (int64_t n = n0; n < n1 && !(kern->rows16 && c->T >= 2) && !kern->block; n += INT8_ROWS) {
-        for (int64_t t = t0; t < t1;) {
-            const int nt = t1 - t >= INT8_TILE_T ? INT8_TILE_T : 1;
-            int32_t *out = c32 + (t - t0) * BLOCK_ROWS + (n - n0);
-            const int8_t *a = c->qa + t * Kp;
-            const uint8_t *a2 = c->qa2 ? c->qa2 + t * Kp : NULL;
-            if (nt == INT8_TILE_T) {
-                for (int64_t r = 0; r < INT8_ROWS; r += kern->rows4)
-                    kern->tile4(a, a2, l->w + (n + r) * Kp, l->wsum + n + r, Kp, out + r, BLOCK_ROWS);
-            } else {
-                kern->tile1(a, a2, l->w + n * Kp, l->wsum + n, Kp, out, BLOCK_ROWS);
+    } else {
+        for (int64_t n = n0; n < n1; n += INT8_ROWS) {
+            for (int64_t t = t0; t < t1;) {
+                const int nt = t1 - t >= INT8_TILE_T ? INT8_TILE_T : 1;
+                int32_t *out = c32 + (t - t0) * BLOCK_ROWS + (n - n0);
+                const int8_t *a = c->qa + t * Kp;
+                const uint8_t *a2 = c->qa2 ? c->qa2 + t * Kp : NULL;
+                if (nt == INT8_TILE_T) {
+                    for (int64_t r = 0; r < INT8_ROWS; r += kern->rows4)
+                        kern->tile4(a, a2, l->w + (n + r) * Kp, l->wsum + n + r, Kp, out + r, BLOCK_ROWS);
+                } else {
+                    kern->tile1(a, a2, l->w + n * Kp, l->wsum + n, Kp, out, BLOCK_ROWS);
+                }
+                t += nt;
             }
-            t += nt;
+            /* The codes of the outlier columns, picked up while these rows are still in L1. */
+            for (int64_t j = 0; j < n_out; j++)
+                for (int64_t r = n; r < n + INT8_ROWS; r++) gq[j * BLOCK_ROWS + (r - n0)] = l->w[r * Kp + c->cols[j]];
         }
-        /* The codes of the outlier columns, picked up while these rows are still in L1. */
-        for (int64_t j = 0; j < n_out; j++)
-            for (int64_t r = n; r < n + INT8_ROWS; r++) gq[j * BLOCK_ROWS + (r - n0)] = l->w[r * Kp + c->cols[j]];
     }
     if (n_out > 0) {
         if (simd) dequant_outliers_avx2(l, gq, n_out, n0, n1 - n0, woT);

@@ -154,8 +154,8 @@ typedef enum Int8A2 { INT8_A2_NONE, INT8_A2_ABS, INT8_A2_OFFSET, INT8_A2_AMX_PAC
 typedef struct Int8Kernel {
     const char *name;        /* "portable", "avx2", "avx512vnni", "amx" */
     int rows4;               /* weight rows R of tile4 (divides INT8_ROWS) */
-    Int8TileFn *tile4;       /* INT8_TILE_T tokens x rows4 rows (NULL for AMX) */
-    Int8TileFn *tile1;       /* 1 token x INT8_ROWS rows (AMX: reads a, not a2) */
+    Int8TileFn *tile4;       /* INT8_TILE_T tokens x rows4 rows (NULL for AMX and VNNI) */
+    Int8TileFn *tile1;       /* 1 token x INT8_ROWS rows (AMX: reads a, not a2; NULL for VNNI) */
     Int8Rows16Fn *rows16;    /* AMX: every call of 2 tokens or more; NULL for the others */
     Int8BlockFn *block;      /* VNNI: every call, on weights packed in panels; NULL for the others */
     Int8A2 a2;

@@ -447,7 +447,7 @@ static void quantize_row_range(void *ctx, int64_t t0, int64_t t1, int slot) {
 static void quantize_rows(const Call *c, bool codes) {
     QuantizeRowsJob j = {.c = c, .codes = codes};
     const int64_t rows_per_piece = (1 << 14) / c->l->K + 1;
-    cpu_parallel_for(c->T, rows_per_piece, c->T * c->l->K >= (1 << 16), quantize_row_range, &j);
+    cpu_parallel_for(c->T, rows_per_piece, c->T * c->l->K >= CPU_PAR_MIN, quantize_row_range, &j);
 }
 
 /* flag[k] = 1 if some row has |x[t,k]| >= tau (branch-free, so that it vectorizes). */

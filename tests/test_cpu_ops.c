@@ -3,6 +3,7 @@
  *
  * The whole suite runs twice: once in a child process with LLMINT8_NO_SIMD=1 (the portable
  * C kernels), once as is (the AVX2 kernels where the CPU has them). */
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <sys/wait.h>
@@ -662,6 +663,42 @@ static void test_parallel_for_covers(void) {
     cpu_parallel_for(-5, 1, true, cover_body, &zero);
 }
 
+/* Loops posted back to back, each of 2 to 4 one-index pieces, the worker often finishing
+ * a loop's last piece just as the next is posted: every piece must run exactly once, and
+ * no loop may hang. (Before the claim counter was closed while a loop was posted, a worker
+ * could claim a piece of the new loop through the old counter: this hung within 500,000
+ * loops in 6 runs of 6.) A hang ends the test through alarm(). */
+static _Atomic int b2b_runs[4];
+
+static void b2b_body(void *ctx, int64_t b, int64_t e, int slot) {
+    (void)ctx, (void)slot;
+    for (int64_t i = b; i < e; i++) atomic_fetch_add(&b2b_runs[i], 1);
+}
+
+static void on_alarm(int sig) {
+    (void)sig;
+    static const char msg[] = "FAIL: back-to-back parallel loops hung\n";
+    ssize_t w = write(2, msg, sizeof msg - 1);
+    (void)w;
+    _exit(1);
+}
+
+static void test_parallel_for_back_to_back(void) {
+    enum { LOOPS = 500000 };
+    cpu_pool_set_threads(2);
+    signal(SIGALRM, on_alarm);
+    alarm(120);
+    long bad = 0;
+    for (long it = 0; it < LOOPS; it++) {
+        const int n = 2 + (int)(it % 3);
+        for (int i = 0; i < n; i++) atomic_store(&b2b_runs[i], 0);
+        cpu_parallel_for(n, 1, true, b2b_body, NULL);
+        for (int i = 0; i < n; i++) bad += atomic_load(&b2b_runs[i]) != 1;
+    }
+    alarm(0);
+    CHECK(bad == 0, "%ld pieces of %d back-to-back loops ran other than once", bad, LOOPS);
+}
+
 /* Outputs of every parallel op, for comparing thread counts bit for bit. */
 typedef struct OpOutputs {
     float *fp16, *int8, *ln, *add, *relu, *gelu, *att;
@@ -833,6 +870,7 @@ static int run_all(const char *name) {
     bk->destroy(bk);
     test_threads_for_load();
     test_parallel_for_covers();
+    test_parallel_for_back_to_back();
     test_thread_count_invariance();
     test_adaptive_default();
     return test_finish(name);

@@ -37,12 +37,18 @@
  * with the same code, and the loop bodies of the backend write only their own piece's
  * outputs (no reduction across pieces).
  *
- * Memory ordering of a loop ("job"): the caller writes the job's fields, then the claim
- * counter (generation << 32 | next piece, release), then job_seq, which workers watch.
- * A worker reads the counter (acquire), then the fields, then claims a piece with a
+ * Memory ordering of a loop ("job"): the caller closes the claim counter (generation << 32
+ * | CLAIM_CLOSED), writes the job's fields (release), then opens the counter (generation
+ * << 32 | next piece, release), then job_seq, which workers watch. A worker reads the
+ * counter (acquire), then the fields (acquire), then claims a piece with a
  * compare-and-swap of the counter value it read: if that succeeds, the job it read the
- * fields of is still the current one (the caller writes a new job's fields only once every
- * piece of the old one is done, and this piece was not). done counts finished pieces; the
+ * fields of is still the current one. Closing first matters: a worker that read the old
+ * job's used-up counter and then the new job's piece count would otherwise find a piece
+ * "left" and claim it from the old counter before the new one lands, running that piece
+ * twice and counting it twice (done then passes the piece count, and the caller of a
+ * later loop returns early or waits forever; seen in a stress test of back-to-back
+ * 2-piece loops). Having seen a new field, it sees the closed counter, and its
+ * compare-and-swap fails. done counts finished pieces; the
  * caller returns when it reaches the number of pieces. Sleeping: a thread announces it
  * sleeps (sleepers, caller_waiting) and then futex-waits on the value it last saw; whoever
  * changes that value checks the announcement afterwards (all sequentially consistent), so
@@ -66,6 +72,9 @@
 #endif
 
 enum { MAX_THREADS = 1024 };
+/* The low half of the claim word while a job is being posted: no piece number reaches it
+ * (pieces <= INT32_MAX), so nothing can be claimed. */
+#define CLAIM_CLOSED UINT32_MAX
 #define SPIN_SHORT_NS 100000L /* how long a waiting thread spins before it sleeps: 100 us, */
 #define SPIN_LONG_NS 1000000L /* or 1 ms while the other processes leave the CPUs idle */
 #define SAMPLE_S 0.1         /* adaptive: the shortest window the load is measured over */
@@ -163,12 +172,13 @@ static void run_pieces(int slot) {
     for (;;) {
         if (slot >= atomic_load_explicit(&P.in_use, memory_order_relaxed)) return; /* a worker no longer in use */
         uint64_t c = atomic_load_explicit(&P.claim, memory_order_acquire);
-        uint32_t piece = (uint32_t)c, pieces = atomic_load_explicit(&P.pieces, memory_order_relaxed);
-        if (piece >= pieces) return;
-        CpuRangeFn *fn = atomic_load_explicit(&P.fn, memory_order_relaxed);
-        void *ctx = atomic_load_explicit(&P.ctx, memory_order_relaxed);
-        int64_t n = atomic_load_explicit(&P.n, memory_order_relaxed);
-        int64_t grain = atomic_load_explicit(&P.grain, memory_order_relaxed);
+        uint32_t piece = (uint32_t)c, pieces = atomic_load_explicit(&P.pieces, memory_order_acquire);
+        if (piece >= pieces) return; /* used up, or closed */
+        CpuRangeFn *fn = atomic_load_explicit(&P.fn, memory_order_acquire);
+        void *ctx = atomic_load_explicit(&P.ctx, memory_order_acquire);
+        int64_t n = atomic_load_explicit(&P.n, memory_order_acquire);
+        int64_t grain = atomic_load_explicit(&P.grain, memory_order_acquire);
+        /* the claim succeeds only if the word is still c: then fn .. grain are c's job's */
         if (!atomic_compare_exchange_weak_explicit(&P.claim, &c, c + 1, memory_order_acq_rel,
                                                    memory_order_acquire))
             continue;
@@ -460,13 +470,18 @@ void cpu_parallel_for(int64_t n, int64_t grain, bool parallel, CpuRangeFn *fn, v
         atomic_flag_clear(&P.busy);
         return;
     }
-    /* post the job */
+    /* Post the job. First close the last one: a worker may have read its (used up) claim
+     * word and then this job's piece count, and would otherwise claim "piece k" of the old
+     * word before the new word lands, running a piece twice and counting it in `done`. With
+     * the word closed first, that claim fails; and a worker that sees any of the new fields
+     * (release/acquire) also sees the closed word. */
     const uint32_t gen = ++P.gen;
-    atomic_store_explicit(&P.fn, fn, memory_order_relaxed);
-    atomic_store_explicit(&P.ctx, ctx, memory_order_relaxed);
-    atomic_store_explicit(&P.n, n, memory_order_relaxed);
-    atomic_store_explicit(&P.grain, grain, memory_order_relaxed);
-    atomic_store_explicit(&P.pieces, (uint32_t)pieces, memory_order_relaxed);
+    atomic_store_explicit(&P.claim, (uint64_t)gen << 32 | CLAIM_CLOSED, memory_order_relaxed);
+    atomic_store_explicit(&P.fn, fn, memory_order_release);
+    atomic_store_explicit(&P.ctx, ctx, memory_order_release);
+    atomic_store_explicit(&P.n, n, memory_order_release);
+    atomic_store_explicit(&P.grain, grain, memory_order_release);
+    atomic_store_explicit(&P.pieces, (uint32_t)pieces, memory_order_release);
     atomic_store_explicit(&P.done, 0, memory_order_relaxed);
     atomic_store_explicit(&P.claim, (uint64_t)gen << 32, memory_order_release);
     atomic_store(&P.job_seq, gen);

@@ -407,11 +407,7 @@ BODY void row_codes(const Call *c, int64_t t) {
         for (int64_t k = 0; k < Kp; k++) q2[k] = (uint8_t)(q[k] < 0 ? -q[k] : q[k]);
     else if (c->kern->a2 == INT8_A2_OFFSET)
         for (int64_t k = 0; k < Kp; k++) q2[k] = (uint8_t)(q[k] + 128);
-    else if (c->kern->a2 == INT8_A2_AMX_PACK && c->T >= 2) {
-        /* 4 bytes of k at a time into the token's column of its tile (cpu_internal.h) */
-        uint8_t *tile = c->qa2 + t / INT8_AMX_T * INT8_AMX_T * Kp + 4 * (t % INT8_AMX_T);
-        for (int64_t k = 0; k < Kp; k += 4) memcpy(tile + k / 64 * 1024 + k % 64 * 16, q + k, 4);
-    }
+    /* INT8_A2_AMX_PACK: pack_amx_slabs, once all rows have their codes */
 }
 
 /* Statistics (codes = false) or codes (true) of rows [t0, t1). Compiled twice (below) so
@@ -448,6 +444,26 @@ static void quantize_rows(const Call *c, bool codes) {
     QuantizeRowsJob j = {.c = c, .codes = codes};
     const int64_t rows_per_piece = (1 << 14) / c->l->K + 1;
     cpu_parallel_for(c->T, rows_per_piece, c->T * c->l->K >= CPU_PAR_MIN, quantize_row_range, &j);
+}
+
+/* The AMX copy of the codes (INT8_A2_AMX_PACK in cpu_internal.h), 64-byte slabs [s0, s1)
+ * of every tile of INT8_AMX_T tokens: slab s of tile g is 1 KiB, row i of it holds 4 bytes
+ * k = 64 s + 4 i .. + 3 of each of the tile's tokens (tokens past T: 0). One piece writes
+ * whole slabs; splitting by token instead would have both threads write every cache line
+ * (each line holds 4 bytes of all 16 tokens). */
+static void pack_amx_slabs(void *ctx, int64_t s0, int64_t s1, int slot) {
+    const Call *c = ctx;
+    (void)slot;
+    const int64_t Kp = c->l->Kp, slabs = Kp / 64;
+    for (int64_t gs = s0; gs < s1; gs++) {
+        const int64_t g = gs / slabs, s = gs % slabs, t0 = g * INT8_AMX_T;
+        uint8_t *dst = c->qa2 + t0 * Kp + s * 1024;
+        for (int i = 0; i < 16; i++)
+            for (int j = 0; j < INT8_AMX_T; j++) {
+                if (t0 + j < c->T) memcpy(dst + 64 * i + 4 * j, c->qa + (t0 + j) * Kp + 64 * s + 4 * i, 4);
+                else memset(dst + 64 * i + 4 * j, 0, 4);
+            }
+    }
 }
 
 /* flag[k] = 1 if some row has |x[t,k]| >= tau (branch-free, so that it vectorizes). */
@@ -497,10 +513,12 @@ static void quantize_activations(Call *c) {
             c->za[t] = 0;
         }
     }
-    /* 3. codes (AMX: the packed copy's last tile may have columns of no token, which read 0) */
-    if (c->kern->a2 == INT8_A2_AMX_PACK && T >= 2 && T % INT8_AMX_T)
-        memset(c->qa2 + T / INT8_AMX_T * INT8_AMX_T * l->Kp, 0, (size_t)(INT8_AMX_T * l->Kp));
+    /* 3. codes, then (AMX, 2 tokens or more) their packed copy */
     quantize_rows(c, true);
+    if (c->kern->a2 == INT8_A2_AMX_PACK && T >= 2) {
+        const int64_t n = (T + INT8_AMX_T - 1) / INT8_AMX_T * (l->Kp / 64);
+        cpu_parallel_for(n, 8, T * K >= CPU_PAR_MIN, pack_amx_slabs, c);
+    }
 }
 
 /* The 16-bit side, gathered once per call: xo[t, j] = x[t, cols[j]] (per call: every

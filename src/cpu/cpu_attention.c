@@ -7,8 +7,9 @@
  * A unit of work (one head, a block of queries) first copies the rows of its head's keys
  * and values it needs side by side, as float32: half caches are widened (F16C when
  * available; the conversion is exact either way), float32 ones copied. A unit of one or two
- * queries (decoding) skips the copy and widens a half cache's values in registers as it
- * reads them: the same numbers, the same arithmetic. For one (t, h), keys are then taken in chunks of ATT_CHUNK: a chunk's
+ * queries (decoding) skips the copy and reads the cache itself, widening a half cache's
+ * values in registers: the same numbers, the same arithmetic. For one (t, h), keys are then
+ * taken in chunks of ATT_CHUNK: a chunk's
  * scores go to a stack buffer, become weights exp(s_j - m), where m is the largest score
  * seen so far, and the weighted values are added to out; when a chunk raises m, what was
  * accumulated is first rescaled by exp(m_old - m_new) (the "online softmax"). With at most
@@ -36,6 +37,7 @@ typedef struct HeadView {
     const uint16_t *k16, *v16;
     float *out;
     int64_t stride;       /* heads * head_dim, or head_dim in a widened copy */
+    bool direct;          /* k, v or k16, v16 point into the cache itself (not a copy) */
     int hd;
     float scale, slope;
 } HeadView;
@@ -102,8 +104,12 @@ INLINE_KV float value1(const HeadView *hv, int64_t j, int i, bool half) {
  * cache asks for the rows this many keys ahead itself. */
 enum { PREFETCH_KEYS = 16 };
 
-INLINE_KV void prefetch_row(const uint16_t *row, int hd) {
-    for (int i = 0; i < hd; i += 32) _mm_prefetch((const char *)(row + i), _MM_HINT_T0);
+/* Key or value row j of the cache (hv reads the cache itself: hv->direct), this many keys
+ * ahead: every 64-byte line of its hd values. */
+INLINE_KV void prefetch_row(const HeadView *hv, bool half, const void *base, int64_t j) {
+    const int64_t bytes = (int64_t)hv->hd * (half ? 2 : 4);
+    const char *row = (const char *)base + j * hv->stride * (half ? 2 : 4);
+    for (int64_t i = 0; i < bytes; i += 64) _mm_prefetch(row + i, _MM_HINT_T0);
 }
 
 /* Eight keys at a time: eight independent dot products (one accumulator each), folded
@@ -128,8 +134,9 @@ INLINE_AVX2 void scores8_finish(const HeadView *hv, int j0, int j, const __m256 
 /* Keys j0+j .. j0+j+7 against one query (nc: the keys of the chunk, for the prefetch). */
 INLINE_KV void scores8(const HeadView *hv, int j0, int j, int nc, float *s, __m256 *vmax, bool half) {
     const int64_t k0 = j0 + j;
-    if (half && j + PREFETCH_KEYS + 8 <= nc)
-        for (int l = 0; l < 8; l++) prefetch_row(hv->k16 + (k0 + PREFETCH_KEYS + l) * hv->stride, hv->hd);
+    if (hv->direct && j + PREFETCH_KEYS + 8 <= nc)
+        for (int l = 0; l < 8; l++)
+            prefetch_row(hv, half, half ? (const void *)hv->k16 : hv->k, k0 + PREFETCH_KEYS + l);
     __m256 acc[8];
 #pragma GCC unroll 8
     for (int l = 0; l < 8; l++) acc[l] = _mm256_setzero_ps();
@@ -192,8 +199,8 @@ INLINE_KV void weighted_sum_simd(const HeadView *hv, int j0, int nc, const float
 #pragma GCC unroll 8
         for (int l = 0; l < 8; l++) acc[l] = _mm256_loadu_ps(out + i + 8 * l);
         for (int j = 0; j < nc; j++) {
-            if (half && i == 0 && j + PREFETCH_KEYS < nc)
-                prefetch_row(hv->v16 + (int64_t)(j0 + j + PREFETCH_KEYS) * hv->stride, hv->hd);
+            if (hv->direct && i == 0 && j + PREFETCH_KEYS < nc)
+                prefetch_row(hv, half, half ? (const void *)hv->v16 : hv->v, j0 + j + PREFETCH_KEYS);
             __m256 pj = _mm256_set1_ps(p[j]);
 #pragma GCC unroll 8
             for (int l = 0; l < 8; l++) acc[l] = _mm256_fmadd_ps(pj, value8(hv, j0 + j, i + 8 * l, half), acc[l]);
@@ -413,9 +420,10 @@ static void widen_rows(const void *cache, bool f16, int64_t offset, int64_t stri
 }
 
 /* Queries per unit of work; the unit's queries share one widened copy of their head's keys
- * and values. A unit of at most ATT_DIRECT queries (decoding: one) reads a 16-bit cache
- * directly instead: it reads each row about once, and copying it first only adds a write
- * and a read (and attend_group, which wants the copy, needs three queries). */
+ * and values. A unit of at most ATT_DIRECT queries (decoding: one) reads the cache (16-bit
+ * or float32) directly instead, asking for rows PREFETCH_KEYS ahead: it reads each row
+ * about once, and copying it first only adds a write and a read (and attend_group, which
+ * wants the copy, needs three queries). */
 enum { ATT_QUERIES = 64, ATT_DIRECT = 2 };
 
 /* Units of work are (head, block of up to ATT_QUERIES new tokens), the blocks with the most
@@ -442,10 +450,16 @@ static void attention_units(void *ctx, int64_t i0, int64_t i1, int slot) {
         const int t0 = blk * ATT_QUERIES, t1 = t0 + ATT_QUERIES < a->T ? t0 + ATT_QUERIES : a->T;
         const int n = a->n_past + t1; /* the keys the block's last query sees */
         HeadView hv = {.hd = hd, .scale = a->scale, .slope = a->alibi ? a->alibi[h] : 0.0f};
-        if (j->simd && a->kv_f16 && t1 - t0 <= ATT_DIRECT) {
-            hv.k16 = (const uint16_t *)a->k + (int64_t)h * hd;
-            hv.v16 = (const uint16_t *)a->v + (int64_t)h * hd;
+        if (j->simd && t1 - t0 <= ATT_DIRECT) {
+            if (a->kv_f16) {
+                hv.k16 = (const uint16_t *)a->k + (int64_t)h * hd;
+                hv.v16 = (const uint16_t *)a->v + (int64_t)h * hd;
+            } else {
+                hv.k = (const float *)a->k + (int64_t)h * hd;
+                hv.v = (const float *)a->v + (int64_t)h * hd;
+            }
             hv.stride = stride;
+            hv.direct = true;
         } else {
             if (!j->kv[slot]) j->kv[slot] = malloc((size_t)len * (size_t)hd * 2 * sizeof(float));
             float *kc = j->kv[slot], *vc = kc + (size_t)len * hd;

@@ -334,8 +334,8 @@ KERNEL512 void rows_avx512_dt(DType dt, const Gemm *g, int64_t n_begin, int64_t 
         return;
     }
     /* Token tiles outside, the block's rows inside: a tile's TILE_M rows of x stay in L1
-     * (4 x K floats) while the block's weights come by from L2, so the many loads of x (each
-     * FMA takes its x straight from memory) hit L1. */
+     * (4 x K floats) while the block's weights come by from L2, so the loads of x (one per
+     * 16 values for the tile's TILE_R rows) hit L1. */
     int64_t t = 0;
     for (; t + TILE_M <= g->T; t += TILE_M) rows_tile512(dt, TILE_M, g, n_begin, n_end, t);
     switch (g->T - t) {

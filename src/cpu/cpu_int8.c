@@ -361,7 +361,7 @@ BODY void row_stats(const Call *c, int64_t t) {
      * lane (comparisons with NaN are false, so NaN never enters). Only the statistic of
      * the scheme is computed. */
     const F8 tau8 = {tau, tau, tau, tau, tau, tau, tau, tau};
-    const I8V all = tau == 0.0f ? (I8V){-1, -1, -1, -1, -1, -1, -1, -1} : (I8V){0};
+    const I8V keep_all = tau == 0.0f ? (I8V){-1, -1, -1, -1, -1, -1, -1, -1} : (I8V){0};
     const I8V abs_bits = {0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff,
                           0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff};
     F8 m8 = {0}, mn8 = {0}, mx8 = {0};
@@ -370,7 +370,7 @@ BODY void row_stats(const Call *c, int64_t t) {
         F8 x;
         memcpy(&x, xr + k0, sizeof x);
         const F8 ax = (F8)((I8V)x & abs_bits);
-        const I8V keep = all | (I8V)(ax < tau8);
+        const I8V keep = keep_all | (I8V)(ax < tau8);
         const F8 v = (F8)((I8V)x & keep), a = (F8)((I8V)v & abs_bits);
         const I8V gt = (I8V)(a > m8);
         m8 = (F8)(((I8V)a & gt) | ((I8V)m8 & ~gt));

@@ -116,12 +116,12 @@ __attribute__((target(VNNI_TARGET))) static inline int32_t vnni_finish(__m512i a
 
 /* 1 token x 4 row-major rows (the AMX kernel's decoding): two accumulators per row (even and
  * odd 64-byte steps), so that 8 independent dpbusd chains hide its latency while the weights
- * stream in. act holds a + 128 (flip false), or the signed codes a, made a + 128 here as
- * a XOR 0x80 (flip true: AMX keeps no offset copy). */
+ * stream in. a holds the signed codes, made a + 128 here as a XOR 0x80 (AMX keeps no
+ * offset copy). */
 __attribute__((target(VNNI_TARGET))) static inline __attribute__((always_inline)) void
-vnni_gemv4(const void *act, bool flip, const int8_t *w, const int32_t *wsum, int64_t Kp, int32_t *out) {
-    const unsigned char *x = act;
-    const __m512i mask = _mm512_set1_epi8(flip ? (char)0x80 : 0);
+vnni_gemv4(const int8_t *a, const int8_t *w, const int32_t *wsum, int64_t Kp, int32_t *out) {
+    const int8_t *x = a;
+    const __m512i mask = _mm512_set1_epi8((char)0x80);
     __m512i acc[2][INT8_ROWS];
     for (int r = 0; r < INT8_ROWS; r++) acc[0][r] = acc[1][r] = _mm512_setzero_si512();
     int64_t k = 0;
@@ -142,15 +142,16 @@ vnni_gemv4(const void *act, bool flip, const int8_t *w, const int32_t *wsum, int
     for (int r = 0; r < INT8_ROWS; r++) out[r] = vnni_finish(_mm512_add_epi32(acc[0][r], acc[1][r]), wsum[r]);
 }
 
-/* The same instruction on weights packed in panels (Int8PanelFn, cpu_internal.h): one zmm
+/* The same instruction on weights packed in panels (Int8BlockFn, cpu_internal.h): one zmm
  * load holds 4 bytes of k for 16 weight rows, and one 4-byte broadcast of a token's a + 128
  * meets all 16 at once, so each lane of an accumulator is one output's own sum and no
  * horizontal sums are needed. A tile is NT tokens x the 4 panels of a block (64 rows):
  * 4 NT accumulators, 4 weight vectors and one broadcast in the 32 zmm registers (NT <= 6).
  * Per 4 bytes of k it loads 4 x 64 bytes of weights and NT x 4 bytes of codes for 4 NT
- * instructions, about a third of the bytes per instruction of the 4 x 4 tile above, so
- * it stays fed from L1 and L2 at two instructions per cycle; the weights of a block are
- * one sequential stream per panel while the memory delivers them. */
+ * instructions, about a third of the bytes per instruction of a 4 x 4 tile on row-major
+ * weights (the kernel this one replaced), so it stays fed from L1 and L2 at two
+ * instructions per cycle; the weights of a block are one sequential stream per panel
+ * while the memory delivers them. */
 enum { PANEL_PREFETCH = 4096 }; /* bytes ahead in each panel's stream, a few hundred cycles */
 
 /* acc + the dot products of a (unsigned) and b (signed) per int32 lane: _mm512_dpbusd_epi32
@@ -308,7 +309,7 @@ __attribute__((target(VNNI_TARGET))) static void amx_tile1(const int8_t *a, cons
                                                            const int32_t *wsum, int64_t Kp, int32_t *out,
                                                            int64_t ld) {
     (void)a2, (void)ld;
-    vnni_gemv4(a, true, w, wsum, Kp, out);
+    vnni_gemv4(a, w, wsum, Kp, out);
 }
 
 /* ---- the choice ---- */
